@@ -1,0 +1,23 @@
+"""droidoom: measure what an oom_score_adj update costs on Android phones and Linux hosts.
+
+Library entry points for notebooks and scripts::
+
+    import droidoom
+    df = droidoom.load("runs/")          # one typed DataFrame across run directories
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+__all__ = ["__version__", "load"]
+
+
+def load(paths, **kwargs):
+    """Load one or many run directories (or folders of runs) into one samples DataFrame.
+
+    See `droidoom.store.load` for details.
+    """
+    from .store import load as _load
+
+    return _load(paths, **kwargs)

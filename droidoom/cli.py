@@ -1,0 +1,227 @@
+"""droidoom command line. Thin: parse options, build a spec, delegate, print."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import replace
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from . import spec as specs
+from .errors import DroidoomError, UsageError
+
+app = typer.Typer(
+    help=(
+        "Measure what an oom_score_adj update costs: on the phone on your desk, a farm of "
+        "phones, or this Linux host. Start with `droidoom profile --quick`."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+
+DEFAULT_OUT = Path("droidoom-runs")
+
+
+def _ints(text: str | None, what: str) -> tuple[int, ...] | None:
+    if text is None:
+        return None
+    try:
+        return tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise UsageError(
+            f"{what} takes comma-separated integers, e.g. 0,400,800 (got {text!r})"
+        ) from None
+
+
+def _words(text: str | None) -> tuple[str, ...] | None:
+    return None if text is None else tuple(w.strip() for w in text.split(",") if w.strip())
+
+
+# Options shared by profile-like commands (profile, farm run).
+Population = Annotated[
+    str | None,
+    typer.Option("--population", "-p", help="Extra processes per sweep point, e.g. 0,400,1600."),
+]
+Kinds = Annotated[
+    str | None,
+    typer.Option(help="Target kinds: single, threaded (an app), multiprocess (CLONE_VM)."),
+]
+Writes = Annotated[int | None, typer.Option(help="Timed writes per kind per point.")]
+Threads = Annotated[int | None, typer.Option(help="Threads in each population process.")]
+Quick = Annotated[bool, typer.Option("--quick", help="Small sweep (0,400,800 x 400 writes).")]
+Scenario = Annotated[
+    str | None, typer.Option(help="lmkd (realistic role changes) or alternate (two levels).")
+]
+Adj = Annotated[
+    str | None, typer.Option("--adj", help="The two levels of `alternate`, e.g. 0,900.")
+]
+Rate = Annotated[
+    float | None, typer.Option(help="Pace writes at N updates/s (default: back to back).")
+]
+Mode = Annotated[
+    str | None,
+    typer.Option(help="reopen (open+write+close, as lmkd) and/or persistent (one fd)."),
+]
+Seed = Annotated[int | None, typer.Option(help="Scenario seed: same seed, same schedule.")]
+Out = Annotated[Path, typer.Option("--out", "-o", help="Directory that receives run directories.")]
+Capture = Annotated[
+    str, typer.Option(help="Capture sources: clock (always), ftrace, perf. e.g. clock,ftrace,perf")
+]
+
+
+def build_spec(
+    quick=False, population=None, kinds=None, writes=None, threads=None, target_threads=None,
+    scenario=None, adj=None, rate=None, mode=None, seed=None,
+) -> specs.ProfileSpec:  # fmt: skip
+    """Spec from CLI options: --quick or the default, then explicit options on top."""
+    base = specs.QUICK if quick else specs.DEFAULT
+    changes = {
+        "populations": _ints(population, "--population"),
+        "kinds": _words(kinds),
+        "writes": writes,
+        "threads": threads,
+        "target_threads": target_threads,
+        "scenario": scenario,
+        "levels": _ints(adj, "--adj"),
+        "rate": rate,
+        "modes": _words(mode),
+        "seed": seed,
+    }
+    return replace(base, **{k: v for k, v in changes.items() if v is not None}).validate()
+
+
+class _Bar:
+    """runner.Progress callbacks drawn as a rich progress bar."""
+
+    def __init__(self, label: str):
+        self.rich = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("writes"),
+            TimeElapsedColumn(),
+            console=err_console,
+            transient=True,
+        )
+        self.label = label
+        self.task = None
+
+    def callbacks(self):
+        from .runner import Progress as RunnerProgress
+
+        def start(total: int) -> None:
+            self.task = self.rich.add_task(self.label, total=total)
+
+        def advance(done: int) -> None:
+            if self.task is not None:
+                self.rich.update(self.task, completed=done)
+
+        def point(idx: int, population: int) -> None:
+            if self.task is not None:
+                self.rich.update(self.task, description=f"{self.label} · {population} procs")
+
+        def notice(text: str) -> None:
+            self.rich.console.print(f"[yellow]note:[/] {text}")
+
+        return RunnerProgress(start=start, advance=advance, point=point, notice=notice)
+
+
+@app.command()
+def profile(
+    local: Annotated[bool, typer.Option("--local", help="Profile this Linux host.")] = False,
+    serial: Annotated[
+        str | None, typer.Option("--serial", "-s", help="Phone to profile (adb serial).")
+    ] = None,
+    adb_host: Annotated[str | None, typer.Option(help="adb server host.")] = None,
+    adb_port: Annotated[int | None, typer.Option(help="adb server port.")] = None,
+    quick: Quick = False,
+    population: Population = None,
+    kinds: Kinds = None,
+    writes: Writes = None,
+    threads: Threads = None,
+    target_threads: Annotated[
+        int | None, typer.Option(help="Threads in the `threaded` target.")
+    ] = None,
+    scenario: Scenario = None,
+    adj: Adj = None,
+    rate: Rate = None,
+    mode: Mode = None,
+    seed: Seed = None,
+    capture: Capture = "clock",
+    out: Out = DEFAULT_OUT,
+) -> None:
+    """Time oom_score_adj writes across process populations and say whether this kernel
+    has the O(N) path.
+
+    With no --local/--serial: the single attached phone, else this host. Prints a table
+    (median, p90, p99 per kind and population), a verdict, and writes a run directory
+    (run.json + samples.parquet) that `droidoom.load()` reads.
+    """
+    from .runner import profile as run_profile
+    from .targets.select import AdbServer, select_target
+
+    spec = build_spec(
+        quick, population, kinds, writes, threads, target_threads, scenario, adj, rate, mode, seed
+    )
+    sources = _captures(capture)
+    target, notice = select_target(
+        local=local, serial=serial, server=AdbServer.from_env(adb_host, adb_port)
+    )
+    if notice:
+        err_console.print(f"[dim]{notice}[/]")
+    bar = _Bar(target.name)
+    try:
+        with bar.rich:
+            result = run_profile(target, spec, out, captures=sources, progress=bar.callbacks())
+    finally:
+        target.close()
+    _print_run(result)
+
+
+def _captures(text: str):
+    names = [n for n in (_words(text) or ()) if n != "clock"]
+    if not names:
+        return []
+    from .capture import build_sources
+
+    return build_sources(names)
+
+
+def _print_run(result) -> None:
+    from . import report
+
+    report.render_terminal(result.samples, [result.meta], console)
+    status = "[green]complete[/]" if result.status == "complete" else "[yellow]partial[/]"
+    console.print(f"run {status}: {result.path}")
+    if result.status != "complete":
+        console.print(f"[yellow]reason:[/] {result.meta.get('reason')}")
+
+
+def main() -> None:
+    """Console entry point: DroidoomErrors become one red line and an exit code."""
+    try:
+        app(standalone_mode=False)
+    except DroidoomError as e:
+        err_console.print(f"[red]error:[/] {e}")
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        err_console.print("[yellow]interrupted[/]: partial results, if any, were saved")
+        sys.exit(130)
+    except typer.Exit as e:
+        sys.exit(e.exit_code)
+    except Exception as e:  # click usage errors arrive here in non-standalone mode
+        import click
+
+        if isinstance(e, click.ClickException):
+            e.show()
+            sys.exit(e.exit_code)
+        if isinstance(e, click.exceptions.Abort):
+            sys.exit(130)
+        raise

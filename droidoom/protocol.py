@@ -1,0 +1,122 @@
+"""Host side of the helper protocol (device_scripts/PROTOCOL.md): plan text out,
+stdout event lines and binary records in."""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .errors import DataError
+
+PROTO_VERSION = 1
+RECORDS_MAGIC = b"DDOOMREC"
+HEADER_SIZE = 16
+RECORD_SIZE = 32
+
+#: numpy view of one 32-byte record (little-endian, packed).
+RECORD_DTYPE = np.dtype(
+    [
+        ("t_ns", "<i8"),
+        ("latency_ns", "<u4"),
+        ("seq", "<u4"),
+        ("adj_from", "<i2"),
+        ("adj_to", "<i2"),
+        ("point", "<u2"),
+        ("target", "u1"),
+        ("role", "u1"),
+        ("cpu", "<i2"),
+        ("err", "<i2"),
+        ("reserved", "<u4"),
+    ]
+)
+assert RECORD_DTYPE.itemsize == RECORD_SIZE
+
+# Exit codes of the helper.
+EXIT_OK, EXIT_USAGE, EXIT_REFUSED, EXIT_RUNTIME, EXIT_INTERRUPTED = 0, 2, 3, 4, 130
+
+
+@dataclass(frozen=True)
+class PlanTarget:
+    """One target process the helper spawns for the whole run."""
+
+    idx: int
+    kind: str  # single | threaded | multiprocess
+    threads: int  # threads in the target process
+
+
+@dataclass(frozen=True)
+class PlanPoint:
+    """One sweep point: a population size and the writes made while it is alive."""
+
+    idx: int
+    population: int  # extra processes
+    threads: int  # threads per population process
+    mode: str  # reopen | persistent
+    rate_hz: float  # 0 = back to back
+    warmup: int  # untimed writes per target before the timed ones
+    writes: tuple[tuple[int, int, int], ...]  # (target idx, adj, role code)
+
+
+def render_plan(targets: Iterable[PlanTarget], points: Iterable[PlanPoint]) -> str:
+    """Plan file text for `droidoom-helper run`."""
+    lines = [f"droidoom-plan {PROTO_VERSION}"]
+    lines += [f"target {t.idx} {t.kind} {t.threads}" for t in targets]
+    for p in points:
+        lines.append(f"point {p.idx} {p.population} {p.threads} {p.mode} {p.rate_hz:g} {p.warmup}")
+        lines += [f"w {t} {a} {r}" for t, a, r in p.writes]
+    return "\n".join(lines) + "\n"
+
+
+@dataclass(frozen=True)
+class Event:
+    """One stdout line of the helper: `kind` is the first word, `fields` the key=values."""
+
+    kind: str
+    fields: dict[str, str] = field(default_factory=dict)
+
+    def int(self, key: str, default: int | None = None) -> int:
+        v = self.fields.get(key)
+        if v is None:
+            if default is None:
+                raise KeyError(f"helper line '{self.kind}' lacks {key}")
+            return default
+        return int(v)
+
+
+def parse_line(line: str) -> Event | None:
+    """Parse one helper stdout line; None for blank or unparseable lines."""
+    line = line.strip()
+    if not line:
+        return None
+    try:
+        words = shlex.split(line)
+    except ValueError:
+        words = line.split()
+    fields: dict[str, str] = {}
+    for w in words[1:]:
+        k, sep, v = w.partition("=")
+        if sep:
+            fields[k] = v
+    return Event(words[0], fields)
+
+
+def decode_records(data: bytes) -> np.ndarray:
+    """Decode a records file (header + records). A trailing partial record is dropped."""
+    if len(data) < HEADER_SIZE:
+        if not data:
+            return np.zeros(0, dtype=RECORD_DTYPE)
+        raise DataError("records file is shorter than its header; the run produced no data")
+    if data[:8] != RECORDS_MAGIC:
+        raise DataError("records file has a bad magic: not a droidoom-helper records file")
+    version = int.from_bytes(data[8:12], "little")
+    size = int.from_bytes(data[12:16], "little")
+    if version != PROTO_VERSION or size != RECORD_SIZE:
+        raise DataError(
+            f"records file version {version}/size {size} is not {PROTO_VERSION}/{RECORD_SIZE}; "
+            "reinstall droidoom so host and helper match"
+        )
+    n = (len(data) - HEADER_SIZE) // RECORD_SIZE
+    return np.frombuffer(data, dtype=RECORD_DTYPE, count=n, offset=HEADER_SIZE)

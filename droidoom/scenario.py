@@ -1,0 +1,135 @@
+"""Role-change scenarios: ActivityManager adj levels -> a write schedule for the helper.
+
+Policy lives here, in Python; the helper only executes the plan it is handed.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from .protocol import PlanPoint, PlanTarget
+from .spec import ProfileSpec
+
+# ActivityManager adj levels (frameworks/base ProcessList.java).
+NATIVE = -1000
+SYSTEM = -900
+PERSISTENT_PROC = -800
+PERSISTENT_SERVICE = -700
+FOREGROUND_APP = 0
+PERCEPTIBLE_RECENT_FOREGROUND = 50
+VISIBLE_APP = 100
+PERCEPTIBLE_APP = 200
+PERCEPTIBLE_MEDIUM = 225
+PERCEPTIBLE_LOW = 250
+BACKUP = 300
+HEAVY_WEIGHT = 400
+SERVICE = 500
+HOME = 600
+PREVIOUS = 700
+SERVICE_B = 800
+CACHED_APP_MIN = 900
+CACHED_APP_LMK_FIRST = 950
+CACHED_APP_MAX = 999
+
+#: Role names as stored in the `role` column; the code is the list index (helper's u8).
+ROLES: tuple[str, ...] = (
+    "foreground",  # launch or return to the app
+    "visible",  # activity visible behind another
+    "perceptible",  # playing audio, bound by a foreground app
+    "service",  # started service
+    "previous",  # the app the user just left
+    "cached",  # aged into the cache (900..999)
+    "alternate-a",  # `alternate` scenario, first level
+    "alternate-b",  # `alternate` scenario, second level
+)
+ROLE_CODE = {name: i for i, name in enumerate(ROLES)}
+
+_ROLE_ADJ = {
+    "foreground": FOREGROUND_APP,
+    "visible": VISIBLE_APP,
+    "perceptible": PERCEPTIBLE_APP,
+    "service": SERVICE,
+    "previous": PREVIOUS,
+    "cached": CACHED_APP_MIN,
+}
+
+# Where an app goes next, with weights: a coarse model of what ActivityManager does
+# (launch, leave, age in the cache, start a service, play audio, become visible).
+_TRANSITIONS: dict[str, tuple[tuple[str, int], ...]] = {
+    "foreground": (("previous", 6), ("visible", 2), ("perceptible", 2)),
+    "visible": (("foreground", 3), ("previous", 7)),
+    "perceptible": (("foreground", 3), ("service", 3), ("previous", 4)),
+    "service": (("cached", 5), ("perceptible", 2), ("foreground", 3)),
+    "previous": (("cached", 7), ("foreground", 3)),
+    "cached": (("cached", 6), ("foreground", 4)),
+}
+
+_CACHED_STEP = 10  # each aging step pushes a cached app further down the LRU
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The helper's input plus what the host needs to label its records."""
+
+    targets: tuple[PlanTarget, ...]
+    points: tuple[PlanPoint, ...]
+    clamped: int  # writes raised to adj_min because this user may not go lower
+    adj_min: int
+
+
+def _lmkd_moves(rng: random.Random, n: int, state: list) -> list[tuple[int, int]]:
+    """n (adj, role code) moves continuing the chain in `state` = [role, adj]."""
+    role, adj = state
+    out = []
+    for _ in range(n):
+        names, weights = zip(*_TRANSITIONS[role], strict=True)
+        nxt = rng.choices(names, weights)[0]
+        if nxt == "cached":
+            adj = min(adj + _CACHED_STEP, CACHED_APP_MAX) if role == "cached" else CACHED_APP_MIN
+        else:
+            adj = _ROLE_ADJ[nxt]
+        role = nxt
+        out.append((adj, ROLE_CODE[role]))
+    state[:] = [role, adj]
+    return out
+
+
+def _alternate_moves(levels: tuple[int, int], n: int, start: int) -> list[tuple[int, int]]:
+    codes = (ROLE_CODE["alternate-a"], ROLE_CODE["alternate-b"])
+    return [(levels[(start + i) % 2], codes[(start + i) % 2]) for i in range(n)]
+
+
+def build_plan(spec: ProfileSpec, adj_min: int = -1000) -> Plan:
+    """Turn a spec into targets and points. Deterministic for a given spec.
+
+    Points go in ascending population (grow, never re-spawn); within a point each
+    kind's writes form one contiguous block, so captures can attribute time ranges.
+    Moves below `adj_min` (what this user may write) are raised to it and counted.
+    """
+    targets = tuple(
+        PlanTarget(i, kind, spec.target_threads if kind == "threaded" else 1)
+        for i, kind in enumerate(spec.kinds)
+    )
+    chains = {t.idx: ["cached", CACHED_APP_MIN] for t in targets}
+    rngs = {t.idx: random.Random(spec.seed * 1009 + t.idx) for t in targets}
+    points, clamped, idx = [], 0, 0
+    for population in sorted(spec.populations):
+        for mode in spec.modes:
+            writes = []
+            for t in targets:
+                if spec.scenario == "alternate":
+                    moves = _alternate_moves(spec.levels, spec.writes, idx)
+                else:
+                    moves = _lmkd_moves(rngs[t.idx], spec.writes, chains[t.idx])
+                for adj, role in moves:
+                    if adj < adj_min:
+                        adj, clamped = adj_min, clamped + 1
+                    writes.append((t.idx, adj, role))
+            points.append(
+                PlanPoint(
+                    idx, population, spec.threads, mode, spec.rate, spec.warmup, tuple(writes)
+                )
+            )
+            idx += 1
+    return Plan(targets, tuple(points), clamped, adj_min)

@@ -1,0 +1,75 @@
+"""The one place that defines the samples DataFrame (one row per timed write).
+
+Every producer (runner, capture joins) and consumer (load, analysis, plots) goes
+through `SAMPLE_COLUMNS` / `coerce()` so the dtypes never drift between modules.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+#: Target kinds, in display order. See device_scripts/PROTOCOL.md.
+KINDS: tuple[str, ...] = ("single", "threaded", "multiprocess")
+
+#: Write modes: lmkd's open+write+close per update, or one persistent fd.
+MODES: tuple[str, ...] = ("reopen", "persistent")
+
+#: column -> dtype. Categoricals for low-cardinality labels, fixed-width ints elsewhere.
+SAMPLE_COLUMNS: dict[str, str] = {
+    "run_id": "category",  # run directory id (timestamp + device)
+    "device": "category",  # serial or "local:<hostname>"
+    "kind": "category",  # single | threaded | multiprocess
+    "mode": "category",  # reopen | persistent
+    "population": "int32",  # extra processes alive during the write
+    "threads": "int16",  # threads per population process
+    "point": "int32",  # sweep point index
+    "seq": "int64",  # index of the write in the plan
+    "adj_from": "int16",  # oom_score_adj before the write
+    "adj_to": "int16",  # value written
+    "role": "category",  # ActivityManager role of adj_to (e.g. foreground, cached)
+    "latency_ns": "int64",  # helper clock: open/write/close duration
+    "t_ns": "int64",  # CLOCK_MONOTONIC at write start (target clock)
+    "cpu": "int16",  # CPU the write ran on (-1 unknown)
+    "err": "int16",  # errno of a failed write, 0 if it succeeded
+}
+
+#: Columns added when ftrace capture ran (nullable: a write may have no event).
+KERNEL_COLUMNS: dict[str, str] = {
+    "kernel_ns": "Int64",  # sys_enter(write) .. sys_exit(write) duration from ftrace
+    "kernel_adj": "Int16",  # oom_score_adj the kernel recorded for this write
+}
+
+#: Category orders that make tables and plots read naturally.
+CATEGORY_ORDERS: dict[str, tuple[str, ...]] = {"kind": KINDS, "mode": MODES}
+
+
+def coerce(df: pd.DataFrame) -> pd.DataFrame:
+    """Return `df` with every known column cast to its schema dtype.
+
+    Unknown columns are kept as they are; missing sample columns raise KeyError so a
+    producer bug shows up at the source, not in a plot later.
+    """
+    missing = [c for c in SAMPLE_COLUMNS if c not in df.columns]
+    if missing:
+        raise KeyError(f"samples frame lacks columns {missing}")
+    out = {}
+    for col in df.columns:
+        dtype = SAMPLE_COLUMNS.get(col) or KERNEL_COLUMNS.get(col)
+        s = df[col]
+        if dtype == "category":
+            if not isinstance(s.dtype, pd.CategoricalDtype):
+                s = s.astype(str).astype("category")
+            order = CATEGORY_ORDERS.get(col)
+            if order is not None:
+                present = [str(c) for c in s.cat.categories]
+                extra = sorted(set(present) - set(order))
+                s = s.cat.set_categories(list(order) + extra)
+        elif dtype is not None:
+            s = s.astype(dtype)
+        out[col] = s
+    return pd.DataFrame(out, index=df.index)
+
+
+def empty() -> pd.DataFrame:
+    """An empty, correctly typed samples frame."""
+    return coerce(pd.DataFrame({c: pd.Series([], dtype="object") for c in SAMPLE_COLUMNS}))

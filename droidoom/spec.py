@@ -1,0 +1,90 @@
+"""What a profile measures: a frozen, validated spec that is recorded in run.json."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+
+from .errors import UsageError
+from .schema import KINDS, MODES
+
+ADJ_MIN, ADJ_MAX = -1000, 1000
+SCENARIOS = ("lmkd", "alternate")
+
+# Hard ceilings that keep a typo from fork-bombing a phone; the helper also checks the
+# live limits (pid_max, threads-max, RLIMIT_NPROC) before it spawns anything.
+MAX_POPULATION = 20000
+MAX_THREADS = 64
+MAX_WRITES = 1_000_000
+
+
+@dataclass(frozen=True)
+class ProfileSpec:
+    """One profile: the sweep, the target kinds and the write schedule."""
+
+    populations: tuple[int, ...] = (0, 200, 400, 800, 1600)  # extra processes per point
+    kinds: tuple[str, ...] = KINDS  # target kinds written at every point
+    writes: int = 2000  # timed writes per kind per point
+    threads: int = 8  # threads in each population process (apps are multi-threaded)
+    target_threads: int = 8  # threads in the `threaded` target
+    scenario: str = "lmkd"  # lmkd role model, or alternate between two levels
+    levels: tuple[int, int] = (0, 900)  # the two adj values of `alternate`
+    seed: int = 1  # scenario RNG seed: same seed, same schedule
+    rate: float = 0.0  # updates per second; 0 = back to back
+    modes: tuple[str, ...] = ("reopen",)  # reopen = lmkd's open+write+close; persistent fd
+    warmup: int = 20  # untimed writes per target before each point's timed ones
+
+    def validate(self) -> ProfileSpec:
+        """Raise UsageError with a one-line, actionable message on bad input."""
+        if not self.populations:
+            raise UsageError("give at least one population (e.g. --population 0,400,800)")
+        for p in self.populations:
+            if p < 0 or p > MAX_POPULATION:
+                raise UsageError(
+                    f"population {p} is out of range: use 0..{MAX_POPULATION} extra processes"
+                )
+        bad = [k for k in self.kinds if k not in KINDS]
+        if bad or not self.kinds:
+            raise UsageError(
+                f"unknown kind {bad[0] if bad else '(none)'!r}: use {', '.join(KINDS)}"
+            )
+        bad = [m for m in self.modes if m not in MODES]
+        if bad or not self.modes:
+            raise UsageError(
+                f"unknown mode {bad[0] if bad else '(none)'!r}: use {', '.join(MODES)}"
+            )
+        if self.scenario not in SCENARIOS:
+            raise UsageError(f"unknown scenario {self.scenario!r}: use {', '.join(SCENARIOS)}")
+        if not 1 <= self.writes <= MAX_WRITES:
+            raise UsageError(f"--writes must be 1..{MAX_WRITES} (got {self.writes})")
+        if not 1 <= self.threads <= MAX_THREADS:
+            raise UsageError(f"--threads must be 1..{MAX_THREADS} (got {self.threads})")
+        if not 2 <= self.target_threads <= 256:
+            raise UsageError(f"--target-threads must be 2..256 (got {self.target_threads})")
+        for a in self.levels:
+            if not ADJ_MIN <= a <= ADJ_MAX:
+                raise UsageError(f"adj {a} is out of range: oom_score_adj takes -1000..1000")
+        if len(self.levels) != 2:
+            raise UsageError("--adj takes exactly two levels, e.g. --adj 0,900")
+        if self.rate < 0:
+            raise UsageError(f"--rate must be >= 0 updates/s (got {self.rate:g})")
+        if not 0 <= self.warmup <= 10000:
+            raise UsageError(f"--warmup must be 0..10000 (got {self.warmup})")
+        return self
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ProfileSpec:
+        known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
+        for k in ("populations", "kinds", "levels", "modes"):
+            if k in known:
+                known[k] = tuple(known[k])
+        return cls(**known)
+
+
+#: Default sweep: answers "is it O(N)?" with five points in well under a minute.
+DEFAULT = ProfileSpec()
+
+#: --quick: three points, fewer writes; answers in seconds.
+QUICK = replace(DEFAULT, populations=(0, 400, 800), writes=400, warmup=10)

@@ -1,0 +1,140 @@
+"""The Target interface: where the helper runs (this Linux host, a phone over adb).
+
+The runner only ever talks to a `Target`; everything platform-specific (how to run a
+shell script, move files, stream output, what facts to gather) lives behind it.
+"""
+
+from __future__ import annotations
+
+import shlex
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .. import helpers
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    """Outcome of a finished shell script on the target."""
+
+    exit_code: int
+    stdout: str
+    stderr: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0
+
+
+@dataclass(frozen=True)
+class TargetFacts:
+    """What we know about a target; recorded verbatim in run.json["target"]."""
+
+    device: str  # stable id: adb serial, or "local:<hostname>"
+    transport: str  # "local" | "adb"
+    model: str  # ro.product.model, or the host's DMI product / "Linux host"
+    abi: str  # Android ABI name of the helper to run (arm64-v8a, x86_64, ...)
+    kernel_release: str  # uname -r
+    cpus: int  # CPUs online
+    root: bool  # can the helper run as root (uid 0 or a working su)
+    pid_max: int  # /proc/sys/kernel/pid_max
+    threads_max: int  # /proc/sys/kernel/threads-max
+    fingerprint: str = ""  # ro.build.fingerprint (phones) or /etc/os-release PRETTY_NAME
+    sdk: int | None = None  # ro.build.version.sdk
+    extra: dict[str, Any] = field(default_factory=dict)  # everything else worth keeping
+
+
+class Process(ABC):
+    """A long-running script on the target whose stdout is read line by line.
+
+    Its stdin stays open while the process lives: the helper treats stdin EOF as
+    "the host is gone" and tears down, so `close()` is the polite stop.
+    """
+
+    @abstractmethod
+    def lines(self, timeout: float) -> Iterator[str]:
+        """Yield stdout lines as they arrive; raise TransientTargetError if no line
+        arrives within `timeout` seconds or the connection drops."""
+
+    @abstractmethod
+    def close(self, grace: float = 5.0) -> int | None:
+        """Stop the process (stdin EOF, then a signal after `grace` s); return its exit
+        code if known."""
+
+    @property
+    @abstractmethod
+    def returncode(self) -> int | None:
+        """Exit code once finished, else None."""
+
+
+class Target(ABC):
+    """Somewhere the helper can run. Subclasses: LocalTarget, AdbTarget."""
+
+    #: short human name used in messages ("local:vm", "emulator-5554")
+    name: str
+
+    @abstractmethod
+    def facts(self) -> TargetFacts:
+        """Gather (and cache) facts about the target, in as few round trips as possible."""
+
+    @abstractmethod
+    def sh(self, script: str, *, timeout: float = 60.0, root: bool = False) -> CommandResult:
+        """Run a /bin/sh script, wait for it, return exit code and output. Values put
+        into `script` must already be quoted with shlex.quote."""
+
+    @abstractmethod
+    def spawn(self, script: str, *, root: bool = False) -> Process:
+        """Start a /bin/sh script whose stdout the caller streams."""
+
+    @abstractmethod
+    def push(self, local: Path, remote: str, mode: int = 0o644) -> None:
+        """Copy a host file to the target."""
+
+    @abstractmethod
+    def pull(self, remote: str, local: Path) -> None:
+        """Copy a target file to the host."""
+
+    @abstractmethod
+    def workdir(self) -> str:
+        """A writable, executable directory on the target for droidoom's files."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections; the default has nothing to release."""
+
+    # --- shared logic -------------------------------------------------------------
+
+    def install_helper(self) -> str:
+        """Make sure the helper for this target's ABI is in workdir(); return its path.
+
+        Skips the push when a file with the same SHA-256 is already there, and checks
+        the result is executable.
+        """
+        abi = self.facts().abi
+        local = helpers.binary_path(abi)
+        digest = helpers.sha256_file(local)
+        remote = f"{self.workdir()}/droidoom-helper"
+        q = shlex.quote(remote)
+        check = (
+            f"if [ -x {q} ]; then (sha256sum {q} 2>/dev/null || toybox sha256sum {q}) "
+            f"| cut -d' ' -f1; fi"
+        )
+        if self.sh(check, timeout=30).stdout.strip() == digest:
+            self.helper_pushed = False
+            return remote
+        self.push(local, remote, mode=0o755)
+        res = self.sh(f"chmod 755 {q} && [ -x {q} ] && {q} version", timeout=30)
+        if not res.ok:
+            from ..errors import PermanentTargetError
+
+            raise PermanentTargetError(
+                f"{self.name}: pushed the helper to {remote} but cannot execute it "
+                f"({(res.stderr or res.stdout).strip()}); the directory may be mounted "
+                "noexec: pick another with --workdir"
+            )
+        self.helper_pushed = True
+        return remote
+
+    helper_pushed: bool = False

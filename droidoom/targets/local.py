@@ -1,0 +1,194 @@
+"""LocalTarget: this Linux host. Same kernel interface as a phone, real numbers."""
+
+from __future__ import annotations
+
+import os
+import platform
+import queue
+import shutil
+import signal
+import subprocess
+import tempfile
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+from ..errors import PermanentTargetError, TransientTargetError
+from ..helpers import abi_for_machine
+from .base import CommandResult, Process, Target, TargetFacts
+
+
+def _read(path: str, default: str = "") -> str:
+    try:
+        return Path(path).read_text().strip()
+    except OSError:
+        return default
+
+
+class LocalProcess(Process):
+    """A child /bin/sh in its own session, stdout pumped into a queue by a thread."""
+
+    def __init__(self, script: str, env: dict | None = None):
+        self._popen = subprocess.Popen(
+            ["/bin/sh", "-c", script],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            bufsize=1,
+            # Own session: a Ctrl-C in the terminal reaches the host only, which then
+            # stops the helper in order (stdin EOF) instead of racing it.
+            start_new_session=True,
+            env=env,
+        )
+        self._lines: queue.Queue[str | None] = queue.Queue()
+        self.stderr_tail: list[str] = []
+        threading.Thread(target=self._pump, daemon=True).start()
+        threading.Thread(target=self._pump_err, daemon=True).start()
+
+    def _pump(self) -> None:
+        assert self._popen.stdout is not None
+        for line in self._popen.stdout:
+            self._lines.put(line)
+        self._lines.put(None)
+
+    def _pump_err(self) -> None:
+        assert self._popen.stderr is not None
+        for line in self._popen.stderr:
+            self.stderr_tail = (self.stderr_tail + [line.rstrip()])[-20:]
+
+    def lines(self, timeout: float) -> Iterator[str]:
+        while True:
+            try:
+                line = self._lines.get(timeout=timeout)
+            except queue.Empty:
+                raise TransientTargetError(
+                    f"the helper printed nothing for {timeout:.0f} s; it may be stuck"
+                ) from None
+            if line is None:
+                self._popen.wait()
+                return
+            yield line
+
+    def close(self, grace: float = 5.0) -> int | None:
+        p = self._popen
+        if p.poll() is None and p.stdin and not p.stdin.closed:
+            try:
+                p.stdin.close()  # the helper's stdin watch: tear down and exit
+            except OSError:
+                pass
+        try:
+            return p.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            pass
+        # p.pid is the process we started (pid > 0); signal only it.
+        if p.pid > 0:
+            p.send_signal(signal.SIGTERM)
+        try:
+            return p.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            return p.wait()
+
+    @property
+    def returncode(self) -> int | None:
+        return self._popen.poll()
+
+
+class LocalTarget(Target):
+    """Runs the helper on this host as the current user."""
+
+    def __init__(self, workdir: str | None = None):
+        self.name = f"local:{platform.node() or 'localhost'}"
+        self._workdir = workdir
+        self._tmp: tempfile.TemporaryDirectory | None = None
+        self._facts: TargetFacts | None = None
+
+    def facts(self) -> TargetFacts:
+        if self._facts is None:
+            uname = platform.uname()
+            model = _read("/sys/devices/virtual/dmi/id/product_name") or "Linux host"
+            os_name = ""
+            for line in _read("/etc/os-release").splitlines():
+                if line.startswith("PRETTY_NAME="):
+                    os_name = line.split("=", 1)[1].strip('"')
+            governors = sorted(
+                {
+                    _read(str(p))
+                    for p in Path("/sys/devices/system/cpu").glob("cpu*/cpufreq/scaling_governor")
+                }
+                - {""}
+            )
+            self._facts = TargetFacts(
+                device=self.name,
+                transport="local",
+                model=model,
+                abi=abi_for_machine(uname.machine),
+                kernel_release=uname.release,
+                cpus=len(os.sched_getaffinity(0)),
+                root=os.geteuid() == 0,
+                pid_max=int(_read("/proc/sys/kernel/pid_max", "0")),
+                threads_max=int(_read("/proc/sys/kernel/threads-max", "0")),
+                fingerprint=os_name,
+                extra={
+                    "kernel_version": uname.version,
+                    "machine": uname.machine,
+                    "cpu_governors": governors,
+                    "oom_score_adj": int(_read("/proc/self/oom_score_adj", "0")),
+                    "perf": shutil.which("perf") is not None,
+                },
+            )
+        return self._facts
+
+    def sh(self, script: str, *, timeout: float = 60.0, root: bool = False) -> CommandResult:
+        self._need_root(root)
+        try:
+            p = subprocess.run(
+                ["/bin/sh", "-c", script], capture_output=True, text=True, timeout=timeout
+            )
+        except subprocess.TimeoutExpired as e:
+            raise TransientTargetError(
+                f"command timed out after {timeout:.0f} s: {script[:80]}"
+            ) from e
+        return CommandResult(p.returncode, p.stdout, p.stderr)
+
+    def spawn(self, script: str, *, root: bool = False) -> Process:
+        self._need_root(root)
+        return LocalProcess(script)
+
+    def push(self, local: Path, remote: str, mode: int = 0o644) -> None:
+        if Path(local).resolve() != Path(remote).resolve():
+            shutil.copyfile(local, remote)
+        os.chmod(remote, mode)
+
+    def pull(self, remote: str, local: Path) -> None:
+        shutil.copyfile(remote, local)
+
+    def workdir(self) -> str:
+        if self._workdir is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="droidoom-")
+            self._workdir = self._tmp.name
+        os.makedirs(self._workdir, exist_ok=True)
+        return self._workdir
+
+    def close(self) -> None:
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+            self._workdir = None
+
+    def install_helper(self) -> str:
+        """Run the shipped binary in place when it is executable (no copy needed)."""
+        from ..helpers import binary_path
+
+        path = binary_path(self.facts().abi)
+        if os.access(path, os.X_OK):
+            self.helper_pushed = False
+            return str(path)
+        return super().install_helper()
+
+    def _need_root(self, root: bool) -> None:
+        if root and os.geteuid() != 0:
+            raise PermanentTargetError(
+                "this needs root on the local host; run droidoom as root or drop the option"
+            )

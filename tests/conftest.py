@@ -1,0 +1,138 @@
+"""Shared fixtures. Everything here drives real parts: this host's kernel, the real helper.
+
+- `local_run` / `local_run_df`: one real `droidoom profile --local --quick` per session.
+- `slow_run`: the same profile while 1600 extra processes exist on the host, so
+  multiprocess writes (which walk every process) are really slower: a genuine
+  regression for `compare`, not edited numbers.
+- an autouse guard: no droidoom-helper process may outlive a test.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import droidoom
+from droidoom.helpers import abi_for_machine, binary_path
+from droidoom.protocol import PlanPoint, PlanTarget, render_plan
+
+REPO = Path(__file__).resolve().parent.parent
+
+pytest_plugins = ["adb_fixtures"] if (Path(__file__).parent / "adb_fixtures.py").exists() else []
+
+
+def helper_pids() -> set[int]:
+    """Pids of every droidoom-helper process on the host (population children included:
+    they are forks of the helper and keep its comm)."""
+    pids = set()
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/comm") as f:
+                    if f.read().strip() == "droidoom-helper":
+                        pids.add(int(d))
+            except OSError:
+                pass
+    return pids
+
+
+def wait_no_helpers(before: set[int] = frozenset(), timeout: float = 5.0) -> set[int]:
+    """Wait until no new helper process remains; return the ones left (empty = good)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        left = helper_pids() - set(before)
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.05)
+
+
+@pytest.fixture(autouse=True)
+def no_helper_left_behind():
+    before = helper_pids()
+    yield
+    left = wait_no_helpers(before)
+    assert not left, f"helper processes outlived the test: {sorted(left)[:10]}"
+
+
+def run_cli(*args: str, timeout: float = 300, **kw) -> subprocess.CompletedProcess:
+    """Run the real `droidoom` console script."""
+    return subprocess.run(
+        [sys.executable, "-m", "droidoom", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        **kw,
+    )
+
+
+class BackgroundPopulation:
+    """N sleeping processes owned by a second helper: makes every process walk longer.
+
+    Uses the helper itself (one point, a paced plan that outlasts the test), so the
+    processes die with it when we close its stdin.
+    """
+
+    def __init__(self, n: int, tmp: Path):
+        plan = tmp / "bg-plan.txt"
+        writes = tuple((0, 900 + (i % 2), 0) for i in range(100000))
+        plan.write_text(
+            render_plan(
+                [PlanTarget(0, "single", 1)], [PlanPoint(0, n, 1, "reopen", 1.0, 0, writes)]
+            )
+        )
+        exe = binary_path(abi_for_machine())
+        self.proc = subprocess.Popen(
+            [str(exe), "run", str(plan), str(tmp / "bg-records.bin")],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for line in self.proc.stdout:
+            if line.startswith("point "):  # population is up once the point line is out
+                break
+            if line.startswith("error"):
+                raise RuntimeError(line)
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait(timeout=30)
+        self.proc.stdout.close()
+
+
+@pytest.fixture(scope="session")
+def runs_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("runs")
+
+
+@pytest.fixture(scope="session")
+def local_run(runs_dir) -> Path:
+    """A real quick profile of this host, through the CLI."""
+    out = runs_dir / "local"
+    p = run_cli("profile", "--local", "--quick", "--out", str(out))
+    assert p.returncode == 0, p.stderr + p.stdout
+    (run,) = [d for d in out.iterdir() if d.is_dir()]
+    return run
+
+
+@pytest.fixture(scope="session")
+def local_run_df(local_run):
+    return droidoom.load(local_run)
+
+
+@pytest.fixture(scope="session")
+def slow_run(runs_dir, tmp_path_factory) -> Path:
+    """Same spec as `local_run`, profiled while 1600 extra processes exist."""
+    out = runs_dir / "slow"
+    bg = BackgroundPopulation(1600, tmp_path_factory.mktemp("bg"))
+    try:
+        p = run_cli("profile", "--local", "--quick", "--out", str(out))
+    finally:
+        bg.close()
+    assert p.returncode == 0, p.stderr + p.stdout
+    (run,) = [d for d in out.iterdir() if d.is_dir()]
+    return run

@@ -1,0 +1,152 @@
+"""`droidoom profile --local` end to end on this host's real kernel."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+from conftest import run_cli, wait_no_helpers
+
+import droidoom
+from droidoom import schema
+
+
+def medians(df: pd.DataFrame) -> pd.Series:
+    return df.groupby(["kind", "population"], observed=True)["latency_ns"].median()
+
+
+def test_quick_profile_prints_table_and_verdict(local_run):
+    meta = json.loads((local_run / "run.json").read_text())
+    assert meta["status"] == "complete"
+    assert meta["target"]["kernel_release"]
+    assert meta["calibration"]["timer_ns"] > 0
+    assert meta["helper"]["source"]  # helper's embedded source hash is recorded
+    assert [p["population"] for p in meta["points"]] == ["0", "400", "800"]
+    assert all(t["status"] == "ok" for t in meta["targets"])
+
+
+def test_cli_output_has_table_and_verdict(tmp_path):
+    p = run_cli("profile", "--local", "--quick", "--kinds", "threaded,multiprocess", "--out",
+                str(tmp_path))  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    out = p.stdout
+    assert "multiprocess" in out and "threaded" in out
+    assert "p99" in out and "median" in out.lower()
+    assert "O(N)" in out and "O(1)" in out  # the scaling verdict of each kind
+    assert "run complete" in out
+
+
+def test_loaded_frame_is_typed_and_complete(local_run_df):
+    df = local_run_df
+    assert list(schema.SAMPLE_COLUMNS) == [c for c in df.columns if c in schema.SAMPLE_COLUMNS]
+    for col, dtype in schema.SAMPLE_COLUMNS.items():
+        assert str(df[col].dtype) == dtype, col
+    assert len(df) == 3 * 3 * 400  # points x kinds x writes
+    assert (df["err"] == 0).all()
+    assert df["latency_ns"].gt(0).all()
+    assert set(df["role"].unique()) <= {"foreground", "visible", "perceptible", "service",
+                                        "previous", "cached"}  # fmt: skip
+    assert df["seq"].is_unique
+    # Every write's adj_from is the previous value written to the same target.
+    for _, g in df.sort_values("seq").groupby("kind", observed=True):
+        assert (g["adj_from"].to_numpy()[1:] == g["adj_to"].to_numpy()[:-1]).mean() > 0.99
+
+
+def test_multiprocess_scales_threaded_and_single_stay_flat(local_run_df):
+    """This kernel carries the MMF_MULTIPROCESS fix: only CLONE_VM sharing walks."""
+    m = medians(local_run_df)
+    assert m["multiprocess", 800] > 5 * m["multiprocess", 0]
+    assert m["threaded", 800] < 3 * m["threaded", 0]
+    assert m["single", 800] < 3 * m["single", 0]
+
+
+def test_load_many_runs_keeps_categoricals(local_run, slow_run):
+    df = droidoom.load([local_run, slow_run])
+    assert df["run_id"].nunique() == 2
+    assert str(df["kind"].dtype) == "category" and str(df["run_id"].dtype) == "category"
+    assert list(df["kind"].cat.categories) == list(schema.KINDS)
+    # and a folder of runs works the same
+    assert len(droidoom.load(local_run.parent.parent)) == len(df)
+
+
+def test_sigint_leaves_partial_run_and_no_process(tmp_path):
+    """Ctrl-C mid-run: helper and population torn down, partial run readable."""
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "droidoom",
+            "profile",
+            "--local",
+            "--population",
+            "0,800",
+            "--writes",
+            "4000",
+            "--rate",
+            "2000",
+            "--out",
+            str(tmp_path),
+        ],  # fmt: skip
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        run_json = None
+        while time.monotonic() < deadline and proc.poll() is None:
+            runs = list(tmp_path.glob("*/run.json"))
+            if runs and list(tmp_path.glob("*")):
+                run_json = runs[0]
+                break
+            time.sleep(0.1)
+        time.sleep(2.5)  # well into the paced writes (12 s in total)
+        assert proc.poll() is None, "the run ended before we could interrupt it"
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    meta = json.loads(run_json.read_text())
+    assert meta["status"] == "partial"
+    assert "Ctrl-C" in meta["reason"]
+    df = droidoom.load(run_json.parent)
+    assert 0 < len(df) < 2 * 3 * 4000
+    assert not wait_no_helpers()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--kinds", "single,bogus"], "unknown kind 'bogus'"),
+        (["--population", "0,-5"], "population -5 is out of range"),
+        (["--population", "zero"], "comma-separated integers"),
+        (["--scenario", "alternate", "--adj", "0,1001"], "adj 1001 is out of range"),
+        (["--writes", "0"], "--writes must be"),
+        (["--mode", "sometimes"], "unknown mode"),
+        (["--out", "/proc/droidoom-nope"], "cannot write to output directory"),
+        (["--capture", "clock,xray"], "xray"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2(args, message):
+    p = run_cli("profile", "--local", *args)
+    assert p.returncode == 2, p.stderr
+    assert message in p.stderr
+    assert "Traceback" not in p.stderr
+
+
+def test_unsafe_population_is_refused_before_spawning(tmp_path):
+    p = run_cli("profile", "--local", "--population", "20000", "--threads", "64",
+                "--out", str(tmp_path))  # fmt: skip
+    assert p.returncode != 0
+    assert "threads-max" in p.stderr or "pid_max" in p.stderr
+    assert "Traceback" not in p.stderr
+    assert not list(tmp_path.iterdir())  # no run directory for a run that never started

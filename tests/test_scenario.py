@@ -1,0 +1,86 @@
+"""Scenario and spec: pure Python, no target needed."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from droidoom import scenario as sc
+from droidoom import spec as specs
+from droidoom.errors import UsageError
+from droidoom.protocol import decode_records, parse_line, render_plan
+
+
+def test_plan_is_seeded_and_reproducible():
+    a = sc.build_plan(specs.QUICK)
+    b = sc.build_plan(specs.QUICK)
+    c = sc.build_plan(replace(specs.QUICK, seed=2))
+    assert a == b
+    assert a.points[0].writes != c.points[0].writes
+
+
+def test_lmkd_moves_are_realistic():
+    plan = sc.build_plan(replace(specs.DEFAULT, populations=(0,), writes=5000))
+    writes = plan.points[0].writes
+    roles = {sc.ROLES[r] for _, _, r in writes}
+    assert roles == {"foreground", "visible", "perceptible", "service", "previous", "cached"}
+    for _, adj, r in writes:
+        if sc.ROLES[r] == "cached":
+            assert sc.CACHED_APP_MIN <= adj <= sc.CACHED_APP_MAX
+        else:
+            assert adj == sc._ROLE_ADJ[sc.ROLES[r]]
+    # a launch always lands on foreground: cached apps never jump straight to visible
+    prev = {}
+    for t, _adj, r in writes:
+        if prev.get(t) == "cached":
+            assert sc.ROLES[r] in ("cached", "foreground")
+        prev[t] = sc.ROLES[r]
+
+
+def test_points_ascend_and_kinds_form_blocks():
+    plan = sc.build_plan(replace(specs.QUICK, populations=(800, 0, 400)))
+    assert [p.population for p in plan.points] == [0, 400, 800]
+    targets = [t for t, _, _ in plan.points[0].writes]
+    assert targets == sorted(targets)  # one contiguous block per kind
+
+
+def test_alternate_and_adj_min_clamp():
+    spec = replace(specs.QUICK, scenario="alternate", levels=(-500, 900), writes=10)
+    plan = sc.build_plan(spec, adj_min=0)
+    values = {adj for _, adj, _ in plan.points[0].writes}
+    assert values == {0, 900}
+    assert plan.clamped == 5 * 3 * 3  # half the writes, every kind and point
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"populations": (-1,)},
+        {"populations": ()},
+        {"kinds": ("bogus",)},
+        {"writes": 0},
+        {"threads": 65},
+        {"levels": (0, 2000)},
+        {"rate": -1.0},
+        {"scenario": "chaos"},
+    ],
+)
+def test_spec_rejects_bad_values(change):
+    with pytest.raises(UsageError):
+        replace(specs.DEFAULT, **change).validate()
+
+
+def test_plan_text_and_protocol_round_trip():
+    plan = sc.build_plan(replace(specs.QUICK, writes=3, populations=(0,)))
+    text = render_plan(plan.targets, plan.points)
+    lines = text.splitlines()
+    assert lines[0] == "droidoom-plan 1"
+    assert lines[1:4] == ["target 0 single 1", "target 1 threaded 8", "target 2 multiprocess 1"]
+    assert lines[4].startswith("point 0 0 8 reopen 0 ")
+    assert sum(line.startswith("w ") for line in lines) == 9
+    ev = parse_line('target idx=2 kind=multiprocess pid=0 status=error errno=22 msg="no clone"')
+    assert ev.kind == "target" and ev.int("errno") == 22 and ev.fields["msg"] == "no clone"
+    assert len(decode_records(b"")) == 0
+    header = b"DDOOMREC" + (1).to_bytes(4, "little") + (32).to_bytes(4, "little")
+    assert len(decode_records(header + bytes(32 * 2 + 7))) == 2  # partial tail dropped
