@@ -29,6 +29,11 @@ err_console = Console(stderr=True)
 DEFAULT_OUT = Path("droidoom-runs")
 
 
+@app.callback()
+def _root() -> None:
+    """Measure what an oom_score_adj update costs (see `droidoom COMMAND --help`)."""
+
+
 def _ints(text: str | None, what: str) -> tuple[int, ...] | None:
     if text is None:
         return None
@@ -176,10 +181,15 @@ def profile(
     )
     if notice:
         err_console.print(f"[dim]{notice}[/]")
+    from .runner import Interrupted
+
     bar = _Bar(target.name)
     try:
         with bar.rich:
             result = run_profile(target, spec, out, captures=sources, progress=bar.callbacks())
+    except Interrupted as e:
+        _print_run(e.result)
+        raise typer.Exit(130) from None
     finally:
         target.close()
     _print_run(result)
@@ -207,7 +217,8 @@ def _print_run(result) -> None:
 def main() -> None:
     """Console entry point: DroidoomErrors become one red line and an exit code."""
     try:
-        app(standalone_mode=False)
+        rv = app(standalone_mode=False)
+        sys.exit(rv if isinstance(rv, int) else 0)  # typer.Exit(n) is returned, not raised
     except DroidoomError as e:
         err_console.print(f"[red]error:[/] {e}")
         sys.exit(e.exit_code)
@@ -216,12 +227,12 @@ def main() -> None:
         sys.exit(130)
     except typer.Exit as e:
         sys.exit(e.exit_code)
-    except Exception as e:  # click usage errors arrive here in non-standalone mode
-        import click
-
-        if isinstance(e, click.ClickException):
+    except Exception as e:
+        # Click's usage errors arrive here in non-standalone mode (typer vendors click,
+        # so match by behaviour rather than class).
+        if callable(getattr(e, "show", None)) and hasattr(e, "exit_code"):
             e.show()
             sys.exit(e.exit_code)
-        if isinstance(e, click.exceptions.Abort):
+        if type(e).__name__ == "Abort":
             sys.exit(130)
         raise

@@ -46,6 +46,14 @@ class Progress:
     notice: Callable[[str], None] = lambda text: None
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during a profile; `.result` is the partial run that was saved."""
+
+    def __init__(self, result: RunResult):
+        super().__init__("interrupted")
+        self.result = result
+
+
 @dataclass(frozen=True)
 class RunResult:
     """What `profile()` produced."""
@@ -156,7 +164,8 @@ def profile(
 
     Ctrl-C, a vanished device or a stuck helper end the run early: the helper and its
     population are torn down, the records gathered so far are kept, and the run is
-    marked "partial". KeyboardInterrupt is re-raised after the partial run is saved.
+    marked "partial". Ctrl-C raises `Interrupted` (a KeyboardInterrupt) carrying the
+    saved partial result.
     """
     spec.validate()
     progress = progress or Progress()
@@ -321,9 +330,10 @@ def profile(
     store.write_json(run_dir / store.RUN_JSON, meta)
     if status == "complete":
         target.sh(f"rm -f {shlex.quote(remote_plan)} {shlex.quote(remote_rec)}", timeout=30)
+    result = RunResult(run_dir, status, samples, meta, tuple(notices))
     if interrupted is not None:
-        raise interrupted
-    return RunResult(run_dir, status, samples, meta, tuple(notices))
+        raise Interrupted(result) from interrupted
+    return result
 
 
 def _pull_records(target, remote, run_dir, plan, run_id, device) -> pd.DataFrame | None:

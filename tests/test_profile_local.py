@@ -60,7 +60,10 @@ def test_loaded_frame_is_typed_and_complete(local_run_df):
 def test_multiprocess_scales_threaded_and_single_stay_flat(local_run_df):
     """This kernel carries the MMF_MULTIPROCESS fix: only CLONE_VM sharing walks."""
     m = medians(local_run_df)
-    assert m["multiprocess", 800] > 5 * m["multiprocess", 0]
+    # ~40 ns per process on this VM: +32 us at 800 over ~5 us at 0 (open+write+close).
+    # A loose factor keeps it robust on a busy 2-core machine; the effect is large.
+    assert m["multiprocess", 800] > 3 * m["multiprocess", 0]
+    assert m["multiprocess", 800] - m["multiprocess", 0] > 10_000
     assert m["threaded", 800] < 3 * m["threaded", 0]
     assert m["single", 800] < 3 * m["single", 0]
 
