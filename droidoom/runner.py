@@ -253,7 +253,7 @@ def profile(
                 capture_meta[src.name] = {"skipped": why}
                 notice(f"capture {src.name} skipped: {why}")
                 continue
-            src.arm(target, _capture_ctx(run_id, wd, facts))
+            src.arm(target, _capture_ctx(run_id, wd, facts, total + _warmups(plan)))
             armed.append(src)
             cmd = src.wrap(cmd)
             needs_root = needs_root or getattr(src, "needs_root", False)
@@ -354,10 +354,16 @@ def _discard_if_empty(run_dir: Path) -> None:
         run_dir.rmdir()
 
 
-def _capture_ctx(run_id, workdir, facts):
+def _warmups(plan: Plan) -> int:
+    return sum(p.warmup * len(plan.targets) for p in plan.points)
+
+
+def _capture_ctx(run_id, workdir, facts, writes):
     from .capture.base import CaptureContext
 
-    return CaptureContext(run_id=run_id, workdir=workdir, abi=facts.abi, root=facts.root)
+    return CaptureContext(
+        run_id=run_id, workdir=workdir, abi=facts.abi, root=facts.root, writes=writes
+    )
 
 
 def _capture_info(session: _Session):

@@ -1,0 +1,244 @@
+"""perf / simpleperf capture: where the kernel spends a write, per sweep point and kind.
+
+The whole helper run is sampled with cpu-clock and call stacks, on the monotonic clock
+so sample times line up with the helper's CLOCK_MONOTONIC write windows:
+
+    Linux:   perf record -k mono -e cpu-clock -F <rate> -g -o <file> -- sh -c <cmd>
+    Android: simpleperf record --clock monotonic -e cpu-clock -f <rate> --call-graph fp
+             -o <file> sh -c <cmd>
+
+(fp call graphs: kernel stacks are unwound by the kernel either way, and dwarf (-g)
+copies user stacks into every sample, too heavy at this rate.) Samples of the helper's
+writer thread that fall inside a timed write are attributed to that write's point and
+kind; the table gives each symbol's self and inclusive (children) share.
+
+perf runs the command as its child and keeps stdin/stdout, so the helper's stdin EOF
+watch and stdout liveness check still work; SIGTERM/SIGINT to perf stop the child
+and perf exits with the child's status.
+"""
+
+from __future__ import annotations
+
+import gzip
+import shutil
+from pathlib import Path
+
+import pandas as pd
+
+from ..errors import CaptureError
+from .base import (
+    CaptureContext,
+    CaptureResult,
+    CaptureRunInfo,
+    CaptureSource,
+    parse_kv_block,
+    q,
+)
+from .perf_parse import (
+    attribute,
+    parse_perf_script,
+    parse_report_sample,
+    parse_simpleperf_report_csv,
+    symbol_table,
+)
+
+DEFAULT_RATE = 20000  # Hz; capped by kernel.perf_event_max_sample_rate
+GROUP = ["point", "population", "mode", "kind"]
+
+_PROBE = r"""
+echo "uid=$(id -u)"
+for t in simpleperf perf; do
+  P=$(command -v $t 2>/dev/null)
+  [ -z "$P" ] && continue
+  V=$($P --version 2>&1); rc=$?
+  echo "$t=$P"; echo "${t}_rc=$rc"; echo "${t}_version=$(echo "$V" | head -n 1)"
+done
+echo "paranoid=$(cat /proc/sys/kernel/perf_event_paranoid 2>/dev/null)"
+echo "kptr_restrict=$(cat /proc/sys/kernel/kptr_restrict 2>/dev/null)"
+echo "max_rate=$(cat /proc/sys/kernel/perf_event_max_sample_rate 2>/dev/null)"
+"""
+
+
+def _is_android(target) -> bool:
+    f = target.facts()
+    return f.transport == "adb" or f.sdk is not None
+
+
+class PerfSource(CaptureSource):
+    """`--capture perf`: adds a perf_symbols table (per point, kind and symbol)."""
+
+    name = "perf"
+
+    def __init__(self, rate: int = DEFAULT_RATE) -> None:
+        self.rate = rate
+        self._ctx: CaptureContext | None = None
+        self._probe: dict[str, str] = {}
+        self.android = False
+        self.tool: str | None = None
+        self._version: str | None = None
+
+    def _run_probe(self, target, root: bool) -> dict[str, str]:
+        self._probe = parse_kv_block(target.sh(_PROBE, timeout=30, root=root).stdout)
+        return self._probe
+
+    def unavailable(self, target) -> str | None:
+        facts = target.facts()
+        android = _is_android(target)
+        p = self._run_probe(target, facts.root)
+        if android:
+            if not p.get("simpleperf"):
+                return (
+                    "perf: simpleperf is not on the device (Android < 9); push the NDK's "
+                    "simpleperf/bin/android/<arch>/simpleperf into PATH or omit --capture perf"
+                )
+            if not facts.root:
+                return (
+                    "perf: kernel call stacks need root on Android (security.perf_harden); "
+                    "run `adb root` on a userdebug build or omit --capture perf"
+                )
+            return None
+        if not p.get("perf") or p.get("perf_rc") != "0" or "perf" not in p.get("perf_version", ""):
+            return (
+                "perf: `perf` is missing or does not match this kernel; install linux-tools "
+                "(or linux-perf) for `uname -r` or omit --capture perf"
+            )
+        if p.get("uid") != "0":
+            paranoid = int(p.get("paranoid") or 2)
+            if paranoid > 1:
+                return (
+                    f"perf: kernel.perf_event_paranoid is {paranoid}, kernel stacks need <= 1; "
+                    "run `sudo sysctl kernel.perf_event_paranoid=1`, run as root, "
+                    "or omit --capture perf"
+                )
+            if p.get("kptr_restrict", "0") != "0":
+                return (
+                    "perf: kernel.kptr_restrict hides kernel symbols from non-root users; "
+                    "run `sudo sysctl kernel.kptr_restrict=0`, run as root, or omit --capture perf"
+                )
+        return None
+
+    def arm(self, target, ctx: CaptureContext) -> None:
+        self._ctx = ctx
+        self.needs_root = ctx.root
+        self.android = _is_android(target)
+        p = self._probe or self._run_probe(target, ctx.root)
+        name = "simpleperf" if self.android else "perf"
+        self.tool = p.get(name) or name
+        self._version = p.get(f"{name}_version")
+        max_rate = int(p.get("max_rate") or 0)
+        if max_rate > 0:
+            self.rate = max(100, min(self.rate, max_rate))
+        res = target.sh(f"rm -f {q(self._remote('.data'))}", timeout=30, root=ctx.root)
+        if not res.ok:
+            raise CaptureError(f"perf: cannot write to {ctx.workdir}: {res.stderr.strip()}")
+
+    def _remote(self, suffix: str) -> str:
+        if self._ctx is None:
+            raise CaptureError("perf: used before arm()")
+        return f"{self._ctx.workdir}/perf-{self._ctx.run_id}{suffix}"
+
+    def wrap(self, command: str) -> str:
+        data, tool = q(self._remote(".data")), q(self.tool or "perf")
+        if self.android:
+            return (
+                f"exec {tool} record --clock monotonic -e cpu-clock -f {self.rate} "
+                f"--call-graph fp -o {data} sh -c {q(command)}"
+            )
+        return (
+            f"exec {tool} record -q -k mono -e cpu-clock -F {self.rate} -g -o {data} "
+            f"-- sh -c {q(command)}"
+        )
+
+    def collect(
+        self, target, samples: pd.DataFrame, run_dir: Path, info: CaptureRunInfo
+    ) -> CaptureResult:
+        assert self._ctx is not None
+        run_dir = Path(run_dir)
+        data, out = self._remote(".data"), self._remote(".txt")
+        tool, root = q(self.tool or "perf"), self._ctx.root
+        tables: dict[str, pd.DataFrame] = {}
+        meta: dict = {
+            "tool": self.tool,
+            "version": self._version,
+            "event": "cpu-clock",
+            "rate_hz": self.rate,
+            "clock": "monotonic",
+            "helper_pid": info.helper_pid,
+        }
+        if self.android:
+            cmd = f"{tool} report-sample -i {q(data)} --show-callchain > {q(out)}"
+        else:
+            tid = f" --tid {info.helper_pid}" if info.helper_pid > 0 else ""
+            cmd = f"{tool} script -i {q(data)} -F tid,time,ip,sym,dso --ns{tid} > {q(out)}"
+        res = target.sh(cmd, timeout=900, root=root)
+        if not res.ok:
+            raise CaptureError(
+                f"perf: `{cmd}` failed: {(res.stderr or res.stdout).strip()[-300:]}; "
+                "was the run too short to record anything?"
+            )
+        warn = [ln for ln in res.stderr.splitlines() if "lost" in ln.lower()]
+        if warn:
+            meta["warnings"] = warn[-5:]
+        local_txt = run_dir / "perf_script.txt"
+        target.pull(out, local_txt)
+        target.pull(data, run_dir / "perf.data")
+        text = local_txt.read_text(errors="replace")
+        with local_txt.open("rb") as src, gzip.open(f"{local_txt}.gz", "wb") as dst:
+            shutil.copyfileobj(src, dst)
+        local_txt.unlink()
+        meta["files"] = ["perf.data", "perf_script.txt.gz"]
+        if self.android:
+            ps, frames, extra = parse_report_sample(text)
+            meta.update(extra)
+            tables["perf_report"] = self._android_report(target, data, run_dir, meta)
+        else:
+            ps, frames = parse_perf_script(text)
+        if info.helper_pid > 0:
+            ps = ps[ps["tid"] == info.helper_pid]
+        group = [c for c in GROUP if c in samples.columns]
+        attributed, counts = attribute(ps, samples, group)
+        meta["samples"] = counts
+        table = symbol_table(attributed, frames, group)
+        tables["perf_symbols"] = table.reset_index(drop=True)
+        meta["top_self"] = _top(table, group)
+        return CaptureResult(samples=samples, meta=meta, tables=tables)
+
+    def _android_report(self, target, data: str, run_dir: Path, meta: dict) -> pd.DataFrame:
+        """Whole-run `simpleperf report --csv --children` (dso, symbol) as a table."""
+        csv = self._remote(".csv")
+        cmd = (
+            f"{q(self.tool or 'simpleperf')} report -i {q(data)} --csv --children "
+            f"--sort dso,symbol -o {q(csv)}"
+        )
+        if not target.sh(cmd, timeout=600, root=self._ctx.root if self._ctx else False).ok:
+            return pd.DataFrame()
+        target.pull(csv, run_dir / "perf_report.csv")
+        df, rmeta = parse_simpleperf_report_csv((run_dir / "perf_report.csv").read_text())
+        meta["report"] = rmeta
+        meta["files"].append("perf_report.csv")
+        return df
+
+    def disarm(self, target) -> None:
+        """Remove the target-side perf files (perf itself ends with the helper)."""
+        if self._ctx is None:
+            return
+        files = " ".join(q(self._remote(s)) for s in (".data", ".data.old", ".txt", ".csv"))
+        try:
+            target.sh(f"rm -f {files}", timeout=30, root=self._ctx.root)
+        except Exception:  # never mask the run's own outcome; files are only litter
+            pass
+
+
+def _top(table: pd.DataFrame, group: list[str]) -> dict[str, dict]:
+    """Per group: sample count and the leaf symbol with the largest self share."""
+    out = {}
+    for key, g in table.groupby(group, observed=True, sort=True):
+        key = key if isinstance(key, tuple) else (key,)
+        best = g.sort_values("self_pct", ascending=False).iloc[0]
+        label = "/".join(str(k) for k in key)
+        out[label] = {
+            "samples": int(best["group_samples"]),
+            "top_self": str(best["symbol"]),
+            "top_self_pct": round(float(best["self_pct"]), 1),
+        }
+    return out

@@ -1,0 +1,77 @@
+"""pytest fixtures for tests that need an adb server and loopback adbd peers.
+
+Register from ``tests/conftest.py`` (tests/ is on sys.path under pytest's default
+``prepend`` import mode)::
+
+    pytest_plugins = ["adb_fixtures"]
+
+Fixtures:
+
+* ``adb_server`` (session): ``adb_env.AdbServer`` running ``$DROIDOOM_TEST_ADB`` or Debian's
+  adb (else the adbutils-bundled one) on a private port.
+* ``each_adb_server`` (module): parametrized over every adb binary present (ids
+  ``adb-debian`` / ``adb-bundled``).
+* ``adb_peer_factory`` (function): ``make(props=None, *, server=None, serial=None,
+  connect=True, **PeerProcess kwargs) -> PeerProcess``; ``server`` defaults to ``adb_server``.
+  A connected peer has ``.server`` and ``.device`` (``adbutils.AdbDevice`` in state
+  ``device``).  At teardown every peer is disconnected and stopped.
+* ``adb_peer`` (function): one connected peer with default props on ``adb_server``.
+* ``adb_device`` (function): ``adb_peer.device``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+from adb_env import (
+    AdbServer,
+    PeerProcess,
+    adb_binary_id,
+    available_adb_binaries,
+    default_adb_binary,
+)
+
+
+@pytest.fixture(scope="session")
+def adb_server():
+    with AdbServer(default_adb_binary()) as server:
+        yield server
+
+
+@pytest.fixture(scope="module", params=available_adb_binaries(), ids=adb_binary_id)
+def each_adb_server(request):
+    with AdbServer(request.param) as server:
+        yield server
+
+
+@pytest.fixture
+def adb_peer_factory(request):
+    made: list[PeerProcess] = []
+
+    def make(props=None, *, server: AdbServer | None = None, serial=None, connect=True, **kw):
+        server = server or request.getfixturevalue("adb_server")
+        peer = PeerProcess(props, serial=serial, **kw)
+        made.append(peer)
+        peer.start()
+        peer.server = server
+        peer.device = server.connect(peer) if connect else None
+        return peer
+
+    yield make
+    for peer in reversed(made):
+        server = getattr(peer, "server", None)
+        if server is not None:
+            with contextlib.suppress(Exception):
+                server.disconnect(peer)
+        peer.stop()
+
+
+@pytest.fixture
+def adb_peer(adb_peer_factory):
+    return adb_peer_factory()
+
+
+@pytest.fixture
+def adb_device(adb_peer):
+    return adb_peer.device

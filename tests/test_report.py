@@ -1,0 +1,147 @@
+"""Terminal tables, figures and the self-contained HTML report, on real runs of this host."""
+
+from __future__ import annotations
+
+import base64
+import html
+import os
+import re
+import shutil
+import subprocess
+
+import numpy as np
+import pandas as pd
+import pytest
+from matplotlib import image
+from rich.console import Console
+
+import droidoom
+from droidoom import analysis, plots, report, schema
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+IMG_RE = re.compile(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)"')
+
+
+def n_device_modes(df: pd.DataFrame) -> int:
+    return len(df[["device", "mode"]].drop_duplicates())
+
+
+def assert_nontrivial_png(path, min_ink: float = 0.02) -> np.ndarray:
+    """The PNG decodes and is not blank: enough non-white pixels, several colours."""
+    data = path.read_bytes() if hasattr(path, "read_bytes") else path
+    assert data[:8] == PNG_MAGIC
+    import io
+
+    img = image.imread(io.BytesIO(data), format="png")[..., :3]
+    ink = (img < 0.92).any(axis=-1).mean()
+    assert ink > min_ink, f"only {ink:.1%} of the image is not white"
+    assert len(np.unique(img.reshape(-1, 3)[::97], axis=0)) > 20
+    return img
+
+
+def recorded() -> Console:
+    return Console(record=True, width=150, color_system=None, force_terminal=False)
+
+
+def test_render_terminal(local_run, local_run_df):
+    console = recorded()
+    meta = analysis.load_meta(local_run)
+    (v,) = report.render_terminal(local_run_df, [meta], console)
+    text = console.export_text()
+    assert v.status == "fixed"
+    assert "FIXED" in text and "MMF_MULTIPROCESS" in text
+    assert meta["target"]["kernel_release"] in text
+    for word in ("median", "p90", "p99", "population", "ns/process", "O(1)", "O(N)"):
+        assert word in text, word
+    for pop in local_run_df["population"].unique():
+        assert re.search(rf"^\W*{pop}\s", text, re.M), pop
+
+
+def test_compare_table_shows_regressions(local_run_df, slow_run):
+    result = analysis.compare(local_run_df, droidoom.load(slow_run))
+    console = recorded()
+    report.compare_table(result, console)
+    text = console.export_text()
+    assert "REGRESSION" in text
+    assert f"{len(result.regressions)} regression(s)" in text
+
+
+def test_compare_table_without_regression(local_run_df):
+    console = recorded()
+    report.compare_table(analysis.compare(local_run_df, local_run_df), console)
+    text = console.export_text()
+    assert "no regression" in text and "REGRESSION" not in text
+
+
+def test_save_figures(tmp_path, local_run_df):
+    paths = plots.save_figures(local_run_df, tmp_path)
+    assert len(paths) == 2 * n_device_modes(local_run_df)  # scaling + distribution each
+    for p in paths:
+        assert p.parent == tmp_path and p.suffix == ".png"
+        assert_nontrivial_png(p)
+
+
+def test_scaling_figure_titles_carry_the_fit(local_run_df):
+    fig = plots.plot_scaling(local_run_df)
+    titles = {ax.get_title().split(":")[0]: ax.get_title() for ax in fig.axes}
+    assert "O(1)" in titles["threaded"] and "O(N)" in titles["multiprocess"]
+    assert all(ax.get_xlabel().startswith("extra processes") for ax in fig.axes)
+    assert "µs" in fig.axes[0].get_ylabel()
+
+
+def screenshot(html_path, tmp_path):
+    """Render the page in headless Chromium (no network: only a file:// URL)."""
+    png = tmp_path / "shot.png"
+    cmd = [
+        CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+        "--no-first-run", "--disable-background-networking", "--disable-component-update",
+        "--disable-sync", f"--user-data-dir={tmp_path / 'chrome-profile'}",
+        f"--screenshot={png}", "--window-size=1200,3000", html_path.resolve().as_uri(),
+    ]  # fmt: skip
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
+    assert p.returncode == 0 and png.is_file(), p.stderr[-2000:]
+    return png
+
+
+def check_self_contained(text: str, n_images: int) -> None:
+    assert not re.search(r"https?://", text), "the report references the network"
+    assert not re.search(r"""(?:src|href)\s*=\s*(?!["']?(?:data:|#))""", text)
+    images = IMG_RE.findall(text)
+    assert len(images) == n_images
+    for b64 in images:
+        assert_nontrivial_png(base64.b64decode(b64))
+
+
+@pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="chromium is not installed")
+def test_html_report_is_self_contained_and_renders(tmp_path, local_run, local_run_df):
+    meta = analysis.load_meta(local_run)
+    path = report.render_html(local_run_df, [meta], tmp_path / "report.html")
+    text = path.read_text()
+    check_self_contained(text, 2 * n_device_modes(local_run_df))
+    (v,) = analysis.verdict(local_run_df, meta)
+    assert html.escape(v.sentence) in text
+    for fact in (meta["run_id"], meta["target"]["kernel_release"], meta["status"]):
+        assert html.escape(str(fact)) in text
+    assert "Farm" not in text  # one device: no farm section
+    img = assert_nontrivial_png(screenshot(path, tmp_path))
+    assert img.shape[:2] == (3000, 1200)
+    # the page's top (verdict, tables) is not empty either: text renders before the figures
+    assert (img[:600] < 0.92).any(axis=-1).mean() > 0.02
+
+
+@pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="chromium is not installed")
+def test_html_report_farm_section(tmp_path, local_run, slow_run, local_run_df):
+    """Two devices (the slow run relabelled as a second host): farm overview + device plot."""
+    slow = droidoom.load(slow_run)
+    slow["device"] = pd.Categorical(["local:loaded"] * len(slow))
+    df = schema.coerce(pd.concat([local_run_df, slow], ignore_index=True))
+    metas = [analysis.load_meta(local_run), dict(analysis.load_meta(slow_run))]
+    metas[1]["device"] = "local:loaded"
+    path = report.render_html(df, metas, tmp_path / "farm.html")
+    text = path.read_text()
+    assert "Farm: per-device overview" in text and "local:loaded" in text
+    modes = df["mode"].nunique()
+    check_self_contained(text, 2 * n_device_modes(df) + modes)  # + one devices figure per mode
+    assert text.count("badge fixed") >= 4  # two verdict boxes + two farm rows
+    assert_nontrivial_png(screenshot(path, tmp_path))
