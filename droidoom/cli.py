@@ -162,8 +162,7 @@ def profile(
     capture: Capture = "clock",
     out: Out = DEFAULT_OUT,
 ) -> None:
-    """Time oom_score_adj writes across process populations and say whether this kernel
-    has the O(N) path.
+    """Time oom_score_adj writes across populations; say if this kernel has the O(N) path.
 
     With no --local/--serial: the single attached phone, else this host. Prints a table
     (median, p90, p99 per kind and population), a verdict, and writes a run directory
@@ -212,6 +211,10 @@ def _print_run(result) -> None:
     console.print(f"run {status}: {result.path}")
     if result.status != "complete":
         console.print(f"[yellow]reason:[/] {result.meta.get('reason')}")
+
+
+# Sub-command modules register themselves on `app` (kept apart so each stays small).
+from . import cli_adb, cli_analysis, cli_farm  # noqa: E402, F401
 
 
 def main() -> None:

@@ -11,6 +11,7 @@ import datetime as dt
 import re
 import shlex
 import tempfile
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -159,13 +160,15 @@ def profile(
     progress: Progress | None = None,
     run_id: str | None = None,
     extra_meta: dict | None = None,
+    cancel: threading.Event | None = None,
 ) -> RunResult:
     """Profile `target` with `spec`; write and return a run directory under `out_dir`.
 
     Ctrl-C, a vanished device or a stuck helper end the run early: the helper and its
     population are torn down, the records gathered so far are kept, and the run is
     marked "partial". Ctrl-C raises `Interrupted` (a KeyboardInterrupt) carrying the
-    saved partial result.
+    saved partial result. Setting `cancel` (from another thread, e.g. a farm's Ctrl-C
+    handler) stops the run the same way and returns the partial result.
     """
     spec.validate()
     progress = progress or Progress()
@@ -264,6 +267,9 @@ def profile(
                 ev = parse_line(line)
                 if ev:
                     session.feed(ev, progress)
+                if cancel is not None and cancel.is_set():
+                    reason = "cancelled"
+                    break
         except KeyboardInterrupt as e:
             interrupted, reason = e, "interrupted by Ctrl-C"
         except TransientTargetError as e:
