@@ -26,18 +26,33 @@ REPO = Path(__file__).resolve().parent.parent
 pytest_plugins = ["adb_fixtures"] if (Path(__file__).parent / "adb_fixtures.py").exists() else []
 
 
+def _stat(pid: str) -> tuple[str, int] | None:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            data = f.read()
+    except OSError:
+        return None
+    comm = data[data.index("(") + 1 : data.rindex(")")]
+    return comm, int(data[data.rindex(")") + 2 :].split()[1])
+
+
 def helper_pids() -> set[int]:
-    """Pids of every droidoom-helper process on the host (population children included:
-    they are forks of the helper and keep its comm)."""
-    pids = set()
-    for d in os.listdir("/proc"):
-        if d.isdigit():
-            try:
-                with open(f"/proc/{d}/comm") as f:
-                    if f.read().strip() == "droidoom-helper":
-                        pids.add(int(d))
-            except OSError:
-                pass
+    """Pids of droidoom-helper processes that belong to this test session: descendants of
+    pytest, or orphans re-parented to init (what a leak looks like). Helpers of other
+    sessions on the same machine, whose parents are alive, are not ours to judge."""
+    table = {int(d): st for d in os.listdir("/proc") if d.isdigit() and (st := _stat(d))}
+    me, pids = os.getpid(), set()
+    for pid, (comm, ppid) in table.items():
+        if comm != "droidoom-helper":
+            continue
+        if ppid == 1:  # orphaned: its host is gone, nobody will stop it
+            pids.add(pid)
+            continue
+        p, seen = ppid, 0
+        while p > 1 and p != me and seen < 64:
+            p, seen = table.get(p, ("", 0))[1], seen + 1
+        if p == me:
+            pids.add(pid)
     return pids
 
 
