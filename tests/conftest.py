@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -83,6 +84,31 @@ def run_cli(*args: str, timeout: float = 300, **kw) -> subprocess.CompletedProce
         timeout=timeout,
         **kw,
     )
+
+
+def interrupt_cli(out: Path, *args: str, after: float = 2.5):
+    """Start `droidoom profile --out OUT ARGS`, send SIGINT `after` s into the run (once
+    its run directory exists), return (returncode, stderr, run_dir)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "droidoom", "profile", "--out", str(out), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not list(out.glob("*/run.json")) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(after)
+        assert proc.poll() is None, "the run ended before it could be interrupted"
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    (run,) = [d for d in out.iterdir() if d.is_dir()]
+    return proc.returncode, err, run
 
 
 class BackgroundPopulation:

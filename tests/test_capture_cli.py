@@ -5,15 +5,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import subprocess
-import sys
-import time
 from dataclasses import replace
 
 import pandas as pd
 import pytest
-from conftest import run_cli, wait_no_helpers
+from conftest import interrupt_cli, run_cli, wait_no_helpers
 from test_capture_live import TRACEFS, tracefs_state
 
 import droidoom
@@ -71,43 +67,12 @@ def test_tracefs_is_restored(captured):
 
 def test_sigint_mid_capture_restores_tracefs_and_keeps_partial(tmp_path):
     before = tracefs_state()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "droidoom",
-            "profile",
-            "--local",
-            "--capture",
-            "ftrace,perf",
-            "--population",
-            "0,400",
-            "--writes",
-            "3000",
-            "--rate",
-            "2000",
-            "--out",
-            str(tmp_path),
-        ],  # fmt: skip
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        deadline = time.monotonic() + 60
-        while not list(tmp_path.glob("*/run.json")) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        time.sleep(2.5)
-        assert proc.poll() is None
-        proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == 130, err
+    rc, err, run = interrupt_cli(
+        tmp_path, "--local", "--capture", "ftrace,perf", "--population", "0,400",
+        "--writes", "3000", "--rate", "2000",
+    )  # fmt: skip
+    assert rc == 130, err
     assert tracefs_state() == before
-    (run,) = [d for d in tmp_path.iterdir() if d.is_dir()]
     assert json.loads((run / "run.json").read_text())["status"] == "partial"
     assert len(droidoom.load(run)) > 0
     assert not wait_no_helpers()

@@ -3,14 +3,10 @@
 from __future__ import annotations
 
 import json
-import signal
-import subprocess
-import sys
-import time
 
 import pandas as pd
 import pytest
-from conftest import run_cli, wait_no_helpers
+from conftest import interrupt_cli, run_cli, wait_no_helpers
 
 import droidoom
 from droidoom import schema
@@ -79,49 +75,15 @@ def test_load_many_runs_keeps_categoricals(local_run, slow_run):
 
 def test_sigint_leaves_partial_run_and_no_process(tmp_path):
     """Ctrl-C mid-run: helper and population torn down, partial run readable."""
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "droidoom",
-            "profile",
-            "--local",
-            "--population",
-            "0,800",
-            "--writes",
-            "4000",
-            "--rate",
-            "2000",
-            "--out",
-            str(tmp_path),
-        ],  # fmt: skip
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+    rc, err, run = interrupt_cli(
+        tmp_path, "--local", "--population", "0,800", "--writes", "4000", "--rate", "2000"
     )
-    try:
-        deadline = time.monotonic() + 60
-        run_json = None
-        while time.monotonic() < deadline and proc.poll() is None:
-            runs = list(tmp_path.glob("*/run.json"))
-            if runs and list(tmp_path.glob("*")):
-                run_json = runs[0]
-                break
-            time.sleep(0.1)
-        time.sleep(2.5)  # well into the paced writes (12 s in total)
-        assert proc.poll() is None, "the run ended before we could interrupt it"
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == 130, err
+    assert rc == 130, err
     assert "Traceback" not in err
-    meta = json.loads(run_json.read_text())
+    meta = json.loads((run / "run.json").read_text())
     assert meta["status"] == "partial"
     assert "Ctrl-C" in meta["reason"]
-    df = droidoom.load(run_json.parent)
+    df = droidoom.load(run)
     assert 0 < len(df) < 2 * 3 * 4000
     assert not wait_no_helpers()
 
