@@ -103,8 +103,13 @@ def fidelity(tmp: Path, n: int = 20000, populations=(0, 800)) -> list[dict]:
             hm = float(np.median(sel["latency_ns"]))
             bm = bare_res[kind]["median_ns"]
             rows.append(
-                {"population": pop, "kind": kind, "helper_ns": hm, "bare_ns": bm,
-                 "ratio": hm / bm}  # fmt: skip
+                {
+                    "population": pop,
+                    "kind": kind,
+                    "helper_ns": hm,
+                    "bare_ns": bm,
+                    "ratio": hm / bm,
+                }  # fmt: skip
             )
     return rows
 

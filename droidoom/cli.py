@@ -161,6 +161,9 @@ def profile(
     seed: Seed = None,
     capture: Capture = "clock",
     out: Out = DEFAULT_OUT,
+    all_devices: Annotated[
+        bool, typer.Option("--all", help="Every device on the adb server, in parallel (a farm).")
+    ] = False,
 ) -> None:
     """Time oom_score_adj writes across populations; say if this kernel has the O(N) path.
 
@@ -174,6 +177,11 @@ def profile(
     spec = build_spec(
         quick, population, kinds, writes, threads, target_threads, scenario, adj, rate, mode, seed
     )
+    if all_devices:  # a one-server farm (droidoom/cli_farm.py)
+        if local or serial:
+            raise UsageError("--all profiles every device on the server: drop --local/--serial")
+        server = AdbServer.from_env(adb_host, adb_port)
+        raise typer.Exit(cli_farm.profile_all(server, spec, out, capture))
     sources = _captures(capture)
     target, notice = select_target(
         local=local, serial=serial, server=AdbServer.from_env(adb_host, adb_port)
@@ -192,6 +200,14 @@ def profile(
     finally:
         target.close()
     _print_run(result)
+    if result.status != "complete":
+        # A device that dropped keeps its records file: say how to fetch it later.
+        if target.facts().transport == "adb" and not len(result.samples):
+            console.print(
+                "[yellow]the device keeps what it recorded:[/] once it is back, run "
+                f"`droidoom recover --serial {target.facts().device} {result.path}`"
+            )
+        raise typer.Exit(1)
 
 
 def _captures(text: str):

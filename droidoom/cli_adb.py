@@ -1,5 +1,197 @@
-"""CLI commands: adb (registered on droidoom.cli.app)."""
+"""CLI commands for phones over adb: devices, doctor, clean, recover (on droidoom.cli.app)."""
 
 from __future__ import annotations
 
-from .cli import app  # noqa: F401
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from .cli import DEFAULT_OUT, app, console, err_console
+from .errors import DroidoomError, UsageError
+
+Serial = Annotated[
+    str | None, typer.Option("--serial", "-s", help="Device serial (default: ANDROID_SERIAL).")
+]
+AdbHost = Annotated[
+    str | None, typer.Option(help="adb server host (default: ANDROID_ADB_SERVER_HOST).")
+]
+AdbPort = Annotated[
+    int | None, typer.Option(help="adb server port (default: ANDROID_ADB_SERVER_PORT or 5037).")
+]
+
+
+def _server(host, port):
+    from .targets.select import AdbServer
+
+    return AdbServer.from_env(host, port)
+
+
+def _adb_target(serial, host, port):
+    """The phone named by --serial/ANDROID_SERIAL, or the single attached one."""
+    from .targets.local import LocalTarget
+    from .targets.select import select_target
+
+    server = _server(host, port)
+    if serial is None and not server.listening():
+        raise UsageError(f"no adb server at {server}: start one (`adb start-server`) or pass "
+                         "--adb-host/--adb-port")  # fmt: skip
+    target, _ = select_target(serial=serial, server=server)
+    if isinstance(target, LocalTarget):
+        raise UsageError(f"no device attached to the adb server at {server}; plug one in or "
+                         "`adb connect HOST:PORT`")  # fmt: skip
+    return target
+
+
+def _root_label(facts) -> str:
+    e = facts.extra
+    if e.get("uid") == 0:
+        return "adbd"
+    if e.get("su"):
+        return f"su ({e['su']})"
+    return "no (adb root available)" if e.get("debuggable") else "no"
+
+
+@app.command()
+def devices(
+    adb_host: AdbHost = None,
+    adb_port: AdbPort = None,
+    inventory: Annotated[
+        Path | None,
+        typer.Option("--inventory", "-i", help="Show what a farm.toml resolves to instead."),
+    ] = None,
+) -> None:
+    """List the devices on the adb server: serial, model, Android, kernel, ABI, root."""
+    if inventory is not None:  # farm inventory (droidoom/cli_farm.py)
+        from .cli_farm import show_inventory
+
+        raise typer.Exit(show_inventory(inventory))
+    from .targets.adb import AdbTarget, list_devices
+
+    server = _server(adb_host, adb_port)
+    if not server.listening():
+        raise UsageError(f"no adb server at {server}: start one (`adb start-server`) or pass "
+                         "--adb-host/--adb-port")  # fmt: skip
+    found = list_devices(server)
+
+    def row(item):
+        serial, state = item
+        if state != "device":
+            return [serial, state, "", "", "", "", ""]
+        try:
+            t = AdbTarget(serial, server=server)
+            f = t.facts()
+        except DroidoomError as e:
+            return [serial, "error", str(e)[:60], "", "", "", ""]
+        android = f"{f.extra.get('android_release', '')} (SDK {f.sdk})" if f.sdk else ""
+        return [serial, state, f.model, android, f.kernel_release, f.abi, _root_label(f)]
+
+    with ThreadPoolExecutor(max_workers=8) as pool:  # one facts round trip per device
+        rows = list(pool.map(row, found))
+    table = Table(title=f"devices on the adb server at {server}")
+    for col in ("serial", "state", "model", "android", "kernel", "abi", "root"):
+        table.add_column(col, no_wrap=col in ("serial", "kernel"))
+    for r in rows:
+        table.add_row(*r)
+    console.print(table)
+    if not rows:
+        console.print("no devices: plug one in (USB debugging on) or `adb connect HOST:PORT`")
+
+
+@app.command()
+def doctor(
+    serial: Serial = None,
+    local: Annotated[bool, typer.Option("--local", help="Check this Linux host.")] = False,
+    adb_host: AdbHost = None,
+    adb_port: AdbPort = None,
+) -> None:
+    """What this target can do: writes, root, tracing, perf/simpleperf, limits.
+
+    Each missing capability comes with the reason and the fix. Pushes the helper (as
+    `profile` would) to probe what this user may write.
+    """
+    from .doctor import MISSING, OK, diagnose
+    from .targets.select import select_target
+
+    target, notice = select_target(local=local, serial=serial, server=_server(adb_host, adb_port))
+    if notice:
+        err_console.print(f"[dim]{notice}[/]")
+    try:
+        f = target.facts()
+        checks = diagnose(target)
+    finally:
+        target.close()
+    console.print(
+        f"[bold]{target.name}[/]: {f.model}, kernel {f.kernel_release}, {f.abi}, {f.cpus} CPUs"
+        + (f", Android {f.extra.get('android_release')} (SDK {f.sdk})" if f.sdk else "")
+    )
+    table = Table(show_lines=False)
+    for col in ("area", "capability", "status", "detail / fix"):
+        table.add_column(col, overflow="fold")
+    style = {OK: "green", MISSING: "red"}
+    for c in checks:
+        text = c.detail + (f"\n[cyan]fix:[/] {c.fix}" if c.fix else "")
+        table.add_row(c.area, c.name, f"[{style.get(c.status, 'yellow')}]{c.status}[/]", text)
+    console.print(table)
+
+
+@app.command()
+def clean(
+    serial: Serial = None,
+    adb_host: AdbHost = None,
+    adb_port: AdbPort = None,
+    keep_records: Annotated[
+        bool, typer.Option(help="Keep records files of cut-short runs for `droidoom recover`.")
+    ] = False,
+) -> None:
+    """Remove everything droidoom pushed to the device (helper, plans, records)."""
+    target = _adb_target(serial, adb_host, adb_port)
+    removed, kept = target.clean(keep_records=keep_records)
+    for p in removed:
+        console.print(f"removed {p}")
+    for p in kept:
+        console.print(f"kept {p} (`droidoom recover` pulls it)")
+    if not removed:
+        console.print(f"{target.name}: nothing of droidoom's on the device")
+
+
+@app.command()
+def recover(
+    run_dir: Annotated[
+        Path | None, typer.Argument(help="The partial run to complete (default: all under --out).")
+    ] = None,
+    serial: Serial = None,
+    adb_host: AdbHost = None,
+    adb_port: AdbPort = None,
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Where to look for run directories.")
+    ] = DEFAULT_OUT,
+    keep: Annotated[bool, typer.Option(help="Leave the records on the device.")] = False,
+) -> None:
+    """Pull the records a device still holds after a cut-short run into its run dir."""
+    from . import recover as rec
+    from . import store
+
+    if run_dir is not None and serial is None:
+        serial = store.read_run(run_dir).device or None  # the run knows its device
+    target = _adb_target(serial, adb_host, adb_port)
+    if run_dir is not None:
+        todo = {store.read_run(run_dir).run_id: (Path(run_dir), None)}
+    else:
+        held = rec.pending(target)
+        dirs = rec.find_run_dirs(out, held)
+        for run_id in sorted(set(held) - set(dirs)):
+            err_console.print(f"[yellow]note:[/] {held[run_id]} has no run dir under {out}; "
+                              "pass its RUN_DIR")  # fmt: skip
+        todo = {run_id: (dirs[run_id], held[run_id]) for run_id in dirs}
+        if not held:
+            console.print(f"{target.name} holds no records of cut-short runs")
+    for path, remote in todo.values():
+        r = rec.recover_run(target, path, remote, keep=keep)
+        if r.writes == r.previous:
+            console.print(f"{r.run_dir}: already has all {r.writes} writes the device holds")
+        else:
+            console.print(f"recovered {r.writes} writes into {r.run_dir} (had {r.previous})"
+                          + ("" if r.removed else f"; {r.remote} kept"))  # fmt: skip

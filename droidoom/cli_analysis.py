@@ -1,5 +1,181 @@
-"""CLI commands: analysis (registered on droidoom.cli.app)."""
+"""CLI commands for stored runs: `droidoom report` and `droidoom compare` (on droidoom.cli.app).
+
+`compare` is made for kernel CI: exit 0 when no group regressed, 1 on a regression, 2 on bad
+input (missing runs, runs that cannot be compared) - the last through DataError/UsageError,
+which `droidoom.cli.main` turns into one red line and exit code 2.
+"""
 
 from __future__ import annotations
 
-from .cli import app  # noqa: F401
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from .cli import app, console, err_console
+from .errors import DataError, UsageError
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from .store import RunInfo
+
+Runs = Annotated[
+    list[Path],
+    typer.Argument(
+        help="Run directories, or folders of runs (e.g. a farm directory).", show_default=False
+    ),
+]
+CompleteOnly = Annotated[
+    bool, typer.Option("--complete-only", help="Skip interrupted (partial) runs.")
+]
+
+# Spec fields that change what one write costs: runs that differ in one of them measure
+# different things, and a ratio between them says nothing about the kernel.
+_SPEC_MUST_MATCH = ("scenario", "levels", "threads", "target_threads", "rate")
+
+
+def _load(paths: list[Path], complete_only: bool, what: str = "") -> tuple[pd.DataFrame, list]:
+    """(samples, RunInfos) of `paths`; notes on partial runs; DataError when nothing loads."""
+    from . import store
+
+    label = f"{what} " if what else ""
+    runs = store.find_runs(paths)
+    partial = [r for r in runs if r.status != "complete"]
+    if complete_only:
+        runs = [r for r in runs if r.status == "complete"]
+        if not runs:
+            raise DataError(f"{label}{', '.join(map(str, paths))}: every run is partial; "
+                            "drop --complete-only to use them")  # fmt: skip
+    for r in partial:
+        verb = "skipped" if complete_only else "its missing points are left out"
+        err_console.print(f"[yellow]note:[/] {label}run {r.path} is {r.status}: {verb}")
+    df = store.load([r.path for r in runs])
+    if df.empty:
+        raise DataError(f"{label}{', '.join(map(str, paths))}: the runs hold no samples "
+                        "(interrupted before the first records were saved)")  # fmt: skip
+    loaded = set(df["run_id"].astype(str).unique())
+    return df, [r for r in runs if r.run_id in loaded]
+
+
+def _mixed_kernels(runs: list[RunInfo]) -> None:
+    """A device profiled on two kernels and reported as one would mix both in one fit."""
+    seen: dict[str, set[str]] = {}
+    for r in runs:
+        seen.setdefault(r.device, set()).add(
+            str((r.meta.get("target") or {}).get("kernel_release"))
+        )
+    for device, releases in seen.items():
+        if len(releases) > 1:
+            err_console.print(
+                f"[yellow]note:[/] {device} has runs on kernels {', '.join(sorted(releases))}: "
+                "they are pooled here; `droidoom compare BASE NEW` compares builds"
+            )
+
+
+@app.command()
+def report(
+    runs: Runs,
+    html: Annotated[
+        Path | None,
+        typer.Option("--html", help="Also write one self-contained HTML file (figures inside)."),
+    ] = None,
+    figures: Annotated[
+        Path | None, typer.Option("--figures", help="Write the PNG figures into this directory.")
+    ] = None,
+    logy: Annotated[
+        bool, typer.Option("--logy", help="Log latency axis on scaling plots.")
+    ] = False,
+    complete_only: CompleteOnly = False,
+) -> None:
+    """Tables, verdict and figures for stored runs; several devices are compared side by side.
+
+    Prints latency (n, median, p90, p99 per kind and population), the O(1)/O(N) scaling fit
+    and the fixed/regressed verdict per device. --figures writes PNGs (scaling with the fit
+    and its CI, latency distributions, devices side by side); --html writes all of it in one
+    file that opens offline (mail it, or keep it as a CI artifact).
+    """
+    from . import plots
+    from . import report as rep
+
+    df, infos = _load(runs, complete_only)
+    _mixed_kernels(infos)
+    metas = [r.meta for r in infos]
+    rep.render_terminal(df, metas, console)
+    figs = plots.standard_figures(df, logy=logy) if figures or html else None
+    if figures is not None:
+        for p in plots.save_figures(df, figures, figures=figs):
+            console.print(f"figure: {p}", soft_wrap=True)  # paths unbroken, for copy & paste
+    if html is not None:
+        path = rep.render_html(df, metas, html, figures=figs)
+        console.print(f"html report: {path}", soft_wrap=True)
+
+
+def _spec_differences(base: list[RunInfo], new: list[RunInfo]) -> list[str]:
+    """Measurement-changing spec fields whose values differ between the two sides."""
+
+    def values(runs, key):
+        return {repr((r.meta.get("spec") or {}).get(key)) for r in runs}
+
+    out = []
+    for key in _SPEC_MUST_MATCH:
+        b, n = values(base, key), values(new, key)
+        if b != n:
+            out.append(f"{key}: base {', '.join(sorted(b))} vs new {', '.join(sorted(n))}")
+    return out
+
+
+@app.command()
+def compare(
+    base: Annotated[
+        Path, typer.Argument(help="Baseline run (or folder of runs).", show_default=False)
+    ],
+    new: Annotated[Path, typer.Argument(help="Run to check against it.", show_default=False)],
+    max_ratio: Annotated[
+        float,
+        typer.Option(
+            help="Regression when the CI of new/base median lies above this (1.10 = +10%)."
+        ),
+    ] = 1.10,
+    pair: Annotated[
+        bool,
+        typer.Option(
+            "--pair", help="Compare two different devices (one per side) with each other."
+        ),
+    ] = False,
+    pooled: Annotated[
+        bool, typer.Option("--pooled", help="One row per kind (all populations together).")
+    ] = False,
+    csv: Annotated[Path | None, typer.Option("--csv", help="Also write the table as CSV.")] = None,
+    ignore_spec: Annotated[
+        bool, typer.Option("--ignore-spec", help="Compare even when the runs' specs differ.")
+    ] = False,
+    complete_only: CompleteOnly = False,
+) -> None:
+    """Median latency new/base per device x kind x population, with bootstrap CIs (kernel CI).
+
+    Exit status: 0 no regression, 1 at least one regression (the CI's lower bound above
+    --max-ratio), 2 bad input (missing runs, nothing in common, different specs).
+    """
+    from . import analysis
+    from . import report as rep
+
+    if not max_ratio > 1:
+        raise UsageError(f"--max-ratio must be > 1 (e.g. 1.10 for +10%), got {max_ratio}")
+    bdf, binfo = _load([base], complete_only, "BASE")
+    ndf, ninfo = _load([new], complete_only, "NEW")
+    diffs = _spec_differences(binfo, ninfo)
+    if diffs and not ignore_spec:
+        raise DataError("BASE and NEW measured different things (" + "; ".join(diffs) + "): "
+                        "profile both with the same options, or pass --ignore-spec")  # fmt: skip
+    by = ("device", "kind", "mode") if pooled else analysis.GROUP_KEYS
+    result = analysis.compare(bdf, ndf, max_ratio, by=by, pair_devices=pair)
+    missing = len(analysis.summary(bdf, by=by)) - len(result.table)
+    if missing > 0:
+        err_console.print(f"[yellow]note:[/] {missing} BASE group(s) have no counterpart in NEW "
+                          "and are not compared")  # fmt: skip
+    rep.compare_table(result, console)
+    if csv is not None:
+        result.table.to_csv(csv, index=False)
+    if result.has_regression:
+        raise typer.Exit(1)

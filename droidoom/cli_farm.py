@@ -1,5 +1,316 @@
-"""CLI commands: farm (registered on droidoom.cli.app)."""
+"""CLI commands: `droidoom farm run|devices` (registered on droidoom.cli.app).
+
+Also the pieces other commands reuse: `profile_all` (`droidoom profile --all`) and
+`show_inventory` (`droidoom devices --inventory`).
+"""
 
 from __future__ import annotations
 
-from .cli import app  # noqa: F401
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.markup import escape as _e
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from . import spec as specs
+from .cli import (
+    DEFAULT_OUT,
+    Adj,
+    Kinds,
+    Mode,
+    Out,
+    Population,
+    Quick,
+    Rate,
+    Scenario,
+    Seed,
+    Threads,
+    Writes,
+    _ints,
+    _words,
+    app,
+    console,
+    err_console,
+)
+from .errors import UsageError
+from .targets.select import AdbServer
+
+if TYPE_CHECKING:
+    from .farm import FarmResult
+    from .inventory import FarmDevice, Inventory, Resolution
+
+# farm/inventory/report pull in pandas and adbutils: imported where used, so that
+# `droidoom --help` stays fast.
+
+farm_app = typer.Typer(
+    help="Profile many phones behind several adb servers: one command, one dataset.",
+    no_args_is_help=True,
+)
+app.add_typer(farm_app, name="farm")
+
+InventoryPath = Annotated[
+    Path,
+    typer.Option(
+        "--inventory", "-i", help="farm.toml: adb servers, device selectors, per-device overrides."
+    ),
+]
+Jobs = Annotated[
+    int | None,
+    typer.Option("--jobs", "-j", help="Devices profiled at once (default: inventory, else 8)."),
+]
+Retries = Annotated[
+    int | None, typer.Option(help="Retries per device after a transient adb error (default 2).")
+]
+Backoff = Annotated[
+    float | None, typer.Option(help="Seconds before the first retry; doubles each time (1).")
+]
+TargetThreads = Annotated[int | None, typer.Option(help="Threads in the `threaded` target.")]
+
+
+class _Bars:
+    """farm.FarmObserver as rich progress rows: label, bar, writes, state, elapsed."""
+
+    def __init__(self, devices: tuple[FarmDevice, ...]):
+        self.rich = Progress(
+            TextColumn("[bold]{task.fields[label]}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[state]}"),
+            TimeElapsedColumn(),
+            console=err_console,
+            transient=True,
+        )
+        self.tasks = {
+            d.label: self.rich.add_task(d.label, total=None, label=_e(d.label), state="waiting")
+            for d in devices
+        }
+
+    def progress(self, dev: FarmDevice):
+        from .runner import Progress as RunnerProgress
+
+        task = self.tasks[dev.label]
+
+        def start(total: int) -> None:
+            self.rich.update(task, total=total, completed=0, state="running")
+
+        def point(idx: int, population: int) -> None:
+            self.rich.update(task, state=f"{population} procs")
+
+        def notice(text: str) -> None:
+            self.rich.console.print(f"[yellow]{_e(dev.label)}:[/] {_e(text)}")
+
+        return RunnerProgress(
+            start=start,
+            advance=lambda done: self.rich.update(task, completed=done),
+            point=point,
+            notice=notice,
+        )
+
+    def status(self, dev: FarmDevice, text: str) -> None:
+        style = "green" if text == "complete" else "red" if text.startswith("failed") else ""
+        short = _e(text if len(text) <= 70 else text[:67] + "...")
+        self.rich.update(self.tasks[dev.label], state=f"[{style}]{short}[/]" if style else short)
+
+    def notice(self, text: str) -> None:
+        self.rich.console.print(f"[yellow]{_e(text)}[/]")
+
+
+def farm_spec(inv: Inventory, quick: bool = False, **options) -> specs.ProfileSpec:
+    """--quick or the default, then the inventory's [profile], then explicit CLI options."""
+    base = replace(specs.QUICK if quick else specs.DEFAULT, **dict(inv.profile))
+    changes = {
+        "populations": _ints(options.get("population"), "--population"),
+        "kinds": _words(options.get("kinds")),
+        "writes": options.get("writes"),
+        "threads": options.get("threads"),
+        "target_threads": options.get("target_threads"),
+        "scenario": options.get("scenario"),
+        "levels": _ints(options.get("adj"), "--adj"),
+        "rate": options.get("rate"),
+        "modes": _words(options.get("mode")),
+        "seed": options.get("seed"),
+    }
+    return replace(base, **{k: v for k, v in changes.items() if v is not None}).validate()
+
+
+def _resolve(inv: Inventory) -> Resolution:
+    from .inventory import resolve
+
+    with err_console.status(f"asking {len(inv.servers)} adb server(s) for their devices"):
+        return resolve(inv)
+
+
+def run_and_print(res: Resolution, spec, out: Path, jobs=None, retries=None, backoff=None) -> int:
+    """Run the farm with live per-device progress, print the table; return the exit code."""
+    if jobs is not None and jobs < 1:
+        raise UsageError("--jobs must be at least 1")
+    from .farm import FarmInterrupted, run_farm
+
+    bars = _Bars(res.devices)
+    interrupted = False
+    with bars.rich:
+        try:
+            result = run_farm(
+                res, spec, out, concurrency=jobs, retries=retries, backoff=backoff, observer=bars
+            )
+        except FarmInterrupted as e:
+            result, interrupted = e.result, True
+    print_farm(result)
+    if interrupted:
+        return 130
+    return 0 if result.ok else 1
+
+
+def _medians(summary: dict, kind: str) -> str:
+    from .report import _us
+
+    by_pop = (summary.get("medians_ns") or {}).get(kind)
+    if not by_pop:
+        return "-"
+    pops = sorted(by_pop, key=int)
+    first, last = by_pop[pops[0]], by_pop[pops[-1]]
+    return _us(first) if len(pops) == 1 else f"{_us(first)} → {_us(last)}"
+
+
+def print_farm(result: FarmResult) -> None:
+    """Final per-device table: status, verdict, key medians, error."""
+    outcomes = result.outcomes
+    measured = {k for o in outcomes for k in o.summary.get("medians_ns") or {}}
+    kinds = [k for k in specs.KINDS if k in measured]
+    done = sum(o.status == "complete" for o in outcomes)
+    servers = len({o.device.server.name for o in outcomes}) > 1
+    notes = any(o.error for o in outcomes)
+    t = Table(
+        title=f"farm {result.farm_id}: {done}/{len(outcomes)} devices complete "
+        "(median µs, lowest → highest population; * = required)",
+        title_justify="left",
+    )
+    t.add_column("device", overflow="fold")
+    if servers:
+        t.add_column("server", overflow="fold")
+    for head in ("model", "status", "verdict", *kinds, "writes", *(["note"] if notes else [])):
+        t.add_column(head, justify="right" if head in (*kinds, "writes") else "left")
+    colour = {"complete": "green", "partial": "yellow", "cancelled": "yellow", "failed": "red"}
+    vcolour = {"fixed": "green", "regressed": "red", "inconclusive": "yellow"}
+    for o in outcomes:
+        d = o.device
+        verdict = o.summary.get("verdict", "-")
+        note = o.error or ""
+        t.add_row(
+            _e(d.label) + ("*" if d.required else ""),
+            *([_e(d.server.name)] if servers else []),
+            _e(d.seen.model or "-"),
+            f"[{colour.get(o.status, 'white')}]{o.status}[/]",
+            f"[{vcolour.get(verdict, 'white')}]{verdict}[/]",
+            *(_medians(o.summary, k) for k in kinds),
+            str(len(o.result.samples) if o.result is not None else 0),
+            *([_e(note if len(note) <= 120 else note[:117] + "...")] if notes else []),
+        )
+    console.print(t)
+    for name, error in result.server_errors:
+        console.print(f"[yellow]server {_e(name)} was not reachable:[/] {_e(error)}")
+    style = {"complete": "green", "partial": "yellow"}.get(result.status, "bold yellow")
+    console.print(f"farm [{style}]{result.status}[/]: {_e(str(result.path))}")
+    console.print(f"[dim]`droidoom report {_e(str(result.path))}` compares the devices[/]")
+
+
+def show_inventory(path: Path) -> int:
+    """Print what an inventory resolves to (servers, devices, selection); 1 if a required
+    device is missing."""
+    from .inventory import load_inventory
+
+    res = _resolve(load_inventory(path))
+    for s in res.servers:
+        status = "[green]reachable[/]" if s.reachable else f"[red]unreachable[/]: {_e(s.error)}"
+        n = sum(d.server == s.entry for d in res.seen)
+        console.print(
+            f"server [bold]{_e(s.entry.name)}[/] ({s.entry.server}): {status}, {n} device(s)"
+        )
+    chosen = {(d.server.name, d.serial): d for d in res.devices}
+    t = Table(title=f"inventory {_e(res.inventory.name)}", title_justify="left")
+    for head in ("server", "serial", "state", "model", "selected as", "required", "overrides"):
+        t.add_column(head, overflow="fold")
+    for seen in res.seen:
+        d = chosen.get((seen.server.name, seen.serial))
+        overrides = []
+        if d is not None and d.workdir:
+            overrides.append(f"workdir={d.workdir}")
+        if d is not None:
+            overrides += [f"{k}={v}" for k, v in d.profile.items()]
+        state = _e(seen.state if seen.error is None else seen.error)
+        t.add_row(
+            _e(seen.server.name),
+            _e(seen.serial),
+            state if seen.usable else f"[red]{state}[/]",
+            _e(seen.model or "-"),
+            f"[green]{_e(d.label)}[/]" if d is not None else "[dim]not selected[/]",
+            "yes" if d is not None and d.required else "",
+            _e(", ".join(overrides)),
+        )
+    console.print(t)
+    usable = sum(d.seen.usable for d in res.devices)
+    console.print(f"{len(res.devices)} device(s) selected, {usable} usable")
+    for m in res.missing:
+        console.print(f"[red]missing:[/] {_e(m)}")
+    return 1 if res.missing else 0
+
+
+@farm_app.command("run")
+def farm_run(
+    inventory: InventoryPath,
+    quick: Quick = False,
+    population: Population = None,
+    kinds: Kinds = None,
+    writes: Writes = None,
+    threads: Threads = None,
+    target_threads: TargetThreads = None,
+    scenario: Scenario = None,
+    adj: Adj = None,
+    rate: Rate = None,
+    mode: Mode = None,
+    seed: Seed = None,
+    jobs: Jobs = None,
+    retries: Retries = None,
+    backoff: Backoff = None,
+    out: Out = DEFAULT_OUT,
+) -> None:
+    """Profile every device the inventory selects, in parallel, into one farm directory.
+
+    Live progress per device; a failed or vanished device is recorded with its error
+    while the others finish. Writes <out>/<farm-id>/ (farm.json + one run per device),
+    which `droidoom.load()` reads as one DataFrame and `droidoom report` compares.
+    Exit 0 when every required device (and at least one device) completed, 1 otherwise,
+    130 on Ctrl-C.
+    """
+    from .inventory import load_inventory
+
+    inv = load_inventory(inventory)
+    spec = farm_spec(
+        inv, quick, population=population, kinds=kinds, writes=writes, threads=threads,
+        target_threads=target_threads, scenario=scenario, adj=adj, rate=rate, mode=mode,
+        seed=seed,
+    )  # fmt: skip
+    raise typer.Exit(run_and_print(_resolve(inv), spec, out, jobs, retries, backoff))
+
+
+@farm_app.command("devices")
+def farm_devices(inventory: InventoryPath) -> None:
+    """Show what an inventory resolves to: each server, its devices, which are selected."""
+    raise typer.Exit(show_inventory(inventory))
+
+
+def profile_all(server: AdbServer, spec, out: Path, capture: str = "clock") -> int:
+    """`droidoom profile --all`: every device on one adb server, as a one-server farm."""
+    if any(c.strip() not in ("", "clock") for c in capture.split(",")):
+        raise UsageError("--capture ftrace/perf is per device: use --serial for captures")
+    if not server.listening():
+        raise UsageError(
+            f"--all needs a running adb server; none listens at {server} "
+            "(start one, or set --adb-host/--adb-port)"
+        )
+    from .inventory import Inventory
+
+    return run_and_print(_resolve(Inventory.single_server(server)), spec, out)

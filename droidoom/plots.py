@@ -18,18 +18,32 @@ from matplotlib import colormaps, ticker
 from matplotlib.figure import Figure
 
 from . import analysis
+from .errors import DataError
 from .schema import KINDS
 
 #: One colour per target kind, used by every figure and the HTML report.
 KIND_COLORS = {"single": "#4C72B0", "threaded": "#DD8452", "multiprocess": "#C44E52"}
 _US = 1e-3  # ns -> us
 
+#: How to read each figure (by file-stem prefix), shown under it in the HTML report.
+FIGURE_HELP = {
+    "scaling": "Median write latency (line) with its interquartile and p10-p90 bands against "
+    "the number of extra processes alive; dashed: Theil-Sen fit, hatched: its 95% slope CI. "
+    "Flat means O(1); a line rising with the population means every write walks all "
+    "processes (O(N)): expected for multiprocess, the 2020 regression for threaded.",
+    "distribution": "Fraction of writes at or below each latency (ECDF, log x), one line per "
+    "population. Lines stacked on each other: population does not matter; lines shifting "
+    "right as the population grows: the walk. A long flat top is a tail of slow writes.",
+    "devices": "Median latency per device against population (log y): a device whose "
+    "threaded line rises like its multiprocess line is regressed.",
+}
+
 
 def _pick(df: pd.DataFrame, device: str | None, mode: str | None) -> tuple[pd.DataFrame, str, str]:
     """Rows of one device x mode; defaults: the first device, "reopen" when present."""
     devices = sorted(df["device"].astype(str).unique())
     if not devices:
-        raise ValueError("no samples to plot")
+        raise DataError("no samples to plot: the runs hold no writes")
     device = device or devices[0]
     sub = df[df["device"].astype(str) == device]
     modes = list(dict.fromkeys(sub["mode"].astype(str)))
@@ -95,7 +109,7 @@ def plot_scaling(
         ax.set_xlabel("extra processes alive (population)")
         ax.grid(True, alpha=0.3)
         if logy:
-            ax.set_yscale("log")
+            _log_axis(ax.yaxis)
         else:
             ax.set_ylim(bottom=0)
     axes[0].set_ylabel("write latency (µs)")
@@ -115,6 +129,17 @@ class _PlainLog(ticker.LogFormatter):
 
     def _num_to_string(self, x, vmin, vmax):
         return f"{x:g}"
+
+
+def _log_axis(axis) -> None:
+    """Log scale with plain numbers; minor ticks labelled when the axis spans < a decade."""
+    if axis.axis_name == "x":
+        axis.axes.set_xscale("log")
+    else:
+        axis.axes.set_yscale("log")
+    axis.set_major_formatter(_PlainLog(labelOnlyBase=False))
+    axis.set_minor_formatter(_PlainLog(minor_thresholds=(1, 0.4)))
+    axis.axes.tick_params(axis=axis.axis_name, which="minor", labelsize=7)
 
 
 def _ecdf_grid(sub: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
@@ -143,11 +168,7 @@ def plot_distribution(
             pop = keys["population"].iat[r]
             if np.isfinite(grid[r]).all():
                 ax.plot(grid[r] * _US, probs, color=colors[pop], lw=1.6, label=f"{pop}")
-        ax.set_xscale("log")
-        # plain numbers; label minor ticks only when the axis spans less than a decade
-        ax.xaxis.set_major_formatter(_PlainLog(labelOnlyBase=False))
-        ax.xaxis.set_minor_formatter(_PlainLog(minor_thresholds=(1, 0.4)))
-        ax.tick_params(axis="x", which="minor", labelsize=7)
+        _log_axis(ax.xaxis)
         ax.set_title(kind, fontsize=10, color=KIND_COLORS.get(kind, "black"))
         ax.set_xlabel("write latency (µs, log scale)")
         ax.grid(True, which="both", alpha=0.25)
@@ -180,7 +201,7 @@ def plot_devices(df: pd.DataFrame, *, mode: str | None = None, logy: bool = True
         ax.set_xlabel("extra processes alive (population)")
         ax.grid(True, which="both", alpha=0.3)
         if logy:
-            ax.set_yscale("log")
+            _log_axis(ax.yaxis)
     axes[0].set_ylabel("median write latency (µs)")
     fig.legend(*axes[0].get_legend_handles_labels(), title="device", fontsize=8,
                loc="outside right center", frameon=False)  # fmt: skip
@@ -218,13 +239,21 @@ def standard_figures(df: pd.DataFrame, logy: bool = False) -> list[tuple[str, st
 
 
 def save_figures(
-    df: pd.DataFrame, outdir: str | Path, *, logy: bool = False, dpi: int = 110
+    df: pd.DataFrame,
+    outdir: str | Path,
+    *,
+    logy: bool = False,
+    dpi: int = 110,
+    figures: Sequence[tuple[str, str, Figure]] | None = None,
 ) -> list[Path]:
-    """Write the standard figures as PNG files into `outdir`; returns their paths."""
+    """Write the standard figures (or `figures`, as `standard_figures` returns them) as PNG
+    files into `outdir`; returns their paths."""
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
     paths = []
-    for stem, _caption, fig in standard_figures(df, logy=logy):
+    if figures is None:
+        figures = standard_figures(df, logy=logy)
+    for stem, _caption, fig in figures:
         path = outdir / f"{stem}.png"
         fig.savefig(path, dpi=dpi)
         paths.append(path)
@@ -236,6 +265,7 @@ __all__: Sequence[str] = [
     "plot_distribution",
     "plot_devices",
     "figure_png",
+    "FIGURE_HELP",
     "standard_figures",
     "save_figures",
 ]

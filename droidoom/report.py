@@ -13,11 +13,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pandas as pd
+from matplotlib.figure import Figure
+from rich import box
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from . import analysis, plots
 from .schema import KINDS
+from .store import atomic_write
 
 _STATUS_STYLE = {"fixed": "bold green", "regressed": "bold red", "inconclusive": "bold yellow"}
 _STAT_COLS = (("median_ns", "median"), ("p90_ns", "p90"), ("p99_ns", "p99"))
@@ -64,7 +68,7 @@ def _facts(meta: Mapping) -> dict[str, str]:
 
 
 def _wide_summary(stats: pd.DataFrame) -> dict[tuple[str, str], pd.DataFrame]:
-    """Per device x mode: rows = population, columns = (kind, stat) in µs text."""
+    """Per device x mode: rows = population, columns = (kind, stat) in µs text (HTML)."""
     out = {}
     for (device, mode), g in stats.groupby(["device", "mode"], observed=True, sort=True):
         kinds = [k for k in KINDS if k in set(g["kind"].astype(str))]
@@ -93,65 +97,156 @@ def _scaling_rows(fits: Sequence[analysis.Fit]) -> list[list[str]]:
 
 _SCALING_HEAD = ["device", "mode", "kind", "ns/process", "95% CI", "base µs", "over sweep",
                  "populations", "scaling"]  # fmt: skip
+_COMPLEXITY_STYLE = {"O(N)": "red", "O(1)": "green"}
+
+
+# Terminal tables are narrow on purpose: rich renders at 80 columns when stdout is not a tty
+# (CI logs, pipes), so device and mode go in the title and each row is one kind x population.
+def _table(title: str, heads: Sequence[str], left: int = 1, caption: str | None = None) -> Table:
+    t = Table(
+        title=title, title_justify="left", caption=caption, caption_justify="left",
+        box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True, show_edge=False,
+    )  # fmt: skip
+    for i, head in enumerate(heads):
+        t.add_column(head, justify="left" if i < left else "right", no_wrap=True)
+    return t
+
+
+def _kind_cell(kind: str) -> str:
+    return f"[{plots.KIND_COLORS.get(kind, 'default')}]{kind}[/]"
+
+
+def _latency_tables(stats: pd.DataFrame, console: Console) -> None:
+    """One table per device x mode: rows kind x population; n, median, p90, p99 (µs)."""
+    for (device, mode), g in stats.groupby(["device", "mode"], observed=True, sort=True):
+        has_errors = bool(g["errors"].any())
+        heads = ["kind", "population", "n", "median", "p90", "p99"] + ["errors"] * has_errors
+        t = _table(f"write latency (µs) - {escape(str(device))}, {mode} writes", heads)
+        for kind, k in g.groupby("kind", observed=True, sort=True):  # schema order of kinds
+            if len(t.rows):
+                t.add_section()
+            for i, r in enumerate(k.sort_values("population").itertuples(index=False)):
+                cells = [_kind_cell(str(kind)) if i == 0 else "", str(r.population), str(r.count)]
+                cells += [_us(getattr(r, col)) for col, _ in _STAT_COLS]
+                t.add_row(*cells, *([str(r.errors) if r.errors else ""] * has_errors))
+        console.print()
+        console.print(t)
+
+
+def _scaling_tables(fits: Sequence[analysis.Fit], console: Console) -> None:
+    """One table per device x mode: rows = kind; slope, CI, base, growth, complexity."""
+    groups: dict[tuple[str, str], list[analysis.Fit]] = {}
+    for f in fits:
+        groups.setdefault((f.device, f.mode), []).append(f)
+    for (device, mode), fs in groups.items():
+        pops = sorted({(f.pop_min, f.pop_max) for f in fs})
+        span = f"populations {pops[0][0]}..{pops[-1][1]}" if pops else ""
+        t = _table(
+            f"scaling with population - {escape(device)}, {mode} writes",
+            ["kind", "ns/process", "95% CI", "base µs", "over sweep", "scaling"],
+            caption=f"Theil-Sen fit of per-point medians, {span}",
+        )
+        for row in _scaling_rows(fs):
+            style = _COMPLEXITY_STYLE.get(row[-1], "yellow")
+            t.add_row(_kind_cell(row[2]), *row[3:7], f"[{style}]{row[-1]}[/]")
+        console.print()
+        console.print(t)
+
+
+def _device_overview(verdicts: Sequence[analysis.Verdict], console: Console) -> None:
+    """Several devices (a farm): one row each, side by side."""
+    t = Table(title="devices side by side", title_justify="left", box=box.SIMPLE_HEAD,
+              pad_edge=False, show_edge=False, collapse_padding=True)  # fmt: skip
+    t.add_column("device", overflow="fold")
+    t.add_column("kernel", overflow="fold")
+    for head in ("threaded ns/proc", "multiproc ns/proc"):
+        t.add_column(head, justify="right")
+    t.add_column("verdict")
+    t.add_column("version")
+    for v in verdicts:
+        th, mp = (_slope(f.slope_ns) if f else "-" for f in (v.threaded, v.multiprocess))
+        agree = {True: "agrees", False: "[bold red]DISAGREES[/]", None: "n/a"}[v.consistent]
+        status = f"[{_STATUS_STYLE[v.status]}]{v.status}[/]"
+        t.add_row(escape(v.device), escape(v.kernel_release or "?"), th, mp, status, agree)
+    console.print()
+    console.print(t)
+
+
+def _slope(x: float) -> str:
+    """ns/process: +0.02, +4.1, +36."""
+    if pd.isna(x):
+        return "-"
+    return f"{x:+.2f}" if abs(x) < 1 else f"{x:+.1f}" if abs(x) < 10 else f"{x:+.0f}"
 
 
 def render_terminal(
     df: pd.DataFrame, meta_list: Mapping | Iterable[Mapping] | None, console: Console
 ) -> list[analysis.Verdict]:
-    """Print run facts, latency summary (µs), scaling fits and verdicts; returns the verdicts."""
+    """Print run facts, latency summary (µs), scaling fits and verdicts; returns the verdicts.
+
+    Readable at 80 columns. With several devices, a per-device overview table precedes the
+    verdict lines.
+    """
     metas = _metas(meta_list)
     for meta in metas:
         f = _facts(meta)
         style = "green" if f["status"] == "complete" else "bold yellow"
         console.print(
-            f"[bold]{f['device']}[/] run {f['run']} [{style}]{f['status']}[/]: kernel "
-            f"{f['kernel']}, {f['model']}, populations {f['populations']}"
+            f"[bold]{escape(f['device'])}[/] run {escape(f['run'])} [{style}]{f['status']}[/]: "
+            + escape(f"kernel {f['kernel']}, {f['model']}, populations {f['populations']}")
         )
-    for (device, mode), table in _wide_summary(analysis.summary(df)).items():
-        t = Table(title=f"write latency (µs) - {device}, {mode} writes", title_justify="left")
-        t.add_column("population", justify="right")
-        for kind, label in table.columns:
-            t.add_column(f"{kind}\n{label}".strip(), justify="right")
-        for pop, row in table.iterrows():
-            t.add_row(str(pop), *row.tolist())
-        console.print(t)
+    _latency_tables(analysis.summary(df), console)
     fits = analysis.fits(df)
-    t = Table(title="scaling (Theil-Sen on per-point medians)", title_justify="left")
-    for head in _SCALING_HEAD:
-        t.add_column(head, justify="left" if head in ("device", "mode", "kind") else "right")
-    for row in _scaling_rows(fits):
-        style = {"O(N)": "red", "O(1)": "green"}.get(row[-1], "yellow")
-        t.add_row(*row[:-1], f"[{style}]{row[-1]}[/]")
-    console.print(t)
+    _scaling_tables(fits, console)
     verdicts = analysis.verdict(df, metas, fitted=fits)
+    if len(verdicts) > 1:
+        _device_overview(verdicts, console)
+    console.print()
     for v in verdicts:
-        console.print(f"[{_STATUS_STYLE[v.status]}]{v.status.upper()}[/] {v.device}: {v.sentence}")
+        style, device = _STATUS_STYLE[v.status], escape(v.device)
+        console.print(f"[{style}]{v.status.upper()}[/] {device}: {escape(v.sentence)}")
     return verdicts
 
 
+def _ratio(x: float) -> str:
+    """1.04, 0.82, 12.6: two decimals resolve a +-10% threshold; big ratios need fewer."""
+    return f"{x:.2f}" if x < 10 else f"{x:.1f}" if x < 100 else f"{x:.0f}"
+
+
 def compare_table(result: analysis.Comparison, console: Console) -> None:
-    """Print a `compare` result: one row per group, regressions in red."""
+    """Print a `compare` result: a table per device x mode, regressions in red."""
     pct = f"{result.max_ratio - 1:+.0%}"
-    title = f"new / base median latency ({result.confidence:.0%} bootstrap CI)"
-    if result.paired:
-        title += f" - base {result.paired[0]} vs new {result.paired[1]}"
-    t = Table(title=title, title_justify="left")
-    keys = [c for c in result.table.columns if c in ("device", "kind", "mode", "population")]
-    for head in [*keys, "base µs", "new µs", "ratio", "CI", "flag"]:
-        t.add_column(head, justify="left" if head in ("device", "kind", "mode") else "right")
-    for row in result.table.itertuples(index=False):
-        r = row._asdict()
-        flag = "[bold red]REGRESSION[/]" if r["regression"] else ""
-        flag = "[green]improvement[/]" if r["improvement"] else flag
-        ci = f"{r['ci_low']:.3f} .. {r['ci_high']:.3f}"
-        medians = _us(r["base_median_ns"]), _us(r["new_median_ns"])
-        t.add_row(*(str(r[k]) for k in keys), *medians, f"{r['ratio']:.3f}", ci, flag)
-    console.print(t)
+    conf = f"{result.confidence:.0%} CI"
+    table = result.table
+    split = [k for k in ("device", "mode") if k in table.columns]
+    keys = [k for k in ("kind", "population") if k in table.columns]
+    for group_key, g in table.groupby(split, observed=True, sort=True) if split else [((), table)]:
+        labels = [str(x) for x in (group_key if isinstance(group_key, tuple) else (group_key,))]
+        where = ", ".join(labels[:1] + [f"{m} writes" for m in labels[1:]])
+        if result.paired:
+            where = f"base {result.paired[0]} vs new {result.paired[1]}" + where[len(labels[0]) :]
+        console.print()
+        heads = [*keys, "base µs", "new µs", "new/base", conf, ""]
+        t = _table(f"new / base median latency - {escape(where)}", heads)
+        prev = None
+        for r in g.to_dict("records"):  # one row per group: a few dozen at most
+            kind = str(r.get("kind", ""))
+            if prev is not None and kind != prev:
+                t.add_section()  # a blank line between kinds
+            cells = [_kind_cell(kind) if kind != prev else ""] if "kind" in keys else []
+            cells += [str(r["population"])] if "population" in keys else []
+            prev = kind
+            flag = "[bold red]REGRESSION[/]" if r["regression"] else ""
+            flag = "[green]faster[/]" if r["improvement"] else flag
+            ci = f"{_ratio(r['ci_low'])}..{_ratio(r['ci_high'])}"
+            medians = _us(r["base_median_ns"]), _us(r["new_median_ns"])
+            t.add_row(*cells, *medians, _ratio(r["ratio"]), ci, flag)
+        console.print(t)
     n = len(result.regressions)
     if n:
-        console.print(f"[bold red]{n} regression(s)[/]: CI lower bound above {pct}.")
+        console.print(f"[bold red]{n} regression(s)[/]: {conf} lower bound above {pct}.")
     else:
-        console.print(f"[green]no regression[/] (threshold: CI lower bound above {pct}).")
+        console.print(f"[green]no regression[/] (threshold: {conf} lower bound above {pct}).")
 
 
 # --------------------------------------------------------------------------- HTML
@@ -209,9 +304,20 @@ def _verdict_html(v: analysis.Verdict) -> str:
 
 
 def render_html(
-    df: pd.DataFrame, metas: Mapping | Iterable[Mapping] | None, path: str | Path
+    df: pd.DataFrame,
+    metas: Mapping | Iterable[Mapping] | None,
+    path: str | Path,
+    *,
+    logy: bool = False,
+    figures: Sequence[tuple[str, str, Figure]] | None = None,
 ) -> Path:
-    """Write one self-contained HTML report (inline CSS, figures as data URIs) to `path`."""
+    """Write one self-contained HTML report (inline CSS, figures as data URIs) to `path`.
+
+    Sections: verdict per device, runs, with several devices a side-by-side overview (table
+    and figure), scaling fits, latency summary, figures. `figures` defaults to
+    `plots.standard_figures(df, logy=logy)` (pass them to reuse figures already drawn).
+    """
+    figs = list(figures) if figures is not None else plots.standard_figures(df, logy=logy)
     metas, path = _metas(metas), Path(path)
     fits = analysis.fits(df)
     verdicts = analysis.verdict(df, metas, fitted=fits)
@@ -248,6 +354,7 @@ def render_html(
         head = ["device", "verdict", "kernel", "version says", "threaded", "multiprocess",
                 "consistent"]  # fmt: skip
         parts += ["<h2>Farm: per-device overview</h2>", _html_table(head, rows, left=7)]
+        parts += [_figure_html(*f) for f in figs if f[0].startswith("devices_")]
     cls = {"O(N)": "on", "O(1)": "o1"}
     rows = [r[:-1] + [("raw", f"<span class='{cls.get(r[-1], 'inc')}'>{r[-1]}</span>")]
             for r in _scaling_rows(fits)]  # fmt: skip
@@ -268,11 +375,17 @@ def render_html(
         rows = [[p, *r] for p, r in zip(table.index, table.to_numpy().tolist(), strict=True)]
         parts += [f"<h3>{_e(device)} - {_e(mode)} writes</h3>", _html_table(head, rows, 0, groups)]
     parts.append("<h2>Figures</h2>")
-    for _stem, caption, fig in plots.standard_figures(df):
-        data = base64.b64encode(plots.figure_png(fig)).decode("ascii")
-        parts.append(f'<figure><img src="data:image/png;base64,{data}" alt="{_e(caption)}">'
-                     f"<figcaption>{_e(caption)}</figcaption></figure>")  # fmt: skip
+    parts += [_figure_html(*f) for f in figs if not f[0].startswith("devices_")]
     parts.append("</body></html>")
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(parts), encoding="utf-8")
+    atomic_write(path, "\n".join(parts).encode("utf-8"))  # a CI artifact is never half a file
     return path
+
+
+def _figure_html(stem: str, caption: str, fig: Figure) -> str:
+    data = base64.b64encode(plots.figure_png(fig)).decode("ascii")
+    help_text = plots.FIGURE_HELP.get(stem.split("_", 1)[0], "")
+    return (
+        f'<figure><img src="data:image/png;base64,{data}" alt="{_e(caption)}">'
+        f"<figcaption><b>{_e(caption)}.</b> {_e(help_text)}</figcaption></figure>"
+    )

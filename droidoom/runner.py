@@ -234,13 +234,6 @@ def profile(
     wd = target.workdir()
     remote_plan = f"{wd}/plan-{run_id}.txt"
     remote_rec = f"{wd}/records-{run_id}.bin"
-    with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as f:
-        f.write(render_plan(plan.targets, plan.points))
-    try:
-        target.push(Path(f.name), remote_plan)
-    finally:
-        Path(f.name).unlink()
-
     session = _Session()
     reason = None
     interrupted: BaseException | None = None
@@ -248,6 +241,7 @@ def profile(
     capture_meta: dict = {}
     rc = None
     try:
+        _push_text(target, render_plan(plan.targets, plan.points), remote_plan)
         cmd = f"exec {shlex.quote(helper)} run {shlex.quote(remote_plan)} {shlex.quote(remote_rec)}"
         needs_root = False
         for src in captures:
@@ -340,6 +334,15 @@ def profile(
     if interrupted is not None:
         raise Interrupted(result) from interrupted
     return result
+
+
+def _push_text(target: Target, text: str, remote: str) -> None:
+    with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as f:
+        f.write(text)
+    try:
+        target.push(Path(f.name), remote)
+    finally:
+        Path(f.name).unlink()
 
 
 def _pull_records(target, remote, run_dir, plan, run_id, device) -> pd.DataFrame | None:

@@ -276,3 +276,61 @@ class PeerProcess(PeerSubprocess):
     (unplug: its commands die through PR_SET_PDEATHSIG); ``stop()`` shuts it down cleanly
     (SIGTERM: running commands are killed) and removes its temp dir; ``log()`` is its stderr.
     """
+
+
+#: uid/gid of Android's `shell` user (what `adb shell` runs as on a production phone).
+SHELL_UID = 2000
+
+
+def system_python() -> str | None:
+    """A python3 an unprivileged user may execute (the peer needs the stdlib only)."""
+    for path in ("/usr/bin/python3", shutil.which("python3") or ""):
+        if path and os.access(path, os.X_OK) and not path.startswith("/root/"):
+            return path
+    return None
+
+
+class ShellUidPeer(PeerProcess):
+    """A peer whose commands run as an unprivileged user, like `adb shell` on a
+    production phone: the whole peer runs under ``setpriv --reuid/--regid --clear-groups``
+    (with ``--pdeathsig KILL``, since a uid change clears the death signal).
+
+    Runs the system python (the peer is stdlib-only; /root may be unreadable to ``uid``).
+    """
+
+    def __init__(self, props=None, *, uid: int = SHELL_UID, **kw):
+        super().__init__(props, **kw)
+        python = system_python()
+        setpriv = shutil.which("setpriv")
+        if python is None or setpriv is None:
+            raise RuntimeError("ShellUidPeer needs setpriv and a system python3")
+        self.uid = uid
+        self.argv = [
+            setpriv, f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--pdeathsig", "KILL",
+            python, *self.argv[1:],
+        ]  # fmt: skip
+        os.chown(self.workdir, uid, uid)  # the peer writes its getprop shim here
+
+
+#: Where the peer's "device" keeps droidoom's files (it serves this host's filesystem).
+DEVICE_TMP = "/data/local/tmp"
+
+
+def make_device_dir(uid: int | None = None) -> str:
+    """A fresh directory under /data/local/tmp for one test's device-side files, so tests
+    (and concurrent sessions) never share a helper, plan or records file."""
+    os.makedirs(DEVICE_TMP, exist_ok=True)
+    path = tempfile.mkdtemp(prefix="droidoom-test-", dir=DEVICE_TMP)
+    if uid is not None:
+        os.chown(path, uid, uid)
+    os.chmod(path, 0o755)
+    return path
+
+
+def cli_env(server: AdbServer, device_dir: str | None = None, **extra: str) -> dict[str, str]:
+    """Environment for running `droidoom` against ``server`` only (private port, temp HOME,
+    no mDNS); ``device_dir`` becomes DROIDOOM_DEVICE_WORKDIR. Wide console for tables."""
+    env = dict(server.env, COLUMNS="200", **extra)
+    if device_dir:
+        env["DROIDOOM_DEVICE_WORKDIR"] = device_dir
+    return env

@@ -12,7 +12,8 @@ Fixtures:
 * ``each_adb_server`` (module): parametrized over every adb binary present (ids
   ``adb-debian`` / ``adb-bundled``).
 * ``adb_peer_factory`` (function): ``make(props=None, *, server=None, serial=None,
-  connect=True, **PeerProcess kwargs) -> PeerProcess``; ``server`` defaults to ``adb_server``.
+  connect=True, peer_class=PeerProcess, **peer kwargs) -> PeerProcess``; ``server`` defaults
+  to ``adb_server``; ``peer_class`` may be e.g. ``adb_env.ShellUidPeer``.
   A connected peer has ``.server`` and ``.device`` (``adbutils.AdbDevice`` in state
   ``device``).  At teardown every peer is disconnected and stopped.
 * ``adb_peer`` (function): one connected peer with default props on ``adb_server``.
@@ -22,6 +23,7 @@ Fixtures:
 from __future__ import annotations
 
 import contextlib
+import shutil
 
 import pytest
 from adb_env import (
@@ -49,9 +51,12 @@ def each_adb_server(request):
 def adb_peer_factory(request):
     made: list[PeerProcess] = []
 
-    def make(props=None, *, server: AdbServer | None = None, serial=None, connect=True, **kw):
+    def make(
+        props=None, *, server: AdbServer | None = None, serial=None, connect=True,
+        peer_class=PeerProcess, **kw,
+    ):  # fmt: skip
         server = server or request.getfixturevalue("adb_server")
-        peer = PeerProcess(props, serial=serial, **kw)
+        peer = peer_class(props, serial=serial, **kw)
         made.append(peer)
         peer.start()
         peer.server = server
@@ -75,3 +80,13 @@ def adb_peer(adb_peer_factory):
 @pytest.fixture
 def adb_device(adb_peer):
     return adb_peer.device
+
+
+@pytest.fixture
+def device_dir():
+    """A private device-side working directory (see adb_env.make_device_dir)."""
+    from adb_env import make_device_dir
+
+    path = make_device_dir()
+    yield path
+    shutil.rmtree(path, ignore_errors=True)

@@ -1,271 +1,282 @@
 """AdbTarget: a phone (or anything speaking adbd) through an adb server, via adbutils.
 
-Round trips are the cost here (~20 ms each through adbutils), so facts come from one
-script, the helper push is skipped when its hash matches, and every command that
-matters runs over shell protocol v2, whose exit packet cannot be lost silently (plain
-`shell:` returns whatever arrived when a device drops).
+Round trips are the cost here, so facts (and the hashes of helpers already on the
+device) come from one script, the helper push is skipped when its hash matches, and
+every command runs over shell protocol v2, whose exit packet cannot be lost silently
+(plain `shell:` returns whatever arrived when a device drops). Devices without shell
+v2 (Android < 7) get a sentinel line carrying the exit code instead. The plumbing
+(no-spawn client, errors, streamed process) is in adb_conn.py.
 """
 
 from __future__ import annotations
 
-import queue
+import os
 import shlex
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 
-import adbutils
-from adbutils.errors import AdbError, AdbTimeout
+from adbutils.errors import AdbTimeout
 
-from ..errors import PermanentTargetError, TransientTargetError
-from ..helpers import ABIS
+from .. import helpers
+from ..errors import PermanentTargetError, TargetError, TransientTargetError
+from .adb_conn import (
+    SENTINEL,
+    WIRE_ERRORS,
+    AdbClient,
+    AdbProcess,
+    client,
+    list_devices,
+    list_serials,
+    translate,
+    v1_command,
+)
+from .adb_facts import facts_script, parse_facts
 from .base import CommandResult, Process, Target, TargetFacts
 from .select import AdbServer
 
+__all__ = ["AdbClient", "AdbTarget", "client", "list_devices", "list_serials"]
+
 #: Candidate working directories, best first: /data/local/tmp is writable and exec for
-#: the shell user on every Android release.
+#: the shell user on every Android release; our own subdirectory keeps it tidy.
 WORKDIRS = ("/data/local/tmp/droidoom", "/data/local/tmp")
-
-# Shell v2 packet ids.
-_STDIN, _STDOUT, _STDERR, _EXIT, _CLOSE_STDIN = 0, 1, 2, 3, 4
-
-# One script, one round trip: every fact we record, as key=value lines.
-_FACTS_SCRIPT = r"""
-for kv in model=ro.product.model device=ro.product.device brand=ro.product.brand \
-  manufacturer=ro.product.manufacturer fingerprint=ro.build.fingerprint \
-  sdk=ro.build.version.sdk release=ro.build.version.release abi=ro.product.cpu.abi \
-  abilist=ro.product.cpu.abilist build_type=ro.build.type debuggable=ro.debuggable; do
-  echo "${kv%%=*}=$(getprop ${kv#*=})"
-done
-echo "kernel=$(uname -r)"
-echo "machine=$(uname -m)"
-echo "cpus_online=$(cat /sys/devices/system/cpu/online 2>/dev/null)"
-echo "cpus=$(grep -c ^processor /proc/cpuinfo)"
-g=/sys/devices/system/cpu/cpu*/cpufreq/scaling_governor
-echo "governors=$(cat $g 2>/dev/null | sort -u | tr '\n' ' ')"
-echo "pid_max=$(cat /proc/sys/kernel/pid_max)"
-echo "threads_max=$(cat /proc/sys/kernel/threads-max)"
-echo "uid=$(id -u)"
-echo "shell_oom_score_adj=$(cat /proc/$$/oom_score_adj)"
-echo "battery_temp=$(cat /sys/class/power_supply/battery/temp 2>/dev/null)"
-echo "thermal_temp=$(cat /sys/class/thermal/thermal_zone0/temp 2>/dev/null)"
-if [ "$(su 0 id -u 2>/dev/null)" = 0 ]; then echo su=aosp
-elif [ "$(su -c 'id -u' 2>/dev/null)" = 0 ]; then echo su=magisk
-else echo su=; fi
-for d in /sys/kernel/tracing /sys/kernel/debug/tracing; do
-  [ -e "$d/events" ] && { echo "tracefs=$d"; break; }
-done
-echo "tracefs_readable=$([ -r /sys/kernel/tracing/trace ] && echo 1 || echo 0)"
-echo "simpleperf=$(command -v simpleperf)"
-echo "perf=$(command -v perf)"
-echo "perf_event_paranoid=$(cat /proc/sys/kernel/perf_event_paranoid 2>/dev/null)"
-"""
-
-
-def _client(server: AdbServer) -> adbutils.AdbClient:
-    return adbutils.AdbClient(host=server.host, port=server.port, socket_timeout=30)
-
-
-def list_serials(server: AdbServer) -> list[str]:
-    """Serials of devices in state `device` on `server` (never starts a server)."""
-    try:
-        return [i.serial for i in _client(server).list() if i.state == "device"]
-    except (AdbError, OSError) as e:
-        raise TransientTargetError(f"adb server {server} did not answer: {e}") from e
-
-
-def _translate(e: BaseException, name: str) -> Exception:
-    text = str(e)
-    if "not found" in text or "offline" in text or "unauthorized" in text:
-        return PermanentTargetError(
-            f"{name}: {text.strip()}. Check `droidoom devices`, the cable, and the "
-            "authorization prompt on the phone"
-        )
-    return TransientTargetError(f"{name}: connection lost ({text.strip() or type(e).__name__})")
-
-
-class AdbProcess(Process):
-    """A shell v2 stream: stdout lines through a reader thread, exit code from its packet."""
-
-    def __init__(self, conn, name: str):
-        self._conn = conn
-        self._name = name
-        self._q: queue.Queue = queue.Queue()
-        self._rc: int | None = None
-        self.stderr_tail: list[str] = []
-        self._thread = threading.Thread(target=self._read, daemon=True)
-        self._thread.start()
-
-    def _read(self) -> None:
-        buf = b""
-        try:
-            while True:
-                header = self._conn.read_exact(5)
-                kind, n = header[0], int.from_bytes(header[1:5], "little")
-                data = self._conn.read_exact(n) if n else b""
-                if kind == _STDOUT:
-                    buf += data
-                    *lines, buf = buf.split(b"\n")
-                    for line in lines:
-                        self._q.put(line.decode(errors="replace"))
-                elif kind == _STDERR:
-                    self.stderr_tail = (
-                        self.stderr_tail + data.decode(errors="replace").splitlines()
-                    )[-20:]
-                elif kind == _EXIT:
-                    self._rc = data[0] if data else 255
-                    break
-        except (AdbError, EOFError, OSError) as e:
-            self._q.put(_translate(e, self._name))
-        if buf:
-            self._q.put(buf.decode(errors="replace"))
-        self._q.put(None)
-
-    def lines(self, timeout: float) -> Iterator[str]:
-        while True:
-            try:
-                item = self._q.get(timeout=timeout)
-            except queue.Empty:
-                raise TransientTargetError(
-                    f"{self._name}: no output for {timeout:.0f} s; device stalled or unplugged"
-                ) from None
-            if item is None:
-                return
-            if isinstance(item, Exception):
-                raise item
-            yield item
-
-    def close(self, grace: float = 5.0) -> int | None:
-        if self._rc is None:
-            try:  # stdin EOF: the helper tears down and exits on its own
-                self._conn.conn.sendall(bytes([_CLOSE_STDIN]) + (0).to_bytes(4, "little"))
-            except OSError:
-                pass
-            self._thread.join(grace)
-        # Closing the stream makes adbd hang up the process if it is still there.
-        self._conn.close()
-        self._thread.join(1.0)
-        return self._rc
-
-    @property
-    def returncode(self) -> int | None:
-        return self._rc
+#: Environment variable naming one device directory to use instead of WORKDIRS.
+WORKDIR_ENV = "DROIDOOM_DEVICE_WORKDIR"
+HELPER = "droidoom-helper"
+#: What droidoom leaves in a workdir (helper, plans, records, capture files); `clean`
+#: removes these names only, so a shared /data/local/tmp keeps everything else.
+OUR_FILES = (
+    HELPER, "plan-*.txt", "records-*.bin", "ftrace-*.txt", "perf-*.data", "perf-*.data.old",
+    "perf-*.txt", "perf-*.csv",
+)  # fmt: skip
 
 
 class AdbTarget(Target):
     """A device behind an adb server, addressed by serial."""
 
-    def __init__(self, serial: str, server: AdbServer | None = None, workdir: str | None = None):
+    def __init__(
+        self,
+        serial: str,
+        server: AdbServer | None = None,
+        workdir: str | None = None,
+        *,
+        workdirs: tuple[str, ...] | None = None,
+    ):
         self.serial = serial
         self.name = serial
         self.server = server or AdbServer.from_env()
-        self._device = _client(self.server).device(serial)
-        self._workdir = workdir
+        self._client = client(self.server)
+        self._device = self._client.device(serial)
+        # Most specific first: one workdir, the caller's list, the environment, defaults.
+        env = os.environ.get(WORKDIR_ENV)
+        self.workdirs = (
+            (workdir,) if workdir else tuple(workdirs) if workdirs else (env,) if env else WORKDIRS
+        )
+        self._workdir: str | None = None
         self._facts: TargetFacts | None = None
-        self._raw: dict[str, str] = {}
+        self._helper_hashes: dict[str, str] = {}
+        try:  # one round trip that also proves the serial is attached and online
+            self.features = set(self._device.get_features().split(","))
+        except WIRE_ERRORS as e:
+            raise self._error(e) from e
+        self.shell_v2 = "shell_v2" in self.features
 
     # --- plumbing -----------------------------------------------------------------
 
+    def _error(self, e: BaseException) -> TargetError:
+        return translate(e, self.name, self.server)
+
+    def diagnose(self, silent: bool = False) -> str:
+        """One phrase on why a stream ended (or, `silent`, went quiet): server gone,
+        device gone, or neither."""
+        if not self.server.listening():
+            return f"the adb server at {self.server} stopped (killed or restarting)"
+        try:
+            state = AdbClient(self.server, timeout=3).device(self.serial).get_state()
+        except WIRE_ERRORS as e:
+            state = "offline" if "offline" in str(e) else "gone" if "not found" in str(e) else ""
+            if not state:
+                return f"the adb server does not answer ({e})"
+        if state in ("offline", "gone"):
+            return f"the device disconnected (unplugged, or its link dropped; now {state})"
+        if state != "device":
+            return f"the device is {state}"
+        if silent:
+            return "the device is attached but silent (stalled, or the helper hung)"
+        return "the shell stream was closed (adbd restarted?)"
+
     def _wrap_root(self, script: str, root: bool) -> str:
-        if not root or self._facts is None or self._raw.get("uid") == "0":
+        if not root:
             return script
-        su = self._raw.get("su")
+        raw = self.facts().extra
+        if raw.get("uid") == 0:
+            return script
+        su = raw.get("su")
         if su == "aosp":
             return f"su 0 sh -c {shlex.quote(script)}"
         if su == "magisk":
             return f"su -c {shlex.quote(script)}"
         raise PermanentTargetError(
-            f"{self.name}: this needs root and the device has none (no `adb root`, no su); "
-            "use a userdebug/eng build or drop the root-only option"
+            f"{self.name}: this needs root and the device has none ({raw.get('adb_root')}; "
+            "no working su); use a userdebug/eng build (`adb root`) or drop the root-only option"
         )
 
     def sh(self, script: str, *, timeout: float = 60.0, root: bool = False) -> CommandResult:
         script = self._wrap_root(script, root)
         try:
-            r = self._device.shell2(script, timeout=timeout, v2=True)
+            if self.shell_v2:
+                r = self._device.shell2(script, timeout=timeout, v2=True)
+                return CommandResult(r.returncode, r.stdout, r.stderr)
+            out = self._device.shell(v1_command(script), timeout=timeout, encoding=None)
         except AdbTimeout as e:
             raise TransientTargetError(
                 f"{self.name}: command timed out after {timeout:.0f} s: {script[:80]}"
             ) from e
-        except (AdbError, EOFError, OSError) as e:
-            raise _translate(e, self.name) from e
-        return CommandResult(r.returncode, r.stdout, r.stderr)
+        except WIRE_ERRORS as e:
+            raise self._error(e) from e
+        # v1 (Android < 7): stdout and stderr arrive merged; a missing sentinel means the
+        # stream was cut (adbutils' own v1 fallback loses the code of scripts that `exit`).
+        text = out.decode(errors="replace")
+        head, sep, code = text.rpartition("\n" + SENTINEL)
+        if not sep or not code.strip().isdigit():
+            raise TransientTargetError(f"{self.name}: output cut short: {self.diagnose()}")
+        return CommandResult(int(code.strip()), head)
 
     def spawn(self, script: str, *, root: bool = False) -> Process:
         script = self._wrap_root(script, root)
+        if self.shell_v2:
+            service = f"shell,v2,raw:{script}"
+        else:  # v1: the exit code travels on a sentinel line of its own
+            service = f"shell:{v1_command(script)}"
         try:
             conn = self._device.open_transport(timeout=None)
-            conn.send_command(f"shell,v2,raw:{script}")
+            conn.send_command(service)
             conn.check_okay()
-        except (TimeoutError, AdbError, EOFError, OSError) as e:
-            raise _translate(e, self.name) from e
-        return AdbProcess(conn, self.name)
+            # The reader blocks for as long as the command runs; liveness is checked by
+            # Process.lines(timeout) and close() wakes it with shutdown().
+            conn.conn.settimeout(None)
+        except WIRE_ERRORS as e:
+            raise self._error(e) from e
+        return AdbProcess(conn, self.name, self.shell_v2, self.diagnose)
 
     def push(self, local: Path, remote: str, mode: int = 0o644) -> None:
         try:
-            self._device.sync.push(Path(local), remote, mode=mode, check=True)
-        except (AdbError, EOFError, OSError) as e:
-            raise _translate(e, self.name) from e
+            self._device.sync.push(Path(local), remote, mode=mode)
+        except WIRE_ERRORS as e:
+            if str(e) == "FAIL":  # adbutils drops the device's reason; say what it means
+                raise PermanentTargetError(
+                    f"{self.name}: the device refused to write {remote} (permissions or full)"
+                ) from e
+            raise self._error(e) from e
 
     def pull(self, remote: str, local: Path) -> None:
         try:
             self._device.sync.pull_file(remote, Path(local))
-        except (AdbError, EOFError, OSError) as e:
-            raise _translate(e, self.name) from e
+        except WIRE_ERRORS as e:
+            if "No such file" in str(e) or "open failed" in str(e):
+                raise PermanentTargetError(f"{self.name}: {remote} is not on the device") from e
+            raise self._error(e) from e
+
+    # --- helper and working directory ----------------------------------------------
+
+    def install_helper(self) -> str:
+        """Push the helper for this ABI unless a copy with the same SHA-256 is already in
+        one of the candidate directories; verify it runs; fall back to the next candidate
+        when a directory refuses the file or is mounted noexec."""
+        local = helpers.binary_path(self.facts().abi)
+        digest = helpers.sha256_file(local)
+        for d in self.workdirs:
+            if self._helper_hashes.get(d) == digest:
+                self._workdir, self.helper_pushed = d, False
+                return f"{d}/{HELPER}"
+        why = []
+        for d in self.workdirs:
+            remote = f"{d}/{HELPER}"
+            try:
+                self.push(local, remote, mode=0o755)
+            except PermanentTargetError as e:
+                why.append(f"{d}: {str(e).split(': ', 1)[-1]}")
+                continue
+            problem = self._verify_helper(remote, digest)
+            if problem is None:
+                self._workdir, self.helper_pushed = d, True
+                self._helper_hashes[d] = digest
+                return remote
+            why.append(f"{d}: {problem}")
+            self.sh(f"rm -f {shlex.quote(remote)}", timeout=30)
+        raise PermanentTargetError(
+            f"{self.name}: cannot install the helper ({'; '.join(why)}); free space on /data "
+            "or check the directory with `adb shell ls -ld DIR` (it must be writable and exec)"
+        )
+
+    def _verify_helper(self, remote: str, digest: str) -> str | None:
+        """None if `remote` is the right file and executes, else why not."""
+        q = shlex.quote(remote)
+        res = self.sh(
+            f"chmod 755 {q} && {{ sha256sum {q} 2>/dev/null || toybox sha256sum {q}; }} "
+            f"| cut -d' ' -f1; {q} version 2>&1",
+            timeout=30,
+        )
+        out = res.stdout.split()
+        if out and len(out[0]) == 64 and out[0] != digest:
+            return "the pushed file is corrupt (hash mismatch)"
+        if not res.ok or "droidoom-helper" not in res.stdout:
+            return f"it does not execute (noexec mount?): {res.stdout.strip()[-120:]}"
+        return None
 
     def workdir(self) -> str:
         if self._workdir is None:
-            for d in WORKDIRS:
+            self.facts()
+            have = [d for d in self.workdirs if d in self._helper_hashes]
+            for d in have or self.workdirs:
                 q = shlex.quote(d)
-                if self.sh(f"mkdir -p {q} && touch {q}/.w && rm {q}/.w", timeout=30).ok:
+                if self.sh(f"mkdir -p {q} && [ -w {q} ] && [ -x {q} ]", timeout=30).ok:
                     self._workdir = d
                     break
             else:
                 raise PermanentTargetError(
-                    f"{self.name}: none of {', '.join(WORKDIRS)} is writable; pass --workdir"
+                    f"{self.name}: none of {', '.join(self.workdirs)} is writable"
                 )
         return self._workdir
 
-    def clean(self) -> str:
-        """Remove everything droidoom put on the device; returns the directory cleaned."""
-        d = self.workdir()
-        q = shlex.quote(d)
-        if d.rstrip("/") == "/data/local/tmp":  # shared dir: remove only our files
-            self.sh(f"rm -f {q}/droidoom-helper {q}/plan-*.txt {q}/records-*.bin")
-        else:
-            self.sh(f"rm -rf {q}")
-        return d
+    def find_files(self, pattern: str) -> list[str]:
+        """Paths matching `pattern` (a glob like "records-*.bin") in every candidate dir."""
+        globs = " ".join(f"{shlex.quote(d)}/{pattern}" for d in self.workdirs)
+        res = self.sh(f'for f in {globs}; do [ -f "$f" ] && echo "$f"; done; true')
+        return sorted(set(res.stdout.split()))
+
+    def clean(self, keep_records: bool = False) -> tuple[list[str], list[str]]:
+        """Remove what droidoom put on the device (in every candidate directory).
+
+        Returns (removed, kept): `kept` lists records files left for `droidoom recover`
+        when keep_records is set. Only droidoom's own file names are removed, and our
+        subdirectory only if it ends up empty.
+        """
+        names = [n for n in OUR_FILES if not (keep_records and n.startswith("records-"))]
+        lines = []
+        for d in self.workdirs:
+            globs = " ".join(f"{shlex.quote(d)}/{n}" for n in names)
+            lines.append(f'for f in {globs}; do [ -f "$f" ] && rm -f "$f" && echo "rm $f"; done')
+            if keep_records:
+                recs = f"{shlex.quote(d)}/records-*.bin"
+                lines.append(f'for f in {recs}; do [ -f "$f" ] && echo "kept $f"; done')
+            if Path(d).name == "droidoom":
+                lines.append(f"rmdir {shlex.quote(d)} 2>/dev/null && echo rmdir {shlex.quote(d)}")
+        res = self.sh("\n".join(lines) + "\ntrue", timeout=60)
+        out = [line.split(" ", 1) for line in res.stdout.splitlines() if " " in line]
+        self._helper_hashes.clear()
+        self._workdir = None
+        return [p for k, p in out if k == "rm"], [p for k, p in out if k == "kept"]
 
     # --- facts --------------------------------------------------------------------
 
     def facts(self) -> TargetFacts:
-        if self._facts is not None:
-            return self._facts
-        res = self.sh(_FACTS_SCRIPT, timeout=60)
-        raw = dict(line.split("=", 1) for line in res.stdout.splitlines() if "=" in line)
-        self._raw = raw
-        abis = [raw.get("abi", "")] + raw.get("abilist", "").split(",")
-        abi = next((a for a in abis if a in ABIS), None)
-        if abi is None:
-            raise PermanentTargetError(
-                f"{self.name}: ABI {raw.get('abi')!r} has no droidoom helper "
-                f"(have {', '.join(ABIS)})"
-            )
-        root = raw.get("uid") == "0" or bool(raw.get("su"))
-        sdk = raw.get("sdk", "")
-        self._facts = TargetFacts(
-            device=self.serial,
-            transport="adb",
-            model=raw.get("model", ""),
-            abi=abi,
-            kernel_release=raw.get("kernel", ""),
-            cpus=int(raw.get("cpus") or 0),
-            root=root,
-            pid_max=int(raw.get("pid_max") or 0),
-            threads_max=int(raw.get("threads_max") or 0),
-            fingerprint=raw.get("fingerprint", ""),
-            sdk=int(sdk) if sdk.isdigit() else None,
-            extra={k: v for k, v in raw.items() if k not in ("kernel", "pid_max", "threads_max")}
-            | {"adb_server": str(self.server)},
-        )
+        if self._facts is None:
+            res = self.sh(facts_script(self.workdirs, HELPER), timeout=60)
+            if not res.ok:
+                raise TransientTargetError(
+                    f"{self.name}: reading device facts failed (exit {res.exit_code}): "
+                    f"{res.stderr.strip()[:200]}"
+                )
+            self._facts, self._helper_hashes = parse_facts(res.stdout, self.serial)
+            self._facts.extra["adb_server"] = str(self.server)
+            self._facts.extra["adb_features"] = sorted(self.features - {""})
         return self._facts

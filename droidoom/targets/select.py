@@ -6,7 +6,7 @@ import os
 import socket
 from dataclasses import dataclass
 
-from ..errors import UsageError
+from ..errors import PermanentTargetError, UsageError
 from .base import Target
 from .local import LocalTarget
 
@@ -53,12 +53,19 @@ def select_target(
     serial = serial or os.environ.get("ANDROID_SERIAL") or None
     if serial is None and not server.listening():
         return LocalTarget(), f"no adb server at {server}; profiling this host (--local)"
-    from .adb import AdbTarget, list_serials
+    from .adb import AdbTarget, list_devices
 
     if serial is None:
-        serials = list_serials(server)
-        if not serials:
+        devices = list_devices(server)
+        serials = [s for s, state in devices if state == "device"]
+        if not devices:
             return LocalTarget(), "no phone attached; profiling this host (--local)"
+        if not serials:  # a phone is there but unusable: say so rather than profile the host
+            listed = ", ".join(f"{s} ({state})" for s, state in devices)
+            raise PermanentTargetError(
+                f"no usable device on the adb server at {server}: {listed}. Accept the USB "
+                "debugging prompt / reconnect it, or pass --local to profile this host"
+            )
         if len(serials) > 1:
             raise UsageError(
                 f"{len(serials)} devices attached ({', '.join(serials)}): choose one with "

@@ -1,0 +1,185 @@
+"""`droidoom doctor`: what a target can do, and for each missing capability why and how
+to get it. Works on any Target (a phone over adb, this Linux host).
+
+Checks are real probes, not guesses from properties: the helper is installed and its
+`probe` reports the adj range this user may write (oom_score_adj_min), whether
+clone(CLONE_VM) works and the live limits; the capture sources say whether ftrace and
+perf/simpleperf would arm.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .errors import DroidoomError
+from .spec import DEFAULT
+from .targets.base import Target
+
+OK, MISSING, LIMITED = "ok", "missing", "limited"
+
+
+@dataclass(frozen=True)
+class Check:
+    """One capability of a target."""
+
+    area: str  # helper | writes | root | tracing | profiling | limits
+    name: str  # what is checked, e.g. "lower adj to -1000"
+    status: str  # ok | limited (works, with a restriction) | missing
+    detail: str  # what was found
+    fix: str = ""  # how to get it, when not ok
+
+
+def _split(message: str) -> tuple[str, str]:
+    """A capture source's "name: reason; fix" line as (reason, fix)."""
+    body = message.split(": ", 1)[-1]
+    reason, _, fix = body.partition("; ")
+    return reason, fix
+
+
+def max_population(hf: dict, threads: int = DEFAULT.threads, spec=DEFAULT) -> int:
+    """Largest population the helper would accept with `threads` per process (its own
+    safety rule: tasks + need <= 0.8 x min(pid_max, threads-max), and 0.9 x
+    RLIMIT_NPROC without CAP_SYS_RESOURCE)."""
+    pid_max, threads_max = int(hf.get("pid_max", 0)), int(hf.get("threads_max", 0))
+    tasks = int(hf.get("tasks", 0))
+    kinds = spec.kinds
+    fixed = sum(spec.target_threads if k == "threaded" else 1 for k in kinds)
+    fixed += 2 * kinds.count("multiprocess")
+    budget = 0.8 * min(pid_max, threads_max) - tasks - fixed
+    nproc = int(hf.get("nproc_limit", -1))
+    if nproc > 0 and hf.get("cap_sys_resource") != "1":
+        budget = min(budget, 0.9 * nproc - tasks - fixed)
+    return max(0, int(budget // threads))
+
+
+def _helper_checks(target: Target) -> tuple[list[Check], dict]:
+    from .runner import probe
+
+    try:
+        helper = target.install_helper()
+        events = probe(target, helper)
+    except DroidoomError as e:
+        return [Check("helper", "run the helper", MISSING, str(e), "see the message")], {}
+    if target.helper_pushed:
+        how = "pushed now"
+    else:
+        local = target.facts().transport == "local"
+        how = "run in place" if local else "already there (hash matched)"
+    hello = events["hello"].fields
+    return [
+        Check("helper", "run the helper", OK, f"{helper} ({how}; abi={hello.get('abi')})")
+    ], dict(events["facts"].fields)
+
+
+def _write_checks(hf: dict, facts) -> list[Check]:
+    adj_min = int(hf.get("adj_min", 1001))
+    uid = hf.get("uid", "?")
+    out = []
+    if adj_min > 1000:
+        out.append(Check("writes", "write oom_score_adj", MISSING,
+                         f"uid {uid} cannot write its own children's oom_score_adj (SELinux?)",
+                         "run as the shell user (adb shell) or root"))  # fmt: skip
+        return out
+    out.append(Check("writes", "write oom_score_adj", OK, f"uid {uid}, open+write+close"))
+    if adj_min == -1000:
+        out.append(Check("writes", "lower adj to -1000", OK, "CAP_SYS_RESOURCE: full range"))
+    else:
+        root_fix = (
+            "run as root with CAP_SYS_RESOURCE (`adb root` on a userdebug build, or su)"
+            if facts.transport == "adb"
+            else "run as root; a container/VM may drop CAP_SYS_RESOURCE even for root"
+        )
+        out.append(Check(
+            "writes", "lower adj to -1000", LIMITED,
+            f"oom_score_adj_min is {adj_min} and uid {uid} lacks CAP_SYS_RESOURCE: raising "
+            f"always works, moves below {adj_min} are clamped to it (the run says how many)",
+            root_fix,
+        ))  # fmt: skip
+    if hf.get("clone_vm") == "1":
+        out.append(Check("writes", "multiprocess kind (CLONE_VM)", OK, "clone(CLONE_VM) works"))
+    else:
+        out.append(Check(
+            "writes", "multiprocess kind (CLONE_VM)", MISSING,
+            "clone(CLONE_VM) without CLONE_THREAD fails here (qemu-user?): no multiprocess data",
+            "profile on the real kernel; single and threaded kinds still run",
+        ))  # fmt: skip
+    return out
+
+
+def _root_check(facts) -> Check:
+    extra = facts.extra
+    if facts.transport != "adb":
+        if facts.root:
+            return Check("root", "root", OK, "running as root")
+        return Check("root", "root", MISSING, "not root", "run droidoom as root (sudo)")
+    if extra.get("uid") == 0:
+        return Check("root", "root", OK, extra.get("adb_root", "adbd runs as root"))
+    if extra.get("su"):
+        return Check("root", "root", OK, f"su works ({extra['su']}); adb root: "
+                     f"{extra.get('adb_root')}")  # fmt: skip
+    why = f"adb root {extra.get('adb_root')}"
+    if extra.get("su_denied"):
+        why += "; su exists but was denied"
+    fix = (
+        "`adb root` (this build allows it)"
+        if extra.get("debuggable")
+        else "use a userdebug/eng build or a rooted phone; everything else runs without root"
+    )
+    return Check("root", "root", MISSING, why, fix)
+
+
+def _capture_checks(target: Target) -> list[Check]:
+    from .capture.ftrace import FtraceSource
+    from .capture.perf import PerfSource
+
+    out = []
+    for area, name, src in (
+        ("tracing", "ftrace (oom_score_adj_update)", FtraceSource()),
+        ("profiling", "perf/simpleperf call stacks", PerfSource()),
+    ):
+        try:
+            why = src.unavailable(target)
+        except DroidoomError as e:
+            why = f"{src.name}: {e}"
+        if why is None:
+            out.append(Check(area, name, OK, f"--capture {src.name} will work"))
+        else:
+            reason, fix = _split(why)
+            out.append(Check(area, name, MISSING, reason, fix))
+    facts = target.facts()
+    if facts.transport == "adb":
+        e = facts.extra
+        seen = e.get("tracefs") or "not visible to this user"
+        out.append(Check("tracing", "tracefs", OK if e.get("tracefs_rw") else LIMITED,
+                         f"{seen}; oom event {'present' if e.get('oom_event') else 'not seen'}",
+                         "" if e.get("tracefs_rw") else "needs root; without root perfetto "
+                         "can record oom/oom_score_adj_update"))  # fmt: skip
+    return out
+
+
+def _limit_checks(hf: dict) -> list[Check]:
+    if not hf:
+        return []
+    n = max_population(hf)
+    want = max(DEFAULT.populations)
+    detail = (
+        f"pid_max={hf.get('pid_max')} threads-max={hf.get('threads_max')} "
+        f"tasks now={hf.get('tasks')} RLIMIT_NPROC={hf.get('nproc_limit')}: up to "
+        f"{n} extra processes x {DEFAULT.threads} threads"
+    )
+    if n >= want:
+        return [Check("limits", "population size", OK, detail)]
+    return [Check("limits", "population size", LIMITED, detail,
+                  f"use --population up to {n} (or fewer --threads)")]  # fmt: skip
+
+
+def diagnose(target: Target) -> list[Check]:
+    """Every check for `target` (a few round trips: facts, helper, probe, captures)."""
+    facts = target.facts()
+    checks, hf = _helper_checks(target)
+    if hf:
+        checks += _write_checks(hf, facts)
+    checks.append(_root_check(facts))
+    checks += _capture_checks(target)
+    checks += _limit_checks(hf)
+    return checks

@@ -1,0 +1,212 @@
+"""adb plumbing for AdbTarget: a client that never starts a server, error translation,
+and the streamed shell process (shell v2 exit packet, or a sentinel line on v1).
+
+adbutils would run `adb start-server` (port 5037, USB scan, mDNS on the network) when
+its server is unreachable; the client here fails instead. Every call has a timeout.
+"""
+
+from __future__ import annotations
+
+import queue
+import shlex
+import socket
+import threading
+from collections.abc import Callable, Iterator
+
+import adbutils
+from adbutils.errors import AdbConnectionError, AdbError, AdbTimeout
+
+from ..errors import PermanentTargetError, TargetError, TransientTargetError
+from .base import Process
+from .select import AdbServer
+
+#: Socket timeout of adb server calls that have no timeout of their own (push, pull,
+#: host queries); a stalled device or server ends in an error, never a hang.
+CALL_TIMEOUT = 30.0
+SENTINEL = "__droidoom_exit="
+_STDIN, _STDOUT, _STDERR, _EXIT, _CLOSE_STDIN = 0, 1, 2, 3, 4  # shell v2 packet ids
+#: What adbutils lets escape when a connection breaks (it asserts and unpacks freely).
+WIRE_ERRORS = (AdbError, EOFError, OSError, AssertionError, ValueError)
+
+
+def v1_command(script: str) -> str:
+    """A shell v1 command line that ends with a sentinel line carrying the exit code."""
+    return f"sh -c {shlex.quote(script)}; r=$?; echo; echo {SENTINEL}$r"
+
+
+class _Connection(adbutils.AdbConnection):
+    def _safe_connect(self):
+        return self._create_socket()  # fail; never fall back to `adb start-server`
+
+    def close(self):
+        # adbutils sleeps 10 ms after shutdown() on every close; the server needs no such
+        # grace, and a profile makes ~10 connections, so the sleep was a third of our cost.
+        if not hasattr(self, "_AdbConnection__conn"):  # another adbutils layout
+            return super().close()
+        sock, self._AdbConnection__conn = self._AdbConnection__conn, None
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+            sock.close()
+
+
+class AdbClient(adbutils.AdbClient):
+    """adbutils client that never starts a server and asks its version only once."""
+
+    def __init__(self, server: AdbServer, timeout: float | None = None):
+        timeout = timeout or CALL_TIMEOUT
+        super().__init__(host=server.host, port=server.port, socket_timeout=timeout)
+        self.server = server
+        self._default_timeout = timeout
+        self._version: int | None = None
+
+    def make_connection(self, timeout: float | None = None) -> adbutils.AdbConnection:
+        try:
+            c = _Connection(self.host, self.port)
+        except TimeoutError as e:
+            raise AdbTimeout("connect to adb server timeout") from e
+        c.conn.settimeout(timeout or self._default_timeout)
+        return c
+
+    def server_version(self) -> int:
+        # adbutils asks before every device connection; one answer per client is enough.
+        if self._version is None:
+            self._version = super().server_version()
+        return self._version
+
+
+def client(server: AdbServer) -> AdbClient:
+    """A client for `server`; raises TransientTargetError if no server listens there."""
+    if not server.listening():
+        raise TransientTargetError(
+            f"no adb server at {server}: start one with `adb start-server`, or point "
+            "--adb-host/--adb-port (ANDROID_ADB_SERVER_HOST/PORT) at a running server"
+        )
+    return AdbClient(server)
+
+
+def list_devices(server: AdbServer) -> list[tuple[str, str]]:
+    """(serial, state) of every device the server knows, e.g. ("R58M", "device")."""
+    try:
+        return [(i.serial, i.state) for i in client(server).list()]
+    except WIRE_ERRORS as e:
+        raise TransientTargetError(f"adb server {server} did not answer: {e}") from e
+
+
+def list_serials(server: AdbServer) -> list[str]:
+    """Serials of devices in state `device` on `server` (never starts a server)."""
+    return [s for s, state in list_devices(server) if state == "device"]
+
+
+def translate(e: BaseException, name: str, server: AdbServer) -> TargetError:
+    text = str(e).strip() or type(e).__name__
+    if isinstance(e, AdbConnectionError) or "connect to adb server" in text:
+        return TransientTargetError(f"{name}: the adb server at {server} went away ({text})")
+    if "unauthorized" in text:
+        return PermanentTargetError(
+            f"{name}: unauthorized; accept the USB debugging prompt on the phone, then retry"
+        )
+    if "not found" in text:
+        return PermanentTargetError(
+            f"{name}: not attached to the adb server at {server}; see `droidoom devices` "
+            "(for a TCP device: `adb connect HOST:PORT`)"
+        )
+    if isinstance(e, AdbTimeout):
+        return TransientTargetError(f"{name}: no answer in time ({text}); device stalled?")
+    return TransientTargetError(f"{name}: connection lost ({text})")
+
+
+class AdbProcess(Process):
+    """A streamed shell command: stdout lines via a reader thread, exit code from the
+    shell v2 exit packet (or the sentinel line on v1 devices)."""
+
+    def __init__(self, conn, name: str, v2: bool, diagnose: Callable[[bool], str]):
+        self._conn = conn
+        self._name = name
+        self._v2 = v2
+        self._diagnose = diagnose
+        self._q: queue.Queue = queue.Queue()
+        self._rc: int | None = None
+        self.stderr_tail: list[str] = []
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        buf = b""
+        try:
+            while True:
+                if self._v2:
+                    header = self._conn.read_exact(5)
+                    kind, n = header[0], int.from_bytes(header[1:5], "little")
+                    data = self._conn.read_exact(n) if n else b""
+                else:
+                    kind, data = _STDOUT, self._conn.conn.recv(65536)
+                    if not data:
+                        raise EOFError("stream closed")
+                if kind == _STDOUT:
+                    *lines, buf = (buf + data).split(b"\n")
+                    for line in (raw.decode(errors="replace") for raw in lines):
+                        if not self._v2 and line.startswith(SENTINEL):
+                            self._rc = int(line[len(SENTINEL) :] or 255)
+                        else:
+                            self._q.put(line)
+                    if self._rc is not None:
+                        break
+                elif kind == _STDERR:
+                    err = data.decode(errors="replace").splitlines()
+                    self.stderr_tail = (self.stderr_tail + err)[-20:]
+                elif kind == _EXIT:
+                    self._rc = data[0] if data else 255
+                    break
+        except WIRE_ERRORS as e:
+            self._q.put(e)
+        if buf:
+            self._q.put(buf.decode(errors="replace"))
+        self._q.put(None)
+
+    def lines(self, timeout: float) -> Iterator[str]:
+        while True:
+            try:
+                item = self._q.get(timeout=timeout)
+            except queue.Empty:
+                raise TransientTargetError(
+                    f"{self._name}: no output for {timeout:.0f} s; {self._diagnose(True)}"
+                ) from None
+            if item is None:
+                return
+            if isinstance(item, BaseException):
+                raise TransientTargetError(
+                    f"{self._name}: {self._diagnose(False)} ({item or type(item).__name__})"
+                )
+            yield item
+
+    def close(self, grace: float = 5.0) -> int | None:
+        sock = None
+        try:
+            sock = self._conn.conn
+        except AdbError:  # already closed
+            pass
+        if sock is not None and self._rc is None:
+            try:  # stdin EOF: the helper tears down, flushes its records and exits
+                sock.settimeout(grace)
+                if self._v2:
+                    sock.sendall(bytes([_CLOSE_STDIN]) + (0).to_bytes(4, "little"))
+                else:  # v1 has no half-close: closing the stream hangs the command up
+                    sock.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+            self._thread.join(grace)
+        if sock is not None:
+            try:  # wakes the reader; adbd then kills the command if it is still there
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        self._conn.close()
+        self._thread.join(2.0)
+        return self._rc
+
+    @property
+    def returncode(self) -> int | None:
+        return self._rc

@@ -1,0 +1,328 @@
+"""Scaling fits and the per-device verdict: is the __set_oom_adj process walk there?
+
+`fits` / `scaling` classify latency against population as O(1), O(N) or inconclusive per
+device x kind x mode; `verdict` turns a device's threaded fit (the regression) and its
+multiprocess fit (the in-run positive control: the kernel must still walk for it) into
+fixed / regressed / inconclusive, and cross-checks the result against the kernel release
+(`kernel_expectation`). Re-exported by `droidoom.analysis`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+# Scaling classification. Mostly relative to the fitted latency at the smallest population
+# ("base"), because both the base and the walk's cost per process differ ~10x between an x86
+# VM (~40 ns/process) and a phone's little core (~250 ns/process); plus one absolute floor.
+#: O(N) when even the CI's lowest slope makes latency at least double over the sweep ...
+ON_MIN_GROWTH = 1.0
+#: ... or when the CI's lowest slope is walk-sized on its own. The cheapest walk measured is
+#: ~35 ns/process (x86 VM); writes that skip the walk grow < 1 ns/process. This catches the
+#: walk when the base is already high (many processes alive before the sweep, e.g. a phone).
+WALK_MIN_SLOPE_NS = 5.0
+#: O(1) when the fitted slope grows latency by at most 25% over the sweep, the CI's highest
+#: slope stays below doubling and below `WALK_MIN_SLOPE_NS`. With 3-6 points the Theil-Sen CI
+#: is about the min..max pairwise slope, so one noisy point on a busy 2-core VM widens it a
+#: lot; the 25% rule alone is on the (robust) median slope.
+O1_MAX_GROWTH = 0.25
+MIN_POPULATIONS = 3
+
+
+def _metas_by_device(meta: Mapping | Iterable[Mapping] | None) -> dict[str, Mapping]:
+    if meta is None:
+        return {}
+    metas = [meta] if isinstance(meta, Mapping) else list(meta)
+    metas = [getattr(m, "meta", m) for m in metas]  # store.RunInfo works too
+    return {str(m.get("device")): m for m in metas}
+
+
+# --------------------------------------------------------------------------- scaling
+
+
+@dataclass(frozen=True)
+class Fit:
+    """Theil-Sen fit of per-point median latency against population for one device x kind x mode.
+
+    The intercept is median(y - slope * x) ("joint"), so the line runs through the points.
+
+    ``slope_ns`` is ns per extra process with its 95% CI ``ci_low``..``ci_high``; ``base_ns``
+    is the fitted latency at the smallest population and ``growth`` = slope x range / base.
+    """
+
+    device: str
+    kind: str
+    mode: str
+    slope_ns: float
+    ci_low: float
+    ci_high: float
+    intercept_ns: float
+    base_ns: float
+    growth: float
+    r2: float
+    n_points: int
+    n_populations: int
+    pop_min: int
+    pop_max: int
+    complexity: str  # "O(1)" | "O(N)" | "inconclusive"
+    reason: str
+
+    def slope_text(self) -> str:
+        """E.g. ``+41.2 ns/process, 95% CI 40.1..42.0``."""
+        if not np.isfinite(self.slope_ns):
+            return "no slope"
+        return (
+            f"{_num(self.slope_ns, sign=True)} ns/process, "
+            f"95% CI {_num(self.ci_low)}..{_num(self.ci_high)}"
+        )
+
+
+def _num(x: float, sign: bool = False) -> str:
+    """Short ns figure: 2 decimals below 1, 1 below 10, none above; no "-0.00"."""
+    digits = 2 if abs(x) < 1 else 1 if abs(x) < 10 else 0
+    x = 0.0 if round(x, digits) == 0 else x
+    return f"{x:+.{digits}f}" if sign else f"{x:.{digits}f}"
+
+
+def _classify(slope, lo, hi, base, span) -> tuple[str, str]:
+    growth, g_lo, g_hi = (s * span / base for s in (slope, lo, hi))
+    pct = f"{growth:+.0%} over the sweep"
+    if lo > 0 and g_lo >= ON_MIN_GROWTH:
+        return "O(N)", f"{pct}; even the CI's low slope doubles the latency"
+    if lo >= WALK_MIN_SLOPE_NS:
+        return "O(N)", f"{pct}; the CI's low slope is walk-sized (>= {WALK_MIN_SLOPE_NS:g} ns)"
+    if abs(growth) <= O1_MAX_GROWTH and g_hi < ON_MIN_GROWTH and hi < WALK_MIN_SLOPE_NS:
+        return "O(1)", f"{pct} (<= {O1_MAX_GROWTH:.0%}); the CI excludes doubling and a walk"
+    return "inconclusive", f"{pct}; CI allows {g_lo:+.0%}..{g_hi:+.0%}"
+
+
+def _fit_one(key: tuple, pts: pd.DataFrame) -> Fit:
+    x = pts["population"].to_numpy(dtype=float)
+    y = pts["median_ns"].to_numpy(dtype=float)
+    x, y = x[np.isfinite(y)], y[np.isfinite(y)]
+    n_pop, nan = len(np.unique(x)), float("nan")
+    slope = intercept = lo = hi = r2 = growth = nan
+    span = float(np.ptp(x)) if len(x) else 0.0
+    # what was measured at the smallest population: the base when the fit's is unusable
+    base = float(np.median(y[x == x.min()])) if len(x) else nan
+    if n_pop < MIN_POPULATIONS:
+        complexity = "inconclusive"
+        reason = f"needs >= {MIN_POPULATIONS} populations with data, has {n_pop}"
+    else:
+        slope, intercept, lo, hi = map(float, stats.theilslopes(y, x, alpha=0.95, method="joint"))
+        fitted_base = intercept + slope * x.min()
+        base = fitted_base if fitted_base > 0 else max(base, 1.0)
+        ss_tot = float(np.sum((y - y.mean()) ** 2))
+        r2 = 1 - float(np.sum((y - intercept - slope * x) ** 2)) / ss_tot if ss_tot > 0 else nan
+        growth = slope * span / base
+        complexity, reason = _classify(slope, lo, hi, base, span)
+    pop_min, pop_max = (int(x.min()), int(x.max())) if len(x) else (0, 0)
+    return Fit(
+        *map(str, key), slope, lo, hi, intercept, base, growth, r2, len(y), n_pop,
+        pop_min, pop_max, complexity, reason,
+    )  # fmt: skip
+
+
+def fits(df: pd.DataFrame) -> list[Fit]:
+    """`Fit` objects per device x kind x mode, in table order (see `scaling`)."""
+    from .analysis import point_medians  # here, not at the top: analysis re-exports this module
+
+    pts = point_medians(df)
+    groups = pts.groupby(["device", "kind", "mode"], observed=True, sort=True)
+    return [_fit_one(key, g) for key, g in groups]
+
+
+def scaling(df: pd.DataFrame) -> pd.DataFrame:
+    """ns per extra process per device x kind x mode: Theil-Sen on per-point medians.
+
+    Columns: device, kind, mode, slope_ns, ci_low, ci_high (95% CI of the slope),
+    intercept_ns, base_ns (fit at the smallest population), growth (slope x population range
+    / base), r2, n_points, n_populations, pop_min, pop_max, complexity, reason.
+
+    complexity is "O(N)" when ci_low > 0 and either ci_low x range >= `ON_MIN_GROWTH` x base
+    (latency at least doubles even at the pessimistic slope) or ci_low >= `WALK_MIN_SLOPE_NS`;
+    "O(1)" when |growth| <= `O1_MAX_GROWTH`, ci_high x range < `ON_MIN_GROWTH` x base and
+    ci_high < `WALK_MIN_SLOPE_NS`; "inconclusive" otherwise, or with fewer than
+    `MIN_POPULATIONS` distinct populations.
+    """
+    rows = [asdict(f) for f in fits(df)]
+    return pd.DataFrame(rows, columns=list(Fit.__dataclass_fields__))
+
+
+# --------------------------------------------------------------------------- verdict
+
+#: Stable releases that carry 67197a4f28d2 (MMF_MULTIPROCESS), all released 2020-10-29.
+FIX_BACKPORTS: dict[tuple[int, int], int] = {(4, 14): 203, (4, 19): 153, (5, 4): 73}
+WALK_INTRODUCED = (4, 8)  # 44a70adec910
+FIX_MAINLINE = (5, 10)
+
+
+def parse_release(release: str | None) -> tuple[int, int, int] | None:
+    """(major, minor, patch) of a kernel release such as ``5.4.61-android11-2-g...``."""
+    if not release:
+        return None
+    m = re.search(r"(?<![\d.])(\d{1,2})\.(\d{1,3})(?:\.(\d{1,4}))?", release)
+    if not m or not 2 <= int(m.group(1)) <= 9:
+        return None
+    return int(m.group(1)), int(m.group(2)), int(m.group(3) or 0)
+
+
+def kernel_expectation(release: str | None) -> str:
+    """What the kernel version predicts for threaded writes.
+
+    "unaffected" before v4.8 (no walk), "fixed" from v5.10 or a stable release carrying the
+    backport (`FIX_BACKPORTS`), "regressed" for other 4.8 <= version < 5.10, "unknown" when the
+    release cannot be parsed. Vendor kernels may differ: `verdict` reports disagreement.
+    """
+    v = parse_release(release)
+    if v is None:
+        return "unknown"
+    if v[:2] < WALK_INTRODUCED:
+        return "unaffected"
+    if v[:2] >= FIX_MAINLINE:
+        return "fixed"
+    fixed_at = FIX_BACKPORTS.get(v[:2])
+    return "fixed" if fixed_at is not None and v[2] >= fixed_at else "regressed"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """Per-device conclusion; ``sentence`` is a one-liner for the CLI."""
+
+    device: str
+    status: str  # "fixed" | "regressed" | "inconclusive"
+    mode: str
+    threaded: Fit | None
+    multiprocess: Fit | None
+    control_ok: bool  # multiprocess (positive control) is O(N)
+    kernel_release: str | None
+    expectation: str  # kernel_expectation(kernel_release)
+    consistent: bool | None  # behaviour agrees with the version; None = cannot tell
+    sentence: str = field(default="")
+    single: Fit | None = None  # negative control: single-threaded writes never walk
+    disturbed: bool = False  # the negative control grew: the slopes are not the walk alone
+
+
+def _kernel_note(status: str, release: str | None, both_flat: bool) -> tuple[bool | None, str]:
+    """(behaviour agrees with the version?, sentence) - None when it cannot be told."""
+    v, expect = parse_release(release), kernel_expectation(release)
+    if v is None:
+        return None, "kernel release unknown: no version cross-check."
+    ver, fixed_at = "{}.{}.{}".format(*v), FIX_BACKPORTS.get(v[:2])
+    disagree = "(version and behaviour disagree)"
+    if expect == "unaffected":
+        what = f"{ver} predates the walk (v4.8)"
+        if status != "inconclusive":
+            return False, f"{what}, yet writes walk: the kernel carries 44a70adec910 {disagree}."
+        return (
+            (True, f"{what}: consistent with no walk at all.") if both_flat else (None, what + ".")
+        )
+    if expect == "fixed":
+        what = f"{ver} is post-fix"
+        other = f"{ver} should carry the fix, yet threaded writes walk: a vendor change undoes it"
+    else:
+        what = f"{ver} predates the fix ({f'{v[0]}.{v[1]}.{fixed_at}' if fixed_at else '5.10'})"
+        other = f"{what}, yet threaded writes are O(1): the vendor kernel carries a backport"
+    if status == expect:
+        return True, f"{what}: consistent."
+    if status == "inconclusive":
+        return None, f"{what}."
+    return False, f"{other} {disagree}."
+
+
+def _verdict_one(device, mode, t: Fit | None, m: Fit | None, s: Fit | None, release) -> Verdict:
+    control_ok = m is not None and m.complexity == "O(N)"
+    status = "inconclusive"
+    # Single-threaded writes skip the walk on every kernel: when they grow with the population
+    # too, something else did (CPU contention, another writer holding the global
+    # oom_adj_mutex, a busy phone), and neither a flat nor a rising threaded curve is evidence.
+    # A change beyond O(1)'s tolerance is enough (CI-free): the control only has to be flat.
+    disturbed = s is not None and (
+        s.complexity == "O(N)" or (np.isfinite(s.growth) and abs(s.growth) > O1_MAX_GROWTH)
+    )
+    if t is None:
+        first = "no threaded writes in this run"
+    elif t.complexity == "O(N)":
+        status = "regressed"
+        first = (
+            f"threaded writes are O(N) ({t.slope_text()}): every multi-threaded app pays the "
+            "__set_oom_adj process walk (the 2020 regression)"
+        )
+    elif t.complexity == "O(1)" and control_ok:
+        status = "fixed"
+        first = f"threaded writes are O(1) ({t.slope_text()}): this kernel carries the "
+        first += "MMF_MULTIPROCESS fix"
+    elif t.complexity == "O(1)":
+        first = f"threaded writes are O(1) ({t.slope_text()}) but without a working control"
+    else:
+        first = f"threaded writes are inconclusive ({t.slope_text()}; {t.reason})"
+        if t.n_populations < MIN_POPULATIONS:
+            first = f"threaded writes cannot be fitted ({t.reason})"
+    if m is None:
+        second = (
+            "no multiprocess writes (target not spawned, e.g. under qemu-user), so no positive "
+            "control: the run cannot show that the walk is measurable here"
+        )
+    elif m.n_populations < MIN_POPULATIONS:
+        second = f"multiprocess cannot be fitted either ({m.reason}), so no positive control"
+    elif control_ok:
+        second = f"multiprocess {_num(m.slope_ns, sign=True)} ns/process confirms the walk is "
+        second += "measurable here"
+    else:
+        second = (
+            f"multiprocess is {m.complexity} ({m.slope_text()}), so this run could not show "
+            f"the walk (populations up to {m.pop_max} too small, or a kernel without the walk)"
+        )
+    if disturbed:
+        status = "inconclusive"
+        first = (
+            f"single-threaded writes, which never walk, changed {s.growth:+.0%} over the sweep "
+            f"({s.slope_text()}): the device was busy while the population grew, re-run it "
+            "quiet; " + first
+        )
+    both_flat = all(f is not None and f.complexity == "O(1)" for f in (t, m))
+    consistent, third = _kernel_note(status, release, both_flat)
+    return Verdict(
+        device, status, mode, t, m, control_ok, release, kernel_expectation(release),
+        consistent, f"{first}; {second}; {third}", s, disturbed,
+    )  # fmt: skip
+
+
+def verdict(
+    df: pd.DataFrame,
+    meta: Mapping | Iterable[Mapping] | None = None,
+    *,
+    mode: str | None = None,
+    fitted: Sequence[Fit] | None = None,
+) -> list[Verdict]:
+    """Fixed / regressed / inconclusive per device, with evidence and a version cross-check.
+
+    "regressed": threaded writes are O(N). "fixed": threaded writes are O(1) *and* the
+    multiprocess target (which the kernel must still walk) is O(N) - without that positive
+    control a flat threaded curve may only mean the populations were too small, so the
+    verdict is "inconclusive". So is it when single-threaded writes, which never walk (the
+    negative control), change by more than `O1_MAX_GROWTH` over the sweep: then the host was
+    disturbed while the population grew (``disturbed``).
+    `meta` is one run.json dict or several (matched by "device");
+    its target.kernel_release is checked with `kernel_expectation`. `mode` defaults to
+    "reopen" (what lmkd does) when the device has it.
+    """
+    fitted = list(fitted) if fitted is not None else fits(df)
+    metas = _metas_by_device(meta)
+    only = next(iter(metas.values())) if len(metas) == 1 else None
+    out = []
+    for device in sorted({f.device for f in fitted}):
+        mine = [f for f in fitted if f.device == device]
+        modes = [f.mode for f in mine]
+        use = mode if mode is not None else ("reopen" if "reopen" in modes else modes[0])
+        by_kind = {f.kind: f for f in mine if f.mode == use}
+        m = metas.get(device, only) or {}
+        release = (m.get("target") or {}).get("kernel_release")
+        t, mp, single = (by_kind.get(k) for k in ("threaded", "multiprocess", "single"))
+        out.append(_verdict_one(device, use, t, mp, single, release))
+    return out
