@@ -179,6 +179,26 @@ def _slope(x: float) -> str:
     return f"{x:+.2f}" if abs(x) < 1 else f"{x:+.1f}" if abs(x) < 10 else f"{x:+.0f}"
 
 
+def _kernel_table(df: pd.DataFrame, console: Console) -> None:
+    """ftrace agreement per point: how much of each write the kernel saw, and whether every
+    write was matched to its oom_score_adj_update event."""
+    from .capture import validation_table
+
+    v = validation_table(df)
+    t = _table(
+        "kernel view (ftrace): write syscall vs helper clock",
+        ["kind", "population", "matched", "kernel µs", "overhead µs", "kernel share"],
+        caption="overhead = median(latency_ns - kernel_ns): open/close and user side",
+    )
+    for r in v.sort_values(["kind", "population"]).itertuples(index=False):
+        t.add_row(
+            _kind_cell(str(r.kind)), str(r.population), f"{r.matched_fraction:.1%}",
+            _us(r.kernel_median_ns), _us(r.overhead_median_ns), f"{r.kernel_share:.0%}",
+        )  # fmt: skip
+    console.print()
+    console.print(t)
+
+
 def render_terminal(
     df: pd.DataFrame, meta_list: Mapping | Iterable[Mapping] | None, console: Console
 ) -> list[analysis.Verdict]:
@@ -196,6 +216,8 @@ def render_terminal(
             + escape(f"kernel {f['kernel']}, {f['model']}, populations {f['populations']}")
         )
     _latency_tables(analysis.summary(df), console)
+    if "kernel_ns" in df.columns:
+        _kernel_table(df, console)
     fits = analysis.fits(df)
     _scaling_tables(fits, console)
     verdicts = analysis.verdict(df, metas, fitted=fits)

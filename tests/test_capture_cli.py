@@ -98,3 +98,9 @@ def test_without_root_ftrace_is_skipped_with_reason_and_the_clock_still_runs(tmp
     skipped = res.meta["captures"]["ftrace"]["skipped"]
     assert "root" in skipped and "omit --capture ftrace" in skipped
     assert any("ftrace skipped" in n for n in res.notices)
+
+
+def test_terminal_reports_the_kernel_view(captured):
+    *_, stdout = captured
+    assert "kernel view (ftrace)" in stdout
+    assert "100.0%" in stdout  # matched fraction per point

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pandas as pd
 import pytest
@@ -33,7 +34,9 @@ def test_cli_output_has_table_and_verdict(tmp_path):
     out = p.stdout
     assert "multiprocess" in out and "threaded" in out
     assert "p99" in out and "median" in out.lower()
-    assert "O(N)" in out and "O(1)" in out  # the scaling verdict of each kind
+    assert "ns/process" in out and "O(N)" in out  # the scaling fit of each kind
+    # the one-line verdict (its O(1)/O(N) content is asserted on the data elsewhere)
+    assert re.search(r"^(FIXED|REGRESSED|INCONCLUSIVE) local:", out, re.M)
     assert "run complete" in out
 
 

@@ -7,17 +7,16 @@ its server is unreachable; the client here fails instead. Every call has a timeo
 
 from __future__ import annotations
 
-import queue
 import shlex
 import socket
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import adbutils
 from adbutils.errors import AdbConnectionError, AdbError, AdbTimeout
 
 from ..errors import PermanentTargetError, TargetError, TransientTargetError
-from .base import Process
+from .base import QueuedProcess
 from .select import AdbServer
 
 #: Socket timeout of adb server calls that have no timeout of their own (push, pull,
@@ -118,18 +117,17 @@ def translate(e: BaseException, name: str, server: AdbServer) -> TargetError:
     return TransientTargetError(f"{name}: connection lost ({text})")
 
 
-class AdbProcess(Process):
+class AdbProcess(QueuedProcess):
     """A streamed shell command: stdout lines via a reader thread, exit code from the
     shell v2 exit packet (or the sentinel line on v1 devices)."""
 
     def __init__(self, conn, name: str, v2: bool, diagnose: Callable[[bool], str]):
+        super().__init__()
         self._conn = conn
         self._name = name
         self._v2 = v2
         self._diagnose = diagnose
-        self._q: queue.Queue = queue.Queue()
         self._rc: int | None = None
-        self.stderr_tail: list[str] = []
         self._thread = threading.Thread(target=self._read, daemon=True)
         self._thread.start()
 
@@ -166,21 +164,11 @@ class AdbProcess(Process):
             self._q.put(buf.decode(errors="replace"))
         self._q.put(None)
 
-    def lines(self, timeout: float) -> Iterator[str]:
-        while True:
-            try:
-                item = self._q.get(timeout=timeout)
-            except queue.Empty:
-                raise TransientTargetError(
-                    f"{self._name}: no output for {timeout:.0f} s; {self._diagnose(True)}"
-                ) from None
-            if item is None:
-                return
-            if isinstance(item, BaseException):
-                raise TransientTargetError(
-                    f"{self._name}: {self._diagnose(False)} ({item or type(item).__name__})"
-                )
-            yield item
+    def _stalled(self, timeout: float) -> str:
+        return f"{self._name}: no output for {timeout:.0f} s; {self._diagnose(True)}"
+
+    def _broken(self, exc: BaseException) -> str:
+        return f"{self._name}: {self._diagnose(False)} ({exc or type(exc).__name__})"
 
     def close(self, grace: float = 5.0) -> int | None:
         sock = None

@@ -6,6 +6,7 @@ shell script, move files, stream output, what facts to gather) lives behind it.
 
 from __future__ import annotations
 
+import queue
 import shlex
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import helpers
+from ..errors import TransientTargetError
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,38 @@ class Process(ABC):
     @abstractmethod
     def returncode(self) -> int | None:
         """Exit code once finished, else None."""
+
+
+class QueuedProcess(Process):
+    """A Process whose stdout a reader thread puts on `self._q`: str lines, an exception
+    (the connection broke) or None (end of output). Subclasses say what a stall and a
+    break mean on their transport."""
+
+    def __init__(self) -> None:
+        self._q: queue.Queue = queue.Queue()
+        self.stderr_tail: list[str] = []
+
+    def _stalled(self, timeout: float) -> str:
+        return f"the helper printed nothing for {timeout:.0f} s; it may be stuck"
+
+    def _broken(self, exc: BaseException) -> str:
+        return f"output stream broke ({exc or type(exc).__name__})"
+
+    def _ended(self) -> None:
+        """Called once the output has ended (e.g. to reap the process)."""
+
+    def lines(self, timeout: float) -> Iterator[str]:
+        while True:
+            try:
+                item = self._q.get(timeout=timeout)
+            except queue.Empty:
+                raise TransientTargetError(self._stalled(timeout)) from None
+            if item is None:
+                self._ended()
+                return
+            if isinstance(item, BaseException):
+                raise TransientTargetError(self._broken(item))
+            yield item
 
 
 class Target(ABC):

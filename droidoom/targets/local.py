@@ -4,18 +4,16 @@ from __future__ import annotations
 
 import os
 import platform
-import queue
 import shutil
 import signal
 import subprocess
 import tempfile
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 from ..errors import PermanentTargetError, TransientTargetError
 from ..helpers import abi_for_machine
-from .base import CommandResult, Process, Target, TargetFacts
+from .base import CommandResult, Process, QueuedProcess, Target, TargetFacts
 
 
 def _read(path: str, default: str = "") -> str:
@@ -25,10 +23,11 @@ def _read(path: str, default: str = "") -> str:
         return default
 
 
-class LocalProcess(Process):
+class LocalProcess(QueuedProcess):
     """A child /bin/sh in its own session, stdout pumped into a queue by a thread."""
 
     def __init__(self, script: str, env: dict | None = None):
+        super().__init__()
         self._popen = subprocess.Popen(
             ["/bin/sh", "-c", script],
             stdin=subprocess.PIPE,
@@ -41,34 +40,22 @@ class LocalProcess(Process):
             start_new_session=True,
             env=env,
         )
-        self._lines: queue.Queue[str | None] = queue.Queue()
-        self.stderr_tail: list[str] = []
         threading.Thread(target=self._pump, daemon=True).start()
         threading.Thread(target=self._pump_err, daemon=True).start()
 
     def _pump(self) -> None:
         assert self._popen.stdout is not None
         for line in self._popen.stdout:
-            self._lines.put(line)
-        self._lines.put(None)
+            self._q.put(line)
+        self._q.put(None)
 
     def _pump_err(self) -> None:
         assert self._popen.stderr is not None
         for line in self._popen.stderr:
             self.stderr_tail = (self.stderr_tail + [line.rstrip()])[-20:]
 
-    def lines(self, timeout: float) -> Iterator[str]:
-        while True:
-            try:
-                line = self._lines.get(timeout=timeout)
-            except queue.Empty:
-                raise TransientTargetError(
-                    f"the helper printed nothing for {timeout:.0f} s; it may be stuck"
-                ) from None
-            if line is None:
-                self._popen.wait()
-                return
-            yield line
+    def _ended(self) -> None:
+        self._popen.wait()
 
     def close(self, grace: float = 5.0) -> int | None:
         p = self._popen
