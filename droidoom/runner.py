@@ -252,6 +252,11 @@ def profile(
                 continue
             src.arm(target, _capture_ctx(run_id, wd, facts, total + _warmups(plan)))
             armed.append(src)
+            if src.name == "ftrace":
+                notice(
+                    "ftrace traces every write syscall, which slows the writes themselves: "
+                    "compare these latencies only with other --capture ftrace runs"
+                )
             cmd = src.wrap(cmd)
             needs_root = needs_root or getattr(src, "needs_root", False)
         progress.start(total)
