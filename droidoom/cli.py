@@ -76,6 +76,16 @@ Mode = Annotated[
 ]
 Seed = Annotated[int | None, typer.Option(help="Scenario seed: same seed, same schedule.")]
 Out = Annotated[Path, typer.Option("--out", "-o", help="Directory that receives run directories.")]
+TargetThreads = Annotated[int | None, typer.Option(help="Threads in the `threaded` target.")]
+Serial = Annotated[
+    str | None, typer.Option("--serial", "-s", help="Device serial (default: ANDROID_SERIAL).")
+]
+AdbHost = Annotated[
+    str | None, typer.Option(help="adb server host (default: ANDROID_ADB_SERVER_HOST).")
+]
+AdbPort = Annotated[
+    int | None, typer.Option(help="adb server port (default: ANDROID_ADB_SERVER_PORT or 5037).")
+]
 Capture = Annotated[
     str, typer.Option(help="Capture sources: clock (always), ftrace, perf. e.g. clock,ftrace,perf")
 ]
@@ -83,10 +93,10 @@ Capture = Annotated[
 
 def build_spec(
     quick=False, population=None, kinds=None, writes=None, threads=None, target_threads=None,
-    scenario=None, adj=None, rate=None, mode=None, seed=None,
+    scenario=None, adj=None, rate=None, mode=None, seed=None, base=None,
 ) -> specs.ProfileSpec:  # fmt: skip
-    """Spec from CLI options: --quick or the default, then explicit options on top."""
-    base = specs.QUICK if quick else specs.DEFAULT
+    """Spec from CLI options: `base` (else --quick or the default), explicit options on top."""
+    base = base or (specs.QUICK if quick else specs.DEFAULT)
     changes = {
         "populations": _ints(population, "--population"),
         "kinds": _words(kinds),
@@ -141,19 +151,15 @@ class _Bar:
 @app.command()
 def profile(
     local: Annotated[bool, typer.Option("--local", help="Profile this Linux host.")] = False,
-    serial: Annotated[
-        str | None, typer.Option("--serial", "-s", help="Phone to profile (adb serial).")
-    ] = None,
-    adb_host: Annotated[str | None, typer.Option(help="adb server host.")] = None,
-    adb_port: Annotated[int | None, typer.Option(help="adb server port.")] = None,
+    serial: Serial = None,
+    adb_host: AdbHost = None,
+    adb_port: AdbPort = None,
     quick: Quick = False,
     population: Population = None,
     kinds: Kinds = None,
     writes: Writes = None,
     threads: Threads = None,
-    target_threads: Annotated[
-        int | None, typer.Option(help="Threads in the `threaded` target.")
-    ] = None,
+    target_threads: TargetThreads = None,
     scenario: Scenario = None,
     adj: Adj = None,
     rate: Rate = None,

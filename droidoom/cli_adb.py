@@ -9,24 +9,20 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from .cli import DEFAULT_OUT, app, console, err_console
+from .cli import DEFAULT_OUT, AdbHost, AdbPort, Serial, app, console, err_console
 from .errors import DroidoomError, UsageError
 
-Serial = Annotated[
-    str | None, typer.Option("--serial", "-s", help="Device serial (default: ANDROID_SERIAL).")
-]
-AdbHost = Annotated[
-    str | None, typer.Option(help="adb server host (default: ANDROID_ADB_SERVER_HOST).")
-]
-AdbPort = Annotated[
-    int | None, typer.Option(help="adb server port (default: ANDROID_ADB_SERVER_PORT or 5037).")
-]
 
-
-def _server(host, port):
+def _server(host, port, *, required: bool = True):
+    """The adb server from options/environment; with `required`, it must be up (we never
+    start one: a fresh server scans USB and multicasts mDNS)."""
     from .targets.select import AdbServer
 
-    return AdbServer.from_env(host, port)
+    server = AdbServer.from_env(host, port)
+    if required and not server.listening():
+        raise UsageError(f"no adb server at {server}: start one (`adb start-server`) or pass "
+                         "--adb-host/--adb-port")  # fmt: skip
+    return server
 
 
 def _adb_target(serial, host, port):
@@ -34,10 +30,7 @@ def _adb_target(serial, host, port):
     from .targets.local import LocalTarget
     from .targets.select import select_target
 
-    server = _server(host, port)
-    if serial is None and not server.listening():
-        raise UsageError(f"no adb server at {server}: start one (`adb start-server`) or pass "
-                         "--adb-host/--adb-port")  # fmt: skip
+    server = _server(host, port, required=serial is None)
     target, _ = select_target(serial=serial, server=server)
     if isinstance(target, LocalTarget):
         raise UsageError(f"no device attached to the adb server at {server}; plug one in or "
@@ -71,9 +64,6 @@ def devices(
     from .targets.adb import AdbTarget, list_devices
 
     server = _server(adb_host, adb_port)
-    if not server.listening():
-        raise UsageError(f"no adb server at {server}: start one (`adb start-server`) or pass "
-                         "--adb-host/--adb-port")  # fmt: skip
     found = list_devices(server)
 
     def row(item):
@@ -115,7 +105,9 @@ def doctor(
     from .doctor import MISSING, OK, diagnose
     from .targets.select import select_target
 
-    target, notice = select_target(local=local, serial=serial, server=_server(adb_host, adb_port))
+    target, notice = select_target(
+        local=local, serial=serial, server=_server(adb_host, adb_port, required=False)
+    )
     if notice:
         err_console.print(f"[dim]{notice}[/]")
     try:

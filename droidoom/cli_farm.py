@@ -27,11 +27,11 @@ from .cli import (
     Rate,
     Scenario,
     Seed,
+    TargetThreads,
     Threads,
     Writes,
-    _ints,
-    _words,
     app,
+    build_spec,
     console,
     err_console,
 )
@@ -67,7 +67,6 @@ Retries = Annotated[
 Backoff = Annotated[
     float | None, typer.Option(help="Seconds before the first retry; doubles each time (1).")
 ]
-TargetThreads = Annotated[int | None, typer.Option(help="Threads in the `threaded` target.")]
 
 
 class _Bars:
@@ -121,19 +120,7 @@ class _Bars:
 def farm_spec(inv: Inventory, quick: bool = False, **options) -> specs.ProfileSpec:
     """--quick or the default, then the inventory's [profile], then explicit CLI options."""
     base = replace(specs.QUICK if quick else specs.DEFAULT, **dict(inv.profile))
-    changes = {
-        "populations": _ints(options.get("population"), "--population"),
-        "kinds": _words(options.get("kinds")),
-        "writes": options.get("writes"),
-        "threads": options.get("threads"),
-        "target_threads": options.get("target_threads"),
-        "scenario": options.get("scenario"),
-        "levels": _ints(options.get("adj"), "--adj"),
-        "rate": options.get("rate"),
-        "modes": _words(options.get("mode")),
-        "seed": options.get("seed"),
-    }
-    return replace(base, **{k: v for k, v in changes.items() if v is not None}).validate()
+    return build_spec(base=base, **options)
 
 
 def _resolve(inv: Inventory) -> Resolution:
