@@ -127,7 +127,7 @@ class AdbServer:
             self.env = self._make_env(port)
             with open(self.log_path, "ab") as logf:
                 self.proc = subprocess.Popen(
-                    [self.adb, "-P", str(port), "nodaemon", "server"],
+                    self._server_argv(port),
                     env=self.env,
                     cwd=self.home,
                     stdin=subprocess.DEVNULL,
@@ -143,6 +143,12 @@ class AdbServer:
         log = self.log()
         self.kill()
         raise RuntimeError(f"adb server {self.adb} did not start ({attempts} attempts):\n{log}")
+
+    #: where the server is reached; a subclass in a network namespace uses its address
+    address = "127.0.0.1"
+
+    def _server_argv(self, port: int) -> list[str]:
+        return [self.adb, "-P", str(port), "nodaemon", "server"]
 
     def _make_env(self, port: int) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if k not in _SCRUBBED_ENV}
@@ -162,7 +168,7 @@ class AdbServer:
             if self.proc.poll() is not None:
                 return False
             try:  # host:version by hand: adbutils leaks the socket when connect fails
-                with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
+                with socket.create_connection((self.address, port), timeout=2) as s:
                     s.sendall(b"000chost:version")
                     if s.recv(4) == b"OKAY":
                         return True

@@ -23,13 +23,9 @@ import ipaddress
 import os
 import shutil
 import signal
-import socket
 import subprocess
-import tempfile
-import time
 
-from adb_env import AdbServer, IsolatedAdbClient, PeerProcess, free_port
-from adbd_peer import pdeathsig_preexec
+from adb_env import AdbServer, IsolatedAdbClient, PeerProcess
 
 IP = shutil.which("ip") or "/usr/sbin/ip"
 SUBNETS = ipaddress.ip_network("10.213.0.0/16")
@@ -87,36 +83,9 @@ class NsAdbServer(AdbServer):
         self.ns = ns
         self.address = address
 
-    def start(self, timeout: float = 15.0) -> NsAdbServer:
-        self.home = tempfile.mkdtemp(prefix="adb-home-")
-        self.log_path = os.path.join(self.home, "adb-server.log")
-        port = free_port()  # any port: the namespace is empty
-        self.env = self._make_env(port)
-        with open(self.log_path, "ab") as logf:
-            self.proc = subprocess.Popen(
-                [IP, "netns", "exec", self.ns, self.adb, "-a", "-P", str(port), "nodaemon"]
-                + ["server"],
-                env=self.env,
-                cwd=self.home,
-                stdin=subprocess.DEVNULL,
-                stdout=logf,
-                stderr=logf,
-                start_new_session=True,
-                preexec_fn=pdeathsig_preexec,
-            )
-        self.port = port
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and self.proc.poll() is None:
-            try:
-                with socket.create_connection((self.address, port), timeout=2) as s:
-                    s.sendall(b"000chost:version")
-                    if s.recv(4) == b"OKAY":
-                        return self
-            except OSError:
-                time.sleep(0.05)
-        log = self.log()
-        self.kill()
-        raise RuntimeError(f"adb server in {self.ns} did not start:\n{log}")
+    def _server_argv(self, port: int) -> list[str]:
+        adb, *rest = super()._server_argv(port)
+        return [IP, "netns", "exec", self.ns, adb, "-a", *rest]
 
     def client(self, socket_timeout: float | None = None) -> IsolatedAdbClient:
         return IsolatedAdbClient(self.address, self.port, socket_timeout=socket_timeout)
