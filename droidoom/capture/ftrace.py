@@ -135,7 +135,7 @@ class FtraceSource(CaptureSource):
 
     def arm(self, target, ctx: CaptureContext) -> None:
         self._ctx = ctx
-        p = self._run_probe(target)
+        p = self._probe or self._run_probe(target)  # unavailable() just probed: reuse it
         tracefs = p.get("tracefs")
         if not tracefs:
             res = target.sh("mount -t tracefs nodev /sys/kernel/tracing", timeout=30, root=True)
@@ -294,6 +294,7 @@ class FtraceSource(CaptureSource):
 
     def disarm(self, target) -> None:
         """Stop and remove the instance (and unmount tracefs if arm() mounted it)."""
+        self._probe = {}  # a next arm() probes afresh
         lines = []
         if self._ctx is not None:
             lines.append(f"rm -f {q(self._remote('.txt'))} {q(self._remote('.raw.txt'))}")
