@@ -7,14 +7,12 @@ shell script, move files, stream output, what facts to gather) lives behind it.
 from __future__ import annotations
 
 import queue
-import shlex
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .. import helpers
 from ..errors import TransientTargetError
 
 
@@ -140,35 +138,10 @@ class Target(ABC):
 
     # --- shared logic -------------------------------------------------------------
 
+    @abstractmethod
     def install_helper(self) -> str:
-        """Make sure the helper for this target's ABI is in workdir(); return its path.
-
-        Skips the push when a file with the same SHA-256 is already there, and checks
-        the result is executable.
-        """
-        abi = self.facts().abi
-        local = helpers.binary_path(abi)
-        digest = helpers.sha256_file(local)
-        remote = f"{self.workdir()}/droidoom-helper"
-        q = shlex.quote(remote)
-        check = (
-            f"if [ -x {q} ]; then (sha256sum {q} 2>/dev/null || toybox sha256sum {q}) "
-            f"| cut -d' ' -f1; fi"
-        )
-        if self.sh(check, timeout=30).stdout.strip() == digest:
-            self.helper_pushed = False
-            return remote
-        self.push(local, remote, mode=0o755)
-        res = self.sh(f"chmod 755 {q} && [ -x {q} ] && {q} version", timeout=30)
-        if not res.ok:
-            from ..errors import PermanentTargetError
-
-            raise PermanentTargetError(
-                f"{self.name}: pushed the helper to {remote} but cannot execute it "
-                f"({(res.stderr or res.stdout).strip()}); the directory may be mounted "
-                "noexec: pick another with --workdir"
-            )
-        self.helper_pushed = True
-        return remote
+        """Make sure the helper for this target's ABI is on the target, executable;
+        return its path there. Sets `helper_pushed` (False when a copy with the same
+        SHA-256 was already in place)."""
 
     helper_pushed: bool = False

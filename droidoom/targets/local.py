@@ -165,14 +165,17 @@ class LocalTarget(Target):
             self._workdir = None
 
     def install_helper(self) -> str:
-        """Run the shipped binary in place when it is executable (no copy needed)."""
+        """Run the shipped binary in place when it is executable, else an executable
+        copy in workdir() (e.g. a package installed without exec bits)."""
         from ..helpers import binary_path
 
         path = binary_path(self.facts().abi)
-        if os.access(path, os.X_OK):
-            self.helper_pushed = False
+        self.helper_pushed = not os.access(path, os.X_OK)
+        if not self.helper_pushed:
             return str(path)
-        return super().install_helper()
+        copy = f"{self.workdir()}/droidoom-helper"
+        self.push(path, copy, mode=0o755)
+        return copy
 
     def _need_root(self, root: bool) -> None:
         if root and os.geteuid() != 0:
