@@ -359,10 +359,7 @@ class Stream:
         while not self._inbuf and not self._eof:
             self._data.clear()
             await self._data.wait()
-        data = bytes(self._inbuf[:n])
-        del self._inbuf[:n]
-        self._consumed()
-        return data
+        return self._take(n)
 
     async def read_exact(self, n: int) -> bytes:
         while len(self._inbuf) < n:
@@ -370,6 +367,9 @@ class Stream:
                 raise StreamClosed()
             self._data.clear()
             await self._data.wait()
+        return self._take(n)
+
+    def _take(self, n: int) -> bytes:
         data = bytes(self._inbuf[:n])
         del self._inbuf[:n]
         self._consumed()
