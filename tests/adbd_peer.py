@@ -37,7 +37,8 @@ Services:
 
 Commands run as ``/bin/sh -c <cmd>`` in ``/`` on the real host filesystem, with a shim
 directory first in ``PATH`` whose ``getprop`` prints this peer's properties (``getprop``
-lists ``[key]: [value]`` lines, ``getprop KEY [DEFAULT]`` prints one value).  The peer
+lists ``[key]: [value]`` lines, ``getprop KEY [DEFAULT]`` prints one value), and the
+device-tool stand-ins of ``tests/peer_tools/`` (``NAME.py`` installed as ``NAME``).  The peer
 creates ``/data/local/tmp`` at start-up if it is missing (tests run as root on a throwaway
 VM).  Each command gets its own session/process group and ``PR_SET_PDEATHSIG=SIGKILL``; when
 its stream is closed early the peer sends SIGHUP to that group, waits ``kill_grace``
@@ -555,6 +556,26 @@ class Peer:
         with open(script, "w", encoding="utf-8") as f:
             f.write(GETPROP_SCRIPT.format(props=self.props_path.replace("'", "")))
         os.chmod(script, 0o755)
+        self._install_tools()
+
+    def _install_tools(self) -> None:
+        """Copy the device-tool stand-ins (``tests/peer_tools/NAME.py`` -> ``NAME``) into the
+        shim dir, run by this peer's interpreter. Copied, not linked: the checkout may sit
+        in a directory the peer's (unprivileged) user cannot read."""
+        tools = os.path.join(os.path.dirname(os.path.abspath(__file__)), "peer_tools")
+        if not os.path.isdir(tools):
+            return
+        for name in sorted(os.listdir(tools)):
+            if not name.endswith(".py") or name.startswith("_"):
+                continue
+            with open(os.path.join(tools, name), encoding="utf-8") as f:
+                body = f.read()
+            if body.startswith("#!"):
+                body = body.split("\n", 1)[1]
+            dest = os.path.join(self.shim_dir, name[:-3])
+            with open(dest, "w", encoding="utf-8") as f:
+                f.write(f"#!{sys.executable}\n{body}")
+            os.chmod(dest, 0o755)
 
     def cleanup(self) -> None:
         if self._own_workdir:
