@@ -29,8 +29,23 @@ err_console = Console(stderr=True)
 DEFAULT_OUT = Path("droidoom-runs")
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from . import __version__
+
+        console.print(f"droidoom {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _root() -> None:
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
     """Measure what an oom_score_adj update costs (see `droidoom COMMAND --help`)."""
 
 

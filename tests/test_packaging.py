@@ -1,0 +1,67 @@
+"""The package is complete: the sdist carries the C source behind the shipped binaries and
+the tests, the wheel carries the helpers and the farm example, one version everywhere."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tarfile
+import zipfile
+from pathlib import Path
+
+import pytest
+
+import droidoom
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def dists(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("dist")
+    p = subprocess.run(
+        [sys.executable, "-m", "build", "--sdist", "--wheel", "-o", str(out), str(REPO)],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
+    return out
+
+
+@pytest.mark.slow
+def test_sdist_carries_sources_and_tests(dists, tmp_path):
+    (sdist,) = dists.glob("droidoom-*.tar.gz")
+    assert sdist.name == f"droidoom-{droidoom.__version__}.tar.gz"
+    with tarfile.open(sdist) as tar:
+        names = {n.split("/", 1)[1] for n in tar.getnames() if "/" in n}
+        tar.extractall(tmp_path, filter="data")
+    for need in (
+        "LICENSE", "device_scripts/droidoom_helper.c", "device_scripts/build_helpers.py",
+        "tests/conftest.py", "tests/adbd_peer.py", "benchmarks/bare_write.c",
+        "notebooks/analysis.ipynb", "droidoom/farm_example.toml", ".ci/run",
+    ):  # fmt: skip
+        assert need in names, f"sdist lacks {need}"
+    # The sdist's own tests run (a pure-Python module of them, against the unpacked tree).
+    root = tmp_path / sdist.name.removesuffix(".tar.gz")
+    p = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_scenario.py"],
+        cwd=root, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert p.returncode == 0, p.stdout[-2000:]
+    assert " passed" in p.stdout
+
+
+@pytest.mark.slow
+def test_wheel_carries_helpers_example_and_license(dists):
+    (wheel,) = dists.glob("droidoom-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for abi in ("arm64-v8a", "armeabi-v7a", "x86", "x86_64"):
+        assert f"droidoom/bin/{abi}/droidoom-helper" in names
+    assert "droidoom/farm_example.toml" in names
+    assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
+
+
+def test_version_flag_prints_the_package_version():
+    p = subprocess.run(
+        [sys.executable, "-m", "droidoom", "--version"], capture_output=True, text=True
+    )
+    assert p.returncode == 0 and p.stdout.strip() == f"droidoom {droidoom.__version__}"
