@@ -81,10 +81,11 @@ Serial = Annotated[
     str | None, typer.Option("--serial", "-s", help="Device serial (default: ANDROID_SERIAL).")
 ]
 AdbHost = Annotated[
-    str | None, typer.Option(help="adb server host (default: ANDROID_ADB_SERVER_HOST).")
+    str | None,
+    typer.Option(help="adb server host (default: $ADB_SERVER_SOCKET, $ANDROID_ADB_SERVER_ADDRESS)"),
 ]
 AdbPort = Annotated[
-    int | None, typer.Option(help="adb server port (default: ANDROID_ADB_SERVER_PORT or 5037).")
+    int | None, typer.Option(help="adb server port (default: $ANDROID_ADB_SERVER_PORT or 5037).")
 ]
 Capture = Annotated[
     str, typer.Option(help="Capture sources: clock (always), ftrace, perf. e.g. clock,ftrace,perf")
