@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from . import signals
 from . import spec as specs
 from .errors import DroidoomError, UsageError
 
@@ -203,7 +204,7 @@ def profile(
             result = run_profile(target, spec, out, captures=sources, progress=bar.callbacks())
     except Interrupted as e:
         _print_run(e.result)
-        raise typer.Exit(130) from None
+        raise typer.Exit(signals.exit_code(e)) from None
     finally:
         target.close()
     _print_run(result)
@@ -242,15 +243,16 @@ from . import cli_adb, cli_analysis, cli_farm  # noqa: E402, F401
 
 def main() -> None:
     """Console entry point: DroidoomErrors become one red line and an exit code."""
+    signals.install()  # SIGTERM/SIGHUP save the partial run like Ctrl-C
     try:
         rv = app(standalone_mode=False)
         sys.exit(rv if isinstance(rv, int) else 0)  # typer.Exit(n) is returned, not raised
     except DroidoomError as e:
         err_console.print(f"[red]error:[/] {e}")
         sys.exit(e.exit_code)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         err_console.print("[yellow]interrupted[/]: partial results, if any, were saved")
-        sys.exit(130)
+        sys.exit(signals.exit_code(e))
     except typer.Exit as e:
         sys.exit(e.exit_code)
     except Exception as e:

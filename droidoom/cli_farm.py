@@ -15,6 +15,7 @@ from rich.markup import escape as _e
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from . import signals
 from . import spec as specs
 from .cli import (
     DEFAULT_OUT,
@@ -137,17 +138,17 @@ def run_and_print(res: Resolution, spec, out: Path, jobs=None, retries=None, bac
     from .farm import FarmInterrupted, run_farm
 
     bars = _Bars(res.devices)
-    interrupted = False
+    interrupted = 0
     with bars.rich:
         try:
             result = run_farm(
                 res, spec, out, concurrency=jobs, retries=retries, backoff=backoff, observer=bars
             )
         except FarmInterrupted as e:
-            result, interrupted = e.result, True
+            result, interrupted = e.result, signals.exit_code(e)
     print_farm(result)
     if interrupted:
-        return 130
+        return interrupted
     return 0 if result.ok else 1
 
 

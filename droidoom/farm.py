@@ -29,7 +29,7 @@ from contextlib import suppress
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from . import __version__, analysis, runner, store
+from . import __version__, analysis, runner, signals, store
 from .errors import DroidoomError, PermanentTargetError, TransientTargetError, UsageError
 from .inventory import FarmDevice, Resolution
 from .spec import ProfileSpec
@@ -347,7 +347,7 @@ class Farm:
     def run(self) -> FarmResult:
         self.path.mkdir(parents=True, exist_ok=False)
         self.write_json("running")
-        interrupted = False
+        interrupted: BaseException | None = None
         workers = max(1, min(self.concurrency, len(self.outcomes)))
         with ThreadPoolExecutor(workers, thread_name_prefix="droidoom-farm") as pool:
             futures = [pool.submit(self.run_device, o) for o in self.outcomes]
@@ -356,12 +356,13 @@ class Farm:
                     while wait(futures, timeout=0.25).not_done:
                         pass
                     break
-                except KeyboardInterrupt:
+                except KeyboardInterrupt as e:
                     # Workers never see Ctrl-C (only the main thread does): tell them,
                     # then keep waiting while each stops its helper and saves its run.
                     if not interrupted:
-                        self.observer.notice("Ctrl-C: stopping every device, saving results")
-                    interrupted = True
+                        why = signals.describe(e).removeprefix("interrupted by ")
+                        self.observer.notice(f"{why}: stopping every device, saving results")
+                    interrupted = interrupted or e
                     self.cancel.set()
             for f in futures:
                 f.result()  # run_device never raises; surface bugs in it if it does
@@ -375,7 +376,7 @@ class Farm:
         down = tuple((s.entry.name, s.error) for s in self.resolution.servers if s.error)
         result = FarmResult(self.path, self.farm_id, status, self.outcomes, down)
         if interrupted:
-            raise FarmInterrupted(result)
+            raise FarmInterrupted(result) from interrupted
         return result
 
 

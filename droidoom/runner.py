@@ -8,6 +8,7 @@ Target's job) nor *what* to write (that is the scenario's).
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import re
 import shlex
 import tempfile
@@ -19,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import __version__, schema, store
+from . import __version__, devlock, leftovers, schema, signals, store
 from .errors import (
     DroidoomError,
     HelperError,
@@ -48,7 +49,8 @@ class Progress:
 
 
 class Interrupted(KeyboardInterrupt):
-    """Ctrl-C during a profile; `.result` is the partial run that was saved."""
+    """Ctrl-C (or SIGTERM/SIGHUP, see droidoom.signals) during a profile; `.result` is
+    the partial run that was saved."""
 
     def __init__(self, result: RunResult):
         super().__init__("interrupted")
@@ -206,7 +208,16 @@ def profile(
         suffix += 1
         run_dir = out_dir / f"{run_id}-{suffix}"
     run_id = run_dir.name
-    run_dir.mkdir()
+    lock = devlock.acquire(target, run_id, str(run_dir.resolve()))
+    try:
+        if lock.stale is not None:
+            notice(f"the device lock of {lock.stale.describe()} was stale (killed?): taken over")
+            for line in leftovers.finish(target, lock.stale):
+                notice(f"that run: {line}")
+        run_dir.mkdir()
+    except BaseException:
+        lock.release()
+        raise
 
     total = sum(len(p.writes) for p in plan.points)
     meta: dict = {
@@ -227,9 +238,14 @@ def profile(
         "calibration": {k: int(v) for k, v in probed["calib"].fields.items()},
         "adj_min": adj_min,
         "writes_planned": total,
+        "device_activity": {"before": lock.before},
         **(extra_meta or {}),
     }
-    store.write_json(run_dir / store.RUN_JSON, meta)
+    try:
+        store.write_json(run_dir / store.RUN_JSON, meta)
+    except BaseException:
+        lock.release()
+        raise
 
     wd = target.workdir()
     remote_plan = f"{wd}/plan-{run_id}.txt"
@@ -240,6 +256,7 @@ def profile(
     armed = []
     capture_meta: dict = {}
     rc = None
+    samples: pd.DataFrame | None = None
     try:
         _push_text(target, render_plan(plan.targets, plan.points), remote_plan)
         cmd = f"exec {shlex.quote(helper)} run {shlex.quote(remote_plan)} {shlex.quote(remote_rec)}"
@@ -260,7 +277,9 @@ def profile(
             cmd = src.wrap(cmd)
             needs_root = needs_root or getattr(src, "needs_root", False)
         progress.start(total)
-        proc = target.spawn(cmd, root=needs_root)
+        # The outermost shell records its pid in the lock (it becomes the helper or its
+        # wrapper and dies with the run): how another host tells a stale lock.
+        proc = target.spawn(lock.wrap(cmd), root=needs_root)
         try:
             for line in proc.lines(timeout=LINE_TIMEOUT):
                 ev = parse_line(line)
@@ -270,7 +289,7 @@ def profile(
                     reason = "cancelled"
                     break
         except KeyboardInterrupt as e:
-            interrupted, reason = e, "interrupted by Ctrl-C"
+            interrupted, reason = e, signals.describe(e)
         except TransientTargetError as e:
             reason = str(e)
         finally:
@@ -289,9 +308,9 @@ def profile(
         if reason is None and rc not in (EXIT_OK, None):
             reason = f"the helper exited with {rc}"
 
-        samples = _pull_records(target, remote_rec, run_dir, plan, run_id, facts.device)
+        samples, why = _pull_records(target, remote_rec, plan, run_id, facts.device)
         if samples is None:
-            reason = reason or "records could not be pulled"
+            reason = reason or f"records could not be pulled ({why})"
             samples = schema.empty()
         for src in armed:
             try:
@@ -307,38 +326,98 @@ def profile(
     except BaseException as e:
         if isinstance(e, KeyboardInterrupt) and interrupted is None:
             interrupted = e
-        if not isinstance(e, KeyboardInterrupt | TargetError):
+        if not isinstance(e, KeyboardInterrupt | TargetError | OSError):
             meta.update(status="failed", finished=_now(), error=str(e))
             store.write_json(run_dir / store.RUN_JSON, meta)
             _discard_if_empty(run_dir)
+            lock.release()
             raise
-        reason = reason or str(e) or "interrupted"
-        samples = schema.empty()
+        reason = reason or _describe(e)
+        samples = schema.empty() if samples is None else samples
     finally:
         for src in armed:
             src.disarm(target)
 
     status = "complete" if reason is None else "partial"
-    if len(samples):
-        store.write_table(run_dir / store.SAMPLES, samples)
+    kept, full = _save_samples(run_dir, samples)
+    if full is not None:
+        status = "partial"
+        reason = (
+            f"{full}: kept {kept} of {len(samples)} writes. Free space, then "
+            f"`droidoom recover{' --local' if facts.transport == 'local' else ''}` "
+            "fetches every write from the target"
+        )
+        if facts.transport == "local":
+            getattr(target, "keep_workdir", lambda: None)()  # the records stay for recover
+    after, warnings = _cleanup(target, lock, status, (remote_plan, remote_rec))
+    for w in warnings:  # the run itself is done: a failed cleanup only warns
+        notice(f"cleanup: {w}")
     meta.update(
         status=status,
         reason=reason,
         finished=_now(),
         helper_exit=rc,
-        writes_recorded=len(samples),
+        writes_recorded=kept,
         targets=[session.targets[k] for k in sorted(session.targets)],
         points=session.points,
         captures=capture_meta,
         notices=notices,
+        device_activity={"before": lock.before, "after": after},
     )
     store.write_json(run_dir / store.RUN_JSON, meta)
-    if status == "complete":
-        target.sh(f"rm -f {shlex.quote(remote_plan)} {shlex.quote(remote_rec)}", timeout=30)
+    if kept < len(samples):
+        samples = samples.iloc[:kept]
     result = RunResult(run_dir, status, samples, meta, tuple(notices))
     if interrupted is not None:
         raise Interrupted(result) from interrupted
     return result
+
+
+def _describe(e: BaseException) -> str:
+    if isinstance(e, KeyboardInterrupt):
+        return signals.describe(e)
+    if isinstance(e, OSError):
+        return f"{e.filename or 'the run directory'}: {e.strerror or e}"
+    return str(e) or "interrupted"
+
+
+def _save_samples(run_dir: Path, samples: pd.DataFrame) -> tuple[int, str | None]:
+    """Write samples.parquet; on a full disk keep the longest prefix that fits.
+
+    Returns (rows kept, None) or (rows kept, "disk full ..." explanation).
+    """
+    n = len(samples)
+    if not n:
+        return 0, None
+    err = None
+    while n > 0:
+        try:
+            store.write_table(run_dir / store.SAMPLES, samples.iloc[:n])
+            break
+        except OSError as e:
+            if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            err = e
+            n //= 2
+    if err is None:
+        return n, None
+    return n, f"disk full (ENOSPC) writing {run_dir / store.SAMPLES}"
+
+
+def _cleanup(target, lock, status: str, remote: tuple[str, ...]) -> tuple[dict, list[str]]:
+    """After the run: sample device activity, remove the device files of a complete run,
+    release the lock. A dropped link here costs nothing measured: warnings, not errors."""
+    warnings = []
+    after = lock.activity()
+    if status == "complete":
+        try:
+            target.sh("rm -f " + " ".join(map(shlex.quote, remote)), timeout=30)
+        except TargetError as e:
+            warnings.append(f"could not remove {', '.join(remote)} from the device ({e})")
+    w = lock.release()
+    if w:
+        warnings.append(w)
+    return after, warnings
 
 
 def _push_text(target: Target, text: str, remote: str) -> None:
@@ -350,15 +429,18 @@ def _push_text(target: Target, text: str, remote: str) -> None:
         Path(f.name).unlink()
 
 
-def _pull_records(target, remote, run_dir, plan, run_id, device) -> pd.DataFrame | None:
-    local = run_dir / ".records.bin"
+def _pull_records(target, remote, plan, run_id, device) -> tuple[pd.DataFrame | None, str]:
+    """(samples, "") or (None, why). Pulled into a temp dir, not the run dir: a full
+    output disk must not cost the records (they are written in compressed form later)."""
     try:
-        target.pull(remote, local)
-        return records_to_frame(local.read_bytes(), plan, run_id, device)
-    except (TargetError, OSError):
-        return None
-    finally:
-        local.unlink(missing_ok=True)
+        with tempfile.TemporaryDirectory(prefix="droidoom-pull-") as tmp:
+            local = Path(tmp) / "records.bin"
+            target.pull(remote, local)
+            return records_to_frame(local.read_bytes(), plan, run_id, device), ""
+    except TargetError as e:
+        return None, str(e)
+    except OSError as e:
+        return None, f"{e.filename or 'temp dir'}: {e.strerror or e}"
 
 
 def _discard_if_empty(run_dir: Path) -> None:

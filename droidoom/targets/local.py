@@ -158,6 +158,11 @@ class LocalTarget(Target):
         os.makedirs(self._workdir, exist_ok=True)
         return self._workdir
 
+    def keep_workdir(self) -> None:
+        """Leave the workdir in place at close(): it holds records `recover --local`
+        still needs (e.g. the output disk was full)."""
+        self._tmp = None
+
     def close(self) -> None:
         if self._tmp is not None:
             self._tmp.cleanup()
