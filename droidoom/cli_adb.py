@@ -161,10 +161,28 @@ def recover(
         Path, typer.Option("--out", "-o", help="Where to look for run directories.")
     ] = DEFAULT_OUT,
     keep: Annotated[bool, typer.Option(help="Leave the records on the device.")] = False,
+    local: Annotated[
+        bool,
+        typer.Option("--local", help="Finish this host's cut-short runs (SIGKILL, full disk)."),
+    ] = False,
 ) -> None:
-    """Pull the records a device still holds after a cut-short run into its run dir."""
+    """Pull the records a device still holds after a cut-short run into its run dir.
+
+    With --local: finish this host's runs that were killed (stale lock, tracefs instance,
+    records left in /tmp/droidoom-*) or could not save every write (disk full).
+    """
     from . import recover as rec
     from . import store
+
+    if local:
+        from .leftovers import finish_local
+
+        lines = finish_local(out, run_dir)
+        for line in lines:
+            console.print(line)
+        if not lines:
+            console.print("this host holds nothing of a cut-short run")
+        return
 
     if run_dir is not None and serial is None:
         serial = store.read_run(run_dir).device or None  # the run knows its device

@@ -87,8 +87,8 @@ def _remove_local_workdir(workdir: str) -> None:
         shutil.rmtree(p, ignore_errors=True)
 
 
-def local_stale_owners() -> list[Owner]:
-    """Owners of stale local locks (their droidoom process is gone)."""
+def _local_owners() -> list[tuple[Owner, bool]]:
+    """(owner, stale) of every lock in this host's lock directory."""
     import os
 
     from .devlock import _is_stale
@@ -106,22 +106,44 @@ def local_stale_owners() -> list[Owner]:
         kv["device_pid"] = pid
         kv["device_alive"] = "1" if pid.isdigit() and Path(f"/proc/{pid}").is_dir() else "0"
         owner = Owner.parse(kv)
-        if _is_stale(owner, kv):
-            owners.append(owner)
+        owners.append((owner, _is_stale(owner, kv)))
     return owners
 
 
-def finish_local() -> list[str]:
-    """`droidoom recover --local`: finish every stale local run; one line per action."""
+def local_stale_owners() -> list[Owner]:
+    """Owners of stale local locks (their droidoom process is gone)."""
+    return [o for o, stale in _local_owners() if stale]
+
+
+def local_records(quiet_for: float = 30.0) -> dict[str, Path]:
+    """{run_id: records file} left in this host's temp workdirs (/tmp/droidoom-*): not
+    a live run's (its lock names its workdir), untouched for `quiet_for` seconds."""
+    import time
+
+    live = {o.workdir for o, stale in _local_owners() if not stale}
+    found = {}
+    for f in Path(tempfile.gettempdir()).glob("droidoom-*/records-*.bin"):
+        try:
+            idle = time.time() - f.stat().st_mtime
+        except OSError:
+            continue
+        if str(f.parent) not in live and idle >= quiet_for:
+            found[f.name[len("records-") : -len(".bin")]] = f
+    return found
+
+
+def finish_local(out: Path, run_dir: Path | None = None) -> list[str]:
+    """`droidoom recover --local`: finish this host's stale runs, then pull records left
+    in temp workdirs into their run dirs (under `out`, or `run_dir`); one line each."""
     from .devlock import acquire
+    from .recover import find_run_dirs, recover_run
     from .targets.local import LocalTarget
 
     lines = []
     for owner in local_stale_owners():
         target = LocalTarget()
         try:
-            # Taking the lock over is what proves the run is dead (and keeps a new run out
-            # while we finish it).
+            # Taking the lock over proves the run is dead and keeps new runs out meanwhile.
             lock = acquire(target, f"recover-{owner.run_id}", owner.run_dir)
         except DroidoomError as e:
             lines.append(str(e))
@@ -131,4 +153,35 @@ def finish_local() -> list[str]:
         finally:
             lock.release()
             target.close()
+    held = local_records()
+    if run_dir is not None:
+        dirs = {store.read_run(run_dir).run_id: Path(run_dir)}
+    else:
+        dirs = find_run_dirs(out, held)
+    for run_id, path in dirs.items():
+        if run_id not in held:
+            continue
+        target = LocalTarget(workdir=str(held[run_id].parent))
+        r = recover_run(target, path, str(held[run_id]))
+        lines.append(f"recovered {r.writes} writes into {r.run_dir} (had {r.previous})")
+        _remove_local_workdir(str(held[run_id].parent))
+    return lines
+
+
+def summary(target) -> list[str]:
+    """What `doctor` reports: a stale lock and records left by cut-short runs."""
+    lines = []
+    if target.facts().transport == "local":
+        for owner in local_stale_owners():
+            lines.append(f"{owner.describe()} was killed: its lock is stale")
+        for run_id in local_records():
+            lines.append(f"records of run {run_id} are left in a temp dir")
+    else:
+        from .recover import pending
+
+        try:
+            for run_id in pending(target):
+                lines.append(f"the device holds records of cut-short run {run_id}")
+        except DroidoomError:
+            pass
     return lines
