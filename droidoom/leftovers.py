@@ -115,7 +115,7 @@ def local_stale_owners() -> list[Owner]:
     return [o for o, stale in _local_owners() if stale]
 
 
-def local_records(quiet_for: float = 30.0) -> dict[str, Path]:
+def local_records(quiet_for: float = 0.0) -> dict[str, Path]:
     """{run_id: records file} left in this host's temp workdirs (/tmp/droidoom-*): not
     a live run's (its lock names its workdir), untouched for `quiet_for` seconds."""
     import time
@@ -174,7 +174,7 @@ def summary(target) -> list[str]:
     if target.facts().transport == "local":
         for owner in local_stale_owners():
             lines.append(f"{owner.describe()} was killed: its lock is stale")
-        for run_id in local_records():
+        for run_id in local_records(quiet_for=30.0):
             lines.append(f"records of run {run_id} are left in a temp dir")
     else:
         from .recover import pending

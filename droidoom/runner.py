@@ -14,6 +14,7 @@ import shlex
 import tempfile
 import threading
 from collections.abc import Callable, Sequence
+from contextlib import suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -22,6 +23,7 @@ import pandas as pd
 
 from . import __version__, devlock, leftovers, schema, signals, store
 from .errors import (
+    DataError,
     DroidoomError,
     HelperError,
     TargetError,
@@ -243,8 +245,10 @@ def profile(
     }
     try:
         store.write_json(run_dir / store.RUN_JSON, meta)
-    except BaseException:
+    except BaseException as e:
         lock.release()
+        if isinstance(e, OSError):
+            raise UsageError(f"cannot write {run_dir / store.RUN_JSON}: {e.strerror}") from None
         raise
 
     wd = target.workdir()
@@ -339,34 +343,30 @@ def profile(
             src.disarm(target)
 
     status = "complete" if reason is None else "partial"
-    kept, full = _save_samples(run_dir, samples)
-    if full is not None:
-        status = "partial"
-        reason = (
-            f"{full}: kept {kept} of {len(samples)} writes. Free space, then "
-            f"`droidoom recover{' --local' if facts.transport == 'local' else ''}` "
-            "fetches every write from the target"
-        )
-        if facts.transport == "local":
-            getattr(target, "keep_workdir", lambda: None)()  # the records stay for recover
-    after, warnings = _cleanup(target, lock, status, (remote_plan, remote_rec))
-    for w in warnings:  # the run itself is done: a failed cleanup only warns
-        notice(f"cleanup: {w}")
     meta.update(
         status=status,
         reason=reason,
         finished=_now(),
         helper_exit=rc,
-        writes_recorded=kept,
+        writes_recorded=len(samples),
         targets=[session.targets[k] for k in sorted(session.targets)],
         points=session.points,
         captures=capture_meta,
         notices=notices,
-        device_activity={"before": lock.before, "after": after},
     )
-    store.write_json(run_dir / store.RUN_JSON, meta)
+    kept = _save(run_dir, samples, meta, facts.transport)
     if kept < len(samples):
+        if facts.transport == "local":
+            getattr(target, "keep_workdir", lambda: None)()  # the records stay for recover
         samples = samples.iloc[:kept]
+        status = meta["status"]
+    # Saved: from here a dropped link or a full disk costs nothing measured.
+    after, warnings = _cleanup(target, lock, status, (remote_plan, remote_rec))
+    for w in warnings:
+        notice(f"cleanup: {w}")
+    meta.update(device_activity={"before": lock.before, "after": after}, notices=notices)
+    with suppress(OSError):
+        store.write_json(run_dir / store.RUN_JSON, meta)
     result = RunResult(run_dir, status, samples, meta, tuple(notices))
     if interrupted is not None:
         raise Interrupted(result) from interrupted
@@ -381,27 +381,42 @@ def _describe(e: BaseException) -> str:
     return str(e) or "interrupted"
 
 
-def _save_samples(run_dir: Path, samples: pd.DataFrame) -> tuple[int, str | None]:
-    """Write samples.parquet; on a full disk keep the longest prefix that fits.
+def _save(run_dir: Path, samples: pd.DataFrame, meta: dict, transport: str) -> int:
+    """Write samples.parquet and run.json; return the rows kept.
 
-    Returns (rows kept, None) or (rows kept, "disk full ..." explanation).
+    On a full disk (ENOSPC) keep the longest prefix of samples that leaves room for
+    run.json, say so in it, and point to `recover` (the target still has every record).
     """
-    n = len(samples)
-    if not n:
-        return 0, None
-    err = None
-    while n > 0:
+    n, full = len(samples), None
+    while True:
         try:
-            store.write_table(run_dir / store.SAMPLES, samples.iloc[:n])
-            break
+            if n:
+                store.write_table(run_dir / store.SAMPLES, samples.iloc[:n])
+            store.write_json(run_dir / store.RUN_JSON, meta)
+            return n
         except OSError as e:
             if e.errno not in (errno.ENOSPC, errno.EDQUOT):
                 raise
-            err = e
+            if full is None:
+                full = e
+                # Only a complete run deletes its device files: this one keeps them.
+                meta["status"] = "partial"
+            elif n == 0:
+                raise DataError(
+                    f"disk full (ENOSPC): cannot even write {run_dir / store.RUN_JSON}; "
+                    "free space, then `droidoom recover` fetches the records"
+                ) from None
             n //= 2
-    if err is None:
-        return n, None
-    return n, f"disk full (ENOSPC) writing {run_dir / store.SAMPLES}"
+            if n == 0:
+                (run_dir / store.SAMPLES).unlink(missing_ok=True)
+            meta.update(
+                writes_recorded=n,
+                reason=(
+                    f"disk full (ENOSPC) writing {run_dir}: kept {n} of {len(samples)} "
+                    f"writes. Free space, then `droidoom recover"
+                    f"{' --local' if transport == 'local' else ''}` fetches them all"
+                ),
+            )
 
 
 def _cleanup(target, lock, status: str, remote: tuple[str, ...]) -> tuple[dict, list[str]]:

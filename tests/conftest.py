@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -37,24 +38,41 @@ def _stat(pid: str) -> tuple[str, int] | None:
     return comm, int(data[data.rindex(")") + 2 :].split()[1])
 
 
+#: Every process this session starts inherits this mark (the CLI, adb peers, and through
+#: them each helper): the leak guard judges only helpers that carry it, never another
+#: session's on the same machine.
+SESSION_MARK = f"DROIDOOM_TEST_SESSION={os.getpid()}-{time.time_ns()}"
+os.environ["DROIDOOM_TEST_SESSION"] = SESSION_MARK.split("=", 1)[1]
+# Device locks of `--local` runs live in a per-session directory, so concurrent test
+# sessions on one machine do not refuse each other's runs (devlock.LOCK_DIR_ENV).
+os.environ.setdefault("DROIDOOM_LOCK_DIR", tempfile.mkdtemp(prefix="droidoom-locks-"))
+
+
+def _ours(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            return SESSION_MARK.encode() in f.read().split(b"\0")
+    except OSError:
+        return False
+
+
 def helper_pids() -> set[int]:
-    """Pids of droidoom-helper processes that belong to this test session: descendants of
-    pytest, or orphans re-parented to init (what a leak looks like). Helpers of other
-    sessions on the same machine, whose parents are alive, are not ours to judge."""
-    table = {int(d): st for d in os.listdir("/proc") if d.isdigit() and (st := _stat(d))}
-    me, pids = os.getpid(), set()
-    for pid, (comm, ppid) in table.items():
-        if comm != "droidoom-helper":
-            continue
-        if ppid == 1:  # orphaned: its host is gone, nobody will stop it
-            pids.add(pid)
-            continue
-        p, seen = ppid, 0
-        while p > 1 and p != me and seen < 64:
-            p, seen = table.get(p, ("", 0))[1], seen + 1
-        if p == me:
-            pids.add(pid)
+    """Pids of droidoom-helper processes this test session started (they carry
+    SESSION_MARK in their environment), alive or orphaned. Helpers of other sessions on
+    the same machine are not ours to judge."""
+    pids = set()
+    for d in os.listdir("/proc"):
+        if d.isdigit() and (st := _stat(d)) and st[0] == "droidoom-helper" and _ours(int(d)):
+            pids.add(int(d))
     return pids
+
+
+def default_signals() -> None:
+    """preexec_fn for a spawned CLI a test will signal: SIGINT/SIGTERM/SIGHUP back to
+    their defaults (a suite started from a background job or nohup ignores them, and
+    children inherit that)."""
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_DFL)
 
 
 def wait_no_helpers(before: set[int] = frozenset(), timeout: float = 5.0) -> set[int]:
@@ -94,6 +112,7 @@ def interrupt_cli(out: Path, *args: str, after: float = 2.5):
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=default_signals,
     )
     try:
         deadline = time.monotonic() + 60

@@ -161,7 +161,9 @@ class LocalTarget(Target):
     def keep_workdir(self) -> None:
         """Leave the workdir in place at close(): it holds records `recover --local`
         still needs (e.g. the output disk was full)."""
-        self._tmp = None
+        if self._tmp is not None:
+            self._tmp._finalizer.detach()  # else it still deletes the dir when collected
+            self._tmp = None
 
     def close(self) -> None:
         if self._tmp is not None:
