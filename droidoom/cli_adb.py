@@ -184,8 +184,13 @@ def recover(
             console.print("this host holds nothing of a cut-short run")
         return
 
-    if run_dir is not None and serial is None:
-        serial = store.read_run(run_dir).device or None  # the run knows its device
+    if run_dir is not None:
+        meta = store.read_run(run_dir).meta
+        farm = meta.get("farm") or {}  # a farm run is labelled; its serial is kept apart
+        serial = serial or farm.get("serial") or meta.get("device") or None
+        if adb_host is None and adb_port is None and farm.get("server_address"):
+            adb_host, _, port = farm["server_address"].rpartition(":")
+            adb_port = int(port)
     target = _adb_target(serial, adb_host, adb_port)
     if run_dir is not None:
         todo = {store.read_run(run_dir).run_id: (Path(run_dir), None)}
@@ -196,12 +201,26 @@ def recover(
             err_console.print(f"[yellow]note:[/] {held[run_id]} has no run dir under {out}; "
                               "pass its RUN_DIR")  # fmt: skip
         todo = {run_id: (dirs[run_id], held[run_id]) for run_id in dirs}
-        if not held:
-            console.print(f"{target.name} holds no records of cut-short runs")
+        # Farm runs may have used an inventory workdir: try this device's partial runs.
+        for run_id, path in rec.partial_runs_of(out, target.serial).items():
+            todo.setdefault(run_id, (path, "?"))
+    from .farm import note_recovered
+
+    done = 0
     for path, remote in todo.values():
-        r = rec.recover_run(target, path, remote, keep=keep)
+        if remote == "?":
+            try:
+                r = rec.recover_run(target, path, None, keep=keep)
+            except DroidoomError:
+                continue  # the device holds nothing for this run
+        else:
+            r = rec.recover_run(target, path, remote, keep=keep)
+        note_recovered(r.run_dir, r.writes)
+        done += 1
         if r.writes == r.previous:
             console.print(f"{r.run_dir}: already has all {r.writes} writes the device holds")
         else:
             console.print(f"recovered {r.writes} writes into {r.run_dir} (had {r.previous})"
                           + ("" if r.removed else f"; {r.remote} kept"))  # fmt: skip
+    if not done:
+        console.print(f"{target.name} holds no records of cut-short runs")

@@ -349,6 +349,9 @@ def profile(
         finished=_now(),
         helper_exit=rc,
         writes_recorded=len(samples),
+        # What the device reported having recorded (its progress stream): it keeps them
+        # in its records file even when they never reached this host.
+        writes_on_device=session.done,
         targets=[session.targets[k] for k in sorted(session.targets)],
         points=session.points,
         captures=capture_meta,
