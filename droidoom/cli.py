@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import sys
+import warnings
 from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from . import signals
@@ -234,21 +236,27 @@ def _print_run(result) -> None:
     status = "[green]complete[/]" if result.status == "complete" else "[yellow]partial[/]"
     console.print(f"run {status}: {result.path}")
     if result.status != "complete":
-        console.print(f"[yellow]reason:[/] {result.meta.get('reason')}")
+        console.print(f"[yellow]reason:[/] {escape(str(result.meta.get('reason')))}")
 
 
 # Sub-command modules register themselves on `app` (kept apart so each stays small).
 from . import cli_adb, cli_analysis, cli_farm  # noqa: E402, F401
 
 
+def _show_warning(message, category, *_args, **_kw) -> None:
+    """Warnings (a skipped corrupt run, a cleanup that failed) as one yellow line."""
+    err_console.print(f"[yellow]warning:[/] {escape(str(message))}", highlight=False)
+
+
 def main() -> None:
     """Console entry point: DroidoomErrors become one red line and an exit code."""
     signals.install()  # SIGTERM/SIGHUP save the partial run like Ctrl-C
+    warnings.showwarning = _show_warning
     try:
         rv = app(standalone_mode=False)
         sys.exit(rv if isinstance(rv, int) else 0)  # typer.Exit(n) is returned, not raised
     except DroidoomError as e:
-        err_console.print(f"[red]error:[/] {e}")
+        err_console.print(f"[red]error:[/] {escape(str(e))}")  # "[[devices]]" is not markup
         sys.exit(e.exit_code)
     except KeyboardInterrupt as e:
         err_console.print("[yellow]interrupted[/]: partial results, if any, were saved")
