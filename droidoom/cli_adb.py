@@ -43,8 +43,8 @@ def _root_label(facts) -> str:
     if e.get("uid") == 0:
         return "adbd"
     if e.get("su"):
-        return f"su ({e['su']})"
-    return "no (adb root available)" if e.get("debuggable") else "no"
+        return "su"
+    return "adb root" if e.get("debuggable") else "no"  # `doctor` says how
 
 
 @app.command()
@@ -74,18 +74,30 @@ def devices(
             t = AdbTarget(serial, server=server)
             f = t.facts()
         except DroidoomError as e:
-            return [serial, "error", str(e)[:60], "", "", "", ""]
-        android = f"{f.extra.get('android_release', '')} (SDK {f.sdk})" if f.sdk else ""
-        return [serial, state, f.model, android, f.kernel_release, f.abi, _root_label(f)]
+            return [serial, "error", str(e), "", "", "", ""]
+        android = f"{f.extra.get('android_release', '')}/SDK{f.sdk}" if f.sdk else ""
+        kernel = f.kernel_release.split("-", 1)[0]  # the version; `doctor` shows it all
+        return [serial, state, f.model, android, kernel, f.abi, _root_label(f)]
 
     with ThreadPoolExecutor(max_workers=8) as pool:  # one facts round trip per device
         rows = list(pool.map(row, found))
-    table = Table(title=f"devices on the adb server at {server}")
+    from rich import box
+    from rich.markup import escape
+
+    # 80 columns: no vertical rules, serial and kernel never wrapped, errors below.
+    table = Table(title=f"devices on the adb server at {server}", box=box.SIMPLE_HEAD,
+                  title_justify="left", pad_edge=False)  # fmt: skip
     for col in ("serial", "state", "model", "android", "kernel", "abi", "root"):
-        table.add_column(col, no_wrap=col in ("serial", "kernel"))
+        table.add_column(col, no_wrap=col in ("serial", "state", "kernel", "abi"))
+    errors = []
     for r in rows:
-        table.add_row(*r)
+        if r[1] == "error":
+            errors.append(f"{r[0]}: {r[2]}")
+            r = [r[0], "error", "see below", "", "", "", ""]
+        table.add_row(*map(escape, r))
     console.print(table)
+    for e in errors:
+        console.print(f"[red]error:[/] {escape(e)}")
     if not rows:
         console.print("no devices: plug one in (USB debugging on) or `adb connect HOST:PORT`")
 
@@ -119,14 +131,33 @@ def doctor(
         f"[bold]{target.name}[/]: {f.model}, kernel {f.kernel_release}, {f.abi}, {f.cpus} CPUs"
         + (f", Android {f.extra.get('android_release')} (SDK {f.sdk})" if f.sdk else "")
     )
-    table = Table(show_lines=False)
-    for col in ("area", "capability", "status", "detail / fix"):
-        table.add_column(col, overflow="fold")
-    style = {OK: "green", MISSING: "red"}
+    _doctor_table(checks, OK, MISSING)
+
+
+def _doctor_table(checks, ok: str, missing: str) -> None:
+    """Checks as a table that reads in 80 columns: no vertical rules, each area named
+    once, fixes numbered below the table instead of squeezed into a cell."""
+    from rich import box
+    from rich.markup import escape
+
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
+    table.add_column("area", no_wrap=True, style="bold")
+    table.add_column("capability", max_width=24)
+    table.add_column("status", no_wrap=True)
+    table.add_column("detail", ratio=1, overflow="fold")
+    style = {ok: "green", missing: "red"}
+    fixes, last = [], None
     for c in checks:
-        text = c.detail + (f"\n[cyan]fix:[/] {c.fix}" if c.fix else "")
-        table.add_row(c.area, c.name, f"[{style.get(c.status, 'yellow')}]{c.status}[/]", text)
+        text = escape(c.detail)
+        if c.fix:
+            fixes.append(c.fix)
+            text += f" [cyan]fix [{len(fixes)}][/]"
+        area = "" if c.area == last else c.area
+        last = c.area
+        table.add_row(area, escape(c.name), f"[{style.get(c.status, 'yellow')}]{c.status}[/]", text)
     console.print(table)
+    for i, fix in enumerate(fixes, 1):
+        console.print(f"[cyan]fix [{i}]:[/] {escape(fix)}")
 
 
 @app.command()
