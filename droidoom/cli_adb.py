@@ -75,26 +75,28 @@ def devices(
             f = t.facts()
         except DroidoomError as e:
             return [serial, "error", str(e), "", "", "", ""]
-        android = f"{f.extra.get('android_release', '')}/SDK{f.sdk}" if f.sdk else ""
-        kernel = f.kernel_release.split("-", 1)[0]  # the version; `doctor` shows it all
-        return [serial, state, f.model, android, kernel, f.abi, _root_label(f)]
+        android = f"{f.extra.get('android_release', '')} (SDK {f.sdk})" if f.sdk else ""
+        return [serial, state, f.model, android, f.kernel_release, f.abi, _root_label(f)]
 
     with ThreadPoolExecutor(max_workers=8) as pool:  # one facts round trip per device
         rows = list(pool.map(row, found))
     from rich import box
     from rich.markup import escape
 
-    # 80 columns: no vertical rules, serial and kernel never wrapped, errors below.
+    # 80 columns: no vertical rules, serial never wrapped, errors below.
     table = Table(title=f"devices on the adb server at {server}", box=box.SIMPLE_HEAD,
-                  title_justify="left", pad_edge=False)  # fmt: skip
-    for col in ("serial", "state", "model", "android", "kernel", "abi", "root"):
-        table.add_column(col, no_wrap=col in ("serial", "state", "kernel", "abi"))
+                  title_justify="left", pad_edge=False, collapse_padding=True)  # fmt: skip
+    cols = ["serial", "state", "model", "android", "kernel", "abi", "root"]
+    show_state = any(r[1] != "device" for r in rows)  # the column only when it says something
+    for col in cols:
+        if col != "state" or show_state:
+            table.add_column(col, no_wrap=col in ("serial", "state", "abi"), overflow="fold")
     errors = []
     for r in rows:
         if r[1] == "error":
             errors.append(f"{r[0]}: {r[2]}")
             r = [r[0], "error", "see below", "", "", "", ""]
-        table.add_row(*map(escape, r))
+        table.add_row(*map(escape, r if show_state else [r[0], *r[2:]]))
     console.print(table)
     for e in errors:
         console.print(f"[red]error:[/] {escape(e)}")
@@ -151,13 +153,13 @@ def _doctor_table(checks, ok: str, missing: str) -> None:
         text = escape(c.detail)
         if c.fix:
             fixes.append(c.fix)
-            text += f" [cyan]fix [{len(fixes)}][/]"
+            text += f" [cyan]→ fix \\[{len(fixes)}][/]"
         area = "" if c.area == last else c.area
         last = c.area
         table.add_row(area, escape(c.name), f"[{style.get(c.status, 'yellow')}]{c.status}[/]", text)
     console.print(table)
     for i, fix in enumerate(fixes, 1):
-        console.print(f"[cyan]fix [{i}]:[/] {escape(fix)}")
+        console.print(f"[cyan][{i}] fix:[/] {escape(fix)}")
 
 
 @app.command()

@@ -31,6 +31,9 @@ LOCK_DIR_ENV = "DROIDOOM_LOCK_DIR"
 #: A lock whose run never started its helper is stale after this long (s).
 STALE_SETUP_S = 600
 
+#: Run ids whose lock this process holds (a lock naming this pid but not listed is stale).
+_ACTIVE: set[str] = set()
+
 _ACTIVITY = (
     'echo "procs=$(ls -d /proc/[0-9]* 2>/dev/null | wc -l)"; '
     'echo "loadavg=$(cut -d" " -f1-3 /proc/loadavg 2>/dev/null)"; '
@@ -96,11 +99,19 @@ class DeviceLock:
             return {}
         return _activity(_kv(res.stdout))
 
+    def abandon(self) -> str:
+        """Give the lock up without touching the device (its link is gone): the next
+        run finds it stale (this process no longer runs it, or the host is gone)."""
+        self.held = False
+        _ACTIVE.discard(self.run_id)
+        return f"the device lock {self.path} stays until the next run finds it stale"
+
     def release(self) -> str | None:
         """Remove the lock if it is still ours; return a warning instead of raising."""
         if not self.held:
             return None
         self.held = False
+        _ACTIVE.discard(self.run_id)
         q, mine = shlex.quote(self.path), shlex.quote(f"run_id={self.run_id}")
         try:
             self.target.sh(f"grep -qx {mine} {q}/owner 2>/dev/null && rm -rf {q}", timeout=30)
@@ -160,6 +171,8 @@ def _acquire_script(path: str, owner: str) -> str:
 
 
 def _is_stale(prev: Owner, kv: dict[str, str]) -> bool:
+    if prev.host == platform.node() and prev.host_pid == os.getpid():
+        return prev.run_id not in _ACTIVE  # ours: stale unless that run is still going
     if prev.host == platform.node() and prev.host_pid > 0:
         start = _proc_start(prev.host_pid)  # reading /proc only: no signal is sent
         return not start or (bool(prev.host_start) and start != prev.host_start)
@@ -190,6 +203,7 @@ def acquire(target, run_id: str, run_dir: str) -> DeviceLock:
     for _ in range(3):  # a takeover races other takers: mkdir decides who wins
         kv = _kv(target.sh(_acquire_script(path, owner), timeout=30).stdout)
         if kv.get("state") == "acquired":
+            _ACTIVE.add(run_id)
             return DeviceLock(target, path, run_id, _activity(kv), stale)
         prev = Owner.parse(kv)
         if not _is_stale(prev, kv):

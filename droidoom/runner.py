@@ -261,6 +261,7 @@ def profile(
     capture_meta: dict = {}
     rc = None
     samples: pd.DataFrame | None = None
+    link_lost = False  # then cleanup does not wait on a device that cannot answer
     try:
         _push_text(target, render_plan(plan.targets, plan.points), remote_plan)
         cmd = f"exec {shlex.quote(helper)} run {shlex.quote(remote_plan)} {shlex.quote(remote_rec)}"
@@ -295,12 +296,13 @@ def profile(
         except KeyboardInterrupt as e:
             interrupted, reason = e, signals.describe(e)
         except TransientTargetError as e:
-            reason = str(e)
+            reason, link_lost = str(e), True
         finally:
             rc = proc.close()
         # A vanished device shows up as the stream ending without a `done` line.
         if reason is None and "done" not in session.events and "error" not in session.events:
             reason = f"the helper stopped without finishing (exit {rc}); device disconnected?"
+            link_lost = facts.transport != "local"
         err = session.events.get("error")
         if err is not None and session.done == 0:
             raise HelperError(f"{target.name}: {err.fields.get('msg', 'helper failed')}", rc)
@@ -315,6 +317,7 @@ def profile(
         samples, why = _pull_records(target, remote_rec, plan, run_id, facts.device)
         if samples is None:
             reason = reason or f"records could not be pulled ({why})"
+            link_lost = link_lost or facts.transport != "local"
             samples = schema.empty()
         for src in armed:
             try:
@@ -337,6 +340,7 @@ def profile(
             lock.release()
             raise
         reason = reason or _describe(e)
+        link_lost = link_lost or isinstance(e, TargetError)
         samples = schema.empty() if samples is None else samples
     finally:
         for src in armed:
@@ -364,7 +368,7 @@ def profile(
         samples = samples.iloc[:kept]
         status = meta["status"]
     # Saved: from here a dropped link or a full disk costs nothing measured.
-    after, warnings = _cleanup(target, lock, status, (remote_plan, remote_rec))
+    after, warnings = _cleanup(target, lock, status, (remote_plan, remote_rec), link_lost)
     for w in warnings:
         notice(f"cleanup: {w}")
     meta.update(device_activity={"before": lock.before, "after": after}, notices=notices)
@@ -422,9 +426,11 @@ def _save(run_dir: Path, samples: pd.DataFrame, meta: dict, transport: str) -> i
             )
 
 
-def _cleanup(target, lock, status: str, remote: tuple[str, ...]) -> tuple[dict, list[str]]:
+def _cleanup(target, lock, status, remote, link_lost) -> tuple[dict, list[str]]:
     """After the run: sample device activity, remove the device files of a complete run,
     release the lock. A dropped link here costs nothing measured: warnings, not errors."""
+    if link_lost:
+        return {}, [lock.abandon()]
     warnings = []
     after = lock.activity()
     if status == "complete":

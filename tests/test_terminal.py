@@ -37,7 +37,7 @@ def test_farm_devices_and_doctor_tables_fit_80_columns(adb_peer_factory, tmp_pat
     check_80(p.stdout, [f"{s.serial}*" for s in peers] + ["complete", "threaded µs"])
     p = run_cli("devices", env=env)
     assert p.returncode == 0, p.stderr
-    check_80(p.stdout, [f"{s.serial}   device" for s in peers] + ["14/SDK34"])
+    check_80(p.stdout, [s.serial for s in peers] + ["14 (SDK 34)"])
     p = run_cli("doctor", "--local", env=dict(os.environ, COLUMNS="80"))
     assert p.returncode == 0, p.stderr
     check_80(p.stdout, ["population size", "cut-short runs"])
