@@ -11,11 +11,16 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
-from conftest import default_signals, run_cli, wait_no_helpers
+from conftest import (
+    default_signals,
+    local_lock_owner,
+    run_cli,
+    wait_local_recording,
+    wait_no_helpers,
+)
 
 import droidoom
 from droidoom.protocol import HEADER_SIZE, RECORD_SIZE
@@ -43,25 +48,11 @@ def start(out: Path, env: dict, *args: str) -> subprocess.Popen:
 
 def owner(env: dict) -> dict[str, str]:
     """The live run's lock owner file (run id, workdir, ...), once the lock is taken."""
-    (lock,) = Path(env["DROIDOOM_LOCK_DIR"]).glob("droidoom-lock*")
-    text = (lock / "owner").read_text()
-    return dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
+    return local_lock_owner(env["DROIDOOM_LOCK_DIR"])
 
 
 def wait_recording(env: dict, proc: subprocess.Popen, writes: int = 1000) -> dict[str, str]:
-    """Block until the run's records file holds `writes` records; return its owner info."""
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, proc.communicate()
-        try:
-            o = owner(env)
-            rec = Path(o["workdir"]) / f"records-{o['run_id']}.bin"
-            if rec.stat().st_size >= HEADER_SIZE + writes * RECORD_SIZE:
-                return o
-        except (ValueError, OSError, KeyError):
-            pass
-        time.sleep(0.05)
-    raise AssertionError("the run never started recording")
+    return wait_local_recording(proc, env["DROIDOOM_LOCK_DIR"], writes)
 
 
 def finish(proc: subprocess.Popen) -> tuple[str, str]:
