@@ -48,8 +48,8 @@ def _stat(pid: str) -> tuple[str, int] | None:
 #: Every process this session starts inherits this mark (the CLI, adb peers, and through
 #: them each helper): the leak guard judges only helpers that carry it, never another
 #: session's on the same machine.
-SESSION_MARK = f"DROIDOOM_TEST_SESSION={os.getpid()}-{time.time_ns()}"
-os.environ["DROIDOOM_TEST_SESSION"] = SESSION_MARK.split("=", 1)[1]
+os.environ.setdefault("DROIDOOM_TEST_SESSION", f"{os.getpid()}-{time.time_ns()}")
+SESSION_MARK = f"DROIDOOM_TEST_SESSION={os.environ['DROIDOOM_TEST_SESSION']}"
 # Device locks of `--local` runs live in a per-session directory, so concurrent test
 # sessions on one machine do not refuse each other's runs (devlock.LOCK_DIR_ENV).
 os.environ.setdefault("DROIDOOM_LOCK_DIR", tempfile.mkdtemp(prefix="droidoom-locks-"))
