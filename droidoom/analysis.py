@@ -274,7 +274,7 @@ def compare(
         def describe(d):
             return ", ".join(f"{k}={sorted(d[k].unique().tolist())}" for k in by)
 
-        hint = "" if pair_devices else "; to compare two devices, pass pair_devices=True"
+        hint = "" if pair_devices else "; to compare two devices, pass --pair (pair_devices=True)"
         raise DataError(
             f"the runs share no {' x '.join(by)} group with successful writes: base has "
             f"{describe(base)}; new has {describe(new)}{hint}"

@@ -3,14 +3,24 @@
 from __future__ import annotations
 
 import sys
+import warnings
 from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.markup import escape
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
+from . import signals
 from . import spec as specs
 from .errors import DroidoomError, UsageError
 
@@ -96,10 +106,11 @@ Serial = Annotated[
     str | None, typer.Option("--serial", "-s", help="Device serial (default: ANDROID_SERIAL).")
 ]
 AdbHost = Annotated[
-    str | None, typer.Option(help="adb server host (default: ANDROID_ADB_SERVER_HOST).")
+    str | None,
+    typer.Option(help="adb server host (default: $ADB_SERVER_SOCKET, $ANDROID_ADB_SERVER_ADDRESS)"),
 ]
 AdbPort = Annotated[
-    int | None, typer.Option(help="adb server port (default: ANDROID_ADB_SERVER_PORT or 5037).")
+    int | None, typer.Option(help="adb server port (default: $ANDROID_ADB_SERVER_PORT or 5037).")
 ]
 Capture = Annotated[
     str, typer.Option(help="Capture sources: clock (always), ftrace, perf. e.g. clock,ftrace,perf")
@@ -137,6 +148,8 @@ class _Bar:
             MofNCompleteColumn(),
             TextColumn("writes"),
             TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
             console=err_console,
             transient=True,
         )
@@ -217,7 +230,7 @@ def profile(
             result = run_profile(target, spec, out, captures=sources, progress=bar.callbacks())
     except Interrupted as e:
         _print_run(e.result)
-        raise typer.Exit(130) from None
+        raise typer.Exit(signals.exit_code(e)) from None
     finally:
         target.close()
     _print_run(result)
@@ -247,24 +260,31 @@ def _print_run(result) -> None:
     status = "[green]complete[/]" if result.status == "complete" else "[yellow]partial[/]"
     console.print(f"run {status}: {result.path}")
     if result.status != "complete":
-        console.print(f"[yellow]reason:[/] {result.meta.get('reason')}")
+        console.print(f"[yellow]reason:[/] {escape(str(result.meta.get('reason')))}")
 
 
 # Sub-command modules register themselves on `app` (kept apart so each stays small).
 from . import cli_adb, cli_analysis, cli_farm  # noqa: E402, F401
 
 
+def _show_warning(message, category, *_args, **_kw) -> None:
+    """Warnings (a skipped corrupt run, a cleanup that failed) as one yellow line."""
+    err_console.print(f"[yellow]warning:[/] {escape(str(message))}", highlight=False)
+
+
 def main() -> None:
     """Console entry point: DroidoomErrors become one red line and an exit code."""
+    signals.install()  # SIGTERM/SIGHUP save the partial run like Ctrl-C
+    warnings.showwarning = _show_warning
     try:
         rv = app(standalone_mode=False)
         sys.exit(rv if isinstance(rv, int) else 0)  # typer.Exit(n) is returned, not raised
     except DroidoomError as e:
-        err_console.print(f"[red]error:[/] {e}")
+        err_console.print(f"[red]error:[/] {escape(str(e))}")  # "[[devices]]" is not markup
         sys.exit(e.exit_code)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         err_console.print("[yellow]interrupted[/]: partial results, if any, were saved")
-        sys.exit(130)
+        sys.exit(signals.exit_code(e))
     except typer.Exit as e:
         sys.exit(e.exit_code)
     except Exception as e:

@@ -43,8 +43,8 @@ def _root_label(facts) -> str:
     if e.get("uid") == 0:
         return "adbd"
     if e.get("su"):
-        return f"su ({e['su']})"
-    return "no (adb root available)" if e.get("debuggable") else "no"
+        return "su"
+    return "adb root" if e.get("debuggable") else "no"  # `doctor` says how
 
 
 @app.command()
@@ -74,18 +74,32 @@ def devices(
             t = AdbTarget(serial, server=server)
             f = t.facts()
         except DroidoomError as e:
-            return [serial, "error", str(e)[:60], "", "", "", ""]
+            return [serial, "error", str(e), "", "", "", ""]
         android = f"{f.extra.get('android_release', '')} (SDK {f.sdk})" if f.sdk else ""
         return [serial, state, f.model, android, f.kernel_release, f.abi, _root_label(f)]
 
     with ThreadPoolExecutor(max_workers=8) as pool:  # one facts round trip per device
         rows = list(pool.map(row, found))
-    table = Table(title=f"devices on the adb server at {server}")
-    for col in ("serial", "state", "model", "android", "kernel", "abi", "root"):
-        table.add_column(col, no_wrap=col in ("serial", "kernel"))
+    from rich import box
+    from rich.markup import escape
+
+    # 80 columns: no vertical rules, serial never wrapped, errors below.
+    table = Table(title=f"devices on the adb server at {server}", box=box.SIMPLE_HEAD,
+                  title_justify="left", pad_edge=False, collapse_padding=True)  # fmt: skip
+    cols = ["serial", "state", "model", "android", "kernel", "abi", "root"]
+    show_state = any(r[1] != "device" for r in rows)  # the column only when it says something
+    for col in cols:
+        if col != "state" or show_state:
+            table.add_column(col, no_wrap=col in ("serial", "state", "abi"), overflow="fold")
+    errors = []
     for r in rows:
-        table.add_row(*r)
+        if r[1] == "error":
+            errors.append(f"{r[0]}: {r[2]}")
+            r = [r[0], "error", "see below", "", "", "", ""]
+        table.add_row(*map(escape, r if show_state else [r[0], *r[2:]]))
     console.print(table)
+    for e in errors:
+        console.print(f"[red]error:[/] {escape(e)}")
     if not rows:
         console.print("no devices: plug one in (USB debugging on) or `adb connect HOST:PORT`")
 
@@ -119,14 +133,33 @@ def doctor(
         f"[bold]{target.name}[/]: {f.model}, kernel {f.kernel_release}, {f.abi}, {f.cpus} CPUs"
         + (f", Android {f.extra.get('android_release')} (SDK {f.sdk})" if f.sdk else "")
     )
-    table = Table(show_lines=False)
-    for col in ("area", "capability", "status", "detail / fix"):
-        table.add_column(col, overflow="fold")
-    style = {OK: "green", MISSING: "red"}
+    _doctor_table(checks, OK, MISSING)
+
+
+def _doctor_table(checks, ok: str, missing: str) -> None:
+    """Checks as a table that reads in 80 columns: no vertical rules, each area named
+    once, fixes numbered below the table instead of squeezed into a cell."""
+    from rich import box
+    from rich.markup import escape
+
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
+    table.add_column("area", no_wrap=True, style="bold")
+    table.add_column("capability", max_width=24)
+    table.add_column("status", no_wrap=True)
+    table.add_column("detail", ratio=1, overflow="fold")
+    style = {ok: "green", missing: "red"}
+    fixes, last = [], None
     for c in checks:
-        text = c.detail + (f"\n[cyan]fix:[/] {c.fix}" if c.fix else "")
-        table.add_row(c.area, c.name, f"[{style.get(c.status, 'yellow')}]{c.status}[/]", text)
+        text = escape(c.detail)
+        if c.fix:
+            fixes.append(c.fix)
+            text += f" [cyan]→ fix \\[{len(fixes)}][/]"
+        area = "" if c.area == last else c.area
+        last = c.area
+        table.add_row(area, escape(c.name), f"[{style.get(c.status, 'yellow')}]{c.status}[/]", text)
     console.print(table)
+    for i, fix in enumerate(fixes, 1):
+        console.print(f"[cyan][{i}] fix:[/] {escape(fix)}")
 
 
 @app.command()
@@ -161,13 +194,36 @@ def recover(
         Path, typer.Option("--out", "-o", help="Where to look for run directories.")
     ] = DEFAULT_OUT,
     keep: Annotated[bool, typer.Option(help="Leave the records on the device.")] = False,
+    local: Annotated[
+        bool,
+        typer.Option("--local", help="Finish this host's cut-short runs (SIGKILL, full disk)."),
+    ] = False,
 ) -> None:
-    """Pull the records a device still holds after a cut-short run into its run dir."""
+    """Pull the records a device still holds after a cut-short run into its run dir.
+
+    With --local: finish this host's runs that were killed (stale lock, tracefs instance,
+    records left in /tmp/droidoom-*) or could not save every write (disk full).
+    """
     from . import recover as rec
     from . import store
 
-    if run_dir is not None and serial is None:
-        serial = store.read_run(run_dir).device or None  # the run knows its device
+    if local:
+        from .leftovers import finish_local
+
+        lines = finish_local(out, run_dir)
+        for line in lines:
+            console.print(line)
+        if not lines:
+            console.print("this host holds nothing of a cut-short run")
+        return
+
+    if run_dir is not None:
+        meta = store.read_run(run_dir).meta
+        farm = meta.get("farm") or {}  # a farm run is labelled; its serial is kept apart
+        serial = serial or farm.get("serial") or meta.get("device") or None
+        if adb_host is None and adb_port is None and farm.get("server_address"):
+            adb_host, _, port = farm["server_address"].rpartition(":")
+            adb_port = int(port)
     target = _adb_target(serial, adb_host, adb_port)
     if run_dir is not None:
         todo = {store.read_run(run_dir).run_id: (Path(run_dir), None)}
@@ -178,12 +234,26 @@ def recover(
             err_console.print(f"[yellow]note:[/] {held[run_id]} has no run dir under {out}; "
                               "pass its RUN_DIR")  # fmt: skip
         todo = {run_id: (dirs[run_id], held[run_id]) for run_id in dirs}
-        if not held:
-            console.print(f"{target.name} holds no records of cut-short runs")
+        # Farm runs may have used an inventory workdir: try this device's partial runs.
+        for run_id, path in rec.partial_runs_of(out, target.serial).items():
+            todo.setdefault(run_id, (path, "?"))
+    from .farm import note_recovered
+
+    done = 0
     for path, remote in todo.values():
-        r = rec.recover_run(target, path, remote, keep=keep)
+        if remote == "?":
+            try:
+                r = rec.recover_run(target, path, None, keep=keep)
+            except DroidoomError:
+                continue  # the device holds nothing for this run
+        else:
+            r = rec.recover_run(target, path, remote, keep=keep)
+        note_recovered(r.run_dir, r.writes)
+        done += 1
         if r.writes == r.previous:
             console.print(f"{r.run_dir}: already has all {r.writes} writes the device holds")
         else:
             console.print(f"recovered {r.writes} writes into {r.run_dir} (had {r.previous})"
                           + ("" if r.removed else f"; {r.remote} kept"))  # fmt: skip
+    if not done:
+        console.print(f"{target.name} holds no records of cut-short runs")

@@ -50,10 +50,11 @@ def _load(paths: list[Path], complete_only: bool, what: str = "") -> tuple[pd.Da
     for r in partial:
         verb = "skipped" if complete_only else "its missing points are left out"
         err_console.print(f"[yellow]note:[/] {label}run {r.path} is {r.status}: {verb}")
-    df = store.load([r.path for r in runs])
+    df = store.load(paths, include_partial=not complete_only)  # skips corrupt runs in a folder
     if df.empty:
         raise DataError(f"{label}{', '.join(map(str, paths))}: the runs hold no samples "
-                        "(interrupted before the first records were saved)")  # fmt: skip
+                        "(cut short before the first records were saved; a phone keeps "
+                        "them: `droidoom recover RUN_DIR`)")  # fmt: skip
     loaded = set(df["run_id"].astype(str).unique())
     return df, [r for r in runs if r.run_id in loaded]
 
@@ -97,7 +98,12 @@ def report(
     """
     from . import plots
     from . import report as rep
+    from .store import check_writable
 
+    if html is not None:  # checked before the work, not after it
+        check_writable(html, "--html")
+    if figures is not None:
+        check_writable(figures, "--figures", directory=True)
     df, infos = _load(runs, complete_only)
     _mixed_kernels(infos)
     metas = [r.meta for r in infos]
@@ -162,6 +168,10 @@ def compare(
 
     if not max_ratio > 1:
         raise UsageError(f"--max-ratio must be > 1 (e.g. 1.10 for +10%), got {max_ratio}")
+    if csv is not None:
+        from .store import check_writable
+
+        check_writable(csv, "--csv")
     bdf, binfo = _load([base], complete_only, "BASE")
     ndf, ninfo = _load([new], complete_only, "NEW")
     diffs = _spec_differences(binfo, ninfo)

@@ -12,9 +12,17 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape as _e
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
+from . import signals
 from . import spec as specs
 from .cli import (
     DEFAULT_OUT,
@@ -79,6 +87,8 @@ class _Bars:
             MofNCompleteColumn(),
             TextColumn("{task.fields[state]}"),
             TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(compact=True),
             console=err_console,
             transient=True,
         )
@@ -137,17 +147,17 @@ def run_and_print(res: Resolution, spec, out: Path, jobs=None, retries=None, bac
     from .farm import FarmInterrupted, run_farm
 
     bars = _Bars(res.devices)
-    interrupted = False
+    interrupted = 0
     with bars.rich:
         try:
             result = run_farm(
                 res, spec, out, concurrency=jobs, retries=retries, backoff=backoff, observer=bars
             )
         except FarmInterrupted as e:
-            result, interrupted = e.result, True
+            result, interrupted = e.result, signals.exit_code(e)
     print_farm(result)
     if interrupted:
-        return 130
+        return interrupted
     return 0 if result.ok else 1
 
 
@@ -162,46 +172,77 @@ def _medians(summary: dict, kind: str) -> str:
     return _us(first) if len(pops) == 1 else f"{_us(first)} → {_us(last)}"
 
 
+#: Column headers for the per-kind medians (short: the table must fit 80 columns).
+_KIND_HEAD = {"single": "single µs", "threaded": "threaded µs", "multiprocess": "multi µs"}
+
+
+def _writes(o) -> str:
+    from .farm import on_device
+
+    kept = len(o.result.samples) if o.result is not None else 0
+    held = on_device(o.result)
+    return str(kept) if held <= kept else f"{kept}+{held - kept}*"
+
+
 def print_farm(result: FarmResult) -> None:
-    """Final per-device table: status, verdict, key medians, error."""
+    """Final per-device table: status, verdict, key medians; errors below it.
+
+    Laid out for an 80-column terminal: no vertical rules, labels never wrapped, model
+    and the single-process control only when there is room, long texts as notes below.
+    """
+    from rich import box
+
     outcomes = result.outcomes
     measured = {k for o in outcomes for k in o.summary.get("medians_ns") or {}}
-    kinds = [k for k in specs.KINDS if k in measured]
+    wide = console.width >= 110
+    kinds = [k for k in specs.KINDS if k in measured and (wide or k != "single")]
     done = sum(o.status == "complete" for o in outcomes)
     servers = len({o.device.server.name for o in outcomes}) > 1
-    notes = any(o.error for o in outcomes)
     t = Table(
-        title=f"farm {result.farm_id}: {done}/{len(outcomes)} devices complete "
-        "(median µs, lowest → highest population; * = required)",
-        title_justify="left",
-    )
-    t.add_column("device", overflow="fold")
+        title=f"farm {result.farm_id}: {done}/{len(outcomes)} devices complete",
+        caption="medians: lowest → highest population; * required device",
+        title_justify="left", caption_justify="left", box=box.SIMPLE_HEAD, pad_edge=False,
+    )  # fmt: skip
+    t.add_column("device", no_wrap=True)
     if servers:
-        t.add_column("server", overflow="fold")
-    for head in ("model", "status", "verdict", *kinds, "writes", *(["note"] if notes else [])):
-        t.add_column(head, justify="right" if head in (*kinds, "writes") else "left")
+        t.add_column("server", no_wrap=True)
+    if wide:
+        t.add_column("model", max_width=16)
+    t.add_column("status", no_wrap=True)
+    t.add_column("verdict", no_wrap=True)
+    for k in kinds:
+        t.add_column(_KIND_HEAD[k], justify="right", no_wrap=True)
+    t.add_column("writes", justify="right", no_wrap=True)
     colour = {"complete": "green", "partial": "yellow", "cancelled": "yellow", "failed": "red"}
     vcolour = {"fixed": "green", "regressed": "red", "inconclusive": "yellow"}
+    notes = []
     for o in outcomes:
         d = o.device
         verdict = o.summary.get("verdict", "-")
-        note = o.error or ""
+        status = f"[{colour.get(o.status, 'white')}]{o.status}[/]"
+        if o.error:
+            notes.append((d.label, o.error))
+            status += f" [{len(notes)}]"
         t.add_row(
             _e(d.label) + ("*" if d.required else ""),
             *([_e(d.server.name)] if servers else []),
-            _e(d.seen.model or "-"),
-            f"[{colour.get(o.status, 'white')}]{o.status}[/]",
+            *([_e(d.seen.model or "-")] if wide else []),
+            status,
             f"[{vcolour.get(verdict, 'white')}]{verdict}[/]",
-            *(_medians(o.summary, k) for k in kinds),
-            str(len(o.result.samples) if o.result is not None else 0),
-            *([_e(note if len(note) <= 120 else note[:117] + "...")] if notes else []),
+            *(_medians(o.summary, k).replace(" → ", "→") for k in kinds),
+            _writes(o),
         )
     console.print(t)
+    for i, (label, note) in enumerate(notes, 1):
+        console.print(f"[{i}] {_e(label)}: {_e(note)}")
+    if any(_writes(o).endswith("*") for o in outcomes):
+        console.print("* writes still on the device: `droidoom recover` brings them home")
     for name, error in result.server_errors:
         console.print(f"[yellow]server {_e(name)} was not reachable:[/] {_e(error)}")
     style = {"complete": "green", "partial": "yellow"}.get(result.status, "bold yellow")
-    console.print(f"farm [{style}]{result.status}[/]: {_e(str(result.path))}")
-    console.print(f"[dim]`droidoom report {_e(str(result.path))}` compares the devices[/]")
+    console.print(f"farm [{style}]{result.status}[/]: {_e(str(result.path))}", soft_wrap=True)
+    console.print(f"[dim]`droidoom report {_e(str(result.path))}` compares the devices[/]",
+                  soft_wrap=True)  # fmt: skip
 
 
 def show_inventory(path: Path) -> int:

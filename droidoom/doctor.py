@@ -182,4 +182,15 @@ def diagnose(target: Target) -> list[Check]:
     checks.append(_root_check(facts))
     checks += _capture_checks(target)
     checks += _limit_checks(hf)
+    checks += _leftover_checks(target)
     return checks
+
+
+def _leftover_checks(target: Target) -> list[Check]:
+    from .leftovers import summary
+
+    found = summary(target)
+    if not found:
+        return [Check("runs", "cut-short runs", OK, "none left behind")]
+    fix = "droidoom recover --local" if target.facts().transport == "local" else "droidoom recover"
+    return [Check("runs", "cut-short runs", LIMITED, "; ".join(found), f"run `{fix}`")]

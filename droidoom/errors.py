@@ -5,6 +5,7 @@ DroidoomError
 ├── TargetError           something went wrong on the device / host being profiled
 │   ├── TransientTargetError   worth a retry: device dropped, adb server restarted, timeout
 │   └── PermanentTargetError   retrying will not help: no such device, unsupported ABI
+│       └── DeviceBusyError    another run holds the device's lock
 ├── HelperError           the native helper refused or failed (carries its exit code)
 ├── CaptureError          a capture source (ftrace, perf) could not be armed or parsed
 └── DataError             a run directory is missing, partial beyond use, or incompatible
@@ -35,6 +36,10 @@ class TransientTargetError(TargetError):
 
 class PermanentTargetError(TargetError):
     """A failure that retrying will not fix (unknown serial, unsupported ABI)."""
+
+
+class DeviceBusyError(PermanentTargetError):
+    """Another droidoom run holds the device (see droidoom.devlock)."""
 
 
 class HelperError(DroidoomError):

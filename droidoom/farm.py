@@ -20,6 +20,7 @@ sets a shared cancel event: every run stops its helper and saves what it has.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import secrets
 import shutil
 import threading
@@ -29,7 +30,7 @@ from contextlib import suppress
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from . import __version__, analysis, runner, store
+from . import __version__, analysis, runner, signals, store
 from .errors import DroidoomError, PermanentTargetError, TransientTargetError, UsageError
 from .inventory import FarmDevice, Resolution
 from .spec import ProfileSpec
@@ -115,6 +116,7 @@ class DeviceOutcome:
             "run_id": path.name if path is not None else None,
             "run_dir": str(path.relative_to(farm_dir)) if path is not None else None,
             "writes_recorded": len(self.result.samples) if self.result is not None else 0,
+            "writes_on_device": on_device(self.result),
             "error": self.error,
             "errors": self.errors,
             "spec_overrides": dict(d.profile),
@@ -147,6 +149,30 @@ class FarmInterrupted(KeyboardInterrupt):
     def __init__(self, result: FarmResult):
         super().__init__("interrupted")
         self.result = result
+
+
+def on_device(result: runner.RunResult | None) -> int:
+    """Writes the device reported recording in `result` (pulled to the host or not)."""
+    if result is None:
+        return 0
+    return max(len(result.samples), int(result.meta.get("writes_on_device") or 0))
+
+
+def note_recovered(run_dir: Path, writes: int) -> None:
+    """After `droidoom recover` filled a farm's run: update that device in farm.json."""
+    doc_path = Path(run_dir).parent / FARM_JSON
+    if not doc_path.is_file():
+        return
+    try:
+        doc = json.loads(doc_path.read_text())
+    except (OSError, ValueError):
+        return
+    for d in doc.get("devices", []) if isinstance(doc, dict) else []:
+        if d.get("run_id") == Path(run_dir).name:
+            d.update(writes_recorded=writes, recovered=True)
+            if d.get("status") == "failed":
+                d["status"] = "partial"
+    store.write_json(doc_path, doc)
 
 
 def make_farm_id(now: dt.datetime | None = None) -> str:
@@ -321,9 +347,16 @@ class Farm:
                 if res.status == "complete":
                     return self._finish(out, "complete", "complete")
                 reason = res.meta.get("reason") or "ended early"
-                if len(res.samples):  # never retry a run that has samples: keep it
-                    status = "partial"
-                    return self._finish(out, status, f"{status}: {reason}")
+                # Never retry (or delete) a run that measured something, even if its
+                # samples are still on the device: `droidoom recover` brings them home.
+                if len(res.samples) or on_device(res):
+                    if not len(res.samples):
+                        reason += (
+                            f"; the device keeps {on_device(res)} writes: once it is back, "
+                            f"`droidoom recover --serial {dev.serial} {res.path}`"
+                        )
+                        res.meta["reason"] = reason
+                    return self._finish(out, "partial", f"partial: {reason}")
                 if self.cancel.is_set():
                     self._discard(out)
                     out.result = None
@@ -347,7 +380,7 @@ class Farm:
     def run(self) -> FarmResult:
         self.path.mkdir(parents=True, exist_ok=False)
         self.write_json("running")
-        interrupted = False
+        interrupted: BaseException | None = None
         workers = max(1, min(self.concurrency, len(self.outcomes)))
         with ThreadPoolExecutor(workers, thread_name_prefix="droidoom-farm") as pool:
             futures = [pool.submit(self.run_device, o) for o in self.outcomes]
@@ -356,12 +389,13 @@ class Farm:
                     while wait(futures, timeout=0.25).not_done:
                         pass
                     break
-                except KeyboardInterrupt:
+                except KeyboardInterrupt as e:
                     # Workers never see Ctrl-C (only the main thread does): tell them,
                     # then keep waiting while each stops its helper and saves its run.
                     if not interrupted:
-                        self.observer.notice("Ctrl-C: stopping every device, saving results")
-                    interrupted = True
+                        why = signals.describe(e).removeprefix("interrupted by ")
+                        self.observer.notice(f"{why}: stopping every device, saving results")
+                    interrupted = interrupted or e
                     self.cancel.set()
             for f in futures:
                 f.result()  # run_device never raises; surface bugs in it if it does
@@ -375,7 +409,7 @@ class Farm:
         down = tuple((s.entry.name, s.error) for s in self.resolution.servers if s.error)
         result = FarmResult(self.path, self.farm_id, status, self.outcomes, down)
         if interrupted:
-            raise FarmInterrupted(result)
+            raise FarmInterrupted(result) from interrupted
         return result
 
 

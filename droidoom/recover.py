@@ -137,3 +137,16 @@ def find_run_dirs(out: Path, run_ids) -> dict[str, Path]:
         if r.run_id in wanted:
             found[r.run_id] = r.path
     return found
+
+
+def partial_runs_of(out: Path, serial: str) -> dict[str, Path]:
+    """{run_id: run dir} of the partial runs under `out` taken on adb serial `serial`
+    (farm runs name the device by label and keep the serial in meta["farm"])."""
+    found = {}
+    if not Path(out).is_dir() or not any(Path(out).glob(f"**/{store.RUN_JSON}")):
+        return found
+    for r in store.find_runs(out):
+        farm = r.meta.get("farm") or {}
+        if r.status == "partial" and serial in (farm.get("serial"), r.device):
+            found[r.run_id] = r.path
+    return found

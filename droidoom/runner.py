@@ -8,19 +8,22 @@ Target's job) nor *what* to write (that is the scenario's).
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import re
 import shlex
 import tempfile
 import threading
 from collections.abc import Callable, Sequence
+from contextlib import suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from . import __version__, schema, store
+from . import __version__, devlock, leftovers, schema, signals, store
 from .errors import (
+    DataError,
     DroidoomError,
     HelperError,
     TargetError,
@@ -48,7 +51,8 @@ class Progress:
 
 
 class Interrupted(KeyboardInterrupt):
-    """Ctrl-C during a profile; `.result` is the partial run that was saved."""
+    """Ctrl-C (or SIGTERM/SIGHUP, see droidoom.signals) during a profile; `.result` is
+    the partial run that was saved."""
 
     def __init__(self, result: RunResult):
         super().__init__("interrupted")
@@ -206,7 +210,16 @@ def profile(
         suffix += 1
         run_dir = out_dir / f"{run_id}-{suffix}"
     run_id = run_dir.name
-    run_dir.mkdir()
+    lock = devlock.acquire(target, run_id, str(run_dir.resolve()))
+    try:
+        if lock.stale is not None:
+            notice(f"the device lock of {lock.stale.describe()} was stale (killed?): taken over")
+            for line in leftovers.finish(target, lock.stale):
+                notice(f"that run: {line}")
+        run_dir.mkdir()
+    except BaseException:
+        lock.release()
+        raise
 
     total = sum(len(p.writes) for p in plan.points)
     meta: dict = {
@@ -227,9 +240,16 @@ def profile(
         "calibration": {k: int(v) for k, v in probed["calib"].fields.items()},
         "adj_min": adj_min,
         "writes_planned": total,
+        "device_activity": {"before": lock.before},
         **(extra_meta or {}),
     }
-    store.write_json(run_dir / store.RUN_JSON, meta)
+    try:
+        store.write_json(run_dir / store.RUN_JSON, meta)
+    except BaseException as e:
+        lock.release()
+        if isinstance(e, OSError):
+            raise UsageError(f"cannot write {run_dir / store.RUN_JSON}: {e.strerror}") from None
+        raise
 
     wd = target.workdir()
     remote_plan = f"{wd}/plan-{run_id}.txt"
@@ -240,6 +260,8 @@ def profile(
     armed = []
     capture_meta: dict = {}
     rc = None
+    samples: pd.DataFrame | None = None
+    link_lost = False  # then cleanup does not wait on a device that cannot answer
     try:
         _push_text(target, render_plan(plan.targets, plan.points), remote_plan)
         cmd = f"exec {shlex.quote(helper)} run {shlex.quote(remote_plan)} {shlex.quote(remote_rec)}"
@@ -260,7 +282,9 @@ def profile(
             cmd = src.wrap(cmd)
             needs_root = needs_root or getattr(src, "needs_root", False)
         progress.start(total)
-        proc = target.spawn(cmd, root=needs_root)
+        # The outermost shell records its pid in the lock (it becomes the helper or its
+        # wrapper and dies with the run): how another host tells a stale lock.
+        proc = target.spawn(lock.wrap(cmd), root=needs_root)
         try:
             for line in proc.lines(timeout=LINE_TIMEOUT):
                 ev = parse_line(line)
@@ -270,14 +294,15 @@ def profile(
                     reason = "cancelled"
                     break
         except KeyboardInterrupt as e:
-            interrupted, reason = e, "interrupted by Ctrl-C"
+            interrupted, reason = e, signals.describe(e)
         except TransientTargetError as e:
-            reason = str(e)
+            reason, link_lost = str(e), True
         finally:
             rc = proc.close()
         # A vanished device shows up as the stream ending without a `done` line.
         if reason is None and "done" not in session.events and "error" not in session.events:
             reason = f"the helper stopped without finishing (exit {rc}); device disconnected?"
+            link_lost = facts.transport != "local"
         err = session.events.get("error")
         if err is not None and session.done == 0:
             raise HelperError(f"{target.name}: {err.fields.get('msg', 'helper failed')}", rc)
@@ -289,9 +314,10 @@ def profile(
         if reason is None and rc not in (EXIT_OK, None):
             reason = f"the helper exited with {rc}"
 
-        samples = _pull_records(target, remote_rec, run_dir, plan, run_id, facts.device)
+        samples, why = _pull_records(target, remote_rec, plan, run_id, facts.device)
         if samples is None:
-            reason = reason or "records could not be pulled"
+            reason = reason or f"records could not be pulled ({why})"
+            link_lost = link_lost or facts.transport != "local"
             samples = schema.empty()
         for src in armed:
             try:
@@ -307,38 +333,115 @@ def profile(
     except BaseException as e:
         if isinstance(e, KeyboardInterrupt) and interrupted is None:
             interrupted = e
-        if not isinstance(e, KeyboardInterrupt | TargetError):
+        if not isinstance(e, KeyboardInterrupt | TargetError | OSError):
             meta.update(status="failed", finished=_now(), error=str(e))
             store.write_json(run_dir / store.RUN_JSON, meta)
             _discard_if_empty(run_dir)
+            lock.release()
             raise
-        reason = reason or str(e) or "interrupted"
-        samples = schema.empty()
+        reason = reason or _describe(e)
+        link_lost = link_lost or isinstance(e, TargetError)
+        samples = schema.empty() if samples is None else samples
     finally:
         for src in armed:
             src.disarm(target)
 
     status = "complete" if reason is None else "partial"
-    if len(samples):
-        store.write_table(run_dir / store.SAMPLES, samples)
     meta.update(
         status=status,
         reason=reason,
         finished=_now(),
         helper_exit=rc,
         writes_recorded=len(samples),
+        # What the device reported having recorded (its progress stream): it keeps them
+        # in its records file even when they never reached this host.
+        writes_on_device=session.done,
         targets=[session.targets[k] for k in sorted(session.targets)],
         points=session.points,
         captures=capture_meta,
         notices=notices,
     )
-    store.write_json(run_dir / store.RUN_JSON, meta)
-    if status == "complete":
-        target.sh(f"rm -f {shlex.quote(remote_plan)} {shlex.quote(remote_rec)}", timeout=30)
+    kept = _save(run_dir, samples, meta, facts.transport)
+    if kept < len(samples):
+        if facts.transport == "local":
+            getattr(target, "keep_workdir", lambda: None)()  # the records stay for recover
+        samples = samples.iloc[:kept]
+        status = meta["status"]
+    # Saved: from here a dropped link or a full disk costs nothing measured.
+    after, warnings = _cleanup(target, lock, status, (remote_plan, remote_rec), link_lost)
+    for w in warnings:
+        notice(f"cleanup: {w}")
+    meta.update(device_activity={"before": lock.before, "after": after}, notices=notices)
+    with suppress(OSError):
+        store.write_json(run_dir / store.RUN_JSON, meta)
     result = RunResult(run_dir, status, samples, meta, tuple(notices))
     if interrupted is not None:
         raise Interrupted(result) from interrupted
     return result
+
+
+def _describe(e: BaseException) -> str:
+    if isinstance(e, KeyboardInterrupt):
+        return signals.describe(e)
+    if isinstance(e, OSError):
+        return f"{e.filename or 'the run directory'}: {e.strerror or e}"
+    return str(e) or "interrupted"
+
+
+def _save(run_dir: Path, samples: pd.DataFrame, meta: dict, transport: str) -> int:
+    """Write samples.parquet and run.json; return the rows kept.
+
+    On a full disk (ENOSPC) keep the longest prefix of samples that leaves room for
+    run.json, say so in it, and point to `recover` (the target still has every record).
+    """
+    n, full = len(samples), None
+    while True:
+        try:
+            if n:
+                store.write_table(run_dir / store.SAMPLES, samples.iloc[:n])
+            store.write_json(run_dir / store.RUN_JSON, meta)
+            return n
+        except OSError as e:
+            if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            if full is None:
+                full = e
+                # Only a complete run deletes its device files: this one keeps them.
+                meta["status"] = "partial"
+            elif n == 0:
+                raise DataError(
+                    f"disk full (ENOSPC): cannot even write {run_dir / store.RUN_JSON}; "
+                    "free space, then `droidoom recover` fetches the records"
+                ) from None
+            n //= 2
+            if n == 0:
+                (run_dir / store.SAMPLES).unlink(missing_ok=True)
+            meta.update(
+                writes_recorded=n,
+                reason=(
+                    f"disk full (ENOSPC) writing {run_dir}: kept {n} of {len(samples)} "
+                    f"writes. Free space, then `droidoom recover"
+                    f"{' --local' if transport == 'local' else ''}` fetches them all"
+                ),
+            )
+
+
+def _cleanup(target, lock, status, remote, link_lost) -> tuple[dict, list[str]]:
+    """After the run: sample device activity, remove the device files of a complete run,
+    release the lock. A dropped link here costs nothing measured: warnings, not errors."""
+    if link_lost:
+        return {}, [lock.abandon()]
+    warnings = []
+    after = lock.activity()
+    if status == "complete":
+        try:
+            target.sh("rm -f " + " ".join(map(shlex.quote, remote)), timeout=30)
+        except TargetError as e:
+            warnings.append(f"could not remove {', '.join(remote)} from the device ({e})")
+    w = lock.release()
+    if w:
+        warnings.append(w)
+    return after, warnings
 
 
 def _push_text(target: Target, text: str, remote: str) -> None:
@@ -350,15 +453,18 @@ def _push_text(target: Target, text: str, remote: str) -> None:
         Path(f.name).unlink()
 
 
-def _pull_records(target, remote, run_dir, plan, run_id, device) -> pd.DataFrame | None:
-    local = run_dir / ".records.bin"
+def _pull_records(target, remote, plan, run_id, device) -> tuple[pd.DataFrame | None, str]:
+    """(samples, "") or (None, why). Pulled into a temp dir, not the run dir: a full
+    output disk must not cost the records (they are written in compressed form later)."""
     try:
-        target.pull(remote, local)
-        return records_to_frame(local.read_bytes(), plan, run_id, device)
-    except (TargetError, OSError):
-        return None
-    finally:
-        local.unlink(missing_ok=True)
+        with tempfile.TemporaryDirectory(prefix="droidoom-pull-") as tmp:
+            local = Path(tmp) / "records.bin"
+            target.pull(remote, local)
+            return records_to_frame(local.read_bytes(), plan, run_id, device), ""
+    except TargetError as e:
+        return None, str(e)
+    except OSError as e:
+        return None, f"{e.filename or 'temp dir'}: {e.strerror or e}"
 
 
 def _discard_if_empty(run_dir: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, replace
 
 from .errors import UsageError
@@ -42,6 +43,11 @@ class ProfileSpec:
                 raise UsageError(
                     f"population {p} is out of range: use 0..{MAX_POPULATION} extra processes"
                 )
+        if len(set(self.populations)) != len(self.populations):
+            raise UsageError(
+                f"--population repeats a value ({','.join(map(str, self.populations))}): "
+                "give each population once, e.g. 0,400,800"
+            )
         bad = [k for k in self.kinds if k not in KINDS]
         if bad or not self.kinds:
             raise UsageError(
@@ -65,6 +71,8 @@ class ProfileSpec:
                 raise UsageError(f"adj {a} is out of range: oom_score_adj takes -1000..1000")
         if len(self.levels) != 2:
             raise UsageError("--adj takes exactly two levels, e.g. --adj 0,900")
+        if not math.isfinite(self.rate):
+            raise UsageError(f"--rate must be a finite number of updates/s (got {self.rate})")
         if self.rate < 0:
             raise UsageError(f"--rate must be >= 0 updates/s (got {self.rate:g})")
         if not 0 <= self.warmup <= 10000:

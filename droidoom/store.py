@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +26,7 @@ import pyarrow.parquet as pq
 from pandas.api.types import union_categoricals
 
 from . import schema
-from .errors import DataError
+from .errors import DataError, UsageError
 
 FORMAT = 1
 RUN_JSON = "run.json"
@@ -33,11 +34,30 @@ SAMPLES = "samples.parquet"
 STATUSES = ("running", "complete", "partial", "failed")
 
 
+def _umask() -> int:
+    """The process umask, read without changing it (Linux /proc), else via os.umask."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    old = os.umask(0o022)
+    os.umask(old)
+    return old
+
+
 def atomic_write(path: Path, data: bytes) -> None:
-    """Write `data` to `path` via a temp file + rename (atomic on POSIX)."""
+    """Write `data` to `path` via a temp file + rename (atomic on POSIX).
+
+    The file gets the mode a plain open() would give it (0666 less the umask), not
+    mkstemp's private 0600: results are meant to be shared.
+    """
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -84,12 +104,17 @@ class RunInfo:
 def read_run(path: Path | str) -> RunInfo:
     """Parse `<path>/run.json`; DataError with a clear message if it is not a run."""
     path = Path(path)
+    f = path / RUN_JSON
     try:
-        meta = json.loads((path / RUN_JSON).read_text())
+        meta = json.loads(f.read_text())
     except FileNotFoundError:
         raise DataError(f"{path} is not a droidoom run (no {RUN_JSON})") from None
-    except json.JSONDecodeError as e:
-        raise DataError(f"{path / RUN_JSON} is not valid JSON: {e}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DataError(f"{f} is not valid JSON ({e}): not a droidoom run") from None
+    except OSError as e:
+        raise DataError(f"{f}: cannot read it ({e.strerror})") from None
+    if not isinstance(meta, dict):
+        raise DataError(f"{f} holds a JSON {type(meta).__name__}, not a run's object")
     if meta.get("format") != FORMAT:
         raise DataError(
             f"{path} has run format {meta.get('format')!r}; this droidoom reads {FORMAT}"
@@ -98,21 +123,74 @@ def read_run(path: Path | str) -> RunInfo:
 
 
 def find_runs(paths: str | Path | Iterable[str | Path]) -> list[RunInfo]:
-    """Run directories named by `paths`: each a run, or a folder (e.g. a farm) of runs."""
+    """Run directories named by `paths`: each a run, or a folder (e.g. a farm) of runs.
+
+    A run named directly must be readable (DataError otherwise); a bad run found inside
+    a folder is reported with a warning and skipped, so one corrupt run does not cost
+    the rest of a farm.
+    """
     if isinstance(paths, (str, Path)):
         paths = [paths]
+    paths = list(paths)
     runs: list[RunInfo] = []
     for p in map(Path, paths):
+        if p.is_file() and p.name in (RUN_JSON, SAMPLES):
+            p = p.parent  # `report RUN/run.json` means the run
         if (p / RUN_JSON).is_file():
             runs.append(read_run(p))
         elif p.is_dir():
-            found = sorted(q.parent for q in p.glob(f"**/{RUN_JSON}"))
-            runs += [read_run(q) for q in found]
+            for q in sorted(q.parent for q in p.glob(f"**/{RUN_JSON}")):
+                try:
+                    runs.append(read_run(q))
+                except DataError as e:
+                    warnings.warn(f"skipped: {e}", DataWarning, stacklevel=2)
+        elif p.exists():
+            raise DataError(
+                f"{p} is a file; pass a run directory (the folder holding {RUN_JSON}) or a "
+                "folder of runs"
+            )
         else:
             raise DataError(f"{p} does not exist")
     if not runs:
         raise DataError(f"no droidoom runs under {', '.join(map(str, paths))}")
     return runs
+
+
+class DataWarning(UserWarning):
+    """A stored run was unreadable and skipped (the message names the file)."""
+
+
+def _read_samples(f: Path, columns: list[str] | None) -> pd.DataFrame:
+    try:
+        table = pq.read_table(f, columns=columns)
+    except (pa.ArrowException, OSError) as e:
+        raise DataError(
+            f"{f} is not a readable samples file ({e}); `droidoom recover` can rebuild it "
+            "from the device's records"
+        ) from None
+    return table.to_pandas(split_blocks=True, self_destruct=True)
+
+
+def check_writable(path: Path | str, what: str, *, directory: bool = False) -> Path:
+    """UsageError now, before any work, if `path` (an output file, or with `directory`
+    a folder to fill) cannot be written."""
+    path = Path(path)
+    folder = path if directory else path.parent
+    probe = folder
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent  # the folder will be created under its first existing parent
+    why = None
+    if not directory and path.is_dir():
+        why = "it is a directory"
+    elif not probe.is_dir():
+        why = f"{probe} is not a directory"
+    elif not os.access(probe, os.W_OK | os.X_OK):
+        why = f"{probe} is not writable"
+    elif path.exists() and not directory and not os.access(path, os.W_OK):
+        why = "the file is not writable"
+    if why:
+        raise UsageError(f"{what} {path}: cannot write there ({why}); choose another path")
+    return path
 
 
 def load(
@@ -132,6 +210,10 @@ def load(
         A DataFrame typed by `droidoom.schema` (categoricals for run_id, device, kind,
         mode, role; fixed-width integers elsewhere).
     """
+    if isinstance(paths, (str, Path)):
+        paths = [paths]
+    paths = list(paths)
+    named = {Path(p) for p in paths}  # runs named directly must load; found ones may skip
     runs = [r for r in find_runs(paths) if include_partial or r.status == "complete"]
     frames = []
     for r in runs:
@@ -141,9 +223,12 @@ def load(
         # split_blocks: one block per column, so pandas does not copy every column into
         # consolidated 2-D blocks; self_destruct frees each Arrow column once converted.
         # Together they halve load time and peak memory on 10M-row runs.
-        table = pq.read_table(f, columns=columns)
-        frames.append(table.to_pandas(split_blocks=True, self_destruct=True))
-        del table
+        try:
+            frames.append(_read_samples(f, columns))
+        except DataError as e:
+            if r.path in named:
+                raise
+            warnings.warn(f"skipped: {e}", DataWarning, stacklevel=2)
     if not frames:
         return schema.empty() if columns is None else schema.empty()[columns]
     if len(frames) == 1:

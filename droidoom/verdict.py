@@ -265,7 +265,8 @@ def _verdict_one(device, mode, t: Fit | None, m: Fit | None, s: Fit | None, rele
             first = f"threaded writes cannot be fitted ({t.reason})"
     if m is None:
         second = (
-            "no multiprocess writes (target not spawned, e.g. under qemu-user), so no positive "
+            "no multiprocess writes (left out of --kinds, or not spawnable here, e.g. under "
+            "qemu-user), so no positive "
             "control: the run cannot show that the walk is measurable here"
         )
     elif m.n_populations < MIN_POPULATIONS:

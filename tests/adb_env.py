@@ -311,11 +311,23 @@ class ShellUidPeer(PeerProcess):
         if python is None or setpriv is None:
             raise RuntimeError("ShellUidPeer needs setpriv and a system python3")
         self.uid = uid
+        # The checkout may live where `uid` cannot read (a fresh clone under a 0700 temp
+        # dir): run a copy of the peer and its tool stand-ins from our own workdir.
+        script = self.argv[1]
+        code = os.path.join(self.workdir, "code")
+        shutil.copytree(os.path.join(os.path.dirname(script), "peer_tools"),
+                        os.path.join(code, "peer_tools"), dirs_exist_ok=True)  # fmt: skip
+        shutil.copy(script, code)
+        for root, dirs, files in os.walk(code):
+            for name in dirs + files:
+                os.chmod(os.path.join(root, name), 0o755)
+        os.chmod(code, 0o755)
         self.argv = [
             setpriv, f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--pdeathsig", "KILL",
-            python, *self.argv[1:],
+            python, os.path.join(code, os.path.basename(script)), *self.argv[2:],
         ]  # fmt: skip
-        os.chown(self.workdir, uid, uid)  # the peer writes its getprop shim here
+        for path in (self.workdir, os.path.join(self.workdir, "props.json")):
+            os.chown(path, uid, uid)  # the peer reads its props, writes its getprop shim
 
 
 #: Where the peer's "device" keeps droidoom's files (it serves this host's filesystem).

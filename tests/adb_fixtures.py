@@ -23,6 +23,8 @@ Fixtures:
 from __future__ import annotations
 
 import contextlib
+import itertools
+import os
 import shutil
 
 import pytest
@@ -33,6 +35,8 @@ from adb_env import (
     available_adb_binaries,
     default_adb_binary,
 )
+
+_serials = itertools.count(1)
 
 
 @pytest.fixture(scope="session")
@@ -56,6 +60,8 @@ def adb_peer_factory(request):
         peer_class=PeerProcess, **kw,
     ):  # fmt: skip
         server = server or request.getfixturevalue("adb_server")
+        if serial is None:  # each peer is its own phone: own ro.serialno (device lock name)
+            props = {"ro.serialno": f"LOOPBACK{os.getpid()}X{next(_serials)}", **(props or {})}
         peer = peer_class(props, serial=serial, **kw)
         made.append(peer)
         peer.start()

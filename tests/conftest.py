@@ -13,16 +13,24 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import pytest
 
 import droidoom
+import droidoom.analysis
 from droidoom.helpers import abi_for_machine, binary_path
 from droidoom.protocol import PlanPoint, PlanTarget, render_plan
 
 REPO = Path(__file__).resolve().parent.parent
+
+#: The verdict this host's kernel should earn: "fixed" past the MMF_MULTIPROCESS fix,
+#: "regressed" on a 4.8..fix kernel (tests follow the kernel, not a post-fix assumption).
+HOST_VERDICT = {"fixed": "fixed", "regressed": "regressed"}.get(
+    droidoom.analysis.kernel_expectation(os.uname().release), "inconclusive"
+)
 
 pytest_plugins = ["adb_fixtures"] if (Path(__file__).parent / "adb_fixtures.py").exists() else []
 
@@ -37,24 +45,41 @@ def _stat(pid: str) -> tuple[str, int] | None:
     return comm, int(data[data.rindex(")") + 2 :].split()[1])
 
 
+#: Every process this session starts inherits this mark (the CLI, adb peers, and through
+#: them each helper): the leak guard judges only helpers that carry it, never another
+#: session's on the same machine.
+os.environ.setdefault("DROIDOOM_TEST_SESSION", f"{os.getpid()}-{time.time_ns()}")
+SESSION_MARK = f"DROIDOOM_TEST_SESSION={os.environ['DROIDOOM_TEST_SESSION']}"
+# Device locks of `--local` runs live in a per-session directory, so concurrent test
+# sessions on one machine do not refuse each other's runs (devlock.LOCK_DIR_ENV).
+os.environ.setdefault("DROIDOOM_LOCK_DIR", tempfile.mkdtemp(prefix="droidoom-locks-"))
+
+
+def _ours(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            return SESSION_MARK.encode() in f.read().split(b"\0")
+    except OSError:
+        return False
+
+
 def helper_pids() -> set[int]:
-    """Pids of droidoom-helper processes that belong to this test session: descendants of
-    pytest, or orphans re-parented to init (what a leak looks like). Helpers of other
-    sessions on the same machine, whose parents are alive, are not ours to judge."""
-    table = {int(d): st for d in os.listdir("/proc") if d.isdigit() and (st := _stat(d))}
-    me, pids = os.getpid(), set()
-    for pid, (comm, ppid) in table.items():
-        if comm != "droidoom-helper":
-            continue
-        if ppid == 1:  # orphaned: its host is gone, nobody will stop it
-            pids.add(pid)
-            continue
-        p, seen = ppid, 0
-        while p > 1 and p != me and seen < 64:
-            p, seen = table.get(p, ("", 0))[1], seen + 1
-        if p == me:
-            pids.add(pid)
+    """Pids of droidoom-helper processes this test session started (they carry
+    SESSION_MARK in their environment), alive or orphaned. Helpers of other sessions on
+    the same machine are not ours to judge."""
+    pids = set()
+    for d in os.listdir("/proc"):
+        if d.isdigit() and (st := _stat(d)) and st[0] == "droidoom-helper" and _ours(int(d)):
+            pids.add(int(d))
     return pids
+
+
+def default_signals() -> None:
+    """preexec_fn for a spawned CLI a test will signal: SIGINT/SIGTERM/SIGHUP back to
+    their defaults (a suite started from a background job or nohup ignores them, and
+    children inherit that)."""
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_DFL)
 
 
 def wait_no_helpers(before: set[int] = frozenset(), timeout: float = 5.0) -> set[int]:
@@ -86,21 +111,49 @@ def run_cli(*args: str, timeout: float = 300, **kw) -> subprocess.CompletedProce
     )
 
 
-def interrupt_cli(out: Path, *args: str, after: float = 2.5):
-    """Start `droidoom profile --out OUT ARGS`, send SIGINT `after` s into the run (once
-    its run directory exists), return (returncode, stderr, run_dir)."""
+def local_lock_owner(lock_dir: str | Path) -> dict[str, str]:
+    """The owner file of the `--local` run holding the lock in `lock_dir` ({} if none)."""
+    for lock in Path(lock_dir).glob("droidoom-lock*"):
+        try:
+            text = (lock / "owner").read_text()
+        except OSError:
+            continue
+        return dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
+    return {}
+
+
+def wait_local_recording(proc, lock_dir: str | Path, writes: int = 1000) -> dict[str, str]:
+    """Block until the `--local` run `proc` has recorded `writes` timed writes (a
+    condition, not a fixed sleep: a loaded machine only makes it take longer); return
+    its lock owner info (run_id, workdir, ...)."""
+    from droidoom.protocol import HEADER_SIZE, RECORD_SIZE
+
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, f"the run ended before it was recording: {proc.communicate()}"
+        o = local_lock_owner(lock_dir)
+        rec = Path(o.get("workdir", "/nonexistent")) / f"records-{o.get('run_id')}.bin"
+        try:
+            if rec.stat().st_size >= HEADER_SIZE + writes * RECORD_SIZE:
+                return o
+        except OSError:
+            pass
+        time.sleep(0.05)
+    raise AssertionError("the run never started recording")
+
+
+def interrupt_cli(out: Path, *args: str, writes: int = 1000):
+    """Start `droidoom profile --out OUT ARGS`, send SIGINT once it has recorded `writes`
+    writes, return (returncode, stderr, run_dir)."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "droidoom", "profile", "--out", str(out), *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=default_signals,
     )
     try:
-        deadline = time.monotonic() + 60
-        while not list(out.glob("*/run.json")) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        time.sleep(after)
-        assert proc.poll() is None, "the run ended before it could be interrupted"
+        wait_local_recording(proc, os.environ["DROIDOOM_LOCK_DIR"], writes)
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=60)
     finally:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from adb_env import AdbServer, cli_env
-from conftest import run_cli, wait_no_helpers
+from conftest import default_signals, run_cli, wait_no_helpers
 
 import droidoom
 from droidoom import runner
@@ -39,6 +39,7 @@ def start_profile(serial: str, env: dict, out: Path) -> subprocess.Popen:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=default_signals,
     )
 
 

@@ -262,7 +262,8 @@ def test_devices_lists_every_peer(adb_peer_factory):
     port = env.pop("ANDROID_ADB_SERVER_PORT")  # the options name the server instead
     p = run_cli("devices", "--adb-host", "127.0.0.1", "--adb-port", port, env=env)
     assert p.returncode == 0, p.stderr
-    lines = {line.split()[1]: line for line in p.stdout.splitlines() if "127.0.0.1:" in line}
+    rows = p.stdout.splitlines()
+    lines = {w: line for line in rows for w in line.split() if w.startswith("127.0.0.1:")}
     assert set(lines) >= {a.serial, b.serial}
     assert "Pixel 4" in lines[a.serial] and "11 (SDK 30)" in lines[a.serial]
     assert "Tablet X" in lines[b.serial] and "14 (SDK 34)" in lines[b.serial]

@@ -107,10 +107,16 @@ def run_helper(cmd: str, stop_after: float | None = None, how: str = "sigint"):
             }[how]
 
             def stop():
+                # A condition, not just a delay: the population is up (on a loaded
+                # machine spawning it takes longer than `stop_after`).
+                deadline = time.monotonic() + 60
+                time.sleep(stop_after)
+                while len(session_members(p.pid)) <= 200 and time.monotonic() < deadline:
+                    time.sleep(0.05)
                 seen.extend(session_members(p.pid))
                 act()
 
-            timer = threading.Timer(stop_after, stop)
+            timer = threading.Thread(target=stop, daemon=True)
             timer.start()
         try:
             out = p.stdout.read()  # EOF when the helper (and perf) are done
@@ -118,7 +124,7 @@ def run_helper(cmd: str, stop_after: float | None = None, how: str = "sigint"):
             err = p.stderr.read()
         finally:
             if timer is not None:
-                timer.cancel()
+                timer.join(70)
             if p.poll() is None:
                 p.kill()
                 p.wait()

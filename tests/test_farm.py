@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO, run_cli
+from conftest import REPO, default_signals, run_cli
 from rich.console import Console
 
 import droidoom
@@ -228,6 +228,7 @@ def test_ctrl_c_stops_every_device(lab, tmp_path):
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=default_signals,
     )
     try:
         deadline = time.monotonic() + 60

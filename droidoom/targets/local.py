@@ -158,6 +158,13 @@ class LocalTarget(Target):
         os.makedirs(self._workdir, exist_ok=True)
         return self._workdir
 
+    def keep_workdir(self) -> None:
+        """Leave the workdir in place at close(): it holds records `recover --local`
+        still needs (e.g. the output disk was full)."""
+        if self._tmp is not None:
+            self._tmp._finalizer.detach()  # else it still deletes the dir when collected
+            self._tmp = None
+
     def close(self) -> None:
         if self._tmp is not None:
             self._tmp.cleanup()

@@ -1,0 +1,145 @@
+"""Malformed inputs, unwritable outputs, file modes and messages (issue 13.7, 13.8, 13.9).
+
+Every malformed input is one line naming the file and exit 2 (for `compare`, exit 1
+would mean "regression"); a bad run inside a folder is skipped with a warning.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import run_cli
+
+import droidoom
+from droidoom.errors import DataError
+
+WIDE = dict(os.environ, COLUMNS="300")  # one-line messages stay on one line
+
+
+def copy_run(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
+
+
+CORRUPTIONS = {
+    "truncated-parquet": lambda run: (run / "samples.parquet").write_bytes(
+        (run / "samples.parquet").read_bytes()[:300]
+    ),
+    "random-parquet": lambda run: (run / "samples.parquet").write_bytes(os.urandom(4096)),
+    "json-not-object": lambda run: (run / "run.json").write_text("[1, 2, 3]\n"),
+    "json-garbage": lambda run: (run / "run.json").write_bytes(b"\xff\xfe{"),
+}
+
+
+@pytest.mark.parametrize("how", list(CORRUPTIONS))
+def test_a_corrupt_run_is_one_line_and_exit_2(local_run, tmp_path, how):
+    bad = copy_run(local_run, tmp_path / "bad")
+    CORRUPTIONS[how](bad)
+    bad_file = "run.json" if "json" in how else "samples.parquet"
+    for args in (["report", str(bad)], ["compare", str(local_run), str(bad)]):
+        p = run_cli(*args, env=WIDE)
+        assert p.returncode == 2, (args, p.stdout, p.stderr)
+        assert "Traceback" not in p.stderr and str(bad / bad_file) in p.stderr
+    with pytest.raises(DataError, match=bad_file):
+        droidoom.load(bad)
+
+
+def test_one_bad_run_in_a_folder_is_skipped_not_fatal(local_run, tmp_path):
+    farm = tmp_path / "farm"
+    copy_run(local_run, farm / "good")
+    CORRUPTIONS["random-parquet"](copy_run(local_run, farm / "bad1"))
+    CORRUPTIONS["json-not-object"](copy_run(local_run, farm / "bad2"))
+    p = run_cli("report", str(farm), env=dict(os.environ, COLUMNS="300"))
+    assert p.returncode == 0, p.stderr
+    assert "skipped" in p.stderr and "bad1" in p.stderr and "bad2" in p.stderr
+    with pytest.warns(UserWarning, match="skipped"):
+        assert len(droidoom.load(farm)) == len(droidoom.load(local_run))
+
+
+def test_report_of_a_file_says_it_is_a_file(local_run, tmp_path):
+    wide = dict(os.environ, COLUMNS="300")
+    (tmp_path / "notes.txt").write_text("x")
+    p = run_cli("report", str(tmp_path / "notes.txt"), env=wide)
+    assert p.returncode == 2 and "is a file; pass a run directory" in p.stderr
+    p = run_cli("report", str(local_run / "run.json"), env=wide)  # means the run
+    assert p.returncode == 0, p.stderr
+
+
+@pytest.mark.parametrize("opt", ["--html", "--figures", "--csv"])
+def test_unwritable_outputs_are_refused_before_the_work(local_run, tmp_path, opt):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    target = blocker / "out"  # a path under a regular file can never be created
+    cmd = ["report", str(local_run)]
+    if opt == "--csv":
+        cmd = ["compare", str(local_run), str(local_run)]
+    p = run_cli(*cmd, opt, str(target), env=WIDE)
+    assert p.returncode == 2 and "Traceback" not in p.stderr
+    assert f"{opt} {target}" in p.stderr and "cannot write" in p.stderr
+    assert "verdict" not in p.stdout.lower() and "median" not in p.stdout.lower()  # no work
+
+
+def test_results_honour_the_umask(tmp_path, local_run):
+    def umask022():
+        os.umask(0o022)
+
+    out = tmp_path / "runs"
+    p = subprocess.run(
+        [sys.executable, "-m", "droidoom", "profile", "--local", "--population", "0",
+         "--kinds", "single", "--writes", "50", "-o", str(out)],
+        capture_output=True, text=True, preexec_fn=umask022, timeout=300,
+    )  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    (run,) = out.iterdir()
+    html = tmp_path / "r.html"
+    p = subprocess.run(
+        [sys.executable, "-m", "droidoom", "report", str(run), "--html", str(html)],
+        capture_output=True, text=True, preexec_fn=umask022, timeout=300,
+    )  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    for f in (run / "run.json", run / "samples.parquet", html):
+        assert stat.S_IMODE(f.stat().st_mode) == 0o644, f
+
+
+@pytest.mark.parametrize(
+    "args, expect",
+    [
+        (["--rate", "nan"], "--rate must be a finite"),
+        (["--rate", "inf"], "--rate must be a finite"),
+        (["--population", "0,0,0"], "--population repeats"),
+    ],
+)
+def test_bad_profile_options_are_refused_by_the_cli(tmp_path, args, expect):
+    p = run_cli("profile", "--local", *args, "-o", str(tmp_path), env=WIDE)
+    assert p.returncode == 2 and expect in p.stderr and "Traceback" not in p.stderr
+    assert not any(tmp_path.iterdir())  # refused before anything ran
+
+
+@pytest.mark.parametrize(
+    "toml, expect",
+    [
+        ('servers = ["a:1"]\n[[devices]]\nserail = "x"\n', "[[devices]] #1"),
+        ('servers = ["a:1"]\n[profile]\nwrites = 0\n', "[profile]"),
+    ],
+)
+def test_inventory_errors_print_their_toml_names(tmp_path, toml, expect):
+    f = tmp_path / "farm.toml"
+    f.write_text(toml)
+    p = run_cli("farm", "run", "-i", str(f), env=WIDE)
+    assert p.returncode == 2 and expect in p.stderr, p.stderr
+
+
+def test_no_multiprocess_kind_is_not_blamed_on_the_target(local_run_df, local_run):
+    from droidoom import analysis
+
+    meta = json.loads((local_run / "run.json").read_text())
+    df = local_run_df[local_run_df["kind"] != "multiprocess"]
+    (v,) = analysis.verdict(df, [meta])
+    assert "left out of --kinds" in v.sentence

@@ -1,0 +1,186 @@
+"""Faults on this host (issue 13.2, 13.3, 13.5): SIGTERM, SIGHUP, SIGKILL, a full disk and
+a second concurrent run, with the real CLI, real signals, real tracefs and a real tmpfs.
+
+Each test has its own lock directory (DROIDOOM_LOCK_DIR), so it meets only its own runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import (
+    default_signals,
+    local_lock_owner,
+    run_cli,
+    wait_local_recording,
+    wait_no_helpers,
+)
+
+import droidoom
+from droidoom.protocol import HEADER_SIZE, RECORD_SIZE
+
+#: ~12 s paced sweep (2 points x 3 kinds x 4000 writes at 2000/s): long enough to signal.
+LONG = ["--population", "0,200", "--writes", "4000", "--rate", "2000"]
+ROOT = os.geteuid() == 0
+TRACEFS = Path("/sys/kernel/tracing")
+
+
+@pytest.fixture
+def env(tmp_path) -> dict[str, str]:
+    locks = tmp_path / "locks"
+    locks.mkdir()
+    return dict(os.environ, DROIDOOM_LOCK_DIR=str(locks), COLUMNS="200")
+
+
+def start(out: Path, env: dict, *args: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "droidoom", "profile", "--local", *LONG, *args, "-o", str(out)],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=default_signals,
+    )  # fmt: skip
+
+
+def owner(env: dict) -> dict[str, str]:
+    """The live run's lock owner file (run id, workdir, ...), once the lock is taken."""
+    return local_lock_owner(env["DROIDOOM_LOCK_DIR"])
+
+
+def wait_recording(env: dict, proc: subprocess.Popen, writes: int = 1000) -> dict[str, str]:
+    return wait_local_recording(proc, env["DROIDOOM_LOCK_DIR"], writes)
+
+
+def finish(proc: subprocess.Popen) -> tuple[str, str]:
+    try:
+        return proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+
+def meta_of(run: Path) -> dict:
+    return json.loads((run / "run.json").read_text())
+
+
+needs_ftrace = pytest.mark.skipif(
+    not (ROOT and (TRACEFS / "instances").is_dir()), reason="needs root and tracefs instances"
+)
+
+
+@needs_ftrace
+@pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGHUP, 129)])
+def test_sigterm_and_sighup_save_the_run_like_ctrl_c(tmp_path, env, sig, code):
+    proc = start(tmp_path / "runs", env, "--capture", "ftrace")
+    try:
+        o = wait_recording(env, proc)
+        proc.send_signal(sig)
+    finally:
+        out, err = finish(proc)
+    assert proc.returncode == code, err
+    assert "Traceback" not in err and "partial" in out
+    (run,) = (tmp_path / "runs").iterdir()
+    meta = meta_of(run)
+    name = signal.Signals(sig).name
+    assert meta["status"] == "partial" and meta["reason"] == f"interrupted by {name}"
+    df = droidoom.load(run)
+    assert 1000 <= len(df) == meta["writes_recorded"] < 2 * 3 * 4000
+    assert not (TRACEFS / "instances" / f"droidoom-{o['run_id']}").exists()  # restored
+    assert not Path(o["workdir"]).exists()  # the temp workdir is gone
+    assert not list(Path(env["DROIDOOM_LOCK_DIR"]).iterdir())  # lock released
+    assert not wait_no_helpers()
+
+
+def kill_mid_run(tmp_path: Path, env: dict) -> tuple[Path, dict, int]:
+    """SIGKILL a recording run: (its run dir, lock owner, records on disk)."""
+    proc = start(tmp_path / "runs", env, *(["--capture", "ftrace"] if ROOT else []))
+    try:
+        o = wait_recording(env, proc)
+        proc.kill()  # no handler, no cleanup: what a crash or the OOM killer does
+    finally:
+        finish(proc)
+    assert not wait_no_helpers()  # its helper saw stdin close and stopped
+    rec = Path(o["workdir"]) / f"records-{o['run_id']}.bin"
+    n = (rec.stat().st_size - HEADER_SIZE) // RECORD_SIZE
+    (run,) = (tmp_path / "runs").iterdir()
+    assert meta_of(run)["status"] == "running" and not (run / "samples.parquet").exists()
+    if ROOT and (TRACEFS / "instances").is_dir():
+        assert (TRACEFS / "instances" / f"droidoom-{o['run_id']}").is_dir()  # left armed
+    return run, o, n
+
+
+def check_finished(run: Path, o: dict, n: int, env: dict) -> None:
+    meta = meta_of(run)
+    assert meta["status"] == "partial" and "killed" in meta["reason"]
+    assert meta["writes_recorded"] == n and len(droidoom.load(run)) == n
+    assert not (TRACEFS / "instances" / f"droidoom-{o['run_id']}").exists()
+    assert not Path(o["workdir"]).exists()
+
+
+def test_after_sigkill_the_next_run_finishes_what_was_left(tmp_path, env):
+    run, o, n = kill_mid_run(tmp_path, env)
+    p = run_cli("doctor", "--local", env=env)
+    assert p.returncode == 0 and "cut-short" in p.stdout and o["run_id"] in p.stdout
+    p = run_cli("profile", "--local", "--population", "0", "--kinds", "single",
+                "--writes", "50", "-o", str(tmp_path / "next"), env=env)  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    assert "stale" in p.stderr and f"recovered {n} writes" in p.stderr
+    check_finished(run, o, n, env)
+
+
+def test_after_sigkill_recover_local_finishes_what_was_left(tmp_path, env):
+    run, o, n = kill_mid_run(tmp_path, env)
+    p = run_cli("recover", "--local", "-o", str(tmp_path / "runs"), env=env)
+    assert p.returncode == 0, p.stderr
+    assert f"recovered {n} writes" in p.stdout
+    check_finished(run, o, n, env)
+    p = run_cli("recover", "--local", "-o", str(tmp_path / "runs"), env=env)
+    assert "holds nothing" in p.stdout
+
+
+def test_a_second_run_on_a_busy_host_is_refused(tmp_path, env):
+    proc = start(tmp_path / "runs", env)
+    try:
+        o = wait_recording(env, proc)
+        p = run_cli("profile", "--local", "--quick", "-o", str(tmp_path / "second"), env=env)
+        proc.send_signal(signal.SIGINT)
+    finally:
+        finish(proc)
+    assert p.returncode == 1 and "Traceback" not in p.stderr
+    assert "is busy" in p.stderr and o["run_id"] in p.stderr and f"pid {proc.pid}" in p.stderr
+    assert not (tmp_path / "second").exists() or not any((tmp_path / "second").iterdir())
+    (run,) = (tmp_path / "runs").iterdir()
+    activity = meta_of(run)["device_activity"]  # what else ran, before and after
+    assert activity["before"]["procs"] > 0 and activity["after"]["procs"] > 0
+    assert "loadavg" in activity["before"]
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    if not ROOT:
+        pytest.skip("mounting a tmpfs needs root")
+    mnt = tmp_path / "full"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16k", "tmpfs", str(mnt)], check=True)
+    yield mnt
+    subprocess.run(["umount", str(mnt)], check=False)
+
+
+def test_disk_full_says_enospc_keeps_what_fits_and_recover_fetches_the_rest(tiny_disk, env):
+    args = ["--population", "0", "--kinds", "single", "--writes", "30000"]
+    p = run_cli("profile", "--local", *args, "-o", str(tiny_disk), env=env)
+    assert p.returncode == 1 and "Traceback" not in p.stderr, p.stderr
+    assert "ENOSPC" in p.stdout and "recover --local" in p.stdout
+    (run,) = tiny_disk.iterdir()
+    meta = meta_of(run)
+    assert meta["status"] == "partial" and "ENOSPC" in meta["reason"]
+    assert len(droidoom.load(run)) == meta["writes_recorded"] < 30000
+    subprocess.run(["mount", "-o", "remount,size=16m", str(tiny_disk)], check=True)
+    p = run_cli("recover", "--local", "-o", str(tiny_disk), env=env)
+    assert p.returncode == 0 and "recovered 30000 writes" in p.stdout, p.stdout + p.stderr
+    assert len(droidoom.load(run)) == 30000

@@ -1,0 +1,91 @@
+"""The test suite's own robustness (issue 13.13): it must pass from any checkout, from a
+background job, and next to other test sessions on the same machine."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+from conftest import REPO, SESSION_MARK, helper_pids
+
+from droidoom.helpers import abi_for_machine, binary_path
+from droidoom.protocol import PlanPoint, PlanTarget, render_plan
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"), reason="needs root")
+def test_shell_uid_peer_runs_from_a_checkout_uid_2000_cannot_read(tmp_path):
+    private = tmp_path / "private"  # a fresh clone under a 0700 temp dir
+    shutil.copytree(REPO / "tests", private / "tests",
+                    ignore=shutil.ignore_patterns("__pycache__"))  # fmt: skip
+    os.chmod(private, 0o700)
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1]); from adb_env import ShellUidPeer; "
+        "p = ShellUidPeer().start(); print('listening', p.port); p.stop()"
+    )
+    p = subprocess.run([sys.executable, "-c", code, str(private / "tests")],
+                       capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert p.returncode == 0 and "listening" in p.stdout, p.stderr
+
+
+def test_leak_guard_counts_only_this_sessions_helpers(tmp_path):
+    """An orphaned helper of another session (no SESSION_MARK) is not ours to judge; one
+    this session started is, even once orphaned."""
+    plan = tmp_path / "plan.txt"
+    writes = tuple((0, 900 + (i % 2), 0) for i in range(100000))
+    plan.write_text(render_plan([PlanTarget(0, "single", 1)],
+                                [PlanPoint(0, 0, 1, "reopen", 50.0, 0, writes)]))  # fmt: skip
+    exe = binary_path(abi_for_machine())
+    foreign_env = {k: v for k, v in os.environ.items() if k != "DROIDOOM_TEST_SESSION"}
+    procs = []
+    try:
+        for env, name in ((foreign_env, "foreign"), (dict(os.environ), "ours")):
+            # sh starts the helper in the background and exits: the helper is orphaned,
+            # as a leaked one would be; it stops when our end of its stdin pipe closes.
+            p = subprocess.Popen(
+                # (an async command's stdin is /dev/null unless given through another fd)
+                ["sh", "-c", f'exec 3<&0; "{exe}" run "{plan}" "{tmp_path}/{name}.bin" <&3 3<&- &'],
+                stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, env=env,
+                start_new_session=True,
+            )  # fmt: skip
+            p.wait(10)
+            procs.append(p)
+        ours = foreign = None
+        for pid in _helpers(tmp_path):
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                marked = SESSION_MARK.encode() in f.read().split(b"\0")
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmd = f.read()
+            if b"ours.bin" in cmd and marked:
+                ours = pid
+            if b"foreign.bin" in cmd and not marked:
+                foreign = pid
+        assert ours and foreign
+        found = helper_pids()
+        assert ours in found and foreign not in found
+    finally:
+        for p in procs:
+            p.stdin.close()  # the helpers' stdin: they stop and take their targets along
+
+
+def _helpers(tmp_path) -> list[int]:
+    """Helpers whose command line names `tmp_path` (this test's), once both run."""
+    import time
+
+    deadline = time.monotonic() + 10
+    while True:
+        pids, names = [], set()
+        for d in os.listdir("/proc"):
+            try:
+                with open(f"/proc/{d}/cmdline", "rb") as f:
+                    cmd = f.read()
+            except OSError:
+                continue
+            if str(tmp_path).encode() in cmd and b"droidoom-helper" in cmd:
+                pids.append(int(d))
+                names |= {n for n in (b"ours", b"foreign") if n + b".bin" in cmd}
+        if len(names) == 2 or time.monotonic() > deadline:
+            return pids
+        time.sleep(0.05)
