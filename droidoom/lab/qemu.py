@@ -38,6 +38,7 @@ class VmSpec:
     accel: str = "auto"  # auto (kvm if a boot probe works, else tcg) | kvm | tcg
     timeout: float = 900.0  # the VM is killed after this many seconds, whatever happens
     boot_timeout: float = 60.0  # seconds for the guest's agent to answer under TCG
+    append: str = ""  # extra kernel command line
 
 
 def check_image(image: Path) -> None:
@@ -101,7 +102,7 @@ class Machine:
             shutil.which(QEMU) or QEMU, "-nodefaults", "-display", "none", "-no-reboot",
             "-monitor", "none", "-accel", accel, "-smp", str(spec.cpus),
             "-m", str(spec.memory_mb), "-kernel", str(spec.image), "-initrd", str(initrd),
-            "-append", "console=ttyS0 panic=-1 quiet rdinit=/init",
+            "-append", f"console=ttyS0 panic=-1 quiet rdinit=/init {spec.append}".strip(),
             "-serial", f"file:{self.console_log}",
             "-device", "virtio-serial-pci",
             "-chardev", f"socket,id=agent,path={path}",

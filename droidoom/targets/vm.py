@@ -222,6 +222,7 @@ class VmTarget(Target):
                 except TransientTargetError:
                     ln = None
                 if ln and ln.startswith("__DD_READY"):
+                    self.release = (ln.split() + ["?"])[1]
                     break
                 tail = m.console_tail(40)
                 if "Kernel panic" in tail or MISSING_MARK in tail or not m.alive() or (
@@ -340,7 +341,7 @@ class VmTarget(Target):
             "vcpus": self.spec.cpus,
             "memory_mb": self.spec.memory_mb,
             "boot_s": round(self.boot_s, 3),
-            "kernel_release": self._facts.kernel_release if self._facts else None,
+            "kernel_release": self.release,
         }
 
     def close(self) -> None:
