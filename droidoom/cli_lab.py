@@ -78,9 +78,10 @@ def build_kernels(variants: list[str], jobs: int | None = None) -> dict:
     est = b.estimate_seconds(variants)
     if est:
         err_console.print(
-            f"building {', '.join(variants)} from Debian {b.PACKAGE} {b.version()}: about "
-            f"{est / 60:.0f} min on this machine (cold: one full tinyconfig build; the second "
-            "variant relinks). Cached afterwards in " + str(b.cache_dir())
+            f"building {', '.join(variants)} from Debian {b.PACKAGE} {b.version()} in "
+            f"{b.cache_dir()}: ~{est / 60:.1f} min here ({b.COLD_SECONDS_2CPU / 60:.0f} min "
+            "cold on 2 busy cores: download, extract, one tinyconfig build; ~20 s per further "
+            "variant); cached afterwards"
         )
     out = {}
     prog = Progress(TextColumn("[bold]{task.description}"), BarColumn(),

@@ -4,7 +4,7 @@ the one-line revert of 67197a4f28d2), built as tinyconfig + droidoom's fragment.
 Everything is cached under `droidoom.lab.cache_dir()`:
     src/linux-source-6.1_<version>_all.deb       the pinned source package (apt-get download)
     build/linux-source-6.1/                      one extracted tree, built in place
-    kernels/<variant>-<key>/bzImage, build.json   finished images
+    kernels/<key>/<variant>/bzImage, build.json   finished images
 The key hashes the source version, config fragment, patch (regressed only), compiler version
 and variant, so a change to any of them builds anew while the second variant reuses the
 first one's objects (an incremental build of one file).
@@ -80,7 +80,8 @@ def key(variant: str) -> str:
 
 
 def kernel_dir(variant: str) -> Path:
-    return cache_dir() / "kernels" / f"{variant}-{key(variant)}"
+    """kernels/<key>/<variant>/: the image's parent names the variant (device "qemu:fixed-...")."""
+    return cache_dir() / "kernels" / key(variant) / variant
 
 
 def cached(variant: str) -> Path | None:
