@@ -197,14 +197,20 @@ def _slopes(result) -> None:
     sl = result.slopes
     if sl is None or sl.empty:
         return
-    t = Table(title="ns per extra process (scaling slope)", title_justify="left")
-    for h in ("device", "kind", "mode", "base", "new", "new - base (CI)", ""):
-        t.add_column(h, justify="left" if h in ("device", "kind", "mode") else "right")
+    from rich import box
+
+    def ns(x: float) -> str:
+        return f"{x:+.1f}" if abs(x) < 10 else f"{x:+.0f}"
+
+    where = ", ".join(sorted(set(sl["device"].astype(str)) | set(sl["mode"].astype(str))))
+    t = Table(title=f"ns per extra process - {where}", title_justify="left",
+              box=box.SIMPLE_HEAD)  # fmt: skip
+    for h in ("kind", "base", "new", "new - base", "95% CI", ""):
+        t.add_column(h, justify="left" if h == "kind" else "right", no_wrap=True)
     for r in sl.to_dict("records"):
         flag = "[bold red]REGRESSION[/]" if r["regression"] else ""
-        t.add_row(str(r["device"]), str(r["kind"]), str(r["mode"]), f"{r['base_slope_ns']:+.1f}",
-                  f"{r['new_slope_ns']:+.1f}",
-                  f"{r['diff_ns']:+.1f} ({r['diff_low']:+.1f}..{r['diff_high']:+.1f})", flag)
+        t.add_row(str(r["kind"]), ns(r["base_slope_ns"]), ns(r["new_slope_ns"]),
+                  ns(r["diff_ns"]), f"{ns(r['diff_low'])}..{ns(r['diff_high'])}", flag)  # fmt: skip
     console.print(t)
     for r in result.slope_regressions.to_dict("records"):
         what = "threaded writes (every multi-threaded app)" if r["kind"] == "threaded" else (
