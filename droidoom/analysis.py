@@ -269,14 +269,15 @@ def compare(
     A group is a regression when the CI's lower bound exceeds `max_ratio`, an improvement when
     its upper bound is below 1 / `max_ratio`. What a kernel change changes is compared, not
     how fast the machine was that day: each kind's median is divided by the same point's
-    `CONTROL_KIND` median of its own run (``basis`` "vs single"; the control itself and
-    groups without one compare raw medians, ``basis`` "raw", ``raw_ratio`` always). The CI is
-    a percentile bootstrap of that ratio over `n_boot` resamples of at most `max_samples`
-    writes per side, widened by the between-run floor (`RELATIVE_FLOOR` / `RAW_FLOOR`) on
-    both sides. ``slopes`` compares ns/process per kind (`compare_slopes`); a slope
-    regression counts in ``has_regression`` too. Devices match by name; `pair_devices=True`
-    matches a single-device `base` with a
-    single-device `new` of another name (e.g. two phones or builds). `by` may drop
+    `CONTROL_KIND` level of its own run (median of all its control writes; ``basis``
+    "vs single"; the control itself and groups without one compare raw medians, ``basis``
+    "raw", ``raw_ratio`` always). The CI is a percentile bootstrap of that ratio over
+    `n_boot` resamples of at most `max_samples` writes per side, widened on both sides by
+    the between-run ``floor``: `RELATIVE_FLOOR` / `RAW_FLOOR`, or more when either run's
+    control points scatter more (see `_control_levels`). ``slopes`` compares ns/process per
+    kind (`compare_slopes`); a slope regression counts in ``has_regression`` too. Devices
+    match by name; `pair_devices=True` matches a single-device `base` with a single-device
+    `new` of another name (e.g. two phones or builds). `by` may drop
     "population" to pool each kind's writes. Raises DataError when no group overlaps.
     """
     if not max_ratio > 1:
@@ -310,7 +311,8 @@ def compare(
         )
     rng = np.random.default_rng(seed)
     alpha = (1 - confidence) / 2
-    controls = _control_index(bg, by), _control_index(ng, by)
+    controls = _control_levels(bg, by), _control_levels(ng, by)
+    rest = [k for k in by if k not in ("kind", "population")]
     rows = []
     for i, j in zip(both["_b"], both["_n"], strict=True):
         b, n = bg.values(i), ng.values(j)
@@ -319,24 +321,25 @@ def compare(
         )
         bm, nm = float(np.median(b)), float(np.median(n))
         raw = nm / max(bm, 1.0)
-        ratio, basis, floor = raw, "raw", RAW_FLOOR
-        ci, cj = (c.get(_row_key(g, k, by)) for c, g, k in zip(controls, (bg, ng), (i, j),
-                                                               strict=True))  # fmt: skip
-        if ci is not None and cj is not None and ci != i:
-            bc, nc = bg.values(ci), ng.values(cj)
-            boot *= _boot_medians(bc, n_boot, max_samples, rng) / np.maximum(
-                _boot_medians(nc, n_boot, max_samples, rng), 1
+        ratio, basis = raw, "raw"
+        cb = controls[0].get(tuple(str(bg.keys[k].iloc[i]) for k in rest))
+        cn = controls[1].get(tuple(str(ng.keys[k].iloc[j]) for k in rest))
+        noise = max(cb[2] if cb else 0.0, cn[2] if cn else 0.0)
+        floor = max(RAW_FLOOR, noise)
+        if cb and cn and str(bg.keys["kind"].iloc[i]) != CONTROL_KIND:
+            boot *= _boot_medians(cb[0], n_boot, max_samples, rng) / np.maximum(
+                _boot_medians(cn[0], n_boot, max_samples, rng), 1
             )
-            ratio = raw * float(np.median(bc)) / max(float(np.median(nc)), 1.0)
-            basis, floor = f"vs {CONTROL_KIND}", RELATIVE_FLOOR
+            ratio = raw * cb[1] / max(cn[1], 1.0)
+            basis, floor = f"vs {CONTROL_KIND}", max(RELATIVE_FLOOR, noise)
         lo, hi = np.quantile(boot, [alpha, 1 - alpha])
         rows.append((len(b), len(n), bm, nm, ratio, lo / (1 + floor), hi * (1 + floor), raw,
-                     basis))  # fmt: skip
+                     basis, floor))  # fmt: skip
     cols = ["base_count", "new_count", "base_median_ns", "new_median_ns", "ratio"]
     table = pd.concat(
         [
             bg.keys.iloc[both["_b"].to_numpy()].reset_index(drop=True),
-            pd.DataFrame(rows, columns=cols + ["ci_low", "ci_high", "raw_ratio", "basis"]),
+            pd.DataFrame(rows, columns=cols + ["ci_low", "ci_high", "raw_ratio", "basis", "floor"]),
         ],
         axis=1,
     )
@@ -346,18 +349,27 @@ def compare(
     return Comparison(table.reset_index(drop=True), max_ratio, confidence, paired, slopes)
 
 
-def _row_key(g: _Sorted, i: int, by: list[str]) -> tuple:
-    """Key of group i without its kind (to find the same point's control group)."""
-    return tuple(str(g.keys[k].iloc[i]) for k in by if k != "kind")
-
-
-def _control_index(g: _Sorted, by: list[str]) -> dict[tuple, int]:
-    """Key-without-kind -> group index of the `CONTROL_KIND` group there (with writes)."""
+def _control_levels(g: _Sorted, by: list[str]) -> dict[tuple, tuple[np.ndarray, float, float]]:
+    """Per device x mode (`by` without kind and population): the `CONTROL_KIND` writes of all
+    points pooled, their median (the run's level), and the block noise: the largest
+    relative deviation of one point's control median from that level. The control never
+    walks, so that deviation is what one block of writes moves for reasons other than the
+    kernel (host load bursts), the between-run spread a single run can show."""
     if "kind" not in by:
         return {}
+    rest = [k for k in by if k not in ("kind", "population")]
     kinds = g.keys["kind"].astype(str).to_numpy()
-    return {_row_key(g, i, by): i for i in np.flatnonzero(kinds == CONTROL_KIND)
-            if g.counts[i] > 0}  # fmt: skip
+    found: dict[tuple, list[int]] = {}
+    for i in np.flatnonzero(kinds == CONTROL_KIND):
+        if g.counts[i] > 0:
+            found.setdefault(tuple(str(g.keys[k].iloc[i]) for k in rest), []).append(int(i))
+    out = {}
+    for key, idx in found.items():
+        vals = np.concatenate([g.values(i) for i in idx])
+        level = float(np.median(vals))
+        noise = max(abs(float(np.median(g.values(i))) / max(level, 1.0) - 1) for i in idx)
+        out[key] = (vals, level, noise)
+    return out
 
 
 def compare_slopes(base: pd.DataFrame, new: pd.DataFrame) -> pd.DataFrame:

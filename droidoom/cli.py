@@ -202,7 +202,7 @@ def profile(
     if kernel is not None:  # droidoom/cli_lab.py: a kernel image booted in QEMU
         if local or serial or all_devices:
             raise UsageError("--kernel profiles a VM: drop --local/--serial/--all")
-        spec = cli_lab.vm_spec_defaults(spec, threads_given=threads is not None)
+        spec = cli_lab.vm_spec_defaults(spec, threads is not None, writes is not None)
         target, notice = cli_lab.open_vm(kernel, accel, vm_cpus, vm_memory), None
         extra_meta = {"vm": target.vm_info()}
     else:

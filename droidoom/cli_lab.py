@@ -27,8 +27,12 @@ lab = typer.Typer(
 app.add_typer(lab, name="lab")
 
 #: Defaults for kernels under QEMU: 2-thread population processes (spawning 8-thread ones
-#: is the slowest part under TCG and adds nothing: any mm_users > 1 triggers the walk).
+#: is the slowest part under TCG and adds nothing: any mm_users > 1 triggers the walk) ...
 VM_THREADS = 2
+#: ... and at least 2000 writes per kind and point, also with --quick: a 400-write block of
+#: 10 us writes lasts 4 ms, short enough for one burst of host load to move its median;
+#: writes are cheap next to booting and spawning under TCG (+1-2 s).
+VM_MIN_WRITES = 2000
 
 Accel = Annotated[
     str, typer.Option("--accel", help="auto (KVM when a boot probe works, else TCG), kvm, tcg.")
@@ -58,9 +62,13 @@ def open_vm(image: Path, accel: str = "auto", cpus: int = 2, memory: int = 1024,
     return target
 
 
-def vm_spec_defaults(spec, threads_given: bool):
-    """The profile spec for a VM: 2-thread population unless --threads was given."""
-    return spec if threads_given else replace(spec, threads=VM_THREADS)
+def vm_spec_defaults(spec, threads_given: bool, writes_given: bool):
+    """The profile spec for a VM: `VM_THREADS` and `VM_MIN_WRITES` unless given."""
+    if not threads_given:
+        spec = replace(spec, threads=VM_THREADS)
+    if not writes_given and spec.writes < VM_MIN_WRITES:
+        spec = replace(spec, writes=VM_MIN_WRITES)
+    return spec
 
 
 @lab.command("config")
@@ -146,7 +154,7 @@ def demo(
     from .runner import profile as run_profile
 
     kernels = build_kernels(["fixed", "regressed"])
-    spec = vm_spec_defaults(build_spec(quick), threads_given=False)
+    spec = vm_spec_defaults(build_spec(quick), False, False)
     results = {}
     for v, k in kernels.items():
         target = open_vm(k.image, accel, label=v)

@@ -76,3 +76,17 @@ def test_compare_names_a_kind_that_starts_to_walk(local_run_df):
     assert c.has_regression
     assert set(c.slope_regressions["kind"].astype(str)) == {"threaded"}
     assert not analysis.compare(local_run_df, local_run_df).has_regression
+
+
+def test_compare_tolerates_one_disturbed_block(local_run_df):
+    """Seen under TCG on a loaded host: one point's single and threaded blocks ran 2x slow
+    (host load burst) while nothing changed in the kernel. The run's own single points show
+    that scatter, so the floor widens to it: no regression either way round."""
+    df = local_run_df.copy()
+    mid = sorted(df["population"].unique())[1]
+    hit = (df["population"] == mid).to_numpy() & df["kind"].isin(["single", "threaded"]).to_numpy()
+    df.loc[hit, "latency_ns"] *= 2
+    for base, new in ((local_run_df, df), (df, local_run_df)):
+        c = analysis.compare(base, new)
+        assert not c.table["regression"].any(), c.table[c.table["regression"]]
+        assert (c.table["floor"] >= 0.9).all()
