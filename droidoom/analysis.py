@@ -376,19 +376,28 @@ def compare_slopes(base: pd.DataFrame, new: pd.DataFrame) -> pd.DataFrame:
     """ns/process of both sides per device x kind x mode (fits with >= MIN_POPULATIONS points).
 
     The difference's CI is conservative: new.ci_low - base.ci_high .. new.ci_high -
-    base.ci_low. ``regression`` when its low end exceeds both `WALK_MIN_SLOPE_NS` and
-    `SLOPE_FLOOR` x |base slope|: a kind that started to walk (or walks much further).
+    base.ci_low. ``regression`` when its low end, less any growth of the `CONTROL_KIND`
+    slope (a host that slowed down as the population grew), exceeds ``bar``: the largest of
+    `WALK_MIN_SLOPE_NS`, `SLOPE_FLOOR` x |base slope| and `FIXED_MAX_SHARE` x the base's
+    multiprocess slope (what a walk costs on that device): a kind that started to walk.
     """
+    from .verdict import FIXED_MAX_SHARE
+
     cols = ["device", "kind", "mode", "base_slope_ns", "new_slope_ns", "diff_ns", "diff_low",
-            "diff_high", "regression"]  # fmt: skip
+            "diff_high", "bar_ns", "regression"]  # fmt: skip
     fb = {(f.device, f.kind, f.mode): f for f in fits(base) if np.isfinite(f.slope_ns)}
     fn = {(f.device, f.kind, f.mode): f for f in fits(new) if np.isfinite(f.slope_ns)}
     rows = []
     for key in sorted(fb.keys() & fn.keys()):
         b, n = fb[key], fn[key]
         lo, hi = n.ci_low - b.ci_high, n.ci_high - b.ci_low
-        bar = max(WALK_MIN_SLOPE_NS, SLOPE_FLOOR * abs(b.slope_ns))
-        rows.append([*key, b.slope_ns, n.slope_ns, n.slope_ns - b.slope_ns, lo, hi, lo > bar])
+        ctl = (key[0], CONTROL_KIND, key[2])
+        drift = fn[ctl].slope_ns - fb[ctl].slope_ns if ctl in fb and ctl in fn else 0.0
+        walk = fb.get((key[0], "multiprocess", key[2]))
+        bar = max(WALK_MIN_SLOPE_NS, SLOPE_FLOOR * abs(b.slope_ns),
+                  FIXED_MAX_SHARE * walk.slope_ns if walk is not None else 0.0)  # fmt: skip
+        rows.append([*key, b.slope_ns, n.slope_ns, n.slope_ns - b.slope_ns, lo, hi, bar,
+                     key[1] != CONTROL_KIND and lo - max(drift, 0.0) > bar])  # fmt: skip
     return pd.DataFrame(rows, columns=cols)
 
 
