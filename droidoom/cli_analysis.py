@@ -212,6 +212,15 @@ def _slopes(result) -> None:
         t.add_row(str(r["kind"]), ns(r["base_slope_ns"]), ns(r["new_slope_ns"]),
                   ns(r["diff_ns"]), f"{ns(r['diff_low'])}..{ns(r['diff_high'])}", flag)  # fmt: skip
     console.print(t)
+    named = set(result.slope_regressions["kind"].astype(str)) if len(
+        result.slope_regressions) else set()
+    reg = result.regressions
+    for kind in dict.fromkeys(reg["kind"].astype(str)) if "kind" in reg.columns else ():
+        if kind not in named and "population" in reg.columns:
+            rows = reg[reg["kind"].astype(str) == kind]
+            pops = ", ".join(map(str, rows["population"]))
+            console.print(f"[bold red]regression:[/] {kind} writes at populations {pops} "
+                          f"(x{rows['ratio'].max():.1f} relative to single writes)")  # fmt: skip
     for r in result.slope_regressions.to_dict("records"):
         what = "threaded writes (every multi-threaded app)" if r["kind"] == "threaded" else (
             f"{r['kind']} writes")

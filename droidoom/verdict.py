@@ -40,6 +40,9 @@ MIN_POPULATIONS = 3
 FIXED_MAX_SHARE = 0.25
 #: ... "regressed" when the threaded CI's low slope exceeds this share of it.
 REGRESSED_MIN_SHARE = 0.5
+#: When the CI cannot decide, point estimates may, if the control's latency grew at least
+#: this much over the sweep (x5): far beyond what host load does to one block of writes.
+WALK_MIN_GROWTH = 4.0
 
 
 def _metas_by_device(meta: Mapping | Iterable[Mapping] | None) -> dict[str, Mapping]:
@@ -245,14 +248,26 @@ def _kernel_note(status: str, release: str | None, both_flat: bool) -> tuple[boo
 
 
 def _walk_share(t: Fit | None, m: Fit) -> str | None:
-    """"walks" / "flat" when threaded's slope CI sits clearly above / below a share of the
-    in-run multiprocess slope (the walk's cost here), None when it is in between or unfit."""
+    """"walks" / "flat" when threaded's slope sits clearly above / below a share of the
+    in-run multiprocess slope (the walk's cost here), None when it is in between or unfit.
+
+    First by the CI. With three populations Theil-Sen's CI spans every pairwise slope, so
+    one block of writes slowed by a burst of host load (seen up to ~2x under TCG on a busy
+    host) widens it past any decision; then the point estimates decide when they are far
+    apart: a walk multiplies latency many times over the sweep, a burst at most doubles it.
+    """
     if t is None or not np.isfinite(t.slope_ns) or not m.slope_ns > 0:
         return None
     if t.ci_high < FIXED_MAX_SHARE * m.slope_ns:
         return "flat"
     if t.ci_low > REGRESSED_MIN_SHARE * m.slope_ns and t.ci_low > 0:
         return "walks"
+    if m.growth >= WALK_MIN_GROWTH:  # the control shows a walk far beyond any burst
+        share = t.slope_ns / m.slope_ns
+        if share <= FIXED_MAX_SHARE / 2 and t.growth < ON_MIN_GROWTH:
+            return "flat"
+        if share >= REGRESSED_MIN_SHARE and t.growth >= WALK_MIN_GROWTH / 2:
+            return "walks"
     return None
 
 
