@@ -192,12 +192,13 @@ def compare(
 
 def _slopes(result) -> None:
     """Print the ns/process of both sides and name kinds whose slope regressed."""
+    from rich import box
     from rich.table import Table
 
     sl = result.slopes
     if sl is None or sl.empty:
+        _name_regressions(result, set())
         return
-    from rich import box
 
     def ns(x: float) -> str:
         return f"{x:+.1f}" if abs(x) < 10 else f"{x:+.0f}"
@@ -212,15 +213,8 @@ def _slopes(result) -> None:
         t.add_row(str(r["kind"]), ns(r["base_slope_ns"]), ns(r["new_slope_ns"]),
                   ns(r["diff_ns"]), f"{ns(r['diff_low'])}..{ns(r['diff_high'])}", flag)  # fmt: skip
     console.print(t)
-    named = set(result.slope_regressions["kind"].astype(str)) if len(
-        result.slope_regressions) else set()
-    reg = result.regressions
-    for kind in dict.fromkeys(reg["kind"].astype(str)) if "kind" in reg.columns else ():
-        if kind not in named and "population" in reg.columns:
-            rows = reg[reg["kind"].astype(str) == kind]
-            pops = ", ".join(map(str, rows["population"]))
-            console.print(f"[bold red]regression:[/] {kind} writes at populations {pops} "
-                          f"(x{rows['ratio'].max():.1f} relative to single writes)")  # fmt: skip
+    _name_regressions(result, set(result.slope_regressions["kind"].astype(str)) if len(
+        result.slope_regressions) else set())
     for r in result.slope_regressions.to_dict("records"):
         what = "threaded writes (every multi-threaded app)" if r["kind"] == "threaded" else (
             f"{r['kind']} writes")
@@ -229,3 +223,17 @@ def _slopes(result) -> None:
             f"process (base {r['base_slope_ns']:+.1f}): NEW walks every process in "
             "__set_oom_adj where BASE did not"
         )
+
+
+def _name_regressions(result, named: set[str]) -> None:
+    """One line per kind whose latency (relative to single) regressed, unless its slope
+    line already names it."""
+    reg = result.regressions
+    if "kind" not in reg.columns or "population" not in reg.columns:
+        return
+    for kind in dict.fromkeys(reg["kind"].astype(str)):
+        if kind not in named:
+            rows = reg[reg["kind"].astype(str) == kind]
+            pops = ", ".join(map(str, rows["population"]))
+            console.print(f"[bold red]regression:[/] {kind} writes at populations {pops} "
+                          f"(x{rows['ratio'].max():.1f} relative to single writes)")  # fmt: skip

@@ -219,3 +219,16 @@ def test_reference_kernels_are_cached(kernels):
         info = json.loads((image.parent / "build.json").read_text())
         assert info["version"] == build.version() and info["variant"] == v
         assert (info["patch"] is not None) == (v == "regressed")
+
+
+@needs_qemu
+def test_lab_demo_side_by_side(kernels, tmp_path):
+    p = run_cli("lab", "demo", "--accel", "tcg", "--out", str(tmp_path), timeout=600)
+    assert p.returncode == 0, p.stdout + p.stderr
+    lines = [ln.split() for ln in p.stdout.splitlines()]
+    rows = {ln[0]: ln for ln in lines if ln and ln[0] in build.VARIANTS and len(ln) >= 6}
+    assert rows["fixed"][1] == "fixed" and rows["regressed"][1] == "regressed", p.stdout
+    threaded = {v: float(r[3]) for v, r in rows.items()}  # ns/process column
+    assert threaded["regressed"] > 20 * max(abs(threaded["fixed"]), 1.0)
+    html = (tmp_path / "lab-demo.html").read_text()
+    assert "qemu:fixed-" in html and "qemu:regressed-" in html and "badge regressed" in html
