@@ -198,6 +198,15 @@ def profile(
     all_devices: Annotated[
         bool, typer.Option("--all", help="Every device on the adb server, in parallel (a farm).")
     ] = False,
+    kernel: Annotated[
+        Path | None,
+        typer.Option("--kernel", help="Boot this x86_64 bzImage in QEMU and profile it."),
+    ] = None,
+    accel: Annotated[str, typer.Option(help="--kernel: auto (KVM if it boots), kvm, tcg.")] = (
+        "auto"
+    ),
+    vm_cpus: Annotated[int, typer.Option(help="--kernel: vCPUs of the guest.")] = 2,
+    vm_memory: Annotated[int, typer.Option(help="--kernel: guest RAM in MiB.")] = 1024,
 ) -> None:
     """Time oom_score_adj writes across populations; say if this kernel has the O(N) path.
 
@@ -217,9 +226,17 @@ def profile(
         server = AdbServer.from_env(adb_host, adb_port)
         raise typer.Exit(cli_farm.profile_all(server, spec, out, capture))
     sources = _captures(capture)
-    target, notice = select_target(
-        local=local, serial=serial, server=AdbServer.from_env(adb_host, adb_port)
-    )
+    extra_meta = None
+    if kernel is not None:  # droidoom/cli_lab.py: a kernel image booted in QEMU
+        if local or serial or all_devices:
+            raise UsageError("--kernel profiles a VM: drop --local/--serial/--all")
+        spec = cli_lab.vm_spec_defaults(spec, threads is not None, writes is not None)
+        target, notice = cli_lab.open_vm(kernel, accel, vm_cpus, vm_memory), None
+        extra_meta = {"vm": target.vm_info()}
+    else:
+        target, notice = select_target(
+            local=local, serial=serial, server=AdbServer.from_env(adb_host, adb_port)
+        )
     if notice:
         err_console.print(f"[dim]{notice}[/]")
     from .runner import Interrupted
@@ -227,7 +244,10 @@ def profile(
     bar = _Bar(target.name)
     try:
         with bar.rich:
-            result = run_profile(target, spec, out, captures=sources, progress=bar.callbacks())
+            result = run_profile(
+                target, spec, out, captures=sources, progress=bar.callbacks(),
+                extra_meta=extra_meta,
+            )
     except Interrupted as e:
         _print_run(e.result)
         raise typer.Exit(signals.exit_code(e)) from None
@@ -264,7 +284,7 @@ def _print_run(result) -> None:
 
 
 # Sub-command modules register themselves on `app` (kept apart so each stays small).
-from . import cli_adb, cli_analysis, cli_farm  # noqa: E402, F401
+from . import cli_adb, cli_analysis, cli_farm, cli_lab  # noqa: E402, F401
 
 
 def _show_warning(message, category, *_args, **_kw) -> None:

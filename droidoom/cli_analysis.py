@@ -158,10 +158,14 @@ def compare(
     ] = False,
     complete_only: CompleteOnly = False,
 ) -> None:
-    """Median latency new/base per device x kind x population, with bootstrap CIs (kernel CI).
+    """Did NEW get slower than BASE? Latency per kind x population and ns/process (kernel CI).
 
-    Exit status: 0 no regression, 1 at least one regression (the CI's lower bound above
-    --max-ratio), 2 bad input (missing runs, nothing in common, different specs).
+    Each kind's median is taken relative to the same run's `single` writes (which no kernel
+    change touches), so a busier machine on one day does not look like a regression; the
+    CIs are widened by a stated between-run floor (analysis.RELATIVE_FLOOR / RAW_FLOOR).
+    The scaling slopes (ns per extra process) are compared too: a kind that starts to walk
+    every process (threaded writes on a pre-fix kernel) is named. Exit status: 0 no
+    regression, 1 at least one regression, 2 bad input (missing runs, different specs).
     """
     from . import analysis
     from . import report as rep
@@ -179,13 +183,67 @@ def compare(
         raise DataError("BASE and NEW measured different things (" + "; ".join(diffs) + "): "
                         "profile both with the same options, or pass --ignore-spec")  # fmt: skip
     by = ("device", "kind", "mode") if pooled else analysis.GROUP_KEYS
+    bdev, ndev = ({r.device for r in infos} for infos in (binfo, ninfo))
+    if not pair and len(bdev) == len(ndev) == 1 and bdev != ndev:
+        pair = True  # one device per side under two names (two kernels, two phones)
+        err_console.print(f"[dim]comparing {bdev.pop()} (BASE) with {ndev.pop()} (NEW)[/]")
     result = analysis.compare(bdf, ndf, max_ratio, by=by, pair_devices=pair)
     missing = len(analysis.summary(bdf, by=by)) - len(result.table)
     if missing > 0:
         err_console.print(f"[yellow]note:[/] {missing} BASE group(s) have no counterpart in NEW "
                           "and are not compared")  # fmt: skip
     rep.compare_table(result, console)
+    _slopes(result)
     if csv is not None:
         result.table.to_csv(csv, index=False)
     if result.has_regression:
         raise typer.Exit(1)
+
+
+def _slopes(result) -> None:
+    """Print the ns/process of both sides and name kinds whose slope regressed."""
+    from rich import box
+    from rich.table import Table
+
+    sl = result.slopes
+    if sl is None or sl.empty:
+        _name_regressions(result, set())
+        return
+
+    def ns(x: float) -> str:
+        return f"{x:+.1f}" if abs(x) < 10 else f"{x:+.0f}"
+
+    where = ", ".join(sorted(set(sl["device"].astype(str)) | set(sl["mode"].astype(str))))
+    t = Table(title=f"ns per extra process - {where}", title_justify="left",
+              box=box.SIMPLE_HEAD)  # fmt: skip
+    for h in ("kind", "base", "new", "new - base", "95% CI", ""):
+        t.add_column(h, justify="left" if h == "kind" else "right", no_wrap=True)
+    for r in sl.to_dict("records"):
+        flag = "[bold red]REGRESSION[/]" if r["regression"] else ""
+        t.add_row(str(r["kind"]), ns(r["base_slope_ns"]), ns(r["new_slope_ns"]),
+                  ns(r["diff_ns"]), f"{ns(r['diff_low'])}..{ns(r['diff_high'])}", flag)  # fmt: skip
+    console.print(t)
+    _name_regressions(result, set(result.slope_regressions["kind"].astype(str)) if len(
+        result.slope_regressions) else set())
+    for r in result.slope_regressions.to_dict("records"):
+        what = "threaded writes (every multi-threaded app)" if r["kind"] == "threaded" else (
+            f"{r['kind']} writes")
+        console.print(
+            f"[bold red]regression:[/] {what} now cost {r['new_slope_ns']:+.1f} ns per extra "
+            f"process (base {r['base_slope_ns']:+.1f}): NEW walks every process in "
+            "__set_oom_adj where BASE did not"
+        )
+
+
+def _name_regressions(result, named: set[str]) -> None:
+    """One line per kind whose latency (relative to single) regressed, unless its slope
+    line already names it."""
+    reg = result.regressions
+    if "kind" not in reg.columns or "population" not in reg.columns:
+        return
+    for kind in dict.fromkeys(reg["kind"].astype(str)):
+        if kind not in named:
+            rows = reg[reg["kind"].astype(str) == kind]
+            pops = ", ".join(map(str, rows["population"]))
+            console.print(f"[bold red]regression:[/] {kind} writes at populations {pops} "
+                          f"(x{rows['ratio'].max():.1f} relative to single writes)")  # fmt: skip

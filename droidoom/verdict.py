@@ -33,6 +33,17 @@ WALK_MIN_SLOPE_NS = 5.0
 O1_MAX_GROWTH = 0.25
 MIN_POPULATIONS = 3
 
+# Relative verdict: the multiprocess target is walked on every kernel, so its slope is what a
+# walk costs on *this* machine, measured in the same run. Threaded writes walk exactly like it
+# on a pre-fix kernel (both visit every process) and not at all on a fixed one.
+#: "fixed" when the threaded CI's high slope stays below this share of the control's slope ...
+FIXED_MAX_SHARE = 0.25
+#: ... "regressed" when the threaded CI's low slope exceeds this share of it.
+REGRESSED_MIN_SHARE = 0.5
+#: When the CI cannot decide, point estimates may, if the control's latency grew at least
+#: this much over the sweep (x5): far beyond what host load does to one block of writes.
+WALK_MIN_GROWTH = 4.0
+
 
 def _metas_by_device(meta: Mapping | Iterable[Mapping] | None) -> dict[str, Mapping]:
     if meta is None:
@@ -224,7 +235,8 @@ def _kernel_note(status: str, release: str | None, both_flat: bool) -> tuple[boo
         )
     if expect == "fixed":
         what = f"{ver} is post-fix"
-        other = f"{ver} should carry the fix, yet threaded writes walk: a vendor change undoes it"
+        other = (f"{ver} is post-fix by version, yet threaded writes walk: the kernel (a vendor "
+                 "change?) undoes 67197a4f28d2")  # fmt: skip
     else:
         what = f"{ver} predates the fix ({f'{v[0]}.{v[1]}.{fixed_at}' if fixed_at else '5.10'})"
         other = f"{what}, yet threaded writes are O(1): the vendor kernel carries a backport"
@@ -233,6 +245,30 @@ def _kernel_note(status: str, release: str | None, both_flat: bool) -> tuple[boo
     if status == "inconclusive":
         return None, f"{what}."
     return False, f"{other} {disagree}."
+
+
+def _walk_share(t: Fit | None, m: Fit) -> str | None:
+    """"walks" / "flat" when threaded's slope sits clearly above / below a share of the
+    in-run multiprocess slope (the walk's cost here), None when it is in between or unfit.
+
+    First by the CI. With three populations Theil-Sen's CI spans every pairwise slope, so
+    one block of writes slowed by a burst of host load (seen up to ~2x under TCG on a busy
+    host) widens it past any decision; then the point estimates decide when they are far
+    apart: a walk multiplies latency many times over the sweep, a burst at most doubles it.
+    """
+    if t is None or not np.isfinite(t.slope_ns) or not m.slope_ns > 0:
+        return None
+    if t.ci_high < FIXED_MAX_SHARE * m.slope_ns:
+        return "flat"
+    if t.ci_low > REGRESSED_MIN_SHARE * m.slope_ns and t.ci_low > 0:
+        return "walks"
+    if m.growth >= WALK_MIN_GROWTH:  # the control shows a walk far beyond any burst
+        share = t.slope_ns / m.slope_ns
+        if share <= FIXED_MAX_SHARE / 2 and t.growth < ON_MIN_GROWTH:
+            return "flat"
+        if share >= REGRESSED_MIN_SHARE and t.growth >= WALK_MIN_GROWTH / 2:
+            return "walks"
+    return None
 
 
 def _verdict_one(device, mode, t: Fit | None, m: Fit | None, s: Fit | None, release) -> Verdict:
@@ -245,7 +281,25 @@ def _verdict_one(device, mode, t: Fit | None, m: Fit | None, s: Fit | None, rele
     disturbed = s is not None and (
         s.complexity == "O(N)" or (np.isfinite(s.growth) and abs(s.growth) > O1_MAX_GROWTH)
     )
-    if t is None:
+    if disturbed and control_ok and abs(s.slope_ns) < FIXED_MAX_SHARE * m.slope_ns:
+        # the drift is small next to what a walk costs here: it cannot fake or hide one
+        disturbed = False
+    share = _walk_share(t, m) if control_ok else None
+    if t is not None and share == "walks":
+        status = "regressed"
+        first = (
+            f"threaded writes are O(N), walking like the multiprocess control ({t.slope_text()} vs "
+            f"{_num(m.slope_ns, sign=True)}): every multi-threaded app pays the __set_oom_adj "
+            "process walk (the 2020 regression)"
+        )
+    elif t is not None and share == "flat":
+        status = "fixed"
+        first = (
+            f"threaded writes are O(1) next to the walking multiprocess control "
+            f"({t.slope_text()}, below {FIXED_MAX_SHARE:.0%} of "
+            f"{_num(m.slope_ns, sign=True)}): this kernel carries the MMF_MULTIPROCESS fix"
+        )
+    elif t is None:
         first = "no threaded writes in this run"
     elif t.complexity == "O(N)":
         status = "regressed"
@@ -303,12 +357,17 @@ def verdict(
 ) -> list[Verdict]:
     """Fixed / regressed / inconclusive per device, with evidence and a version cross-check.
 
+    The test is relative first: with a walking multiprocess control (slope m, the cost of a
+    walk on this machine in this run), "fixed" when threaded's 95% CI high slope is below
+    `FIXED_MAX_SHARE` x m, "regressed" when its CI low slope is above `REGRESSED_MIN_SHARE` x
+    m. Otherwise the absolute classification decides:
     "regressed": threaded writes are O(N). "fixed": threaded writes are O(1) *and* the
     multiprocess target (which the kernel must still walk) is O(N) - without that positive
     control a flat threaded curve may only mean the populations were too small, so the
     verdict is "inconclusive". So is it when single-threaded writes, which never walk (the
-    negative control), change by more than `O1_MAX_GROWTH` over the sweep: then the host was
-    disturbed while the population grew (``disturbed``).
+    negative control), change by more than `O1_MAX_GROWTH` over the sweep *and* by more than
+    `FIXED_MAX_SHARE` x m per process: then the host was disturbed while the population grew
+    (``disturbed``).
     `meta` is one run.json dict or several (matched by "device");
     its target.kernel_release is checked with `kernel_expectation`. `mode` defaults to
     "reopen" (what lmkd does) when the device has it.

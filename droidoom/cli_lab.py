@@ -1,0 +1,183 @@
+"""`droidoom lab ...`: reference kernels and the 2020 regression on this machine (QEMU).
+
+`lab build` builds Debian 6.1 "fixed" and "regressed" (one-line revert of 67197a4f28d2),
+`lab demo` profiles both and shows the verdicts side by side, `lab config` prints the kernel
+config any image given to `droidoom profile --kernel` needs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+from .cli import DEFAULT_OUT, app, build_spec, console, err_console
+from .errors import UsageError
+
+lab = typer.Typer(
+    help=(
+        "The kernel lab: build reference kernels with and without the 2020 oom_score_adj "
+        "fix and profile them in QEMU, no phone needed. Start with `droidoom lab demo`."
+    ),
+    no_args_is_help=True,
+)
+app.add_typer(lab, name="lab")
+
+#: Defaults for kernels under QEMU: 2-thread population processes (spawning 8-thread ones
+#: is the slowest part under TCG and adds nothing: any mm_users > 1 triggers the walk) ...
+VM_THREADS = 2
+#: ... and at least 2000 writes per kind and point, also with --quick: a 400-write block of
+#: 10 us writes lasts 4 ms, short enough for one burst of host load to move its median;
+#: writes are cheap next to booting and spawning under TCG (+1-2 s).
+VM_MIN_WRITES = 2000
+
+Accel = Annotated[
+    str, typer.Option("--accel", help="auto (KVM when a boot probe works, else TCG), kvm, tcg.")
+]
+VmCpus = Annotated[int, typer.Option("--vm-cpus", help="vCPUs of the guest.")]
+VmMemory = Annotated[int, typer.Option("--vm-memory", help="Guest RAM in MiB.")]
+
+
+def open_vm(image: Path, accel: str = "auto", cpus: int = 2, memory: int = 1024,
+            label: str | None = None):  # fmt: skip
+    """Boot `image` and return its VmTarget (the caller closes it)."""
+    from .lab.qemu import VmSpec
+    from .targets.vm import VmTarget
+
+    if accel not in ("auto", "kvm", "tcg"):
+        raise UsageError(f"--accel {accel!r}: use auto, kvm or tcg")
+    if not 1 <= cpus <= 8 or not 256 <= memory <= 16384:
+        raise UsageError("--vm-cpus takes 1..8 and --vm-memory 256..16384 (MiB)")
+    spec = VmSpec(Path(image), cpus=cpus, memory_mb=memory, accel=accel)
+    with err_console.status(f"booting {image} in QEMU ..."):
+        target = VmTarget(spec, label=label)
+    info = target.vm_info()
+    err_console.print(
+        f"[dim]booted {target.facts().kernel_release} in {info['boot_s']:.1f} s "
+        f"({info['accel']}{'; ' + target.kvm_note if target.kvm_note else ''})[/]"
+    )
+    return target
+
+
+def vm_spec_defaults(spec, threads_given: bool, writes_given: bool):
+    """The profile spec for a VM: `VM_THREADS` and `VM_MIN_WRITES` unless given."""
+    if not threads_given:
+        spec = replace(spec, threads=VM_THREADS)
+    if not writes_given and spec.writes < VM_MIN_WRITES:
+        spec = replace(spec, writes=VM_MIN_WRITES)
+    return spec
+
+
+@lab.command("config")
+def config() -> None:
+    """Print the kernel config an image for `profile --kernel` needs (merge onto tinyconfig)."""
+    from .lab.build import FRAGMENT
+
+    console.print(FRAGMENT.read_text(), highlight=False, markup=False)
+
+
+def build_kernels(variants: list[str], jobs: int | None = None) -> dict:
+    """Build (or reuse) the reference kernels with a progress bar; {variant: Kernel}."""
+    from .lab import build as b
+
+    est = b.estimate_seconds(variants)
+    if est:
+        err_console.print(
+            f"building {', '.join(variants)} from Debian {b.PACKAGE} {b.version()} in "
+            f"{b.cache_dir()}: ~{est / 60:.1f} min here ({b.COLD_SECONDS_2CPU / 60:.0f} min "
+            "cold on 2 busy cores: download, extract, one tinyconfig build; ~20 s per further "
+            "variant); cached afterwards"
+        )
+    out = {}
+    prog = Progress(TextColumn("[bold]{task.description}"), BarColumn(),
+                    TextColumn("{task.completed} steps"), TimeElapsedColumn(),
+                    console=err_console, transient=True)  # fmt: skip
+    with prog:
+        for v in variants:
+            task = prog.add_task(f"kernel {v}", total=b.COLD_STEPS)
+            out[v] = b.build(v, jobs=jobs, step=lambda n, t=task: prog.update(t, completed=n))
+    for v, k in out.items():
+        how = "cached" if k.cached else f"built in {k.seconds:.0f} s"
+        console.print(f"{v:9} {k.image}  ({how})", soft_wrap=True)
+    return out
+
+
+Variants = Annotated[
+    str, typer.Option("--variant", help="Which reference kernels: fixed, regressed or both.")
+]
+
+
+@lab.command("build")
+def build(
+    variant: Variants = "fixed,regressed",
+    jobs: Annotated[
+        int | None, typer.Option("--jobs", "-j", help="make -j (default: CPUs).")
+    ] = None,
+) -> None:
+    """Build the reference kernels from Debian's linux-source-6.1 (pinned version).
+
+    "fixed" is the source as released (it carries 67197a4f28d2, MMF_MULTIPROCESS);
+    "regressed" reverts its one condition in fs/proc/base.c __set_oom_adj to
+    `atomic_read(&mm->mm_users) > 1`, so every multi-threaded process walks all processes
+    again. Config: `make tinyconfig` + `droidoom lab config`. Needs apt packages
+    qemu-system-x86 build-essential flex bison bc cpio libelf-dev libssl-dev busybox-static.
+    """
+    from .lab.build import VARIANTS
+
+    names = [v.strip() for v in variant.split(",") if v.strip()]
+    bad = [v for v in names if v not in VARIANTS]
+    if bad or not names:
+        raise UsageError(f"--variant takes {', '.join(VARIANTS)} (got {variant!r})")
+    build_kernels(names, jobs)
+
+
+@lab.command("demo")
+def demo(
+    quick: Annotated[
+        bool, typer.Option("--quick/--full", help="Small sweep (seconds per kernel) or default.")
+    ] = True,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Directory for run dirs.")] = DEFAULT_OUT,
+    html: Annotated[Path | None, typer.Option("--html", help="Comparison report path.")] = None,
+    accel: Accel = "auto",
+) -> None:
+    """The 2020 regression on this machine: profile both reference kernels, side by side.
+
+    Builds them first if needed (`droidoom lab build`), boots each in QEMU, runs
+    `profile --quick` against it, prints both verdicts with the ns/process of each target
+    kind and writes one HTML report comparing them. Then try
+    `droidoom compare FIXED-RUN REGRESSED-RUN` (exit 1: threaded writes regressed).
+    """
+    from . import analysis, report, store
+    from .runner import profile as run_profile
+
+    kernels = build_kernels(["fixed", "regressed"])
+    spec = vm_spec_defaults(build_spec(quick), False, False)
+    results = {}
+    for v, k in kernels.items():
+        target = open_vm(k.image, accel, label=v)
+        try:
+            meta = {"vm": target.vm_info(), "lab_variant": v}
+            results[v] = run_profile(target, spec, out, extra_meta=meta)
+        finally:
+            target.close()
+    df = store.load([r.path for r in results.values()])
+    metas = [r.meta for r in results.values()]
+    verdicts = {vd.device: vd for vd in analysis.verdict(df, metas)}
+    fits = analysis.fits(df)
+    console.print("[bold]kernel    verdict       single  threaded  multiprocess (ns/process)")
+    for v, r in results.items():
+        vd = verdicts[r.meta["device"]]
+        slope = {f.kind: f.slope_ns for f in fits if f.device == r.meta["device"]
+                 and f.mode == vd.mode}  # fmt: skip
+        cells = [f"{slope.get(kind, float('nan')):+9.1f}" for kind in
+                 ("single", "threaded", "multiprocess")]  # fmt: skip
+        console.print(f"{v:9} {vd.status:12} {'  '.join(cells)}   {r.path}", soft_wrap=True)
+    for v, r in results.items():
+        console.print(f"[bold]{v}:[/] {verdicts[r.meta['device']].sentence}")
+    path = report.render_html(df, metas, html or Path(out) / "lab-demo.html")
+    console.print(f"html report: {path}", soft_wrap=True)
+    f, g = (results[v].path for v in ("fixed", "regressed"))
+    console.print(f"next: droidoom compare {f} {g}", soft_wrap=True)

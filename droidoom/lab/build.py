@@ -1,0 +1,227 @@
+"""Reference kernels: Debian's linux-source-6.1 "fixed" (as released) and "regressed" (with
+the one-line revert of 67197a4f28d2), built as tinyconfig + droidoom's fragment.
+
+Everything is cached under `droidoom.lab.cache_dir()`:
+    src/linux-source-6.1_<version>_all.deb       the pinned source package (apt-get download)
+    build/linux-source-6.1/                      one extracted tree, built in place
+    kernels/<key>/<variant>/bzImage, build.json   finished images
+The key hashes the source version, config fragment, patch (regressed only), compiler version
+and variant, so a change to any of them builds anew while the second variant reuses the
+first one's objects (an incremental build of one file).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import DroidoomError, UsageError
+from . import DATA_DIR, cache_dir
+
+PACKAGE = "linux-source-6.1"
+#: Pinned Debian version (bookworm); override with DROIDOOM_LAB_SOURCE_VERSION.
+VERSION = "6.1.192-3"
+FRAGMENT = DATA_DIR / "kernel.config"
+PATCH = DATA_DIR / "revert-67197a4f28d2.patch"
+VARIANTS = ("fixed", "regressed")
+#: Compile steps (make's "CC"/"AS"/"LD"... lines) of a cold build, for the progress bar.
+COLD_STEPS = 1100
+#: Cold build measured on a 2-core VM shared with other jobs (seconds), for the estimate.
+COLD_SECONDS_2CPU = 300.0
+APT_PACKAGES = "qemu-system-x86 build-essential flex bison bc cpio libelf-dev libssl-dev " \
+    "busybox-static xz-utils"  # fmt: skip
+
+
+class BuildError(DroidoomError):
+    """A reference kernel could not be fetched or built; the message says what to install."""
+
+
+@dataclass(frozen=True)
+class Kernel:
+    """A built reference kernel."""
+
+    variant: str
+    image: Path
+    key: str
+    cached: bool  # found in the cache rather than built now
+    seconds: float  # build time (0 when cached)
+
+
+def version() -> str:
+    return os.environ.get("DROIDOOM_LAB_SOURCE_VERSION") or VERSION
+
+
+def compiler() -> str:
+    try:
+        out = subprocess.run(["gcc", "--version"], capture_output=True, text=True).stdout
+    except FileNotFoundError:
+        raise BuildError(f"gcc not found: `apt-get install {APT_PACKAGES}`") from None
+    return out.splitlines()[0].strip() if out else "gcc ?"
+
+
+def key(variant: str) -> str:
+    """Cache key of one variant: source version + fragment + patch + compiler + variant."""
+    if variant not in VARIANTS:
+        raise UsageError(f"unknown variant {variant!r}: use {', '.join(VARIANTS)}")
+    h = hashlib.sha256()
+    for part in (PACKAGE, version(), FRAGMENT.read_text(), compiler(), variant):
+        h.update(part.encode() + b"\0")
+    if variant == "regressed":
+        h.update(PATCH.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def kernel_dir(variant: str) -> Path:
+    """kernels/<key>/<variant>/: the image's parent names the variant (device "qemu:fixed-...")."""
+    return cache_dir() / "kernels" / key(variant) / variant
+
+
+def cached(variant: str) -> Path | None:
+    image = kernel_dir(variant) / "bzImage"
+    return image if image.is_file() else None
+
+
+def estimate_seconds(variants: list[str]) -> float:
+    """Honest wall-time estimate: a cold tree costs one full build (measured 2 cores), the
+    second variant rebuilds one file and relinks (~15 s)."""
+    todo = [v for v in variants if cached(v) is None]
+    if not todo:
+        return 0.0
+    cold = not (_tree() / "vmlinux").exists()
+    scale = 2 / max(1, os.cpu_count() or 1)
+    return (COLD_SECONDS_2CPU * scale if cold else 20.0) + 20.0 * (len(todo) - 1)
+
+
+def _run(cmd: list[str], cwd: Path, what: str, **kw) -> subprocess.CompletedProcess:
+    try:
+        p = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, **kw)
+    except FileNotFoundError:
+        raise BuildError(f"{cmd[0]} not found: `apt-get install {APT_PACKAGES}`") from None
+    if p.returncode != 0:
+        tail = "\n".join((p.stderr or p.stdout).strip().splitlines()[-15:])
+        raise BuildError(f"{what} failed (exit {p.returncode}):\n{tail}")
+    return p
+
+
+def fetch() -> Path:
+    """The pinned source package, downloaded once with `apt-get download`."""
+    src = cache_dir() / "src"
+    deb = src / f"{PACKAGE}_{version()}_all.deb"
+    if deb.is_file():
+        return deb
+    src.mkdir(parents=True, exist_ok=True)
+    try:
+        _run(["apt-get", "download", f"{PACKAGE}={version()}"], src, f"apt-get download {PACKAGE}")
+    except BuildError as e:
+        raise BuildError(
+            f"{e}\nIs {PACKAGE} {version()} in your apt sources (`apt-cache policy {PACKAGE}`)? "
+            "Set DROIDOOM_LAB_SOURCE_VERSION to an available 6.1 version, or put the .deb at "
+            f"{deb}"
+        ) from None
+    if not deb.is_file():
+        raise BuildError(f"apt-get download did not produce {deb}")
+    return deb
+
+
+def _tree() -> Path:
+    return cache_dir() / "build" / PACKAGE
+
+
+def extract(deb: Path) -> Path:
+    """The source tree (extracted once; ~15 s)."""
+    tree, marker = _tree(), _tree() / ".droidoom-extracted"
+    if marker.is_file() and marker.read_text() == version():
+        return tree
+    tmp = tree.with_name(tree.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    script = (
+        f"dpkg-deb --fsys-tarfile {deb} | tar -xO ./usr/src/{PACKAGE}.tar.xz | "
+        "tar -xJ --strip-components=1"
+    )
+    _run(["sh", "-c", script], tmp, f"extracting {deb.name}")
+    (tmp / ".droidoom-extracted").write_text(version())
+    shutil.rmtree(tree, ignore_errors=True)
+    tmp.rename(tree)
+    return tree
+
+
+def _set_patch(tree: Path, applied: bool) -> None:
+    """Put fs/proc/base.c in the variant's state (patch / reverse only when needed)."""
+    is_applied = subprocess.run(
+        ["patch", "-p1", "-R", "--dry-run", "-s", "-f", "-i", str(PATCH)],
+        cwd=tree, capture_output=True,
+    ).returncode == 0  # fmt: skip
+    if is_applied != applied:
+        args = [] if applied else ["-R"]
+        _run(["patch", "-p1", "-s", "-f", *args, "-i", str(PATCH)], tree, "applying the patch")
+
+
+def configure(tree: Path) -> list[str]:
+    """tinyconfig + the fragment; returns fragment options the kernel did not take."""
+    _run(["make", "tinyconfig"], tree, "make tinyconfig")
+    _run(["scripts/kconfig/merge_config.sh", "-m", ".config", str(FRAGMENT)], tree,
+         "merging the config fragment")  # fmt: skip
+    _run(["make", "olddefconfig"], tree, "make olddefconfig")
+    have = set((tree / ".config").read_text().splitlines())
+    want = [ln.strip() for ln in FRAGMENT.read_text().splitlines() if ln.startswith("CONFIG_")]
+    return [w for w in want if w.endswith("=y") and w not in have]
+
+
+_STEP = re.compile(r"^\s+(CC|AS|LD|AR|HOSTCC|GEN|OBJCOPY|ZOFFSET|VOFFSET)\s")
+
+
+def _make(tree: Path, jobs: int, step: Callable[[int], None]) -> None:
+    cmd = ["nice", "-n", "10", "make", f"-j{jobs}", "bzImage"]
+    proc = subprocess.Popen(cmd, cwd=tree, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)  # fmt: skip
+    tail: list[str] = []
+    n = 0
+    assert proc.stdout is not None
+    try:
+        for line in proc.stdout:
+            tail = (tail + [line.rstrip()])[-20:]
+            if _STEP.match(line):
+                n += 1
+                step(n)
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+        rc = proc.wait()
+    if rc != 0:
+        raise BuildError("kernel build failed:\n" + "\n".join(tail))
+
+
+def build(variant: str, *, jobs: int | None = None,
+          step: Callable[[int], None] = lambda n: None) -> Kernel:  # fmt: skip
+    """Build (or find cached) one reference kernel."""
+    k = key(variant)
+    hit = cached(variant)
+    if hit is not None:
+        return Kernel(variant, hit, k, True, 0.0)
+    t0 = time.monotonic()
+    tree = extract(fetch())
+    _set_patch(tree, variant == "regressed")
+    missing = configure(tree)
+    if missing:
+        raise BuildError(f"this source did not take {', '.join(missing)} from {FRAGMENT}")
+    _make(tree, jobs or os.cpu_count() or 1, step)
+    out = kernel_dir(variant)
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / "bzImage.tmp"
+    shutil.copyfile(tree / "arch/x86/boot/bzImage", tmp)
+    seconds = time.monotonic() - t0
+    info = {"variant": variant, "key": k, "package": PACKAGE, "version": version(),
+            "compiler": compiler(), "seconds": round(seconds, 1),
+            "patch": PATCH.name if variant == "regressed" else None}  # fmt: skip
+    (out / "build.json").write_text(json.dumps(info, indent=2) + "\n")
+    tmp.replace(out / "bzImage")
+    return Kernel(variant, out / "bzImage", k, False, seconds)

@@ -1,0 +1,145 @@
+"""The guest's whole userspace: a newc initramfs with busybox, the static helper and an agent.
+
+The host drives the guest like a phone over one virtio serial port: `init` mounts what the
+helper needs, checks the kernel has it (naming the config option when not) and hands the
+port to `agent`, a busybox shell loop that runs scripts with framed, exit-code-carrying
+replies and moves files (see droidoom/targets/vm.py for the host side of the protocol).
+Nothing of the host's filesystem is shared, so the guest needs no 9p, block device or udev.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import shutil
+import stat
+from pathlib import Path
+
+from ..errors import UsageError
+
+#: Where the helper sits in the guest.
+GUEST_HELPER = "/droidoom/droidoom-helper"
+#: Lines `init` prints on the console when the kernel lacks something; the host quotes them.
+MISSING_MARK = "DROIDOOM-MISSING:"
+
+INIT = r"""#!/bin/busybox sh
+/bin/busybox --install -s /bin
+export PATH=/bin HOME=/tmp
+miss() { echo "DROIDOOM-MISSING: $*"; }
+mount -t proc proc /proc || miss "procfs (CONFIG_PROC_FS)"
+mount -t sysfs sysfs /sys || miss "sysfs (CONFIG_SYSFS)"
+mount -t devtmpfs devtmpfs /dev || miss "devtmpfs (CONFIG_DEVTMPFS)"
+mount -t tmpfs tmpfs /tmp || miss "tmpfs (CONFIG_TMPFS, CONFIG_SHMEM)"
+[ -e /proc/sys/kernel/pid_max ] || miss "sysctl files (CONFIG_PROC_SYSCTL)"
+# tinyconfig kernels start with pid_max 4096; its hard limit is 32768 even then.
+echo 32768 > /proc/sys/kernel/pid_max 2>/dev/null
+port=
+for i in 1 2 3 4 5 6 7 8 9 10; do
+  for p in /sys/class/virtio-ports/*; do
+    [ "$(cat "$p/name" 2>/dev/null)" = droidoom ] && port=/dev/${p##*/}
+  done
+  [ -n "$port" ] && [ -e "$port" ] && break
+  sleep 0.2
+done
+if [ -z "$port" ]; then
+  miss "the virtio serial port (CONFIG_VIRTIO_PCI, CONFIG_VIRTIO_CONSOLE)"
+  reboot -f
+fi
+echo "droidoom agent on $port"
+exec /droidoom/agent <>"$port" >&0 2>/dev/console
+"""
+
+# One request per line: VERB ID [ARGS]; scripts and paths travel base64-encoded.
+AGENT = r"""#!/bin/sh
+b() { echo "$1" | base64 -d; }
+echo "__DD_READY $(uname -r) $(nproc)"
+while read -r cmd id a n m; do
+  t=/tmp/.dd$id
+  case "$cmd" in
+  RUN)
+    b "$a" >$t.s; sh $t.s </dev/null >$t.o 2>$t.e; rc=$?
+    echo "__DD_R $id $rc $(wc -c <$t.o) $(wc -c <$t.e)"; cat $t.o $t.e; rm -f $t.s $t.o $t.e;;
+  PUT)
+    p=$(b "$a"); echo "__DD_GO $id"; head -c "$n" >"$p"; chmod "$m" "$p"
+    echo "__DD_OK $id $(wc -c <"$p")";;
+  GET)
+    p=$(b "$a")
+    if [ -f "$p" ]; then echo "__DD_F $id 0 $(wc -c <"$p")"; cat "$p"
+    else echo "__DD_F $id 1 0"; fi;;
+  SPAWN)
+    b "$a" >$t.s; rm -f $t.i; mkfifo $t.i
+    ( sh $t.s <$t.i 2>$t.e & echo $! >$t.p; wait $!; rc=$?; echo; echo "__DD_X $id $rc" ) &
+    exec 4>$t.i;;
+  CLOSE) exec 4>&-;;
+  KILL) [ -s $t.p ] && kill "$(cat $t.p)";;
+  esac
+done
+"""
+
+
+def _entry(name: str, mode: int, data: bytes = b"", rdev: tuple[int, int] = (0, 0),
+           ino: int = 0) -> bytes:  # fmt: skip
+    """One newc (SVR4 "070701") cpio record, padded to 4 bytes."""
+    fields = [ino, mode, 0, 0, 1, 0, len(data), 0, 0, rdev[0], rdev[1], len(name) + 1, 0]
+    head = b"070701" + b"".join(b"%08X" % f for f in fields)
+    out = head + name.encode() + b"\0"
+    out += b"\0" * (-len(out) % 4) + data
+    return out + b"\0" * (-len(out) % 4)
+
+
+def build_cpio(files: dict[str, tuple[int, bytes]], dirs: list[str],
+               chardevs: dict[str, tuple[int, int]]) -> bytes:  # fmt: skip
+    """newc archive of `dirs`, char devices and regular files (name -> (perm, bytes))."""
+    buf, ino = io.BytesIO(), 1
+    for d in dirs:
+        buf.write(_entry(d, stat.S_IFDIR | 0o755, ino=ino))
+        ino += 1
+    for name, dev in chardevs.items():
+        buf.write(_entry(name, stat.S_IFCHR | 0o600, rdev=dev, ino=ino))
+        ino += 1
+    for name, (perm, data) in files.items():
+        buf.write(_entry(name, stat.S_IFREG | perm, data, ino=ino))
+        ino += 1
+    buf.write(_entry("TRAILER!!!", 0))
+    return buf.getvalue()
+
+
+def find_busybox() -> Path:
+    """A static busybox for the guest (Debian/Ubuntu: apt install busybox-static)."""
+    for cand in (os.environ.get("DROIDOOM_BUSYBOX"), "/bin/busybox", shutil.which("busybox")):
+        if cand and Path(cand).is_file():
+            head = Path(cand).read_bytes()[:4096]
+            if b"ld-linux" not in Path(cand).read_bytes()[:65536] and head[:4] == b"\x7fELF":
+                return Path(cand)
+    raise UsageError(
+        "a static busybox is needed for the guest: `apt-get install busybox-static` "
+        "(or set DROIDOOM_BUSYBOX to one)"
+    )
+
+
+def initramfs(helper: Path, cache_dir: Path) -> Path:
+    """Build (or reuse) the guest initramfs for `helper`; return its path."""
+    busybox = find_busybox()
+    bb, hp = busybox.read_bytes(), helper.read_bytes()
+    key = hashlib.sha256(
+        (INIT + AGENT).encode() + hashlib.sha256(bb).digest() + hashlib.sha256(hp).digest()
+    ).hexdigest()[:16]
+    path = cache_dir / f"initramfs-{key}.cpio"
+    if path.is_file():
+        return path
+    data = build_cpio(
+        files={
+            "init": (0o755, INIT.encode()),
+            "bin/busybox": (0o755, bb),
+            "droidoom/agent": (0o755, AGENT.encode()),
+            GUEST_HELPER.lstrip("/"): (0o755, hp),
+        },
+        dirs=["bin", "dev", "proc", "sys", "tmp", "droidoom"],
+        chardevs={"dev/console": (5, 1), "dev/null": (1, 3)},
+    )
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_bytes(data)
+    tmp.replace(path)
+    return path

@@ -1,0 +1,234 @@
+"""The kernel lab on real kernels: Debian 6.1 "fixed" and "regressed" (one-line revert of
+67197a4f28d2), built by `droidoom.lab.build` (cached in the user's cache dir) and booted in
+QEMU. Every verdict here comes from a real run inside a real guest kernel.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import run_cli
+
+import droidoom
+from droidoom import analysis
+from droidoom.errors import PermanentTargetError
+from droidoom.lab import build
+from droidoom.lab.qemu import VmSpec
+from droidoom.targets.vm import VmTarget
+from droidoom.verdict import REGRESSED_MIN_SHARE
+
+pytestmark = pytest.mark.lab
+
+needs_qemu = pytest.mark.skipif(
+    shutil.which("qemu-system-x86_64") is None or shutil.which("make") is None,
+    reason="apt-get install qemu-system-x86 build-essential (see .ci/run)",
+)
+
+
+@pytest.fixture(scope="session")
+def kernels() -> dict[str, Path]:
+    """Both reference kernels (built once, then from the cache)."""
+    if shutil.which("qemu-system-x86_64") is None:
+        pytest.skip("qemu-system-x86_64 missing: apt-get install qemu-system-x86")
+    return {v: build.build(v).image for v in build.VARIANTS}
+
+
+def profile_kernel(image: Path, out: Path, *args: str) -> tuple[Path, subprocess.CompletedProcess]:
+    p = run_cli("profile", "--kernel", str(image), "--quick", "--accel", "tcg", "--out", str(out),
+                *args, timeout=600)  # fmt: skip
+    assert p.returncode == 0, p.stderr + p.stdout
+    (run,) = [d for d in out.iterdir() if d.is_dir()]
+    return run, p
+
+
+@pytest.fixture(scope="session")
+def lab_runs(kernels, tmp_path_factory) -> dict[str, Path]:
+    """`profile --kernel --quick` on each reference kernel, plus a rerun of "fixed"."""
+    out = tmp_path_factory.mktemp("lab")
+    runs = {v: profile_kernel(kernels[v], out / v)[0] for v in build.VARIANTS}
+    runs["fixed2"] = profile_kernel(kernels["fixed"], out / "fixed2")[0]
+    return runs
+
+
+def verdict_of(run: Path) -> analysis.Verdict:
+    (v,) = analysis.verdict(droidoom.load(run), analysis.load_meta(run))
+    return v
+
+
+# --------------------------------------------------------------------------- the guest
+
+
+@needs_qemu
+def test_vm_channel_keeps_exit_codes_and_bytes(kernels, tmp_path):
+    t = VmTarget(VmSpec(kernels["fixed"], accel="tcg"))
+    try:
+        r = t.sh("printf 'no newline'; echo oops >&2; exit 7")
+        assert (r.exit_code, r.stdout, r.stderr) == (7, "no newline", "oops\n")
+        blob = bytes(range(256)) * 1000 + b"\n__DD_R 1 0 0 0\n"  # framing words inside data
+        (tmp_path / "in").write_bytes(blob)
+        t.push(tmp_path / "in", "/tmp/blob", mode=0o600)
+        t.pull("/tmp/blob", tmp_path / "out")
+        assert (tmp_path / "out").read_bytes() == blob
+        assert t.sh("stat -c %a /tmp/blob").stdout.strip() == "600"
+        # a streamed process sees stdin EOF when closed: the helper's "host gone" signal
+        p = t.spawn("echo started; cat >/dev/null; echo stdin-closed >/tmp/eof; exit 5")
+        assert next(iter(p.lines(30))) == "started\n"
+        assert p.close() == 5
+        assert t.sh("cat /tmp/eof").stdout == "stdin-closed\n"
+        f = t.facts()
+        assert f.kernel_release == "6.1.192" and f.transport == "qemu" and f.root
+        assert f.pid_max == 32768 and f.cpus == 2
+        assert t.sh("cat /sys/devices/system/clocksource/clocksource0/current_clocksource"
+                    ).stdout.strip() in ("tsc", "hpet", "acpi_pm")  # fmt: skip
+    finally:
+        t.close()
+
+
+@needs_qemu
+def test_kernel_that_panics_is_named_with_its_console_tail(kernels):
+    with pytest.raises(PermanentTargetError) as e:
+        VmTarget(VmSpec(kernels["fixed"], accel="tcg", append="rdinit=/no/such/init"))
+    msg = str(e.value)
+    assert "panicked" in msg and "Console tail" in msg and "init" in msg.split("tail")[-1]
+
+
+def test_not_a_kernel_image_is_a_usage_error(tmp_path):
+    bogus = tmp_path / "bzImage"
+    bogus.write_bytes(b"\0" * 4096)
+    p = run_cli("profile", "--kernel", str(bogus), "--quick")
+    assert p.returncode == 2 and "not an x86 bzImage" in " ".join(p.stderr.split())
+
+
+def _qemu_pids(marker: str) -> list[int]:
+    pids = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                cmd = Path(f"/proc/{d}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"qemu-system" in cmd and marker.encode() in cmd:
+                pids.append(int(d))
+    return pids
+
+
+@needs_qemu
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL])
+def test_vm_never_outlives_the_command(kernels, tmp_path, sig):
+    image = tmp_path / f"img-{sig.name}"  # a unique path: finds exactly our QEMU
+    shutil.copyfile(kernels["fixed"], image)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "droidoom", "profile", "--kernel", str(image), "--accel", "tcg",
+         "--out", str(tmp_path / "out")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while not list((tmp_path / "out").glob("*/run.json")) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _qemu_pids(str(image)), "QEMU was not running during the profile"
+        proc.send_signal(sig)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stderr.close()
+    deadline = time.monotonic() + 10
+    while _qemu_pids(str(image)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _qemu_pids(str(image)), f"QEMU outlived droidoom after {sig.name}"
+
+
+# --------------------------------------------------------------------------- verdicts
+
+
+@needs_qemu
+def test_quick_verdict_fixed_kernel(lab_runs):
+    meta = analysis.load_meta(lab_runs["fixed"])
+    vm = meta["vm"]
+    assert vm["accel"] in ("tcg", "kvm") and vm["qemu"] and vm["vcpus"] == 2
+    assert len(vm["image_sha256"]) == 64 and vm["boot_s"] > 0 and vm["memory_mb"] == 1024
+    assert vm["kernel_release"] == meta["target"]["kernel_release"] == "6.1.192"
+    v = verdict_of(lab_runs["fixed"])
+    assert v.status == "fixed" and v.consistent is True, v.sentence
+
+
+@needs_qemu
+def test_quick_verdict_regressed_kernel(lab_runs):
+    v = verdict_of(lab_runs["regressed"])
+    assert v.status == "regressed", v.sentence
+    assert v.consistent is False and "post-fix by version, yet threaded writes walk" in v.sentence
+    # threaded writes walk like the multiprocess control: same order of ns/process
+    assert v.threaded.slope_ns > REGRESSED_MIN_SHARE * v.multiprocess.slope_ns
+
+
+@needs_qemu
+@pytest.mark.parametrize("variant", build.VARIANTS)
+def test_quick_verdict_with_a_cpu_hog_beside(kernels, tmp_path, variant):
+    hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        run, _ = profile_kernel(kernels[variant], tmp_path)
+    finally:
+        hog.kill()
+        hog.wait()
+    v = verdict_of(run)
+    assert v.status == variant, v.sentence
+
+
+@needs_qemu
+def test_compare_fixed_rerun_passes(lab_runs):
+    p = run_cli("compare", str(lab_runs["fixed"]), str(lab_runs["fixed2"]))
+    assert p.returncode == 0, p.stdout + p.stderr
+
+
+@needs_qemu
+def test_compare_fixed_vs_regressed_names_threaded_writes(lab_runs):
+    p = run_cli("compare", str(lab_runs["fixed"]), str(lab_runs["regressed"]))
+    assert p.returncode == 1, p.stdout + p.stderr
+    out = " ".join(p.stdout.split())
+    assert "regression: threaded writes" in out and "walks every process" in out
+    sl = analysis.compare(droidoom.load(lab_runs["fixed"]), droidoom.load(lab_runs["regressed"]),
+                          pair_devices=True).slope_regressions  # fmt: skip
+    assert set(sl["kind"]) == {"threaded"}
+
+
+# --------------------------------------------------------------------------- lab build
+
+
+def test_build_key_changes_with_each_input(monkeypatch):
+    keys = {v: build.key(v) for v in build.VARIANTS}
+    assert keys["fixed"] != keys["regressed"]
+    monkeypatch.setenv("DROIDOOM_LAB_SOURCE_VERSION", "6.1.999-1")
+    assert build.key("fixed") != keys["fixed"]
+
+
+@needs_qemu
+def test_reference_kernels_are_cached(kernels):
+    for v, image in kernels.items():
+        k = build.build(v)
+        assert k.cached and k.image == image
+        info = json.loads((image.parent / "build.json").read_text())
+        assert info["version"] == build.version() and info["variant"] == v
+        assert (info["patch"] is not None) == (v == "regressed")
+
+
+@needs_qemu
+def test_lab_demo_side_by_side(kernels, tmp_path):
+    p = run_cli("lab", "demo", "--accel", "tcg", "--out", str(tmp_path), timeout=600)
+    assert p.returncode == 0, p.stdout + p.stderr
+    lines = [ln.split() for ln in p.stdout.splitlines()]
+    rows = {ln[0]: ln for ln in lines if ln and ln[0] in build.VARIANTS and len(ln) >= 6}
+    assert rows["fixed"][1] == "fixed" and rows["regressed"][1] == "regressed", p.stdout
+    threaded = {v: float(r[3]) for v, r in rows.items()}  # ns/process column
+    assert threaded["regressed"] > 20 * max(abs(threaded["fixed"]), 1.0)
+    html = (tmp_path / "lab-demo.html").read_text()
+    assert "qemu:fixed-" in html and "qemu:regressed-" in html and "badge regressed" in html
