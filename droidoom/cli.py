@@ -87,7 +87,11 @@ AdbPort = Annotated[
     int | None, typer.Option(help="adb server port (default: ANDROID_ADB_SERVER_PORT or 5037).")
 ]
 Capture = Annotated[
-    str, typer.Option(help="Capture sources: clock (always), ftrace, perf. e.g. clock,ftrace,perf")
+    str,
+    typer.Option(
+        help="Capture sources: clock (always), ftrace, perf, perfetto (no root, Android 10+). "
+        "e.g. clock,ftrace,perf"
+    ),
 ]
 
 
