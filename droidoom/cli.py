@@ -240,7 +240,7 @@ def _print_run(result) -> None:
 
 
 # Sub-command modules register themselves on `app` (kept apart so each stays small).
-from . import cli_adb, cli_analysis, cli_farm  # noqa: E402, F401
+from . import cli_adb, cli_analysis, cli_export, cli_farm  # noqa: E402, F401
 
 
 def main() -> None:
