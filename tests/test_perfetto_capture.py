@@ -84,6 +84,20 @@ def test_profile_quick_with_perfetto_matches_every_write(traced, adb_peer_factor
     assert len(events) == pm["helper_oom_events"] >= len(ok)
     assert events["writer_tid"].nunique() == 1  # the helper's writer thread only
     assert set(events["pid"]) >= {int(t["pid"]) for t in meta["targets"] if t.get("pid")}
+    # exported next to a system trace: writes sit on the phone's BOOTTIME
+    pf = tmp_path / "run.pftrace"
+    p = run_cli("export", str(run), "--perfetto", str(pf))
+    assert p.returncode == 0 and "boottime" in p.stdout, p.stdout + p.stderr
+    from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
+
+    exported = pb.Trace.FromString(pf.read_bytes())
+    snap = next(x.clock_snapshot for x in exported.packet if x.HasField("clock_snapshot"))
+    clocks = {c.clock_id: c.timestamp for c in snap.clocks}
+    assert clocks[6] - clocks[3] == pm["boot_minus_mono_ns"]
+    begins = [x for x in exported.packet if x.HasField("track_event")
+              and x.track_event.type == pb.TrackEvent.TYPE_SLICE_BEGIN]  # fmt: skip
+    assert len(begins) == len(s)
+    assert min(b.timestamp for b in begins) == s["t_ns"].min() + pm["boot_minus_mono_ns"]
     # nothing left behind on the "phone"
     assert not Path(pm["trace_file"]).exists()
     assert subprocess.run(["kill", "-0", str(pm["perfetto_pid"])],

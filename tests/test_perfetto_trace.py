@@ -1,0 +1,112 @@
+"""droidoom.perfetto_trace on traces built with the real Perfetto protobuf classes, and on
+what a trace must not be confused with (a parser unit test: no device needed)."""
+
+from __future__ import annotations
+
+import gzip
+import zlib
+
+import pytest
+from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
+
+from droidoom.errors import DataError
+from droidoom.perfetto_trace import (
+    CLOCK_BOOTTIME,
+    CLOCK_MONOTONIC,
+    parse_trace,
+    read_trace,
+    require_oom_events,
+)
+
+BOOT_MINUS_MONO = 5_000_000_123
+
+
+def _trace(events=((1000, 0, 50, 700, "app", 900),), lost=False, tree=True) -> pb.Trace:
+    """events: (boot ts, cpu, writer tid, target pid, comm, adj)."""
+    t = pb.Trace()
+    snap = t.packet.add().clock_snapshot
+    snap.clocks.add(clock_id=6, timestamp=10_000 + BOOT_MINUS_MONO)
+    snap.clocks.add(clock_id=3, timestamp=10_000)
+    if tree:
+        pt = t.packet.add(timestamp=5).process_tree
+        pt.processes.add(pid=50, ppid=1, cmdline=["/system/bin/lmkd"], uid=1069)
+        pt.processes.add(pid=700, ppid=600, cmdline=["com.example.app", "--x"], uid=10100)
+        pt.processes.add(pid=2, ppid=0, cmdline=["kthreadd"], cmdline_is_comm=True)
+        pt.threads.add(tid=51, tgid=50, name="lmkd-worker")
+    by_cpu: dict[int, list] = {}
+    for e in events:
+        by_cpu.setdefault(e[1], []).append(e)
+    for cpu, evs in by_cpu.items():
+        b = t.packet.add().ftrace_events
+        b.cpu, b.lost_events = cpu, lost
+        for ts, _, tid, pid, comm, adj in evs:
+            ev = b.event.add(timestamp=ts, pid=tid)
+            ev.oom_score_adj_update.pid = pid
+            ev.oom_score_adj_update.comm = comm
+            ev.oom_score_adj_update.oom_score_adj = adj
+    st = t.packet.add().ftrace_stats
+    st.phase = pb.FtraceStats.END_OF_TRACE
+    st.cpu_stats.add(cpu=0, overrun=3, dropped_events=1)
+    t.packet.add().trace_stats.buffer_stats.add(chunks_discarded=2)
+    return t
+
+
+def test_events_processes_clocks_and_losses():
+    events = [(3000, 1, 51, 700, "app", 0), (1000, 0, 50, 700, "app", 900),
+              (2000, 0, 50, 800, "other svc", 500)]  # fmt: skip
+    tr = parse_trace(_trace(events, lost=True).SerializeToString())
+    ev = tr.oom_events
+    assert list(ev["ts_ns"]) == [1000, 2000, 3000]  # time order across CPU bundles
+    assert list(ev["pid"]) == [700, 800, 700] and list(ev["adj"]) == [900, 500, 0]
+    assert list(ev["writer_tid"]) == [50, 50, 51]
+    assert list(ev["writer_tgid"]) == [50, 50, 50]  # thread 51 belongs to lmkd
+    assert list(ev["comm"].astype(str)) == ["app", "other svc", "app"]
+    p = tr.processes.set_index("pid")
+    assert p.loc[700, "name"] == "com.example.app" and p.loc[700, "uid"] == 10100
+    assert p.loc[700, "cmdline"] == "com.example.app --x" and p.loc[2, "name"] == "kthreadd"
+    assert tr.clock_offset_ns(CLOCK_BOOTTIME, CLOCK_MONOTONIC) == BOOT_MINUS_MONO
+    assert (tr.lost_events, tr.ftrace_overrun, tr.ftrace_dropped) == (2, 3, 1)
+    assert tr.chunks_discarded == 2 and tr.losses == 8
+    assert tr.truncated_at is None and tr.summary()["oom_events"] == 3
+
+
+def test_gzip_and_compressed_packets(tmp_path):
+    inner = _trace().SerializeToString()
+    outer = pb.Trace()
+    outer.packet.add().compressed_packets = zlib.compress(inner)
+    f = tmp_path / "t.pftrace.gz"
+    f.write_bytes(gzip.compress(outer.SerializeToString()))
+    tr = read_trace(f)
+    assert len(tr.oom_events) == 1 and len(tr.processes) == 3
+
+
+def test_truncated_trace_keeps_complete_packets_or_refuses():
+    data = _trace().SerializeToString()
+    cut = data[:-5]
+    tr = parse_trace(cut)
+    assert tr.truncated_at is not None and tr.truncated_at < len(cut)
+    assert len(tr.oom_events) == 1  # the events came before the cut
+    with pytest.raises(DataError, match="truncated at byte"):
+        parse_trace(cut, allow_truncated=False)
+
+
+@pytest.mark.parametrize(
+    ("data", "match"),
+    [
+        (b"", "is empty"),
+        (b"# tracer: nop\n#\n  sh-1 [000] ....  1.0: oom_score_adj_update: pid=1", "text"),
+        (b'{"traceEvents": []}', "not a Perfetto protobuf trace"),
+        (b"\x0a\xff", "no complete packet"),
+    ],
+)
+def test_not_a_trace_says_what_it_is(data, match):
+    with pytest.raises(DataError, match=match):
+        parse_trace(data)
+
+
+def test_missing_file_and_no_events(tmp_path):
+    with pytest.raises(DataError, match="cannot read trace"):
+        read_trace(tmp_path / "nope.pftrace")
+    tr = parse_trace(_trace(events=()).SerializeToString())
+    with pytest.raises(DataError, match="oom/oom_score_adj_update"):
+        require_oom_events(tr, "x.pftrace")
