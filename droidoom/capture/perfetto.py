@@ -118,6 +118,8 @@ class PerfettoSource(CaptureSource):
             f"rm -f {q(self.remote)}; printf %s {q(config)} | "
             f"perfetto --txt -c - -o {q(self.remote)} {flag}"
         )
+        if flag == "--background":  # returns before the data sources run: give them time
+            cmd = f"{cmd} && sleep 1"
         res = target.sh(cmd, timeout=60)
         pids = [w for w in res.stdout.split() if w.isdigit()]
         if not res.ok or not pids:
