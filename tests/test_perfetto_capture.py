@@ -162,3 +162,20 @@ def test_standin_behaves_like_a_production_phone(traced, adb_peer_factory):
                           "-o /data/misc/perfetto-traces/droidoom-test-bad.pftrace -D")  # fmt: skip
     assert res.returncode != 0 and b"config is invalid" in res.stdout + res.stderr
     Path("/data/misc/perfetto-traces/droidoom-test-bad.pftrace").unlink(missing_ok=True)
+
+
+def test_older_perfetto_without_background_wait(traced, adb_peer_factory, shell_dir, tmp_path,
+                                                monkeypatch):  # fmt: skip
+    """A perfetto without -D (it would reject the flag): droidoom uses --background and
+    still matches every write."""
+    monkeypatch.setenv("PERFETTO_STANDIN_OLD", "1")
+    peer = _peer(adb_peer_factory, {**PHONE, "ro.build.version.sdk": "30"})
+    res = peer.server.run("-s", peer.serial, "shell", "perfetto -D --txt -c - -o x")
+    assert res.returncode != 0  # the old build really lacks the flag
+    out = tmp_path / "runs"
+    p = run_cli("profile", "--serial", peer.serial, "--quick", "--capture", "clock,perfetto",
+                "--out", str(out), env=cli_env(peer.server, shell_dir))  # fmt: skip
+    assert p.returncode == 0, p.stdout + p.stderr
+    meta = json.loads((_run(out) / "run.json").read_text())
+    pm = meta["captures"]["perfetto"]
+    assert pm.get("flag") == "--background" and pm["matched_fraction"] == 1.0, pm

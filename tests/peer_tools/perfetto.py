@@ -15,7 +15,8 @@ Like a production phone: a caller other than root may write OUT only under
 /data/misc/perfetto-traces (SELinux: the perfetto domain writes perfetto_traces_data_file
 only) and, before Android 12 (ro.build.version.sdk < 31), may pass the config only on
 stdin (`-c -`), since perfetto cannot read shell-owned files. SIGTERM/SIGINT stop the
-session; the file is complete once the process has exited.
+session; the file is complete once the process has exited. PERFETTO_STANDIN_OLD=1
+makes it a build without -D/--background-wait.
 """
 
 import getopt
@@ -122,9 +123,14 @@ def background(config: str, out_fd: int, wait: bool) -> int:
             os.dup2(null, fd)
 
         def started(error):
-            os.write(w, (error or "").encode() or b"\0")
+            try:  # without --background-wait nobody reads it any more
+                os.write(w, (error or "").encode() or b"\0")
+            except BrokenPipeError:
+                pass
             os.close(w)
             return 1 if error else 0
+
+        signal.signal(signal.SIGPIPE, signal.SIG_IGN)
 
         os._exit(record(config, out_fd, started))
     os.close(w)
@@ -139,10 +145,14 @@ def background(config: str, out_fd: int, wait: bool) -> int:
 
 
 def main(argv: list[str]) -> int:
+    short, long_opts, usage = SHORT, LONG, USAGE
+    if os.environ.get("PERFETTO_STANDIN_OLD"):  # a build from before -D/--background-wait
+        short, long_opts = SHORT.replace("D", ""), [o for o in LONG if o != "background-wait"]
+        usage = "\n".join(ln for ln in USAGE.splitlines() if "-D" not in ln and "sources" not in ln)
     try:
-        opts, rest = getopt.gnu_getopt(argv, SHORT, LONG)
+        opts, rest = getopt.gnu_getopt(argv, short, long_opts)
     except getopt.GetoptError as e:
-        print(f"perfetto: {e}\n{USAGE}", file=sys.stderr)
+        print(f"perfetto: {e}\n{usage}", file=sys.stderr)
         return 1
     o = {}
     for k, v in opts:
@@ -150,7 +160,7 @@ def main(argv: list[str]) -> int:
            "-h": "--help", "-t": "--time", "-b": "--buffer", "-s": "--size",
            "-a": "--app"}.get(k, k)] = v  # fmt: skip
     if "--help" in o:
-        print(USAGE)
+        print(usage)
         return 0
     if "--version" in o:
         print(VERSION)
