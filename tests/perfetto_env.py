@@ -35,7 +35,7 @@ class TracedStandin:
     def env_item(self) -> tuple[str, str]:
         return "PERFETTO_CONSUMER_SOCK_NAME", self.socket
 
-    def start(self, timeout: float = 30.0) -> TracedStandin:
+    def start(self, timeout: float = 30.0, env: dict | None = None) -> TracedStandin:
         if not os.path.isdir(TRACES_DIR):
             os.makedirs(TRACES_DIR, exist_ok=True)
             os.chown(TRACES_DIR, 0, SHELL_UID)
@@ -43,7 +43,7 @@ class TracedStandin:
         self.proc = subprocess.Popen(
             [sys.executable, TRACED, "--socket", self.socket],
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            preexec_fn=pdeathsig_preexec,
+            preexec_fn=pdeathsig_preexec, env={**os.environ, **(env or {})},
         )  # fmt: skip
         deadline = time.monotonic() + timeout
         line = b""

@@ -6,6 +6,7 @@ root traced stand-in that records this host's oom_score_adj_update tracepoint.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -179,3 +180,30 @@ def test_older_perfetto_without_background_wait(traced, adb_peer_factory, shell_
     meta = json.loads((_run(out) / "run.json").read_text())
     pm = meta["captures"]["perfetto"]
     assert pm.get("flag") == "--background" and pm["matched_fraction"] == 1.0, pm
+
+
+def test_lost_events_are_reported(adb_peer_factory, shell_dir, tmp_path, monkeypatch):
+    """A kernel buffer too small for the run: the trace says events were lost, run.json
+    carries the count and a warning, and the writes without an event stay unmatched."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    from perfetto_env import TracedStandin  # the module is a pytest plugin here: import late
+
+    traced = TracedStandin().start(env={"TRACED_STANDIN_KERNEL_BUFFER_KB": "8"})
+    try:
+        monkeypatch.setenv(*traced.env_item)
+        peer = _peer(adb_peer_factory, PHONE)
+        out = tmp_path / "runs"
+        p = run_cli("profile", "--serial", peer.serial, "--quick", "--capture",
+                    "clock,perfetto", "--out", str(out),
+                    env=cli_env(peer.server, shell_dir))  # fmt: skip
+    finally:
+        traced.stop()
+    assert p.returncode == 0, p.stdout + p.stderr
+    meta = json.loads((_run(out) / "run.json").read_text())
+    assert meta["status"] == "complete" and meta["writes_recorded"] == meta["writes_planned"]
+    pm = meta["captures"]["perfetto"]
+    assert pm["lost_events"] > 0 and "lost events" in pm["warning"], pm
+    assert pm["trace"]["ftrace_dropped"] + pm["trace"]["ftrace_overrun"] > 0
+    assert 0 < pm["matched_fraction"] < 1
+    assert pm["adj_mismatch"] == 0  # what did match is right

@@ -172,6 +172,12 @@ class PerfettoSource(CaptureSource):
             self._meta["note"] = "perfetto had exited before the run ended (duration cap?)"
         joined, stats, val = join_trace(samples, trace, info)
         meta = {**self._meta, "trace": trace.summary(), "files": ["trace.pftrace"], **stats}
+        if trace.losses:
+            meta["warning"] = (
+                f"the trace lost events ({trace.losses} losses: kernel ring overrun/dropped "
+                "or traced buffer full); unmatched writes may have had one. Use fewer "
+                "writes per run (--writes) or a phone with more free memory"
+            )
         mine = trace.oom_events
         if info.helper_pid > 0:
             mine = mine[mine["writer_tid"] == info.helper_pid]

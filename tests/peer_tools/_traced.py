@@ -133,7 +133,10 @@ class Session:
         i = self.instance
         _w(f"{i}/tracing_on", "0")
         _w(f"{i}/trace_clock", "boot")
-        _w(f"{i}/buffer_size_kb", str(min(max(self.buffer_kb, 512), 65536)))
+        kb = min(max(self.buffer_kb, 512), 65536)
+        # Tests force losses with a tiny kernel buffer (we drain only at stop).
+        kb = int(os.environ.get("TRACED_STANDIN_KERNEL_BUFFER_KB") or kb)
+        _w(f"{i}/buffer_size_kb", str(kb))
         _w(f"{i}/options/overwrite", "0")
         for ev in self.events:
             path = f"{i}/events/{ev}/enable"
