@@ -207,3 +207,32 @@ def test_lost_events_are_reported(adb_peer_factory, shell_dir, tmp_path, monkeyp
     assert pm["trace"]["ftrace_dropped"] + pm["trace"]["ftrace_overrun"] > 0
     assert 0 < pm["matched_fraction"] < 1
     assert pm["adj_mismatch"] == 0  # what did match is right
+
+
+def test_stop_signals_only_our_perfetto(tmp_path):
+    """Safety: the pid perfetto printed is signalled only while its cmdline still names our
+    trace file; a pid that now belongs to another process is left alone."""
+    import subprocess as sp
+    import sys
+
+    from droidoom.capture.base import CaptureContext
+    from droidoom.capture.perfetto import PerfettoSource
+    from droidoom.targets.local import LocalTarget
+
+    ctx = CaptureContext(run_id="RUN1", workdir=str(tmp_path), abi="x86_64", root=True)
+    sleep = "import time; time.sleep(60)"
+    other = sp.Popen([sys.executable, "-c", sleep, "someone-else"])
+    ours = sp.Popen([sys.executable, "-c", sleep, "-o", "/x/droidoom-RUN1.pftrace"])
+    try:
+        src = PerfettoSource()
+        src._ctx, src.remote = ctx, str(tmp_path / "droidoom-RUN1.pftrace")
+        src.pid = other.pid  # perfetto exited and its pid was reused
+        src.disarm(LocalTarget())
+        assert other.poll() is None and src.pid is None
+        src.pid = ours.pid
+        assert src._stop(LocalTarget()) == ""
+        assert ours.wait(10) == -15  # SIGTERM
+    finally:
+        for p in (other, ours):
+            p.kill()
+            p.wait()

@@ -139,10 +139,15 @@ class PerfettoSource(CaptureSource):
         """SIGTERM our perfetto and wait until it exits; '' or what went wrong."""
         if self.pid is None or self.pid <= 0:
             return "not started"
-        pid = self.pid
+        pid, mark = self.pid, q(f"droidoom-{self._ctx.run_id if self._ctx else ''}.pftrace")
+        # Signal it only while it is still our perfetto (its cmdline names our trace
+        # file): once it has exited on its own, the pid may belong to someone else.
+        # A zombie's cmdline is empty, so "ours" also ends when it has exited.
+        ours = f"tr '\\0' ' ' < /proc/{pid}/cmdline 2>/dev/null | grep -qF -- {mark}"
         script = (
+            f"{ours} || {{ echo gone; exit 0; }}\n"
             f"kill -TERM {pid} 2>/dev/null || {{ echo gone; exit 0; }}\n"
-            f"i=0; while kill -0 {pid} 2>/dev/null; do\n"
+            f"i=0; while {ours}; do\n"
             f"  i=$((i+1)); [ $i -gt {STOP_TIMEOUT_S * 20} ] && {{ echo timeout; exit 1; }}\n"
             "  sleep 0.05\ndone; echo stopped\n"
         )
