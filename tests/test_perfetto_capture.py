@@ -236,3 +236,24 @@ def test_stop_signals_only_our_perfetto(tmp_path):
         for p in (other, ours):
             p.kill()
             p.wait()
+
+
+def test_perfetto_and_ftrace_agree_on_a_rooted_phone(traced, adb_peer_factory, device_dir,
+                                                     tmp_path):  # fmt: skip
+    """Root (userdebug): both captures in one run record each write's event; they agree
+    on the adj, and perfetto's event lies inside ftrace's write syscall."""
+    peer = adb_peer_factory({**PHONE, "ro.build.type": "userdebug", "ro.debuggable": "1"})
+    out = tmp_path / "runs"
+    p = run_cli("profile", "--serial", peer.serial, "--quick", "--capture",
+                "clock,ftrace,perfetto", "--out", str(out),
+                env=cli_env(peer.server, device_dir))  # fmt: skip
+    assert p.returncode == 0, p.stdout + p.stderr
+    run = _run(out)
+    meta = json.loads((run / "run.json").read_text())
+    assert meta["status"] == "complete", meta.get("reason")
+    pm, fm = meta["captures"]["perfetto"], meta["captures"]["ftrace"]
+    assert pm["matched_fraction"] == 1.0 and fm["matched_fraction"] == 1.0, (pm, fm)
+    s = pd.read_parquet(run / "samples.parquet")
+    both = s[s["trace_adj"].notna() & s["kernel_adj"].notna()]
+    assert len(both) == len(s[s["err"] == 0])
+    assert (both["trace_adj"].astype(int) == both["kernel_adj"].astype(int)).all()
