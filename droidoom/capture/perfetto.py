@@ -123,10 +123,12 @@ class PerfettoSource(CaptureSource):
         res = target.sh(cmd, timeout=60)
         pids = [w for w in res.stdout.split() if w.isdigit()]
         if not res.ok or not pids:
+            target.sh(f"rm -f {q(self.remote)}", timeout=30)  # perfetto may have created it
             self.remote = None
             raise CaptureError(
                 f"perfetto: could not start tracing (exit {res.exit_code}): "
-                f"{(res.stderr or res.stdout).strip()[-400:]}"
+                f"{(res.stderr or res.stdout).strip()[-400:]}; is traced running "
+                "(`adb shell setprop persist.traced.enable 1`)? Or omit --capture perfetto"
             )
         self.pid = int(pids[-1])
         self._meta = {"config": config, "flag": flag, "perfetto_pid": self.pid,
