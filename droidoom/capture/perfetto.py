@@ -57,12 +57,17 @@ if [ -n "$P" ]; then
 fi
 echo "traced=$(getprop init.svc.traced 2>/dev/null)"
 echo "traces_dir=$([ -d %s ] && echo 1)"
+echo "memavail_kb=$(grep MemAvailable /proc/meminfo | tr -s ' ' | cut -d' ' -f2)"
 """
 
 
-def trace_config(writes: int) -> str:
-    """The text TraceConfig droidoom records with (also shown in the README)."""
+def trace_config(writes: int, memavail_kb: int = 0) -> str:
+    """The text TraceConfig droidoom records with (also shown in the README): a buffer
+    for every planned write (and other processes' updates), at most an eighth of the
+    phone's available memory."""
     kb = min(MAX_BUFFER_KB, math.ceil(max(writes, 0) * BYTES_PER_EVENT * 1.5 / 1024) + 8192)
+    if memavail_kb > 0:
+        kb = max(4096, min(kb, memavail_kb // 8))
     return (
         f"buffers {{ size_kb: {kb} fill_policy: DISCARD }}\n"
         "data_sources { config { name: \"linux.ftrace\" ftrace_config {\n"
@@ -113,7 +118,7 @@ class PerfettoSource(CaptureSource):
         p = self._probe or parse_kv_block(target.sh(_PROBE % TRACES_DIR, timeout=30).stdout)
         flag = "--background-wait" if p.get("bgwait") == "1" else "--background"
         self.remote = f"{TRACES_DIR}/droidoom-{ctx.run_id}.pftrace"
-        config = trace_config(ctx.writes)
+        config = trace_config(ctx.writes, int(p.get("memavail_kb") or 0))
         cmd = (
             f"rm -f {q(self.remote)}; printf %s {q(config)} | "
             f"perfetto --txt -c - -o {q(self.remote)} {flag}"
