@@ -329,6 +329,43 @@ def read_trace(path: str | Path, *, allow_truncated: bool = True) -> TraceData:
     return parse_trace(read_bytes(path), str(path), allow_truncated=allow_truncated)
 
 
+def parse_ftrace_text(text: str, what: str = "trace") -> TraceData:
+    """The same TraceData from ftrace/atrace text (`trace` file, `atrace` or
+    `perfetto --txt`-free captures): oom_score_adj_update lines only; timestamps are the
+    text's (microseconds, on whatever trace_clock recorded them); no process list or
+    clock snapshots. Lost-event markers (`CPU:N [LOST M EVENTS]`) are counted."""
+    from .capture.ftrace_parse import add_write_fields
+    from .capture.ftrace_parse import parse_trace as parse_text
+
+    events, header = parse_text(text)
+    ev = add_write_fields(events[events["event"].astype(str) == "oom_score_adj_update"])
+    comm = ev["fields"].astype(str).str.extract(r"comm=(.*) oom_score_adj=")[0]
+    oom = pd.DataFrame({
+        "ts_ns": ev["ts_ns"], "cpu": ev["cpu"], "writer_tid": ev["pid"],
+        "writer_tgid": ev["tgid"], "pid": ev["oom_pid"], "comm": comm, "adj": ev["oom_adj"],
+    }).dropna(subset=["pid", "adj"])  # fmt: skip
+    oom = oom.astype(OOM_EVENT_COLUMNS).sort_values("ts_ns", kind="stable")
+    empty = pd.DataFrame({c: pd.Series([], dtype=t) for c, t in PROCESS_COLUMNS.items()})
+    return TraceData(
+        oom_events=oom.reset_index(drop=True), processes=empty,
+        threads=pd.DataFrame({"tid": [], "tgid": [], "name": []}), clocks=pd.DataFrame(),
+        packets=0, lost_events=len(header.lost_by_cpu),
+        ftrace_dropped=header.lost_events, primary_clock=0,
+    )  # fmt: skip
+
+
+def read_any(path: str | Path, *, allow_truncated: bool = True) -> TraceData:
+    """A Perfetto protobuf trace or ftrace/atrace text (plain or gzip'd), told apart by
+    content. DataError names the file and what it looks like when it is neither."""
+    data = read_bytes(path)
+    if _looks_like_trace(data):
+        return parse_trace(data, str(path), allow_truncated=allow_truncated)
+    head = data[:65536].decode("utf-8", errors="replace")
+    if "oom_score_adj_update:" in head or head.lstrip().startswith("# tracer:"):
+        return parse_ftrace_text(data.decode("utf-8", errors="replace"), str(path))
+    return parse_trace(data, str(path))  # raises the "not a Perfetto trace" error
+
+
 def require_oom_events(trace: TraceData, what: str = "trace") -> None:
     """DataError naming what is missing when the trace has no oom_score_adj_update."""
     if len(trace.oom_events):

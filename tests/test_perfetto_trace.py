@@ -14,6 +14,7 @@ from droidoom.perfetto_trace import (
     CLOCK_BOOTTIME,
     CLOCK_MONOTONIC,
     parse_trace,
+    read_any,
     read_trace,
     require_oom_events,
 )
@@ -110,3 +111,33 @@ def test_missing_file_and_no_events(tmp_path):
     tr = parse_trace(_trace(events=()).SerializeToString())
     with pytest.raises(DataError, match="oom/oom_score_adj_update"):
         require_oom_events(tr, "x.pftrace")
+
+
+FTRACE_TEXT = """# tracer: nop
+#
+# entries-in-buffer/entries-written: 3/3   #P:8
+#
+           <...>-612     [002] .....  3601.000100: oom_score_adj_update: pid=4000 comm=ample.app001 oom_score_adj=0
+            lmkd-612     [002] .....  3601.000350: oom_score_adj_update: pid=4100 comm=my app oom_score_adj=700
+            lmkd-612     [003] d..1.  3601.000400: sched_switch: prev_comm=lmkd prev_pid=612
+CPU:3 [LOST 7 EVENTS]
+            lmkd-612     [003] .....  3602.500000: oom_score_adj_update: pid=4000 comm=ample.app001 oom_score_adj=900
+"""  # noqa: E501
+
+
+def test_read_any_takes_ftrace_text_and_protobuf(tmp_path):
+    txt = tmp_path / "atrace.txt.gz"
+    txt.write_bytes(gzip.compress(FTRACE_TEXT.encode()))
+    tr = read_any(txt)
+    ev = tr.oom_events
+    assert list(ev["pid"]) == [4000, 4100, 4000] and list(ev["adj"]) == [0, 700, 900]
+    assert list(ev["ts_ns"]) == [3601_000_100_000, 3601_000_350_000, 3602_500_000_000]
+    assert list(ev["comm"].astype(str)) == ["ample.app001", "my app", "ample.app001"]
+    assert set(ev["writer_tid"]) == {612} and tr.ftrace_dropped == 7 and tr.losses > 0
+    pb_file = tmp_path / "t.pftrace"
+    pb_file.write_bytes(_trace().SerializeToString())
+    assert len(read_any(pb_file).oom_events) == 1
+    bad = tmp_path / "x.json"
+    bad.write_text('{"traceEvents": []}')
+    with pytest.raises(DataError, match="not a Perfetto protobuf trace"):
+        read_any(bad)
