@@ -141,3 +141,39 @@ def test_read_any_takes_ftrace_text_and_protobuf(tmp_path):
     bad.write_text('{"traceEvents": []}')
     with pytest.raises(DataError, match="not a Perfetto protobuf trace"):
         read_any(bad)
+
+
+def test_join_counts_mismatches_and_outside_events():
+    """join_trace on a hand-made trace: a warmup event before the samples, a write whose
+    event names another pid, one whose adj differs, one without an event."""
+    import pandas as pd
+
+    from droidoom.capture.base import CaptureRunInfo
+    from droidoom.capture.perfetto import join_trace
+
+    off = BOOT_MINUS_MONO
+    # helper 50 writes target pid 700; times in monotonic, events in boottime
+    events = [(off + 500, 0, 50, 700, "t", 900),   # warmup: before every sample
+              (off + 10_100, 0, 50, 700, "t", 0),   # write 0: inside
+              (off + 20_050, 0, 50, 999, "x", 0),   # write 1: wrong pid
+              (off + 30_200, 0, 50, 700, "t", 100),  # write 2: adj differs (200 written)
+              (off + 40_000, 0, 77, 700, "t", 0)]   # another writer: ignored
+    tr = parse_trace(_trace(events).SerializeToString())
+    samples = pd.DataFrame({
+        "t_ns": [10_000, 20_000, 30_000, 50_000], "latency_ns": [500, 500, 500, 500],
+        "adj_to": [0, 0, 200, 0], "err": [0, 0, 0, 0], "kind": ["single"] * 4,
+        "point": [0] * 4, "population": [0] * 4, "mode": ["reopen"] * 4,
+    })  # fmt: skip
+    info = CaptureRunInfo(helper_pid=50, targets={0: {"kind": "single", "pid": 700}})
+    out, stats, val = join_trace(samples, tr, info)
+    assert out["trace_offset_ns"].tolist()[0] == 100 and out["trace_adj"].tolist()[0] == 0
+    assert out["trace_offset_ns"].isna().tolist() == [False, True, False, True]
+    assert stats["pid_mismatch"] == 1 and stats["adj_mismatch"] == 1
+    assert stats["matched"] == 2 and stats["matched_fraction"] == 0.5
+    assert stats["helper_oom_events"] == 4 and stats["oom_events_outside_samples"] == 2
+    assert stats["boot_minus_mono_ns"] == off and val["matched_fraction"].tolist() == [0.5]
+    # no clock snapshot: the trace clock is taken as monotonic, and says so
+    t2 = _trace([(10_100, 0, 50, 700, "t", 0)])
+    del t2.packet[0]
+    _, s2, _ = join_trace(samples.iloc[:1], parse_trace(t2.SerializeToString()), info)
+    assert s2["matched"] == 1 and s2["clock"].startswith("none")

@@ -218,37 +218,22 @@ def _expected_pids(samples: pd.DataFrame, info: CaptureRunInfo) -> np.ndarray:
     return s.fillna(0).to_numpy(np.int64)
 
 
-def join_trace(samples: pd.DataFrame, trace, info: CaptureRunInfo):
-    """(samples + PERFETTO_COLUMNS, run.json stats, per-point validation table).
-
-    Events of the helper's writer thread, in CLOCK_MONOTONIC via the clock snapshots,
-    are matched in time order: each write takes the first unused event at or after
-    t_ns - tol, kept if it is before t_ns + latency + tol and carries the target's pid
-    and the adj written. tol covers the snapshot's own uncertainty."""
-    ev = trace.oom_events
-    if info.helper_pid > 0:
-        ev = ev[ev["writer_tid"] == info.helper_pid]
+def _clock(trace) -> tuple[int, str, int]:
+    """(boot - monotonic offset, how it was found, spread over the snapshots)."""
     off = trace.clock_offset_ns()
-    spread = 0
     if off is None:
-        off, clock = 0, "none: assumed trace clock = CLOCK_MONOTONIC"
-    else:
-        clock = "boottime->monotonic from clock snapshots"
-        d = (trace.clocks["boottime"] - trace.clocks["monotonic"]).dropna().astype(np.int64)
-        spread = int(d.max() - d.min()) if len(d) else 0
-    tol = 1000 + min(spread, 1_000_000)
-    e_ts = ev["ts_ns"].to_numpy(np.int64) - off
-    e_pid, e_adj = ev["pid"].to_numpy(np.int64), ev["adj"].to_numpy(np.int64)
-    t = samples["t_ns"].to_numpy(np.int64)
-    lat = samples["latency_ns"].to_numpy(np.int64)
-    want_pid = _expected_pids(samples, info)
-    adj = samples["adj_to"].to_numpy(np.int64)
-    ok = samples["err"].to_numpy() == 0 if "err" in samples else np.ones(len(t), bool)
-    offset = np.full(len(t), np.nan)
-    kadj = np.full(len(t), np.nan)
-    pid_mismatch = 0
-    j, n_ev = 0, len(e_ts)
-    for i in np.argsort(t, kind="stable"):  # events and writes are both in time order
+        return 0, "none: assumed trace clock = CLOCK_MONOTONIC", 0
+    d = (trace.clocks["boottime"] - trace.clocks["monotonic"]).dropna().astype(np.int64)
+    spread = int(d.max() - d.min()) if len(d) else 0
+    return off, "boottime->monotonic from clock snapshots", spread
+
+
+def _match(e_ts, e_pid, t, lat, want_pid, tol: int) -> tuple[np.ndarray, int]:
+    """Index of the matched event per write (-1: none) and the pid mismatches. Events
+    and writes are both in time order (one writer thread), so one forward sweep."""
+    idx = np.full(len(t), -1, dtype=np.int64)
+    pid_mismatch, j, n_ev = 0, 0, len(e_ts)
+    for i in np.argsort(t, kind="stable"):
         while j < n_ev and e_ts[j] < t[i] - tol:
             j += 1
         if j >= n_ev or e_ts[j] > t[i] + lat[i] + tol:
@@ -256,13 +241,39 @@ def join_trace(samples: pd.DataFrame, trace, info: CaptureRunInfo):
         if want_pid[i] > 0 and e_pid[j] != want_pid[i]:
             pid_mismatch += 1
             continue
-        offset[i], kadj[i] = e_ts[j] - t[i], e_adj[j]
+        idx[i] = j
         j += 1
+    return idx, pid_mismatch
+
+
+def join_trace(samples: pd.DataFrame, trace, info: CaptureRunInfo):
+    """(samples + PERFETTO_COLUMNS, run.json stats, per-point validation table).
+
+    Events of the helper's writer thread, in CLOCK_MONOTONIC via the clock snapshots,
+    are matched in time order: each write takes the first unused event at or after
+    t_ns - tol, kept if it is before t_ns + latency + tol and carries the target's pid
+    (a different adj is counted, not dropped). tol covers the snapshots' uncertainty."""
+    ev = trace.oom_events
+    if info.helper_pid > 0:
+        ev = ev[ev["writer_tid"] == info.helper_pid]
+    off, clock, spread = _clock(trace)
+    tol = 1000 + min(spread, 1_000_000)
+    e_ts = ev["ts_ns"].to_numpy(np.int64) - off
+    e_adj = ev["adj"].to_numpy(np.int64)
+    t = samples["t_ns"].to_numpy(np.int64)
+    lat = samples["latency_ns"].to_numpy(np.int64)
+    adj = samples["adj_to"].to_numpy(np.int64)
+    ok = samples["err"].to_numpy() == 0 if "err" in samples else np.ones(len(t), bool)
+    idx, pid_mismatch = _match(e_ts, ev["pid"].to_numpy(np.int64), t, lat,
+                               _expected_pids(samples, info), tol)  # fmt: skip
+    matched = idx >= 0
+    offset = np.where(matched, e_ts[idx] - t, np.nan) if len(e_ts) else np.full(len(t), np.nan)
+    kadj = np.where(matched, e_adj[idx], np.nan) if len(e_ts) else np.full(len(t), np.nan)
+    n_ev = len(e_ts)
     out = samples.copy()
     out["trace_offset_ns"] = pd.array(offset, dtype="Float64").round().astype("Int64")
     out["trace_adj"] = pd.array(kadj, dtype="Float64").astype("Int16")
     out = out.astype(PERFETTO_COLUMNS)
-    matched = ~np.isnan(offset)
     inside = matched & (offset >= 0) & (offset <= lat)
     stats = {
         "clock": clock,
