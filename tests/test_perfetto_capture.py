@@ -259,3 +259,30 @@ def test_perfetto_and_ftrace_agree_on_a_rooted_phone(traced, adb_peer_factory, d
     both = s[s["trace_adj"].notna() & s["kernel_adj"].notna()]
     assert len(both) == len(s[s["err"] == 0])
     assert (both["trace_adj"].astype(int) == both["kernel_adj"].astype(int)).all()
+
+
+def test_traced_standin_restores_tracefs_when_stopped(tmp_path):
+    """The daemon's tracefs instance goes away with it, even mid-session."""
+    if os.geteuid() != 0 or not os.path.isdir("/sys/kernel/tracing/instances"):
+        pytest.skip("needs root and tracefs instances")
+    import subprocess as sp
+    import sys
+
+    from perfetto_env import TracedStandin
+
+    tool = Path(__file__).parent / "peer_tools" / "perfetto.py"
+    traced = TracedStandin().start()
+    cfg = ('buffers { size_kb: 1024 } data_sources { config { name: "linux.ftrace" '
+           'ftrace_config { ftrace_events: "oom/oom_score_adj_update" } } }')  # fmt: skip
+    mine = f"perfetto-standin-{traced.proc.pid}-"
+    try:
+        p = sp.run([sys.executable, str(tool), "--txt", "-c", "-", "-o",
+                    str(tmp_path / "t.pftrace"), "-D"], input=cfg, capture_output=True,
+                   text=True, env={**os.environ, traced.env_item[0]: traced.env_item[1]},
+                   timeout=60)  # fmt: skip
+        assert p.returncode == 0 and p.stdout.strip().isdigit(), p.stderr
+        live = [d for d in os.listdir("/sys/kernel/tracing/instances") if d.startswith(mine)]
+        assert len(live) == 1
+    finally:
+        traced.stop()
+    assert not [d for d in os.listdir("/sys/kernel/tracing/instances") if d.startswith(mine)]

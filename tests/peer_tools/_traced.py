@@ -32,6 +32,7 @@ import itertools
 import json
 import os
 import re
+import signal
 import socket
 import sys
 import threading
@@ -55,6 +56,7 @@ from droidoom.capture.ftrace_parse import (  # noqa: E402
 TRACEFS = "/sys/kernel/tracing"
 READY = "TRACED_STANDIN_READY"
 _counter = itertools.count(1)
+_live: set[Session] = set()  # sessions whose tracefs instance exists (torn down on SIGTERM)
 _OOM_RE = re.compile(r"pid=(\d+) comm=(.*) oom_score_adj=(-?\d+)\s*$")
 SEQ = 1  # trusted_packet_sequence_id of everything we write
 
@@ -130,6 +132,7 @@ class Session:
         if not os.path.isdir(f"{TRACEFS}/instances"):
             raise RuntimeError(f"no tracefs at {TRACEFS} (mount -t tracefs nodev {TRACEFS})")
         os.mkdir(self.instance)
+        _live.add(self)
         i = self.instance
         _w(f"{i}/tracing_on", "0")
         _w(f"{i}/trace_clock", "boot")
@@ -201,6 +204,7 @@ class Session:
                 self.packets.append(pkt)
 
     def teardown(self) -> None:
+        _live.discard(self)
         i = self.instance
         if not os.path.isdir(i):
             return
@@ -268,6 +272,14 @@ def main(argv: list[str] | None = None) -> int:
     if os.geteuid() != 0:
         print("traced stand-in: needs root (tracefs)", file=sys.stderr)
         return 1
+
+    def stop(*_):  # restore tracefs: no instance of ours may outlive the daemon
+        for session in list(_live):
+            session.teardown()
+        os._exit(0)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
     srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     srv.bind(args.socket)
     os.chmod(args.socket, 0o666)  # like /dev/socket/traced_consumer
