@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -281,8 +282,16 @@ def test_traced_standin_restores_tracefs_when_stopped(tmp_path):
                    text=True, env={**os.environ, traced.env_item[0]: traced.env_item[1]},
                    timeout=60)  # fmt: skip
         assert p.returncode == 0 and p.stdout.strip().isdigit(), p.stderr
+        client = int(p.stdout)
         live = [d for d in os.listdir("/sys/kernel/tracing/instances") if d.startswith(mine)]
         assert len(live) == 1
     finally:
         traced.stop()
     assert not [d for d in os.listdir("/sys/kernel/tracing/instances") if d.startswith(mine)]
+    for _ in range(100):  # and the client gives up, like perfetto when traced goes away
+        if not Path(f"/proc/{client}").exists():
+            break
+        time.sleep(0.05)
+    else:
+        os.kill(client, 9)
+        raise AssertionError("the perfetto stand-in outlived traced")

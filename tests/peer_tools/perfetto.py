@@ -22,6 +22,7 @@ makes it a build without -D/--background-wait.
 import getopt
 import json
 import os
+import select
 import signal
 import socket
 import subprocess
@@ -95,7 +96,9 @@ def record(config: str, out_fd: int, started=None) -> int:
         started(None)
     deadline = time.monotonic() + ans["duration_ms"] / 1000 if ans.get("duration_ms") else None
     while not stop and (deadline is None or time.monotonic() < deadline):
-        time.sleep(0.02)
+        readable, _, _ = select.select([sock], [], [], 0.02)
+        if readable and not sock.recv(1, socket.MSG_PEEK):  # like perfetto: service gone
+            return err("Service disconnected: the tracing session is lost")
     ans = rpc(sock, buf, {"op": "stop"})
     if not ans.get("ok"):
         return err(ans.get("error", "?"))
