@@ -151,6 +151,21 @@ class TraceData:
         d = (self.clocks[a] - self.clocks[b]).dropna()
         return int(np.median(d.to_numpy(np.int64))) if len(d) else None
 
+    def writer_pids(self, name: str) -> set[int]:
+        """Pids of processes called `name` (cmdline[0] or its basename), e.g. "lmkd"."""
+        n = self.processes["name"].astype(str)
+        return set(self.processes.loc[(n == name) | n.str.endswith("/" + name), "pid"])
+
+    def updates_by(self, name: str = "lmkd") -> pd.DataFrame:
+        """The oom_events written by process `name` (lmkd: ActivityManager's decisions,
+        what a replay reproduces), in time order; all events when the trace's process
+        list does not name that writer (say so to the user: the filter did nothing)."""
+        pids = self.writer_pids(name)
+        if not pids:
+            return self.oom_events
+        ev = self.oom_events
+        return ev[ev["writer_tgid"].isin(pids) | ev["writer_tid"].isin(pids)]
+
     @property
     def losses(self) -> int:
         """Anything lost between the kernel and the file (0 means a complete record)."""

@@ -69,6 +69,9 @@ def test_events_processes_clocks_and_losses():
     assert (tr.lost_events, tr.ftrace_overrun, tr.ftrace_dropped) == (2, 3, 1)
     assert tr.chunks_discarded == 2 and tr.losses == 8
     assert tr.truncated_at is None and tr.summary()["oom_events"] == 3
+    assert tr.updates_by("lmkd")["pid"].tolist() == [700, 800, 700]  # tid 51 is lmkd's
+    assert tr.updates_by("com.example.app").empty  # a known process that wrote nothing
+    assert tr.updates_by("no-such-daemon").equals(ev)  # unknown writer: no filter
 
 
 def test_gzip_and_compressed_packets(tmp_path):

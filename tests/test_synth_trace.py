@@ -31,6 +31,7 @@ def test_reader_reproduces_every_event_in_order():
     # every process that ever had an update is in the process list
     assert set(ev["pid"]) <= set(tr.processes["pid"])
     assert LMKD_PID in set(tr.processes["pid"])
+    assert tr.writer_pids("lmkd") == {LMKD_PID} and len(tr.updates_by("lmkd")) == len(ev)
 
 
 def test_activity_manager_levels_and_cached_slots():
