@@ -113,7 +113,11 @@ AdbPort = Annotated[
     int | None, typer.Option(help="adb server port (default: $ANDROID_ADB_SERVER_PORT or 5037).")
 ]
 Capture = Annotated[
-    str, typer.Option(help="Capture sources: clock (always), ftrace, perf. e.g. clock,ftrace,perf")
+    str,
+    typer.Option(
+        help="Capture sources: clock (always), ftrace, perf, perfetto (no root, Android 10+). "
+        "e.g. clock,ftrace,perf"
+    ),
 ]
 
 
@@ -284,7 +288,7 @@ def _print_run(result) -> None:
 
 
 # Sub-command modules register themselves on `app` (kept apart so each stays small).
-from . import cli_adb, cli_analysis, cli_farm, cli_lab  # noqa: E402, F401
+from . import cli_adb, cli_analysis, cli_export, cli_farm, cli_lab  # noqa: E402, F401
 
 
 def _show_warning(message, category, *_args, **_kw) -> None:

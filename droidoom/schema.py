@@ -39,6 +39,12 @@ KERNEL_COLUMNS: dict[str, str] = {
     "kernel_adj": "Int16",  # oom_score_adj the kernel recorded for this write
 }
 
+#: Columns added when perfetto capture ran (nullable: a write may have no event).
+PERFETTO_COLUMNS: dict[str, str] = {
+    "trace_offset_ns": "Int64",  # oom_score_adj_update time minus t_ns (CLOCK_MONOTONIC)
+    "trace_adj": "Int16",  # oom_score_adj the trace recorded for this write
+}
+
 #: Category orders that make tables and plots read naturally.
 CATEGORY_ORDERS: dict[str, tuple[str, ...]] = {"kind": KINDS, "mode": MODES}
 
@@ -54,7 +60,7 @@ def coerce(df: pd.DataFrame) -> pd.DataFrame:
         raise KeyError(f"samples frame lacks columns {missing}")
     out = {}
     for col in df.columns:
-        dtype = SAMPLE_COLUMNS.get(col) or KERNEL_COLUMNS.get(col)
+        dtype = SAMPLE_COLUMNS.get(col) or KERNEL_COLUMNS.get(col) or PERFETTO_COLUMNS.get(col)
         s = df[col]
         if dtype == "category":
             if not isinstance(s.dtype, pd.CategoricalDtype):

@@ -26,7 +26,7 @@ import pandas as pd
 from ..errors import UsageError
 
 #: Names accepted by build_sources(); "clock" is implicit and builds nothing.
-SOURCE_NAMES: tuple[str, ...] = ("clock", "ftrace", "perf")
+SOURCE_NAMES: tuple[str, ...] = ("clock", "ftrace", "perf", "perfetto")
 
 #: __NR_write per Android ABI (raw_syscalls report the native syscall number).
 NR_WRITE: dict[str, int] = {"x86_64": 1, "arm64-v8a": 64, "armeabi-v7a": 4, "x86": 4}
@@ -126,6 +126,10 @@ def build_sources(names: list[str]) -> list[CaptureSource]:
         from .ftrace import FtraceSource
 
         sources.append(FtraceSource())
+    if "perfetto" in wanted:  # wraps nothing: records system-wide from arm() to collect()
+        from .perfetto import PerfettoSource
+
+        sources.append(PerfettoSource())
     if "perf" in wanted:  # outermost: perf record forks the (ftrace-wrapped) command
         from .perf import PerfSource
 

@@ -1,0 +1,318 @@
+"""perfetto capture: the kernel's own record of every write, without root (Android 10+).
+
+On a production phone the shell user may not touch tracefs, but it may run `perfetto`,
+whose privileged `traced_probes` records `oom/oom_score_adj_update` (perfetto's own LMK
+docs use that event). droidoom:
+
+1. arm(): starts `perfetto --txt -c - -o /data/misc/perfetto-traces/droidoom-<run>.pftrace
+   --background-wait` (`--background` when the build lacks -D), the text config on stdin:
+   before Android 12 perfetto cannot read a config file the shell wrote, and the output
+   must go to /data/misc/perfetto-traces (SELinux). perfetto prints its pid: ours.
+2. the helper runs unchanged (wrap() adds nothing).
+3. collect(): SIGTERM to that pid, waits until it has exited (the file is complete only
+   then), pulls the trace and parses it on the host with the perfetto wheel's protobuf
+   classes (droidoom.perfetto_trace; never TraceProcessor, which downloads a binary).
+4. joins the helper's oom events (writer tid = helper pid) to its timed writes: event
+   time is BOOTTIME, turned into the helper's CLOCK_MONOTONIC with the trace's clock
+   snapshots; a write matches the first unused event inside [t_ns - tol, t_ns + latency
+   + tol] with the target's pid and the written adj. Adds `trace_offset_ns` (event time
+   minus write start) and `trace_adj` to the samples, a `perfetto_validation` table per
+   point and kind, and run.json counts (matched fraction, lost events, offsets).
+
+Syscall durations (raw_syscalls) are not recorded: a user build does not let
+traced_probes enable them (userdebug only), so kernel_ns needs `--capture ftrace` as root.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..errors import CaptureError, DataError
+from ..schema import PERFETTO_COLUMNS
+from .base import CaptureContext, CaptureResult, CaptureRunInfo, CaptureSource, parse_kv_block, q
+
+TRACES_DIR = "/data/misc/perfetto-traces"
+EVENT = "oom/oom_score_adj_update"
+MIN_SDK = 29  # Android 10
+BYTES_PER_EVENT = 64  # one FtraceEvent with its oom_score_adj_update, with headroom
+MAX_BUFFER_KB = 256 * 1024
+DURATION_CAP_MS = 3 * 3600 * 1000  # a perfetto we lost track of stops on its own
+STOP_TIMEOUT_S = 60
+GROUP = ["point", "population", "mode", "kind"]
+NO_SYSCALLS = (
+    "syscall durations not recorded: raw_syscalls are userdebug-only for traced_probes; "
+    "use --capture ftrace as root for kernel_ns"
+)
+
+_PROBE = r"""
+P=$(command -v perfetto 2>/dev/null)
+echo "perfetto=$P"
+if [ -n "$P" ]; then
+  perfetto --help 2>&1 | grep -q -- --background-wait && echo bgwait=1
+fi
+echo "traced=$(getprop init.svc.traced 2>/dev/null)"
+echo "traces_dir=$([ -d %s ] && echo 1)"
+echo "memavail_kb=$(grep MemAvailable /proc/meminfo | tr -s ' ' | cut -d' ' -f2)"
+"""
+
+
+def trace_config(writes: int, memavail_kb: int = 0) -> str:
+    """The text TraceConfig droidoom records with (also shown in the README): a buffer
+    for every planned write (and other processes' updates), at most an eighth of the
+    phone's available memory."""
+    kb = min(MAX_BUFFER_KB, math.ceil(max(writes, 0) * BYTES_PER_EVENT * 1.5 / 1024) + 8192)
+    if memavail_kb > 0:
+        kb = max(4096, min(kb, memavail_kb // 8))
+    return (
+        f"buffers {{ size_kb: {kb} fill_policy: DISCARD }}\n"
+        "data_sources { config { name: \"linux.ftrace\" ftrace_config {\n"
+        f"  ftrace_events: \"{EVENT}\"\n"
+        "  buffer_size_kb: 4096 drain_period_ms: 250 } } }\n"
+        "data_sources { config { name: \"linux.process_stats\"\n"
+        "  process_stats_config { scan_all_processes_on_start: true } } }\n"
+        f"duration_ms: {DURATION_CAP_MS}\n"
+    )
+
+
+class PerfettoSource(CaptureSource):
+    """`--capture perfetto`: adds trace_offset_ns / trace_adj to every timed write."""
+
+    name = "perfetto"
+    needs_root = False
+
+    def __init__(self) -> None:
+        self._ctx: CaptureContext | None = None
+        self._probe: dict[str, str] = {}
+        self.pid: int | None = None
+        self.remote: str | None = None
+        self._meta: dict = {}
+
+    def unavailable(self, target) -> str | None:
+        facts = target.facts()
+        if facts.transport == "adb" and facts.sdk is not None and facts.sdk < MIN_SDK:
+            return (
+                f"perfetto: Android API {facts.sdk} < 29: perfetto cannot record "
+                f"{EVENT} for the shell before Android 10; use --capture ftrace on a "
+                "rooted/userdebug build"
+            )
+        self._probe = parse_kv_block(target.sh(_PROBE % TRACES_DIR, timeout=30).stdout)
+        p = self._probe
+        if not p.get("perfetto"):
+            return "perfetto: no `perfetto` command on the target (Android 9+ ships it)"
+        if p.get("traced") and p.get("traced") != "running":
+            return (
+                f"perfetto: the traced service is {p['traced']}; run "
+                "`adb shell setprop persist.traced.enable 1` (Android 9/10) and retry"
+            )
+        if p.get("traces_dir") != "1":
+            return f"perfetto: {TRACES_DIR} is missing (not an Android build with perfetto?)"
+        return None
+
+    def arm(self, target, ctx: CaptureContext) -> None:
+        self._ctx = ctx
+        p = self._probe or parse_kv_block(target.sh(_PROBE % TRACES_DIR, timeout=30).stdout)
+        flag = "--background-wait" if p.get("bgwait") == "1" else "--background"
+        self.remote = f"{TRACES_DIR}/droidoom-{ctx.run_id}.pftrace"
+        config = trace_config(ctx.writes, int(p.get("memavail_kb") or 0))
+        cmd = (
+            f"rm -f {q(self.remote)}; printf %s {q(config)} | "
+            f"perfetto --txt -c - -o {q(self.remote)} {flag}"
+        )
+        if flag == "--background":  # returns before the data sources run: give them time
+            cmd = f"{cmd} && sleep 1"
+        res = target.sh(cmd, timeout=60)
+        pids = [w for w in res.stdout.split() if w.isdigit()]
+        if not res.ok or not pids:
+            target.sh(f"rm -f {q(self.remote)}", timeout=30)  # perfetto may have created it
+            self.remote = None
+            raise CaptureError(
+                f"perfetto: could not start tracing (exit {res.exit_code}): "
+                f"{(res.stderr or res.stdout).strip()[-400:]}; is traced running "
+                "(`adb shell setprop persist.traced.enable 1`)? Or omit --capture perfetto"
+            )
+        self.pid = int(pids[-1])
+        self._meta = {"config": config, "flag": flag, "perfetto_pid": self.pid,
+                      "trace_file": self.remote, "syscall_durations": NO_SYSCALLS}  # fmt: skip
+
+    def wrap(self, command: str) -> str:
+        return command  # perfetto records system-wide; the helper runs as it is
+
+    def _stop(self, target) -> str:
+        """SIGTERM our perfetto and wait until it exits; '' or what went wrong."""
+        if self.pid is None or self.pid <= 0:
+            return "not started"
+        pid, mark = self.pid, q(f"droidoom-{self._ctx.run_id if self._ctx else ''}.pftrace")
+        # Signal it only while it is still our perfetto (its cmdline names our trace
+        # file): once it has exited on its own, the pid may belong to someone else.
+        # A zombie's cmdline is empty, so "ours" also ends when it has exited.
+        ours = f"tr '\\0' ' ' < /proc/{pid}/cmdline 2>/dev/null | grep -qF -- {mark}"
+        script = (
+            f"{ours} || {{ echo gone; exit 0; }}\n"
+            f"kill -TERM {pid} 2>/dev/null || {{ echo gone; exit 0; }}\n"
+            f"i=0; while {ours}; do\n"
+            f"  i=$((i+1)); [ $i -gt {STOP_TIMEOUT_S * 20} ] && {{ echo timeout; exit 1; }}\n"
+            "  sleep 0.05\ndone; echo stopped\n"
+        )
+        res = target.sh(script, timeout=STOP_TIMEOUT_S + 30)
+        self.pid = None
+        if "stopped" in res.stdout:
+            return ""
+        return res.stdout.strip() or res.stderr.strip() or f"exit {res.exit_code}"
+
+    def collect(
+        self, target, samples: pd.DataFrame, run_dir: Path, info: CaptureRunInfo
+    ) -> CaptureResult:
+        from ..perfetto_trace import read_trace
+
+        if self.remote is None:
+            raise CaptureError("perfetto: collect() before arm()")
+        why = self._stop(target)
+        if why and why != "gone":
+            raise CaptureError(f"perfetto: could not stop perfetto pid: {why}")
+        local = Path(run_dir) / "trace.pftrace"
+        target.pull(self.remote, local)
+        try:
+            trace = read_trace(local)
+        except DataError as e:
+            raise CaptureError(f"perfetto: {e}") from None
+        if why == "gone":
+            self._meta["note"] = "perfetto had exited before the run ended (duration cap?)"
+        joined, stats, val = join_trace(samples, trace, info)
+        meta = {**self._meta, "trace": trace.summary(), "files": ["trace.pftrace"], **stats}
+        if trace.losses:
+            meta["warning"] = (
+                f"the trace lost events ({trace.losses} losses: kernel ring overrun/dropped "
+                "or traced buffer full); unmatched writes may have had one. Use fewer "
+                "writes per run (--writes) or a phone with more free memory"
+            )
+        mine = trace.oom_events
+        if info.helper_pid > 0:
+            mine = mine[mine["writer_tid"] == info.helper_pid]
+        tables = {"perfetto_events": mine.reset_index(drop=True), "perfetto_validation": val}
+        return CaptureResult(samples=joined, meta=meta, tables=tables)
+
+    def disarm(self, target) -> None:
+        """Stop our perfetto if it still runs (only the pid it printed) and delete the
+        target-side trace file."""
+        try:
+            if self.pid is not None:
+                self._stop(target)
+            if self.remote:
+                target.sh(f"rm -f {q(self.remote)}", timeout=30)
+                self.remote = None
+        except Exception as e:  # never mask the run's own outcome
+            warnings.warn(f"perfetto: disarm failed: {e}", stacklevel=2)
+
+
+def _expected_pids(samples: pd.DataFrame, info: CaptureRunInfo) -> np.ndarray:
+    if "target" in samples.columns:
+        m = {int(k): int(v.get("pid") or 0) for k, v in info.targets.items()}
+        s = samples["target"].astype(int).map(m)
+    else:
+        s = samples["kind"].astype(str).map(info.pid_of_kind())
+    return s.fillna(0).to_numpy(np.int64)
+
+
+def _clock(trace) -> tuple[int, str, int]:
+    """(boot - monotonic offset, how it was found, spread over the snapshots)."""
+    off = trace.clock_offset_ns()
+    if off is None:
+        return 0, "none: assumed trace clock = CLOCK_MONOTONIC", 0
+    d = (trace.clocks["boottime"] - trace.clocks["monotonic"]).dropna().astype(np.int64)
+    spread = int(d.max() - d.min()) if len(d) else 0
+    return off, "boottime->monotonic from clock snapshots", spread
+
+
+def _match(e_ts, e_pid, t, lat, want_pid, tol: int) -> tuple[np.ndarray, int]:
+    """Index of the matched event per write (-1: none) and the pid mismatches. Events
+    and writes are both in time order (one writer thread), so one forward sweep."""
+    idx = np.full(len(t), -1, dtype=np.int64)
+    pid_mismatch, j, n_ev = 0, 0, len(e_ts)
+    for i in np.argsort(t, kind="stable"):
+        while j < n_ev and e_ts[j] < t[i] - tol:
+            j += 1
+        if j >= n_ev or e_ts[j] > t[i] + lat[i] + tol:
+            continue
+        if want_pid[i] > 0 and e_pid[j] != want_pid[i]:
+            pid_mismatch += 1
+            continue
+        idx[i] = j
+        j += 1
+    return idx, pid_mismatch
+
+
+def join_trace(samples: pd.DataFrame, trace, info: CaptureRunInfo):
+    """(samples + PERFETTO_COLUMNS, run.json stats, per-point validation table).
+
+    Events of the helper's writer thread, in CLOCK_MONOTONIC via the clock snapshots,
+    are matched in time order: each write takes the first unused event at or after
+    t_ns - tol, kept if it is before t_ns + latency + tol and carries the target's pid
+    (a different adj is counted, not dropped). tol covers the snapshots' uncertainty."""
+    ev = trace.oom_events
+    if info.helper_pid > 0:
+        ev = ev[ev["writer_tid"] == info.helper_pid]
+    off, clock, spread = _clock(trace)
+    tol = 1000 + min(spread, 1_000_000)
+    e_ts = ev["ts_ns"].to_numpy(np.int64) - off
+    e_adj = ev["adj"].to_numpy(np.int64)
+    t = samples["t_ns"].to_numpy(np.int64)
+    lat = samples["latency_ns"].to_numpy(np.int64)
+    adj = samples["adj_to"].to_numpy(np.int64)
+    ok = samples["err"].to_numpy() == 0 if "err" in samples else np.ones(len(t), bool)
+    idx, pid_mismatch = _match(e_ts, ev["pid"].to_numpy(np.int64), t, lat,
+                               _expected_pids(samples, info), tol)  # fmt: skip
+    matched = idx >= 0
+    offset = np.where(matched, e_ts[idx] - t, np.nan) if len(e_ts) else np.full(len(t), np.nan)
+    kadj = np.where(matched, e_adj[idx], np.nan) if len(e_ts) else np.full(len(t), np.nan)
+    n_ev = len(e_ts)
+    out = samples.copy()
+    out["trace_offset_ns"] = pd.array(offset, dtype="Float64").round().astype("Int64")
+    out["trace_adj"] = pd.array(kadj, dtype="Float64").astype("Int16")
+    out = out.astype(PERFETTO_COLUMNS)
+    inside = matched & (offset >= 0) & (offset <= lat)
+    stats = {
+        "clock": clock,
+        "boot_minus_mono_ns": int(off),
+        "snapshot_spread_ns": spread,
+        "tolerance_ns": tol,
+        "helper_oom_events": int(n_ev),
+        "writes": int(len(t)),
+        "writes_ok": int(ok.sum()),
+        "matched": int(matched.sum()),
+        "matched_fraction": float(matched[ok].mean()) if ok.any() else None,
+        "inside_write_fraction": float(inside[matched].mean()) if matched.any() else None,
+        "adj_mismatch": int((matched & (kadj != adj)).sum()),
+        "pid_mismatch": pid_mismatch,
+        "oom_events_outside_samples": int(n_ev - matched.sum()),  # warmups, errored writes
+        "lost_events": trace.losses,
+        "offset_median_ns": float(np.median(offset[matched])) if matched.any() else None,
+    }
+    return out, stats, validation(out)
+
+
+def validation(samples: pd.DataFrame) -> pd.DataFrame:
+    """Per sweep point and kind: writes, matched fraction, and the event-to-write
+    offset (median, p95) and the fraction of events inside their write's window."""
+    keys = [c for c in GROUP if c in samples.columns]
+    off = samples["trace_offset_ns"].astype("Float64").astype(float)
+    lat = samples["latency_ns"].astype(float)
+    ok = samples["err"] == 0 if "err" in samples else pd.Series(True, index=samples.index)
+    df = samples[keys].copy()
+    df["ok"] = ok.astype(float)
+    df["matched"] = (off.notna() & ok).astype(float)
+    df["offset_ns"] = off
+    df["inside"] = ((off >= 0) & (off <= lat)).astype(float).where(off.notna())
+    g = df.groupby(keys, observed=True, sort=True)
+    out = pd.DataFrame({
+        "writes": g.size(),
+        "matched_fraction": g["matched"].sum() / g["ok"].sum().where(lambda x: x > 0),
+        "offset_median_ns": g["offset_ns"].median(),
+        "offset_p95_ns": g["offset_ns"].quantile(0.95),
+        "inside_write_fraction": g["inside"].mean(),
+    })  # fmt: skip
+    return out.reset_index()

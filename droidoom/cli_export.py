@@ -1,0 +1,34 @@
+"""`droidoom export RUN --perfetto OUT.pftrace` (registered on droidoom.cli.app)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from .cli import app, console
+from .errors import UsageError
+
+
+@app.command()
+def export(
+    run: Annotated[Path, typer.Argument(help="A run directory.", show_default=False)],
+    perfetto: Annotated[
+        Path | None,
+        typer.Option("--perfetto", help="Write a Perfetto trace (.pftrace) to this file."),
+    ] = None,
+) -> None:
+    """Export a run for other tools. --perfetto writes a trace for ui.perfetto.dev: one
+    track per target with a slice per write (named by role; adj, latency, population, CPU
+    as args) and a population counter track. Open it next to a system trace of the same
+    phone: runs captured with --capture perfetto are placed on the phone's BOOTTIME."""
+    if perfetto is None:
+        raise UsageError("say what to export: e.g. --perfetto run.pftrace")
+    from .export import export_perfetto
+
+    counts = export_perfetto(run, perfetto)
+    console.print(
+        f"wrote {perfetto}: {counts['slices']} write slices on {counts['tracks']} tracks, "
+        f"{counts['counters']} counter values ({counts['clock']} clock)"
+    )

@@ -1,0 +1,393 @@
+"""Read a Perfetto protobuf trace offline: oom_score_adj updates, processes, clocks, losses.
+
+Used by `--capture perfetto` (join the kernel's events to the helper's writes) and by
+trace replay (issue 12: a phone's real adj changes). Only the protobuf classes that the
+`perfetto` wheel ships are used; its TraceProcessor (a native binary it downloads at
+first use) is not, so this works on a lab host without network.
+
+A trace file is a `Trace` message: a sequence of field-1 (`packet`) records, each a
+length-delimited `TracePacket`. We frame the records ourselves instead of parsing the
+whole `Trace` at once, so a truncated file still yields every complete packet and the
+error (or `TraceData.truncated_at`) says where it broke. `compressed_packets` (deflate,
+what `compression_type: COMPRESSION_TYPE_DEFLATE` produces) and gzip'd files are
+expanded transparently.
+
+What droidoom reads from a trace::
+
+    ftrace_events.event[].oom_score_adj_update   -> oom_events (ts boot ns, cpu, writer tid,
+                                                   target pid, comm, adj)
+    ftrace_events.lost_events, ftrace_stats,     -> losses (kernel ring overruns, dropped
+    trace_stats.buffer_stats                        events, chunks traced discarded)
+    process_tree                                 -> processes, threads (tid -> tgid)
+    clock_snapshot                               -> clocks (to turn BOOTTIME into MONOTONIC)
+"""
+
+from __future__ import annotations
+
+import gzip
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .errors import DataError
+
+#: Builtin clock ids (perfetto's BuiltinClock enum).
+CLOCK_REALTIME, CLOCK_MONOTONIC, CLOCK_BOOTTIME = 1, 3, 6
+CLOCK_NAMES = {1: "realtime", 2: "realtime_coarse", 3: "monotonic", 4: "monotonic_coarse",
+               5: "monotonic_raw", 6: "boottime"}  # fmt: skip
+
+#: Column dtypes of TraceData.oom_events (one row per oom_score_adj_update, time order).
+OOM_EVENT_COLUMNS: dict[str, str] = {
+    "ts_ns": "int64",  # event time on the trace clock (BOOTTIME on Android), ns
+    "cpu": "int16",  # CPU whose ring buffer held the event
+    "writer_tid": "int32",  # thread that wrote /proc/<pid>/oom_score_adj (lmkd, helper)
+    "writer_tgid": "Int32",  # its process, from process_tree threads (NA if unknown)
+    "pid": "int32",  # process whose oom_score_adj changed
+    "comm": "category",  # its comm at the time of the write
+    "adj": "int16",  # new oom_score_adj
+}
+
+#: Column dtypes of TraceData.processes (one row per process_tree entry, first sighting).
+PROCESS_COLUMNS: dict[str, str] = {
+    "pid": "int32",
+    "ppid": "int32",
+    "uid": "Int32",
+    "name": "object",  # cmdline[0] (or comm when cmdline_is_comm / kernel threads)
+    "cmdline": "object",  # whole cmdline joined with spaces
+    "ts_ns": "int64",  # packet time of the first snapshot that listed it
+}
+
+
+def _import_pb():
+    try:
+        from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
+    except ImportError as e:  # pragma: no cover - a core dependency
+        raise DataError(
+            f"cannot read Perfetto traces: {e}; install droidoom's dependencies "
+            "(pip install perfetto)"
+        ) from None
+    return pb
+
+
+def _varint(buf: bytes | memoryview, pos: int) -> tuple[int, int]:
+    result = shift = 0
+    n = len(buf)
+    while True:
+        if pos >= n:
+            raise IndexError(pos)
+        b = buf[pos]
+        pos += 1
+        result |= (b & 0x7F) << shift
+        if b < 0x80:
+            return result, pos
+        shift += 7
+        if shift > 63:
+            raise ValueError("varint too long")
+
+
+def iter_packet_bytes(data: bytes) -> tuple[list[memoryview], int | None]:
+    """Split a serialized `Trace` into its TracePacket payloads.
+
+    Returns (payloads, truncated_at): `truncated_at` is the byte offset of the first
+    incomplete record, None when the file ends cleanly. Records other than field 1
+    (e.g. padding written by some tools) are skipped."""
+    view = memoryview(data)
+    out: list[memoryview] = []
+    pos, n = 0, len(data)
+    while pos < n:
+        start = pos
+        try:
+            tag, pos = _varint(view, pos)
+            wire = tag & 7
+            if wire == 2:
+                length, pos = _varint(view, pos)
+                if pos + length > n:
+                    return out, start
+                if tag >> 3 == 1:
+                    out.append(view[pos : pos + length])
+                pos += length
+            elif wire == 0:
+                _, pos = _varint(view, pos)
+            elif wire in (1, 5):
+                pos += 8 if wire == 1 else 4
+            else:
+                raise ValueError(f"wire type {wire}")
+        except (IndexError, ValueError):
+            return out, start
+    return out, None
+
+
+def _looks_like_trace(data: bytes) -> bool:
+    # The first record of every Perfetto trace is a `packet` (tag 0x0a = field 1, LEN).
+    return len(data) > 1 and data[0] == 0x0A
+
+
+@dataclass
+class TraceData:
+    """What droidoom reads from one Perfetto trace (see the module docstring)."""
+
+    oom_events: pd.DataFrame
+    processes: pd.DataFrame
+    threads: pd.DataFrame  # tid, tgid, name
+    clocks: pd.DataFrame  # one row per clock_snapshot; one column per clock name (ns)
+    packets: int = 0
+    truncated_at: int | None = None  # byte offset of an incomplete final record
+    lost_events: int = 0  # sum of FtraceEventBundle.lost_events flags (bundles with losses)
+    ftrace_overrun: int = 0  # kernel ring-buffer overruns (END_OF_TRACE ftrace_stats)
+    ftrace_dropped: int = 0  # events the kernel dropped (END_OF_TRACE ftrace_stats)
+    chunks_discarded: int = 0  # traced buffer chunks lost (DISCARD policy buffer full)
+    primary_clock: int = CLOCK_BOOTTIME
+    ftrace_errors: list[str] = field(default_factory=list)
+
+    def clock_offset_ns(self, src: int = CLOCK_BOOTTIME, dst: int = CLOCK_MONOTONIC) -> int | None:
+        """Median of (src - dst) over the trace's clock snapshots: subtract it from a
+        `src` timestamp to get `dst` time. None when no snapshot holds both clocks."""
+        a, b = CLOCK_NAMES.get(src), CLOCK_NAMES.get(dst)
+        if self.clocks.empty or a not in self.clocks or b not in self.clocks:
+            return None
+        d = (self.clocks[a] - self.clocks[b]).dropna()
+        return int(np.median(d.to_numpy(np.int64))) if len(d) else None
+
+    def writer_pids(self, name: str) -> set[int]:
+        """Pids of processes called `name` (cmdline[0] or its basename), e.g. "lmkd"."""
+        n = self.processes["name"].astype(str)
+        return set(self.processes.loc[(n == name) | n.str.endswith("/" + name), "pid"])
+
+    def updates_by(self, name: str = "lmkd") -> pd.DataFrame:
+        """The oom_events written by process `name` (lmkd: ActivityManager's decisions,
+        what a replay reproduces), in time order; all events when the trace's process
+        list does not name that writer (say so to the user: the filter did nothing)."""
+        pids = self.writer_pids(name)
+        if not pids:
+            return self.oom_events
+        ev = self.oom_events
+        return ev[ev["writer_tgid"].isin(pids) | ev["writer_tid"].isin(pids)]
+
+    @property
+    def losses(self) -> int:
+        """Anything lost between the kernel and the file (0 means a complete record)."""
+        return self.lost_events + self.ftrace_overrun + self.ftrace_dropped + self.chunks_discarded
+
+    def summary(self) -> dict:
+        """Counts for run.json."""
+        return {
+            "packets": self.packets,
+            "oom_events": int(len(self.oom_events)),
+            "processes": int(len(self.processes)),
+            "clock_snapshots": int(len(self.clocks)),
+            "truncated_at": self.truncated_at,
+            "lost_event_bundles": self.lost_events,
+            "ftrace_overrun": self.ftrace_overrun,
+            "ftrace_dropped": self.ftrace_dropped,
+            "chunks_discarded": self.chunks_discarded,
+            "ftrace_errors": self.ftrace_errors[:5],
+        }
+
+
+class _Collector:
+    """Accumulates rows from packets (plain lists: one DataFrame build at the end)."""
+
+    def __init__(self) -> None:
+        self.oom: dict[str, list] = {c: [] for c in OOM_EVENT_COLUMNS if c != "writer_tgid"}
+        self.procs: dict[int, tuple] = {}
+        self.threads: dict[int, tuple] = {}
+        self.clocks: list[dict[str, int]] = []
+        self.packets = 0
+        self.lost = self.overrun = self.dropped = self.discarded = 0
+        self.primary = CLOCK_BOOTTIME
+        self.errors: list[str] = []
+
+    def packet(self, pkt, pb) -> None:
+        self.packets += 1
+        which = pkt.WhichOneof("data")
+        if which == "ftrace_events":
+            self._bundle(pkt.ftrace_events)
+        elif which == "process_tree":
+            self._tree(pkt.process_tree, pkt.timestamp)
+        elif which == "clock_snapshot":
+            snap = pkt.clock_snapshot
+            row = {CLOCK_NAMES.get(c.clock_id, f"clock{c.clock_id}"): c.timestamp
+                   for c in snap.clocks}  # fmt: skip
+            self.clocks.append(row)
+            if snap.HasField("primary_trace_clock"):
+                self.primary = int(snap.primary_trace_clock)
+        elif which == "ftrace_stats":
+            st = pkt.ftrace_stats
+            if st.phase == pb.FtraceStats.END_OF_TRACE:
+                self.overrun += sum(c.overrun for c in st.cpu_stats)
+                self.dropped += sum(c.dropped_events for c in st.cpu_stats)
+            self.errors += [f"failed event {e}" for e in st.failed_ftrace_events]
+            self.errors += [f"unknown event {e}" for e in st.unknown_ftrace_events]
+        elif which == "trace_stats":
+            self.discarded = max(
+                self.discarded, sum(b.chunks_discarded for b in pkt.trace_stats.buffer_stats)
+            )
+        elif which == "compressed_packets":
+            self.compressed(pkt.compressed_packets, pb)
+
+    def compressed(self, blob: bytes, pb) -> None:
+        try:
+            inner = zlib.decompress(blob)
+        except zlib.error as e:
+            self.errors.append(f"bad compressed_packets: {e}")
+            return
+        payloads, _ = iter_packet_bytes(inner)
+        for p in payloads:
+            self.packet(pb.TracePacket.FromString(p), pb)
+
+    def _bundle(self, bundle) -> None:
+        if bundle.lost_events:
+            self.lost += 1
+        cpu = bundle.cpu
+        o = self.oom
+        for ev in bundle.event:
+            if not ev.HasField("oom_score_adj_update"):
+                continue
+            u = ev.oom_score_adj_update
+            o["ts_ns"].append(ev.timestamp)
+            o["cpu"].append(cpu)
+            o["writer_tid"].append(ev.pid)
+            o["pid"].append(u.pid)
+            o["comm"].append(u.comm)
+            o["adj"].append(u.oom_score_adj)
+
+    def _tree(self, tree, ts: int) -> None:
+        for p in tree.processes:
+            if p.pid in self.procs:
+                continue
+            args = list(p.cmdline)
+            self.procs[p.pid] = (p.pid, p.ppid, p.uid if p.HasField("uid") else None,
+                                 args[0] if args else "", " ".join(args), ts)  # fmt: skip
+        for t in tree.threads:
+            self.threads.setdefault(t.tid, (t.tid, t.tgid, t.name))
+
+    def frames(self) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+        oom = pd.DataFrame(self.oom)
+        threads = pd.DataFrame(list(self.threads.values()), columns=["tid", "tgid", "name"])
+        tgid = dict(zip(threads["tid"], threads["tgid"], strict=True))
+        for p in self.procs:
+            tgid.setdefault(p, p)  # a process's main thread
+        oom["writer_tgid"] = oom["writer_tid"].map(tgid)
+        oom = oom[list(OOM_EVENT_COLUMNS)].astype(OOM_EVENT_COLUMNS)
+        oom = oom.sort_values("ts_ns", kind="stable").reset_index(drop=True)
+        procs = pd.DataFrame(list(self.procs.values()), columns=list(PROCESS_COLUMNS))
+        procs = procs.astype(PROCESS_COLUMNS).sort_values("pid").reset_index(drop=True)
+        clocks = pd.DataFrame(self.clocks).astype("Int64") if self.clocks else pd.DataFrame()
+        return oom, procs, threads.astype({"tid": "int32", "tgid": "int32"}), clocks
+
+
+def read_bytes(path: str | Path) -> bytes:
+    """The trace file's bytes (gunzipped if it is gzip), with a clear error if missing."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        raise DataError(f"cannot read trace {path}: {e.strerror or e}") from None
+    if data[:2] == b"\x1f\x8b":
+        try:
+            data = gzip.decompress(data)
+        except (OSError, EOFError) as e:
+            raise DataError(f"{path}: a broken gzip file ({e}); record the trace again") from None
+    return data
+
+
+def parse_trace(data: bytes, what: str = "trace", *, allow_truncated: bool = True) -> TraceData:
+    """Parse a serialized Perfetto trace (`Trace` proto bytes).
+
+    Raises DataError for an empty file, a file that is not a Perfetto protobuf trace
+    (e.g. ftrace text, JSON, a systrace HTML), or (with allow_truncated=False) a
+    truncated one; a truncated trace otherwise keeps its complete packets and sets
+    `truncated_at`."""
+    pb = _import_pb()
+    if not data:
+        raise DataError(f"{what} is empty: was perfetto stopped before it wrote anything?")
+    if not _looks_like_trace(data):
+        head = bytes(data[:16])
+        hint = ""
+        if head.lstrip().startswith((b"#", b"<", b"{", b"[")) or b"tracer:" in head:
+            hint = " (it looks like text: ftrace/atrace text, JSON or HTML)"
+        raise DataError(
+            f"{what} is not a Perfetto protobuf trace{hint}: it starts with {head!r}; "
+            "record one with `perfetto -o FILE` (binary output, not --txt output)"
+        )
+    payloads, truncated_at = iter_packet_bytes(data)
+    if truncated_at is not None and not allow_truncated:
+        raise DataError(
+            f"{what} is truncated at byte {truncated_at} of {len(data)} after "
+            f"{len(payloads)} packets; pull it again after perfetto has exited"
+        )
+    col = _Collector()
+    from google.protobuf.message import DecodeError
+
+    for i, p in enumerate(payloads):
+        try:
+            pkt = pb.TracePacket.FromString(p)
+        except DecodeError as e:
+            msg = f"{what}: packet {i} does not decode ({e}); the file is corrupt"
+            raise DataError(msg) from None
+        col.packet(pkt, pb)
+    if col.packets == 0:
+        raise DataError(f"{what} holds no complete packet (truncated at byte {truncated_at})")
+    oom, procs, threads, clocks = col.frames()
+    return TraceData(
+        oom_events=oom, processes=procs, threads=threads, clocks=clocks,
+        packets=col.packets, truncated_at=truncated_at, lost_events=col.lost,
+        ftrace_overrun=col.overrun, ftrace_dropped=col.dropped,
+        chunks_discarded=col.discarded, primary_clock=col.primary, ftrace_errors=col.errors,
+    )  # fmt: skip
+
+
+def read_trace(path: str | Path, *, allow_truncated: bool = True) -> TraceData:
+    """`parse_trace` of a file (plain or gzip'd)."""
+    return parse_trace(read_bytes(path), str(path), allow_truncated=allow_truncated)
+
+
+def parse_ftrace_text(text: str, what: str = "trace") -> TraceData:
+    """The same TraceData from ftrace/atrace text (`trace` file, `atrace` or
+    `perfetto --txt`-free captures): oom_score_adj_update lines only; timestamps are the
+    text's (microseconds, on whatever trace_clock recorded them); no process list or
+    clock snapshots. Lost-event markers (`CPU:N [LOST M EVENTS]`) are counted."""
+    from .capture.ftrace_parse import add_write_fields
+    from .capture.ftrace_parse import parse_trace as parse_text
+
+    events, header = parse_text(text)
+    ev = add_write_fields(events[events["event"].astype(str) == "oom_score_adj_update"])
+    comm = ev["fields"].astype(str).str.extract(r"comm=(.*) oom_score_adj=")[0]
+    oom = pd.DataFrame({
+        "ts_ns": ev["ts_ns"], "cpu": ev["cpu"], "writer_tid": ev["pid"],
+        "writer_tgid": ev["tgid"], "pid": ev["oom_pid"], "comm": comm, "adj": ev["oom_adj"],
+    }).dropna(subset=["pid", "adj"])  # fmt: skip
+    oom = oom.astype(OOM_EVENT_COLUMNS).sort_values("ts_ns", kind="stable")
+    empty = pd.DataFrame({c: pd.Series([], dtype=t) for c, t in PROCESS_COLUMNS.items()})
+    return TraceData(
+        oom_events=oom.reset_index(drop=True), processes=empty,
+        threads=pd.DataFrame({"tid": [], "tgid": [], "name": []}), clocks=pd.DataFrame(),
+        packets=0, lost_events=len(header.lost_by_cpu),
+        ftrace_dropped=header.lost_events, primary_clock=0,
+    )  # fmt: skip
+
+
+def read_any(path: str | Path, *, allow_truncated: bool = True) -> TraceData:
+    """A Perfetto protobuf trace or ftrace/atrace text (plain or gzip'd), told apart by
+    content. DataError names the file and what it looks like when it is neither."""
+    data = read_bytes(path)
+    if _looks_like_trace(data):
+        return parse_trace(data, str(path), allow_truncated=allow_truncated)
+    head = data[:65536].decode("utf-8", errors="replace")
+    if "oom_score_adj_update:" in head or head.lstrip().startswith("# tracer:"):
+        return parse_ftrace_text(data.decode("utf-8", errors="replace"), str(path))
+    return parse_trace(data, str(path))  # raises the "not a Perfetto trace" error
+
+
+def require_oom_events(trace: TraceData, what: str = "trace") -> None:
+    """DataError naming what is missing when the trace has no oom_score_adj_update."""
+    if len(trace.oom_events):
+        return
+    why = "; ".join(trace.ftrace_errors[:3])
+    raise DataError(
+        f"{what} has no oom/oom_score_adj_update events"
+        + (f" ({why})" if why else "")
+        + "; record with ftrace_config { ftrace_events: \"oom/oom_score_adj_update\" }"
+    )
