@@ -277,7 +277,9 @@ def profile(
             rc = proc.close()
         # A vanished device shows up as the stream ending without a `done` line.
         if reason is None and "done" not in session.events and "error" not in session.events:
-            reason = f"the helper stopped without finishing (exit {rc}); device disconnected?"
+            reason = _wrapper_failure(armed, proc, rc, session) or (
+                f"the helper stopped without finishing (exit {rc}); device disconnected?"
+            )
         err = session.events.get("error")
         if err is not None and session.done == 0:
             raise HelperError(f"{target.name}: {err.fields.get('msg', 'helper failed')}", rc)
@@ -339,6 +341,22 @@ def profile(
     if interrupted is not None:
         raise Interrupted(result) from interrupted
     return result
+
+
+def _wrapper_failure(armed, proc, rc, session: _Session) -> str | None:
+    """The helper never said hello: a wrapper (perf, su...) failed, not the device.
+    Its own stderr and exit code say why."""
+    if "hello" in session.events:
+        return None
+    tail = list(getattr(proc, "stderr_tail", []) or [])
+    for src in reversed(armed):  # outermost wrapper first
+        why = src.diagnose(tail, rc)
+        if why:
+            return why
+    lines = [ln.strip() for ln in tail if ln.strip()]
+    if rc not in (None, 0) and lines:
+        return f"the command failed (exit {rc}) before the helper started: {' | '.join(lines[-3:])}"
+    return None
 
 
 def _push_text(target: Target, text: str, remote: str) -> None:
