@@ -241,7 +241,7 @@ def profile(
     capture_meta: dict = {}
     rc = None
     try:
-        _push_text(target, render_plan(plan.targets, plan.points), remote_plan)
+        _push_text(target, render_plan(plan.targets, plan.points, plan.writer), remote_plan)
         cmd = f"exec {shlex.quote(helper)} run {shlex.quote(remote_plan)} {shlex.quote(remote_rec)}"
         needs_root = False
         for src in captures:
@@ -331,6 +331,7 @@ def profile(
         writes_recorded=len(samples),
         targets=[session.targets[k] for k in sorted(session.targets)],
         points=session.points,
+        writer=session.events["writer"].fields if "writer" in session.events else None,
         captures=capture_meta,
         notices=notices,
     )
