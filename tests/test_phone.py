@@ -7,15 +7,19 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from pathlib import Path
 
 import pytest
-from adb_env import cli_env
+from adb_env import SHELL_GROUPS, SHELL_UID, ShellUidPeer, cli_env, make_device_dir, phone_adj
 from conftest import run_cli
-from test_adb_target import PIXEL, only_run, target
+from test_adb_target import PIXEL, only_run, server_of, target
 
 from droidoom import runner
 from droidoom.capture.perf import PerfSource
+from droidoom.doctor import diagnose
+from droidoom.protocol import parse_line
 from droidoom.spec import ProfileSpec
+from droidoom.targets.adb import AdbTarget
 
 needs_perf = pytest.mark.skipif(
     shutil.which("perf") is None or os.geteuid() != 0, reason="needs perf and root"
@@ -76,3 +80,144 @@ def test_simpleperf_options_follow_its_help_table(adb_peer_factory, device_dir):
     # a helper exit code passes through simpleperf
     res = t.sh(src.wrap("exit 7"))
     assert res.exit_code == 7, res.stderr
+
+
+# --- items 2 and 6: limits the helper checks, memory, lmkd's view of the population -------
+
+
+def run_helper(t, device_dir: str, plan: str, prefix: str = "", timeout: float = 120):
+    """Push `plan`, run `PREFIX helper run` over adb; (result, {event kind: fields})."""
+    helper = t.install_helper()
+    t.sh(f"cat > {device_dir}/plan.txt <<'EOF'\n{plan}EOF")
+    res = t.sh(f"{prefix}{helper} run {device_dir}/plan.txt {device_dir}/rec.bin",
+               timeout=timeout)  # fmt: skip
+    events = {}
+    for line in res.stdout.splitlines():
+        ev = parse_line(line)
+        if ev:
+            events.setdefault(ev.kind, ev.fields)
+    return res, events
+
+
+def plan_text(population: int, writes: int = 10, rate: float = 0, threads: int = 2) -> str:
+    body = "\n".join(["w 0 900 0"] * writes)
+    return (f"droidoom-plan 1\ntarget 0 single 1\npoint 0 {population} {threads} reopen "
+            f"{rate:g} 0\n{body}\n")  # fmt: skip
+
+
+def adj_of(pid: int, comm: str) -> str | None:
+    """oom_score_adj of `pid` if it is (still) a process named `comm`."""
+    try:
+        if f"({comm[:15]})" in Path(f"/proc/{pid}/stat").read_text():
+            return Path(f"/proc/{pid}/oom_score_adj").read_text().strip()
+    except OSError:
+        pass
+    return None
+
+
+def test_population_raises_itself_to_1000(adb_peer_factory, device_dir):
+    """lmkd and the OOM killer must pick the population, not the user's apps (item 6)."""
+    peer = adb_peer_factory(ANDROID14)
+    t = target(peer, device_dir)
+    helper = t.install_helper()
+    t.sh(f"cat > {device_dir}/plan.txt <<'EOF'\n{plan_text(30, writes=40, rate=20)}EOF")
+    proc = t.spawn(f"exec {helper} run {device_dir}/plan.txt {device_dir}/rec.bin")
+    adjs = None
+    try:
+        for line in proc.lines(timeout=60):
+            ev = parse_line(line)
+            if ev and ev.kind == "point":
+                first, last = (int(x) for x in ev.fields["pids"].split("-"))
+                adjs = {adj_of(pid, Path(helper).name) for pid in range(first, last + 1)} - {None}
+                break
+    finally:
+        proc.close()
+    assert adjs == {"1000"}
+
+
+def test_memory_estimate_refuses_before_spawning(adb_peer_factory, device_dir, tmp_path):
+    """A phone with little MemAvailable is refused with a clear message, nothing spawned
+    (item 6). MemAvailable is this kernel's /proc/meminfo with that one line lowered, bound
+    over /proc/meminfo in a private mount namespace on the device side."""
+    if not shutil.which("unshare") or os.geteuid() != 0:
+        pytest.skip("needs unshare and root")
+    peer = adb_peer_factory(ANDROID14)
+    t = target(peer, device_dir)
+    fake = Path(device_dir) / "meminfo"
+    lines = Path("/proc/meminfo").read_text().splitlines()
+    fake.write_text("\n".join("MemAvailable:     200000 kB" if ln.startswith("MemAvailable:")
+                              else ln for ln in lines) + "\n")  # fmt: skip
+    ns = (f"unshare --mount --propagation private -- sh -c "
+          f"'mount --bind {fake} /proc/meminfo && exec \"$@\"' sh ")
+    res, ev = run_helper(t, device_dir, plan_text(1000, threads=8), prefix=ns)
+    assert res.exit_code == 3, res.stdout + res.stderr
+    msg = ev["error"]["msg"]
+    assert "kernel memory" in msg and "195 MB is available" in msg and "--population" in msg
+    assert ev["facts"]["mem_available_kb"] == "200000"
+    res, ev = run_helper(t, device_dir, plan_text(100, threads=8), prefix=ns)  # ~30 MB: fine
+    assert res.exit_code == 0, res.stdout + res.stderr
+
+
+@pytest.fixture
+def shell_peer(adb_peer_factory):
+    """`adb shell` on a production phone (see adb_env.ShellUidPeer)."""
+    if not shutil.which("setpriv") or not shutil.which("unshare") or os.geteuid() != 0:
+        pytest.skip("needs setpriv, unshare and root")
+    props = {**ANDROID14, "ro.debuggable": "0", "ro.build.type": "user"}
+    return adb_peer_factory(props, peer_class=ShellUidPeer)
+
+
+@pytest.fixture
+def shell_dir():
+    d = make_device_dir(uid=SHELL_UID)
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def test_nproc_counts_only_this_uids_tasks(shell_peer, shell_dir):
+    """RLIMIT_NPROC counts the caller uid's tasks, not the system's (item 2): with a limit
+    below the system's task count but far above the shell user's, the run goes ahead."""
+    tasks = int(Path("/proc/loadavg").read_text().split()[3].split("/")[1])
+    limit = 150  # room for uid 2000's few tasks + 41, not for the whole system's
+    if tasks + 41 <= 0.9 * limit:
+        pytest.skip(f"only {tasks} tasks on this host: the old rule would not refuse either")
+    t = AdbTarget(shell_peer.serial, server=server_of(shell_peer), workdirs=(shell_dir,))
+    res, ev = run_helper(t, shell_dir, plan_text(20), prefix=f"prlimit --nproc={limit} ")
+    assert res.exit_code == 0, res.stdout + res.stderr
+    assert ev["facts"]["nproc_limit"] == str(limit)
+    assert 0 < int(ev["facts"]["uid_tasks"]) + 41 < 0.9 * limit < int(ev["facts"]["tasks"]) + 41
+
+
+def test_doctor_on_a_user_build_says_unknown_not_zero(shell_peer, shell_dir):
+    """threads-max is unreadable for shell under SELinux (masked on the peer): doctor must
+    not say "up to 0 extra processes" (item 2), nor blame a missing simpleperf on the
+    Android version (issue 13 item 9)."""
+    assert run_shell(shell_peer, "cat /proc/sys/kernel/threads-max").exit_code != 0
+    t = AdbTarget(shell_peer.serial, server=server_of(shell_peer), workdirs=(shell_dir,))
+    assert t.facts().threads_max == 0  # unknown
+    checks = {c.name: c for c in diagnose(t)}
+    lim = checks["population size"]
+    assert "threads-max=unreadable" in lim.detail, lim.detail
+    assert lim.status == "ok" and "up to 0 " not in lim.detail
+    perf = checks["perf/simpleperf call stacks"]
+    assert "Android < 9" not in perf.detail
+
+
+def run_shell(peer, cmd: str):
+    t = AdbTarget(peer.serial, server=server_of(peer), workdirs=("/data/local/tmp",))
+    return t.sh(cmd)
+
+
+def test_shell_user_has_a_phones_groups_and_adj(shell_peer, shell_dir):
+    """Commands run as uid 2000 with adbd's groups; the adj values are a phone's where this
+    host lets root set -1000 (item 3/11): then adj_min is -1000 and doctor explains it."""
+    out = run_shell(shell_peer, "id -u; id -G; cat /proc/self/oom_score_adj").stdout.split("\n")
+    assert out[0] == str(SHELL_UID)
+    assert {int(g) for g in out[1].split()} >= {SHELL_UID, *SHELL_GROUPS}
+    if not phone_adj():
+        pytest.skip("this host's root lacks CAP_SYS_RESOURCE: cannot play init's -1000")
+    assert out[2] == "-950"
+    t = AdbTarget(shell_peer.serial, server=server_of(shell_peer), workdirs=(shell_dir,))
+    checks = {c.name: c for c in diagnose(t)}
+    low = checks["lower adj to -1000"]
+    assert low.status == "ok" and "inherited from init" in low.detail
