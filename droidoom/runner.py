@@ -232,6 +232,7 @@ def profile(
     store.write_json(run_dir / store.RUN_JSON, meta)
 
     wd = target.workdir()
+    target.claim_run(run_id)  # before anything of this run exists on the target
     remote_plan = f"{wd}/plan-{run_id}.txt"
     remote_rec = f"{wd}/records-{run_id}.bin"
     session = _Session()

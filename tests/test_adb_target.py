@@ -289,14 +289,16 @@ def test_doctor_reports_the_peer_and_this_host(adb_peer, device_dir):
 
 def test_clean_removes_only_our_files(adb_peer, device_dir):
     env = cli_env(adb_peer.server, device_dir)
-    target(adb_peer, device_dir).install_helper()
+    t = target(adb_peer, device_dir)
+    t.install_helper()
+    t.claim_run("r1")  # what the runner does before a run creates its files
     d = Path(device_dir)
     for name in ("plan-r1.txt", "records-r1.bin", "someone-elses.txt"):
         (d / name).write_text("x")
     p = run_cli("clean", "--serial", adb_peer.serial, "--keep-records", env=env)
     assert p.returncode == 0, p.stderr
     assert "kept" in p.stdout and "records-r1.bin" in p.stdout
-    assert sorted(os.listdir(d)) == ["records-r1.bin", "someone-elses.txt"]
+    assert sorted(os.listdir(d)) == [".droidoom-manifest", "records-r1.bin", "someone-elses.txt"]
     p = run_cli("clean", "--serial", adb_peer.serial, env=env)
     assert p.returncode == 0 and sorted(os.listdir(d)) == ["someone-elses.txt"]
     p = run_cli("clean", "--serial", adb_peer.serial, env=env)

@@ -221,3 +221,52 @@ def test_shell_user_has_a_phones_groups_and_adj(shell_peer, shell_dir):
     checks = {c.name: c for c in diagnose(t)}
     low = checks["lower adj to -1000"]
     assert low.status == "ok" and "inherited from init" in low.detail
+
+
+# --- item 5: root probed once; clean removes only what droidoom's manifest lists -------------
+
+
+def test_clean_spares_other_tools_files_with_our_names(adb_peer_factory, device_dir, tmp_path):
+    """/data/local/tmp is shared: another tool's perf-*.data or plan-*.txt is not ours."""
+    peer = adb_peer_factory(ANDROID14)
+    env = cli_env(peer.server, device_dir)
+    p = run_cli("profile", "--serial", peer.serial, "--population", "0,10", "--writes", "20",
+                "--out", str(tmp_path), env=env)  # fmt: skip
+    assert p.returncode == 0, p.stdout + p.stderr
+    theirs = ["perf-1234.data", "plan-sweep.txt", "records-x.bin", "ftrace-a.txt"]
+    for name in theirs:
+        (Path(device_dir) / name).write_text("not droidoom's")
+    run_id = only_run(tmp_path).name
+    (Path(device_dir) / f"records-{run_id}.bin").write_text("left by a cut-short run")
+    p = run_cli("clean", "--serial", peer.serial, env=env)
+    assert p.returncode == 0, p.stderr
+    assert sorted(os.listdir(device_dir)) == sorted(theirs)
+    assert f"records-{run_id}.bin" in p.stdout and "droidoom-helper" in p.stdout
+
+
+@pytest.mark.parametrize("flavour", ["aosp", "magisk"])
+def test_facts_ask_su_for_root_once(shell_peer_env, flavour):
+    """Magisk prompts (or toasts) per request: facts() asks once, in the flavour's syntax."""
+    peer, log = shell_peer_env(flavour)
+    t = AdbTarget(peer.serial, server=server_of(peer), workdirs=("/data/local/tmp",))
+    e = t.facts().extra
+    assert e["su"] is None and e["su_denied"]
+    asked = Path(log).read_text().splitlines()
+    assert asked == (["0 id -u"] if flavour == "aosp" else ["-c id -u"])
+
+
+@pytest.fixture
+def shell_peer_env(adb_peer_factory, request, monkeypatch):
+    def make(flavour: str):
+        if not shutil.which("setpriv") or not shutil.which("unshare") or os.geteuid() != 0:
+            pytest.skip("needs setpriv, unshare and root")
+        d = make_device_dir(uid=SHELL_UID)  # somewhere uid 2000 may write
+        request.addfinalizer(lambda: shutil.rmtree(d, ignore_errors=True))
+        log = Path(d) / "su.log"
+        log.write_text("")
+        os.chmod(log, 0o666)
+        monkeypatch.setenv("DROIDOOM_PEER_SU", flavour)  # the peer's commands inherit it
+        monkeypatch.setenv("DROIDOOM_PEER_SU_LOG", str(log))
+        return adb_peer_factory(ANDROID14, peer_class=ShellUidPeer), log
+
+    return make

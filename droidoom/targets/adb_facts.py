@@ -38,11 +38,15 @@ for z in /sys/class/thermal/thermal_zone*; do
 done
 echo "selinux=$(getenforce 2>/dev/null)"
 if [ "$(id -u)" != 0 ] && command -v su >/dev/null 2>&1; then
-  # A su that prompts (Magisk) must not hang us: bounded, no stdin.
+  # Ask for root once (Magisk may prompt or toast per request): `su -v` names the flavour
+  # without asking (Magisk/KernelSU print a version; AOSP su knows no such user), then one
+  # bounded request, no stdin, in that flavour's syntax.
   T=; command -v timeout >/dev/null 2>&1 && T="timeout 5"
-  if [ "$($T su 0 id -u </dev/null 2>/dev/null)" = 0 ]; then echo su=aosp
-  elif [ "$($T su -c 'id -u' </dev/null 2>/dev/null)" = 0 ]; then echo su=magisk
-  else echo su_denied=1; fi
+  case "$(su -v </dev/null 2>/dev/null)" in
+    *[0-9]*) [ "$($T su -c 'id -u' </dev/null 2>/dev/null)" = 0 ] && echo su=magisk ;;
+    *) [ "$($T su 0 id -u </dev/null 2>/dev/null)" = 0 ] && echo su=aosp ;;
+  esac
+  echo su_tried=1
 fi
 grep -qw tracefs /proc/filesystems 2>/dev/null && echo tracefs_fs=1
 for d in /sys/kernel/tracing /sys/kernel/debug/tracing; do
@@ -152,7 +156,7 @@ def parse_facts(stdout: str, serial: str) -> tuple[TargetFacts, dict[str, str]]:
         "uid": uid,
         "shell_oom_score_adj": _int(one("shell_oom_score_adj")),
         "su": su,
-        "su_denied": one("su_denied") == "1",
+        "su_denied": one("su_tried") == "1" and su is None,
         "adb_root": _adb_root(uid, debuggable),
         "selinux": one("selinux"),
         "tracefs": one("tracefs"),
