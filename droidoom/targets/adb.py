@@ -231,8 +231,8 @@ class AdbTarget(Target):
         m = shlex.quote(f"{os.path.dirname(remote)}/{MANIFEST}")
         res = self.sh(
             f"chmod 755 {q} && {{ sha256sum {q} 2>/dev/null || toybox sha256sum {q}; }} "
-            f"| cut -d' ' -f1; {q} version 2>&1; "
-            f"grep -qx {HELPER} {m} 2>/dev/null || echo {HELPER} >> {m}",
+            f"| cut -d' ' -f1; {q} version 2>&1 && "
+            f"{{ grep -qx {HELPER} {m} 2>/dev/null || echo {HELPER} >> {m}; }}",
             timeout=30,
         )
         out = res.stdout.split()
