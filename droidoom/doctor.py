@@ -22,7 +22,7 @@ OK, MISSING, LIMITED = "ok", "missing", "limited"
 class Check:
     """One capability of a target."""
 
-    area: str  # helper | writes | root | tracing | profiling | limits
+    area: str  # helper | writes | root | power | tracing | profiling | limits
     name: str  # what is checked, e.g. "lower adj to -1000"
     status: str  # ok | limited (works, with a restriction) | missing
     detail: str  # what was found
@@ -200,6 +200,22 @@ def _limit_checks(hf: dict) -> list[Check]:
                   f"use --population up to {n} (or fewer --threads)")]  # fmt: skip
 
 
+def _power_check(facts) -> list[Check]:
+    """Whether the phone stays awake for a run (`dumpsys power`); nothing off Android."""
+    from .power import suspend_risk
+
+    power = facts.extra.get("power") or {}
+    if facts.transport != "adb" or power.get("wakefulness") is None:
+        return []
+    risk = suspend_risk(power)
+    state = (f"{power.get('wakefulness')}, {'powered' if power.get('powered') else 'on battery'}"
+             f"{', kept on' if power.get('stay_on') else ''}")  # fmt: skip
+    if risk is None:
+        return [Check("power", "stays awake", OK, state)]
+    reason, _, fix = risk.partition("; ")
+    return [Check("power", "stays awake", LIMITED, f"{state}: {reason}", fix)]
+
+
 def diagnose(target: Target) -> list[Check]:
     """Every check for `target` (a few round trips: facts, helper, probe, captures)."""
     facts = target.facts()
@@ -207,6 +223,7 @@ def diagnose(target: Target) -> list[Check]:
     if hf:
         checks += _write_checks(hf, facts)
     checks.append(_root_check(facts))
+    checks += _power_check(facts)
     checks += _capture_checks(target)
     checks += _limit_checks(hf)
     return checks

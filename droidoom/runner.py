@@ -27,6 +27,7 @@ from .errors import (
     TransientTargetError,
     UsageError,
 )
+from .power import suspend_risk
 from .protocol import EXIT_OK, Event, decode_records, parse_line, render_plan
 from .scenario import ROLES, Plan, build_plan
 from .spec import ProfileSpec
@@ -196,6 +197,8 @@ def profile(
             f"this user may not lower oom_score_adj below {adj_min} (oom_score_adj_min); "
             f"{plan.clamped} moves were raised to {adj_min}. Run as root for the full range."
         )
+    if risk := suspend_risk(facts.extra.get("power")):
+        notice(risk)
     if "multiprocess" in spec.kinds and hf.fields.get("clone_vm") == "0":
         notice("clone(CLONE_VM) without CLONE_THREAD fails here (qemu-user?): no multiprocess data")
 

@@ -270,3 +270,30 @@ def shell_peer_env(adb_peer_factory, request, monkeypatch):
         return adb_peer_factory(ANDROID14, peer_class=ShellUidPeer), log
 
     return make
+
+
+# --- item 8: suspend ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("state", ["battery", "stayon"])
+def test_power_state_is_recorded_and_a_suspend_risk_said(adb_peer_factory, device_dir,
+                                                         tmp_path, monkeypatch, state):  # fmt: skip
+    monkeypatch.setenv("DROIDOOM_PEER_POWER", state)  # read by the peer's dumpsys stand-in
+    peer = adb_peer_factory(ANDROID14)
+    env = cli_env(peer.server, device_dir)
+    p = run_cli("profile", "--serial", peer.serial, "--population", "0,10", "--writes", "20",
+                "--out", str(tmp_path), env=env)  # fmt: skip
+    assert p.returncode == 0, p.stdout + p.stderr
+    meta = json.loads((only_run(tmp_path) / "run.json").read_text())
+    power = meta["target"]["extra"]["power"]
+    said = [n for n in meta["notices"] if "svc power stayon" in n]
+    if state == "battery":
+        assert power["powered"] is False and power["wakefulness"] == "Awake"
+        assert power["screen_off_timeout_ms"] == 30000
+        assert said and "on battery" in said[0] and "after 30 s" in said[0]
+        assert "svc power stayon" in " ".join(p.stdout.split() + p.stderr.split())
+        t = target(peer, device_dir)
+        check = {c.name: c for c in diagnose(t)}["stays awake"]
+        assert check.status == "limited" and "svc power stayon" in check.fix
+    else:
+        assert power["stay_on"] is True and power["stay_on_while_plugged"] == 7 and not said

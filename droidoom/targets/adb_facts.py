@@ -57,6 +57,13 @@ for d in /sys/kernel/tracing /sys/kernel/debug/tracing; do
     break
   fi
 done
+dumpsys power 2>/dev/null | while read -r l; do
+  case "$l" in
+    mWakefulness=*|mIsPowered=*|mPlugType=*|mStayOn=*|mStayOnWhilePluggedInSetting=*)
+      echo "power.$l" ;;
+    "Screen off timeout:"*) l=${l#Screen off timeout: }; echo "power.screen_off_ms=${l%% ms}" ;;
+  esac
+done
 echo "simpleperf=$(command -v simpleperf 2>/dev/null)"
 echo "perf=$(command -v perf 2>/dev/null)"
 echo "perf_event_paranoid=$(cat /proc/sys/kernel/perf_event_paranoid 2>/dev/null)"
@@ -100,6 +107,30 @@ def _adb_root(uid: int | None, debuggable: bool) -> str:
     if debuggable:
         return "available: `adb root` (debuggable build)"
     return "refused: production build (ro.debuggable=0)"
+
+
+def parse_power(kv: dict[str, list[str]]) -> dict:
+    """PowerManagerService's `dumpsys power` state (None values: not reported, e.g. no
+    dumpsys): wakefulness (Awake, Asleep, Dozing, Dreaming), powered, plug type, stay_on
+    (the screen is being kept on), the stay-awake-while-plugged bitmask (1 AC, 2 USB, 4
+    wireless) and the screen-off timeout."""
+
+    def one(key: str) -> str | None:
+        v = kv.get(f"power.{key}")
+        return v[-1] if v else None
+
+    def flag(key: str) -> bool | None:
+        v = one(key)
+        return None if v is None else v == "true"
+
+    return {
+        "wakefulness": one("mWakefulness"),
+        "powered": flag("mIsPowered"),
+        "plug_type": _int(one("mPlugType")),
+        "stay_on": flag("mStayOn"),
+        "stay_on_while_plugged": _int(one("mStayOnWhilePluggedInSetting")),
+        "screen_off_timeout_ms": _int(one("screen_off_ms")),
+    }
 
 
 def parse_facts(stdout: str, serial: str) -> tuple[TargetFacts, dict[str, str]]:
@@ -167,6 +198,7 @@ def parse_facts(stdout: str, serial: str) -> tuple[TargetFacts, dict[str, str]]:
         "perf": one("perf"),
         "perf_event_paranoid": _int(one("perf_event_paranoid")),
         "perf_harden": props.get("security.perf_harden", ""),
+        "power": parse_power(kv),
     }
     facts = TargetFacts(
         device=serial,
