@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -297,3 +298,64 @@ def test_power_state_is_recorded_and_a_suspend_risk_said(adb_peer_factory, devic
         assert check.status == "limited" and "svc power stayon" in check.fix
     else:
         assert power["stay_on"] is True and power["stay_on_while_plugged"] == 7 and not said
+
+
+# --- item 3: doctor's explanation of oom_score_adj_min on a phone --------------------------
+
+
+def test_doctor_explains_adj_min_inherited_from_init():
+    """A phone's helper facts (adb shell, uid 2000): adj -950, adj_min -1000, no
+    CAP_SYS_RESOURCE. The full range is an inheritance from init, not a capability."""
+    from droidoom.doctor import _write_checks
+    from droidoom.targets.base import TargetFacts
+
+    line = ("facts uid=2000 euid=2000 adj=-950 adj_min=-1000 cap_sys_resource=0 pid_max=32768 "
+            "threads_max=-1 tasks=1900 nproc_limit=-1 cpus=8 clone_vm=1 uid_tasks=12")  # fmt: skip
+    hf = parse_line(line).fields
+    facts = TargetFacts(device="p", transport="adb", model="Pixel 8", abi="arm64-v8a",
+                        kernel_release="6.1.75", cpus=8, root=False, pid_max=32768,
+                        threads_max=0)  # fmt: skip
+    low = {c.name: c for c in _write_checks(hf, facts)}["lower adj to -1000"]
+    assert low.status == "ok"
+    assert "CAP_SYS_RESOURCE: full range" not in low.detail
+    assert "inherited from init" in low.detail and "-950" in low.detail
+
+
+# --- items 7 and 11: the writer's core; SIGHUP only to adbd's direct child ---------------
+
+
+def test_cpu_pins_every_write_and_points_record_their_state(adb_peer_factory, device_dir,
+                                                            tmp_path):  # fmt: skip
+    cpu = max(os.sched_getaffinity(0))
+    peer = adb_peer_factory(ANDROID14)
+    env = cli_env(peer.server, device_dir)
+    p = run_cli("profile", "--serial", peer.serial, "--population", "0,10", "--writes", "30",
+                "--cpu", str(cpu), "--out", str(tmp_path), env=env)  # fmt: skip
+    assert p.returncode == 0, p.stdout + p.stderr
+    run = only_run(tmp_path)
+    meta = json.loads((run / "run.json").read_text())
+    assert meta["writer"]["cpu"] == str(cpu) and meta["writer"]["pinned"] == "1"
+    assert [pt["population"] for pt in meta["points"]] == ["0", "10", "0"]
+    assert all("freq_khz" in pt and "temp_mc" in pt for pt in meta["points"])
+    import droidoom
+
+    assert set(droidoom.load(run)["cpu"]) == {cpu}
+
+
+def test_closing_the_stream_hups_only_adbds_direct_child(adb_peer_factory, tmp_path):
+    """adbd sends SIGHUP to the shell it started, not its process group: a wrapper must
+    pass it on (or its children notice the closed pipes)."""
+    peer = adb_peer_factory(ANDROID14, kill_grace=1.0)
+    t = target(peer, "/data/local/tmp")
+    log = tmp_path / "hup.log"
+    script = (f"trap 'echo parent >> {log}; exit 1' HUP; "
+              f"sh -c \"trap 'echo child >> {log}; exit 1' HUP; while :; do sleep 0.1; done\" & "
+              "echo started; wait")  # fmt: skip
+    proc = t.spawn(script)
+    assert next(iter(proc.lines(timeout=10))) == "started"
+    proc.close(grace=0.1)
+    deadline = time.monotonic() + 10
+    while "parent" not in (log.read_text() if log.exists() else "") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(1.5)  # past kill_grace: the group has been SIGKILLed by now
+    assert log.read_text().split() == ["parent"]
