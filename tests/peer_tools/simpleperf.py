@@ -112,7 +112,7 @@ def samples(path: str):
             if cur:
                 yield cur
             cur = None
-        elif not line[0].isspace():
+        elif not line.startswith("\t"):  # a sample's header: tid is right-aligned
             f = line.split()
             sec, _, frac = f[1].rstrip(":").partition(".")
             cur = (int(f[0]), int(sec) * 10**9 + int(frac.ljust(9, "0")), int(f[2]), [])
