@@ -305,14 +305,22 @@ def system_python() -> str | None:
     return None
 
 
+#: The root daemon behind the peer's `su` stand-in (ShellUidPeer(grant_su=True)).
+SUD = os.path.join(os.path.dirname(os.path.abspath(__file__)), "peer_tools", "_sud.py")
+
 #: Runs as root in the peer's private mount namespace, then execs setpriv: masks what
 #: SELinux denies shell, and (where this host's root has CAP_SYS_RESOURCE) does what init
 #: does on a phone, `echo -1000 > oom_score_adj`, so every command inherits
 #: oom_score_adj_min -1000 while adbd's children raise themselves to -950.
 _SHELL_SETUP = r"""
-mask=$1; shift
+mask=$1; py=$2; sud=$3; shift 3
 for f in %(denied)s; do [ -e "$f" ] && mount --bind "$mask" "$f"; done
 echo -1000 > /proc/self/oom_score_adj 2>/dev/null
+if [ -n "$py" ]; then  # su grants: a root daemon that dies with the peer (this pid)
+  DROIDOOM_PEER_SU_SOCKET="$(dirname "$mask")/su.sock"; export DROIDOOM_PEER_SU_SOCKET
+  "$py" "$sud" "$DROIDOOM_PEER_SU_SOCKET" </dev/null &
+  while [ ! -S "$DROIDOOM_PEER_SU_SOCKET" ]; do sleep 0.02; done
+fi
 exec "$@"
 """
 
@@ -322,12 +330,14 @@ class ShellUidPeer(PeerProcess):
     adbd's supplementary groups (``setpriv``, with ``--pdeathsig KILL`` since a uid change
     clears the death signal), in a private mount namespace where the reads a user build's
     SELinux denies shell fail (``SELINUX_DENIED``), and with init's oom_score_adj -1000
-    above it where this host's root may set it (see ``phone_adj``).
+    above it where this host's root may set it (see ``phone_adj``). ``grant_su``: the
+    peer's `su` stand-in grants root (a root daemon started before the uid drop serves
+    it, as magiskd does), so `su 0 sh -c` / `su -c` really run commands as root.
 
     Runs the system python (the peer is stdlib-only; /root may be unreadable to ``uid``).
     """
 
-    def __init__(self, props=None, *, uid: int = SHELL_UID, **kw):
+    def __init__(self, props=None, *, uid: int = SHELL_UID, grant_su: bool = False, **kw):
         super().__init__(props, **kw)
         python = system_python()
         setpriv, unshare = shutil.which("setpriv"), shutil.which("unshare")
@@ -342,7 +352,7 @@ class ShellUidPeer(PeerProcess):
         self.argv = [
             unshare, "--mount", "--propagation", "private", "--",
             "/bin/sh", "-c", _SHELL_SETUP % {"denied": " ".join(map(shlex.quote, SELINUX_DENIED))},
-            "shell-setup", mask,
+            "shell-setup", mask, python if grant_su else "", SUD,
             setpriv, f"--reuid={uid}", f"--regid={uid}", f"--groups={groups}",
             "--pdeathsig", "KILL", python, *self.argv[1:],
         ]  # fmt: skip

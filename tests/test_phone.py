@@ -252,7 +252,7 @@ def test_facts_ask_su_for_root_once(shell_peer_env, flavour):
     t = AdbTarget(peer.serial, server=server_of(peer), workdirs=("/data/local/tmp",))
     e = t.facts().extra
     assert e["su"] is None and e["su_denied"]
-    asked = Path(log).read_text().splitlines()
+    asked = [" ".join(json.loads(a)) for a in Path(log).read_text().splitlines()]
     assert asked == (["0 id -u"] if flavour == "aosp" else ["-c id -u"])
 
 
@@ -359,3 +359,37 @@ def test_closing_the_stream_hups_only_adbds_direct_child(adb_peer_factory, tmp_p
         time.sleep(0.05)
     time.sleep(1.5)  # past kill_grace: the group has been SIGKILLed by now
     assert log.read_text().split() == ["parent"]
+
+
+@pytest.mark.parametrize("flavour", ["aosp", "magisk"])
+def test_profile_through_su_with_ftrace(adb_peer_factory, monkeypatch, flavour, tmp_path):
+    """A rooted production phone: adb shell is uid 2000 and root comes from `su` (AOSP
+    `su 0 sh -c`, Magisk `su -c`). Root-only ftrace runs through it, asked for once."""
+    if not shutil.which("setpriv") or not shutil.which("unshare") or os.geteuid() != 0:
+        pytest.skip("needs setpriv, unshare and root")
+    if not Path("/sys/kernel/tracing/instances").is_dir():
+        pytest.skip("no tracefs")
+    d = make_device_dir(uid=SHELL_UID)
+    try:
+        log = Path(d) / "su.log"
+        log.write_text("")
+        os.chmod(log, 0o666)
+        monkeypatch.setenv("DROIDOOM_PEER_SU", flavour)
+        monkeypatch.setenv("DROIDOOM_PEER_SU_LOG", str(log))
+        peer = adb_peer_factory(ANDROID14, peer_class=ShellUidPeer, grant_su=True)
+        t = AdbTarget(peer.serial, server=server_of(peer), workdirs=(d,))
+        assert t.facts().root and t.facts().extra["su"] == flavour
+        assert t.sh("id -u", root=True).stdout.strip() == "0"
+        spec = ProfileSpec(populations=(0, 10), writes=40, warmup=2)
+        from droidoom.capture import build_sources
+
+        res = runner.profile(t, spec, tmp_path, captures=build_sources(["ftrace"]))
+        assert res.status == "complete", res.meta.get("reason")
+        assert res.meta["captures"]["ftrace"]["matched_fraction"] > 0.9
+        # (root-only tracefs instances worked: the helper and ftrace ran through su)
+        asked = [" ".join(json.loads(a)) for a in log.read_text().splitlines()]
+        syntax = "0 sh -c " if flavour == "aosp" else "-c "
+        assert asked[0] == ("0 id -u" if flavour == "aosp" else "-c id -u")
+        assert all(a.startswith(syntax) for a in asked[1:]) and len(asked) > 2, asked
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
