@@ -393,3 +393,30 @@ def test_profile_through_su_with_ftrace(adb_peer_factory, monkeypatch, flavour, 
         assert all(a.startswith(syntax) for a in asked[1:]) and len(asked) > 2, asked
     finally:
         shutil.rmtree(d, ignore_errors=True)
+
+
+def test_cancel_through_su_leaves_no_root_helper(adb_peer_factory, monkeypatch, tmp_path):
+    """adbd HUPs only its direct child (su); the root helper behind it must still stop and
+    take its population with it (the autouse fixture checks no helper is left)."""
+    if not shutil.which("setpriv") or not shutil.which("unshare") or os.geteuid() != 0:
+        pytest.skip("needs setpriv, unshare and root")
+    if not Path("/sys/kernel/tracing/instances").is_dir():
+        pytest.skip("no tracefs")
+    import threading
+
+    from droidoom.capture import build_sources
+
+    d = make_device_dir(uid=SHELL_UID)
+    try:
+        monkeypatch.setenv("DROIDOOM_PEER_SU", "magisk")
+        peer = adb_peer_factory(ANDROID14, peer_class=ShellUidPeer, grant_su=True)
+        t = AdbTarget(peer.serial, server=server_of(peer), workdirs=(d,))
+        spec = ProfileSpec(populations=(0, 50), writes=4000, rate=1000, warmup=2)
+        cancel = threading.Event()
+        threading.Timer(3.0, cancel.set).start()
+        res = runner.profile(t, spec, tmp_path, captures=build_sources(["ftrace"]),
+                             cancel=cancel)  # fmt: skip
+        assert res.status == "partial" and res.meta["reason"] == "cancelled"
+        assert 0 < len(res.samples) < res.meta["writes_planned"]
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
