@@ -14,6 +14,7 @@
  * its parent (PR_SET_PDEATHSIG), and it only writes oom_score_adj of its own children.
  */
 #define _GNU_SOURCE
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -64,6 +65,11 @@ enum { MAX_TARGETS = 16, MAX_POINTS = 65536, MAX_WRITES = 50000000, MAX_POP = 32
 #define STALL_NS 30000000000LL       /* no sign of life from spawned children for this long */
 #define THREAD_STACK 16384           /* sleeping threads need almost no stack */
 #define VM_CHILD_STACK 65536
+/* Kernel memory a sleeping population costs, measured on Linux 6.18 x86_64 (1000
+ * processes x 8 threads took 279 MB of MemAvailable: kernel stack 16 KiB + slab ~9 KiB
+ * per task, page tables ~48 KiB per process). arm64 uses 16 KiB kernel stacks too. */
+#define MEM_TASK_KB 30
+#define MEM_PROC_KB 64
 
 enum { KIND_SINGLE, KIND_THREADED, KIND_MULTIPROCESS };
 static const char *const kind_names[] = {"single", "threaded", "multiprocess"};
@@ -272,6 +278,8 @@ static void reap_orphans(void)
 static int g_ready_r = -1, g_ready_w = -1;   /* population: one byte per ready child */
 static int g_status_r = -1, g_status_w = -1; /* targets: {idx, errno} per target */
 static int g_rec_fd = -1;
+static cpu_set_t g_all_cpus; /* the helper's CPU mask before the writer was pinned */
+static int g_pinned;
 
 static void *sleeper(void *arg)
 {
@@ -294,6 +302,8 @@ static void child_setup(pid_t parent, int keep_fd)
     sigset_t all;
     sigfillset(&all);
     sigprocmask(SIG_BLOCK, &all, NULL);
+    if (g_pinned) /* SCHED_RESET_ON_FORK undid SCHED_FIFO; undo the writer's pin too */
+        sched_setaffinity(0, sizeof g_all_cpus, &g_all_cpus);
     int fds[] = {0, 1, 2, g_rec_fd, g_ready_r, g_ready_w, g_status_r, g_status_w};
     for (size_t i = 0; i < sizeof fds / sizeof fds[0]; i++)
         if (fds[i] >= 0 && fds[i] != keep_fd)
@@ -347,6 +357,10 @@ static pid_t spawn_vm_child(void)
 static _Noreturn void population_child(pid_t parent, int threads)
 {
     child_setup(parent, g_ready_w);
+    /* The population is real memory pressure: make it lmkd's and the OOM killer's first
+     * choice (raising one's own adj never needs a capability) instead of the user's apps,
+     * which would otherwise rank below our inherited adj (-950 under adb shell). */
+    write_adj_path("/proc/self/oom_score_adj", "1000", 4);
     int e = spawn_threads(threads - 1);
     unsigned char b = (unsigned char)(e > 255 ? 255 : e); /* 0 = ready */
     while (write(g_ready_w, &b, 1) < 0 && errno == EINTR)
@@ -376,6 +390,7 @@ static _Noreturn void target_child(pid_t parent, int idx, int kind, int threads)
 
 struct facts {
     long long uid, euid, adj, adj_min, pid_max, threads_max, tasks, nproc_limit, cpus;
+    long long uid_tasks, mem_available_kb;
     int cap_sys_resource, cap_sys_admin, clone_vm;
 };
 
@@ -448,6 +463,47 @@ static int probe_clone_vm(void)
     return r == pid && WIFEXITED(st) && WEXITSTATUS(st) == 0;
 }
 
+/* Tasks (threads) of processes owned by our uid: what RLIMIT_NPROC counts (per real
+ * uid), not every task on the system. /proc entries we may not stat are not ours. */
+static long long count_uid_tasks(uid_t uid)
+{
+    DIR *d = opendir("/proc");
+    if (!d)
+        return -1;
+    long long n = 0;
+    struct dirent *e;
+    char path[64], buf[1024];
+    while ((e = readdir(d)) != NULL) {
+        struct stat st;
+        if (e->d_name[0] < '1' || e->d_name[0] > '9')
+            continue;
+        snprintf(path, sizeof path, "/proc/%s", e->d_name);
+        if (stat(path, &st) != 0 || st.st_uid != uid)
+            continue;
+        snprintf(path, sizeof path, "/proc/%s/stat", e->d_name);
+        long threads = 1;
+        if (read_small(path, buf, sizeof buf) > 0) {
+            char *p = strrchr(buf, ')'); /* comm may contain spaces: fields follow ')' */
+            for (int field = 2; p && field < 20; field++)
+                p = strchr(p + 1, ' ');
+            if (p)
+                threads = strtol(p + 1, NULL, 10);
+        }
+        n += threads > 0 ? threads : 1;
+    }
+    closedir(d);
+    return n;
+}
+
+static long long mem_available_kb(void)
+{
+    char buf[4096];
+    if (read_small("/proc/meminfo", buf, sizeof buf) <= 0)
+        return -1;
+    char *p = strstr(buf, "MemAvailable:");
+    return p ? strtoll(p + 13, NULL, 10) : -1;
+}
+
 static void gather_facts(struct facts *f)
 {
     char buf[256];
@@ -470,6 +526,8 @@ static void gather_facts(struct facts *f)
     if (getrlimit(RLIMIT_NPROC, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY)
         f->nproc_limit = (long long)rl.rlim_cur;
     f->cpus = sysconf(_SC_NPROCESSORS_ONLN);
+    f->uid_tasks = count_uid_tasks(getuid());
+    f->mem_available_kb = mem_available_kb();
     f->adj_min = probe_adj_min(f->adj);
     f->clone_vm = probe_clone_vm();
 }
@@ -483,9 +541,11 @@ static int cmp_i64(const void *a, const void *b)
 static void print_facts_calib(const struct facts *f)
 {
     out("facts uid=%lld euid=%lld adj=%lld adj_min=%lld cap_sys_resource=%d pid_max=%lld "
-        "threads_max=%lld tasks=%lld nproc_limit=%lld cpus=%lld clone_vm=%d",
+        "threads_max=%lld tasks=%lld nproc_limit=%lld cpus=%lld clone_vm=%d uid_tasks=%lld "
+        "mem_available_kb=%lld mem_task_kb=%d mem_proc_kb=%d",
         f->uid, f->euid, f->adj, f->adj_min, f->cap_sys_resource, f->pid_max, f->threads_max,
-        f->tasks, f->nproc_limit, f->cpus, f->clone_vm);
+        f->tasks, f->nproc_limit, f->cpus, f->clone_vm, f->uid_tasks, f->mem_available_kb,
+        MEM_TASK_KB, MEM_PROC_KB);
     /* Timer resolution/overhead, so the host can tell what a latency near it means. */
     enum { N = 10001 };
     static int64_t d[N];
@@ -521,6 +581,8 @@ static struct wr *g_writes; /* mmap'd, MADV_DONTFORK: children never need it */
 static uint32_t g_nwrites;
 static char g_errmsg[512];
 static long g_errline; /* plan line of a parse error, 0 if none */
+static int g_writer_cpu = -1; /* `writer` directive: -1 unpinned, -2 the CPU we start on */
+static int g_writer_fifo;     /* 1: SCHED_FIFO like lmkd, when permitted */
 
 static int parse_long(const char *s, long lo, long hi, long *v)
 {
@@ -563,6 +625,18 @@ static int parse_directive(char **tok, int n, int *seen_header)
             PLAN_FAIL("more than %d writes", MAX_WRITES);
         g_writes[g_nwrites++] = (struct wr){(int16_t)b, (uint8_t)a, (uint8_t)c};
         g_points[g_npoints - 1].count++;
+        return 0;
+    }
+    if (strcmp(tok[0], "writer") == 0) {
+        if (n != 3)
+            PLAN_FAIL("'writer' takes 2 fields: <cpu|-1|-2> <fifo 0|1>");
+        if (g_npoints)
+            PLAN_FAIL("'writer' after a 'point'; put it before the first point");
+        if (parse_long(tok[1], -2, CPU_SETSIZE - 1, &a))
+            PLAN_FAIL("writer cpu '%s' is not -2 (current), -1 (any) or a CPU number", tok[1]);
+        if (parse_long(tok[2], 0, 1, &b))
+            PLAN_FAIL("writer fifo '%s' is not 0 or 1", tok[2]);
+        g_writer_cpu = (int)a, g_writer_fifo = (int)b;
         return 0;
     }
     if (strcmp(tok[0], "target") == 0) {
@@ -727,13 +801,25 @@ static int safety_check(const struct facts *f)
                  maxpop, tpp, need, tasks, f->pid_max, f->threads_max, cap * 8 / 10);
         return -1;
     }
+    long long mine = f->uid_tasks >= 0 ? f->uid_tasks : tasks; /* what RLIMIT_NPROC counts */
     if (f->nproc_limit >= 0 && !f->cap_sys_resource && !f->cap_sys_admin &&
-        tasks + need > f->nproc_limit / 10 * 9) {
+        mine + need > f->nproc_limit / 10 * 9) {
         snprintf(g_errmsg, sizeof g_errmsg,
-                 "population %lld x %lld threads plus targets needs %lld tasks; with %lld already "
-                 "running that exceeds 90%% of RLIMIT_NPROC %lld = %lld (no CAP_SYS_RESOURCE); use "
-                 "a smaller --population or --threads, or raise ulimit -u",
-                 maxpop, tpp, need, tasks, f->nproc_limit, f->nproc_limit / 10 * 9);
+                 "population %lld x %lld threads plus targets needs %lld tasks; with %lld of this "
+                 "uid's already running that exceeds 90%% of RLIMIT_NPROC %lld = %lld (no "
+                 "CAP_SYS_RESOURCE); use a smaller --population or --threads, or raise ulimit -u",
+                 maxpop, tpp, need, mine, f->nproc_limit, f->nproc_limit / 10 * 9);
+        return -1;
+    }
+    long long procs = maxpop + g_ntargets + nmp;
+    long long need_kb = need * MEM_TASK_KB + procs * MEM_PROC_KB;
+    if (f->mem_available_kb > 0 && need_kb > f->mem_available_kb / 2) {
+        snprintf(g_errmsg, sizeof g_errmsg,
+                 "population %lld x %lld threads needs ~%lld MB of kernel memory (stacks, task "
+                 "structs, page tables) but only %lld MB is available and the sweep may use at "
+                 "most half of it (more would make lmkd kill apps); use a smaller --population "
+                 "or --threads, or close apps",
+                 maxpop, tpp, need_kb / 1024, f->mem_available_kb / 1024);
         return -1;
     }
     int lowest = 1001;
@@ -1101,6 +1187,72 @@ static void print_hello(void)
         (int)getpid());
 }
 
+/* Pins the writer (this thread) and makes it SCHED_FIFO as the plan asks, after the
+ * targets exist; children forked later get the old mask back (child_setup) and, through
+ * SCHED_RESET_ON_FORK, SCHED_OTHER. Prints a `writer` line. */
+static void setup_writer(void)
+{
+    int cpu = g_writer_cpu == -2 ? sched_getcpu() : g_writer_cpu, pin_err = 0, fifo_err = 0;
+    if (cpu >= 0) {
+        cpu_set_t one;
+        CPU_ZERO(&one);
+        CPU_SET(cpu, &one);
+        if (sched_getaffinity(0, sizeof g_all_cpus, &g_all_cpus) == 0 &&
+            sched_setaffinity(0, sizeof one, &one) == 0)
+            g_pinned = 1;
+        else
+            pin_err = errno;
+    }
+    if (g_writer_fifo) {
+        struct sched_param sp = {.sched_priority = 1}; /* lmkd: SCHED_FIFO, priority 1 */
+        /* the raw syscall: musl's sched_setscheduler() is a stub that returns ENOSYS */
+        if (syscall(SYS_sched_setscheduler, 0, SCHED_FIFO | SCHED_RESET_ON_FORK, &sp) != 0)
+            fifo_err = errno;
+    }
+    out("writer cpu=%d pinned=%d pin_errno=%d fifo=%d fifo_errno=%d", g_pinned ? cpu : -1,
+        g_pinned, pin_err, g_writer_fifo && !fifo_err, fifo_err);
+}
+
+/* "name:value,..." of the first files matching dir/<prefix>*<file> into buf: the CPU
+ * frequency of each cpufreq policy or the temperature of each thermal zone. */
+static void read_states(char *buf, size_t size, const char *dir, const char *prefix,
+                        const char *file, const char *name_file)
+{
+    size_t used = 0;
+    buf[0] = 0;
+    DIR *d = opendir(dir);
+    if (!d)
+        return;
+    struct dirent *e;
+    int n = 0;
+    while ((e = readdir(d)) != NULL && n < 16) {
+        if (strncmp(e->d_name, prefix, strlen(prefix)) != 0)
+            continue;
+        char path[256], val[64], name[48];
+        snprintf(path, sizeof path, "%s/%s/%s", dir, e->d_name, file);
+        if (read_small(path, val, sizeof val) <= 0)
+            continue;
+        snprintf(name, sizeof name, "%s", e->d_name);
+        if (name_file) {
+            snprintf(path, sizeof path, "%s/%s/%s", dir, e->d_name, name_file);
+            if (read_small(path, name, sizeof name) <= 0)
+                snprintf(name, sizeof name, "%s", e->d_name);
+        }
+        for (char *c = name; *c; c++) /* values never contain spaces or separators */
+            if (*c == '\n')
+                *c = 0;
+            else if (*c == ' ' || *c == ',' || *c == ':' || *c == '=' || *c == '"')
+                *c = '_';
+        int w = snprintf(buf + used, size - used, "%s%s:%lld", n ? "," : "", name,
+                         strtoll(val, NULL, 10));
+        if (w < 0 || (size_t)w >= size - used)
+            break;
+        used += (size_t)w;
+        n++;
+    }
+    closedir(d);
+}
+
 /* Every way out of `run` after spawning starts goes through here: flush, teardown, done. */
 static int finish(int rc)
 {
@@ -1179,6 +1331,7 @@ static int cmd_run(const char *plan_path, const char *rec_path)
     int r = spawn_targets((int)f.adj);
     if (r)
         return finish(EXIT_INTR);
+    setup_writer();
     int64_t next_tick = now_ns() + TICK_NS;
     for (int i = 0; i < g_npoints; i++) {
         const struct point *p = &g_points[i];
@@ -1189,10 +1342,14 @@ static int cmd_run(const char *plan_path, const char *rec_path)
         if (r > 0)
             return finish(EXIT_INTR);
         int64_t spawn_ns = now_ns() - t0;
-        out("point idx=%d population=%d threads=%d mode=%s spawn_ns=%lld pids=%d-%d", p->idx,
-            g_npop, p->threads, mode_names[p->mode], (long long)spawn_ns,
-            g_npop ? (int)g_kids[SLOT_POP(0)].pid : 0,
-            g_npop ? (int)g_kids[SLOT_POP(g_npop - 1)].pid : 0);
+        static char freq[512], temp[768];
+        read_states(freq, sizeof freq, "/sys/devices/system/cpu/cpufreq", "policy",
+                    "scaling_cur_freq", NULL);
+        read_states(temp, sizeof temp, "/sys/class/thermal", "thermal_zone", "temp", "type");
+        out("point idx=%d population=%d threads=%d mode=%s spawn_ns=%lld pids=%d-%d "
+            "freq_khz=%s temp_mc=%s", p->idx, g_npop, p->threads, mode_names[p->mode],
+            (long long)spawn_ns, g_npop ? (int)g_kids[SLOT_POP(0)].pid : 0,
+            g_npop ? (int)g_kids[SLOT_POP(g_npop - 1)].pid : 0, freq, temp);
         if (run_point(p, &next_tick) != 0)
             return finish(EXIT_RUNTIME);
         if (stopping())

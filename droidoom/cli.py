@@ -112,6 +112,18 @@ AdbHost = Annotated[
 AdbPort = Annotated[
     int | None, typer.Option(help="adb server port (default: $ANDROID_ADB_SERVER_PORT or 5037).")
 ]
+Cpu = Annotated[
+    int | None,
+    typer.Option(help="Pin the writer to this CPU (default: the core it starts on; -1: unpinned)."),
+]
+Fifo = Annotated[
+    bool | None,
+    typer.Option("--fifo/--no-fifo", help="Writer at SCHED_FIFO like lmkd when allowed (default)."),
+]
+Order = Annotated[
+    str | None,
+    typer.Option(help="Sweep order: updown (up and back down: drift shows) or ascending."),
+]
 Capture = Annotated[
     str,
     typer.Option(
@@ -123,7 +135,8 @@ Capture = Annotated[
 
 def build_spec(
     quick=False, population=None, kinds=None, writes=None, threads=None, target_threads=None,
-    scenario=None, adj=None, rate=None, mode=None, seed=None, base=None,
+    scenario=None, adj=None, rate=None, mode=None, seed=None, base=None, *, cpu=None, fifo=None,
+    order=None,
 ) -> specs.ProfileSpec:  # fmt: skip
     """Spec from CLI options: `base` (else --quick or the default), explicit options on top."""
     base = base or (specs.QUICK if quick else specs.DEFAULT)
@@ -138,6 +151,9 @@ def build_spec(
         "rate": rate,
         "modes": _words(mode),
         "seed": seed,
+        "cpu": cpu,
+        "fifo": fifo,
+        "order": order,
     }
     return replace(base, **{k: v for k, v in changes.items() if v is not None}).validate()
 
@@ -197,6 +213,9 @@ def profile(
     rate: Rate = None,
     mode: Mode = None,
     seed: Seed = None,
+    cpu: Cpu = None,
+    fifo: Fifo = None,
+    order: Order = None,
     capture: Capture = "clock",
     out: Out = DEFAULT_OUT,
     all_devices: Annotated[
@@ -222,8 +241,9 @@ def profile(
     from .targets.select import AdbServer, select_target
 
     spec = build_spec(
-        quick, population, kinds, writes, threads, target_threads, scenario, adj, rate, mode, seed
-    )
+        quick, population, kinds, writes, threads, target_threads, scenario, adj, rate, mode, seed,
+        cpu=cpu, fifo=fifo, order=order,
+    )  # fmt: skip
     if all_devices:  # a one-server farm (droidoom/cli_farm.py)
         if local or serial:
             raise UsageError("--all profiles every device on the server: drop --local/--serial")

@@ -22,7 +22,7 @@ OK, MISSING, LIMITED = "ok", "missing", "limited"
 class Check:
     """One capability of a target."""
 
-    area: str  # helper | writes | root | tracing | profiling | limits
+    area: str  # helper | writes | root | power | tracing | profiling | limits
     name: str  # what is checked, e.g. "lower adj to -1000"
     status: str  # ok | limited (works, with a restriction) | missing
     detail: str  # what was found
@@ -38,18 +38,30 @@ def _split(message: str) -> tuple[str, str]:
 
 def max_population(hf: dict, threads: int = DEFAULT.threads, spec=DEFAULT) -> int:
     """Largest population the helper would accept with `threads` per process (its own
-    safety rule: tasks + need <= 0.8 x min(pid_max, threads-max), and 0.9 x
-    RLIMIT_NPROC without CAP_SYS_RESOURCE)."""
-    pid_max, threads_max = int(hf.get("pid_max", 0)), int(hf.get("threads_max", 0))
+    safety rules, PROTOCOL.md: tasks + need <= 0.8 x min(pid_max, threads-max) over the
+    limits it could read; this uid's tasks + need <= 0.9 x RLIMIT_NPROC without
+    CAP_SYS_RESOURCE; kernel memory <= half of MemAvailable). A limit the helper could
+    not read (-1, e.g. threads-max under SELinux) is unknown, not zero."""
+
+    def known(key: str) -> int | None:
+        v = int(hf.get(key, -1))
+        return v if v > 0 else None
+
     tasks = int(hf.get("tasks", 0))
     kinds = spec.kinds
     fixed = sum(spec.target_threads if k == "threaded" else 1 for k in kinds)
     fixed += 2 * kinds.count("multiprocess")
-    budget = 0.8 * min(pid_max, threads_max) - tasks - fixed
-    nproc = int(hf.get("nproc_limit", -1))
-    if nproc > 0 and hf.get("cap_sys_resource") != "1":
-        budget = min(budget, 0.9 * nproc - tasks - fixed)
-    return max(0, int(budget // threads))
+    caps = [v for v in (known("pid_max"), known("threads_max")) if v]
+    budgets = [0.8 * min(caps) - tasks - fixed] if caps else []
+    nproc = known("nproc_limit")
+    if nproc and hf.get("cap_sys_resource") != "1":
+        mine = int(hf.get("uid_tasks", -1))
+        budgets.append(0.9 * nproc - (mine if mine >= 0 else tasks) - fixed)
+    out = max(0, int(min(budgets) // threads)) if budgets else 32768
+    mem, task_kb, proc_kb = known("mem_available_kb"), known("mem_task_kb"), known("mem_proc_kb")
+    if mem and task_kb and proc_kb:  # n x (threads x task_kb + proc_kb) <= mem / 2
+        out = min(out, max(0, int((mem / 2 - fixed * task_kb) // (threads * task_kb + proc_kb))))
+    return out
 
 
 def _helper_checks(target: Target) -> tuple[list[Check], dict]:
@@ -81,8 +93,15 @@ def _write_checks(hf: dict, facts) -> list[Check]:
                          "run as the shell user (adb shell) or root"))  # fmt: skip
         return out
     out.append(Check("writes", "write oom_score_adj", OK, f"uid {uid}, open+write+close"))
-    if adj_min == -1000:
+    if adj_min == -1000 and hf.get("cap_sys_resource") == "1":
         out.append(Check("writes", "lower adj to -1000", OK, "CAP_SYS_RESOURCE: full range"))
+    elif adj_min == -1000:
+        # A phone: init set its own adj (and so everyone's oom_score_adj_min) to -1000 with
+        # CAP_SYS_RESOURCE; adbd's shell child only raised its adj to -950.
+        out.append(Check("writes", "lower adj to -1000", OK,
+                         f"full range without CAP_SYS_RESOURCE: this shell's adj is "
+                         f"{hf.get('adj', '?')} but its oom_score_adj_min, inherited from "
+                         "init, is -1000, so children may go down to -1000"))  # fmt: skip
     else:
         root_fix = (
             "run as root with CAP_SYS_RESOURCE (`adb root` on a userdebug build, or su)"
@@ -91,7 +110,8 @@ def _write_checks(hf: dict, facts) -> list[Check]:
         )
         out.append(Check(
             "writes", "lower adj to -1000", LIMITED,
-            f"oom_score_adj_min is {adj_min} and uid {uid} lacks CAP_SYS_RESOURCE: raising "
+            f"oom_score_adj_min (inherited from whoever last set this process tree's adj with "
+            f"CAP_SYS_RESOURCE) is {adj_min} and uid {uid} lacks CAP_SYS_RESOURCE: raising "
             f"always works, moves below {adj_min} are clamped to it (the run says how many)",
             root_fix,
         ))  # fmt: skip
@@ -162,15 +182,38 @@ def _limit_checks(hf: dict) -> list[Check]:
         return []
     n = max_population(hf)
     want = max(DEFAULT.populations)
+    def shown(key: str) -> str:
+        v = str(hf.get(key, "-1"))
+        return "unreadable" if v == "-1" else v
+
+    mem = int(hf.get("mem_available_kb", -1))
     detail = (
-        f"pid_max={hf.get('pid_max')} threads-max={hf.get('threads_max')} "
-        f"tasks now={hf.get('tasks')} RLIMIT_NPROC={hf.get('nproc_limit')}: up to "
+        f"pid_max={shown('pid_max')} threads-max={shown('threads_max')} "
+        f"tasks now={hf.get('tasks')} (this uid: {shown('uid_tasks')}) "
+        f"RLIMIT_NPROC={hf.get('nproc_limit')} MemAvailable="
+        f"{f'{mem // 1024} MB' if mem > 0 else 'unreadable'}: up to "
         f"{n} extra processes x {DEFAULT.threads} threads"
     )
     if n >= want:
         return [Check("limits", "population size", OK, detail)]
     return [Check("limits", "population size", LIMITED, detail,
                   f"use --population up to {n} (or fewer --threads)")]  # fmt: skip
+
+
+def _power_check(facts) -> list[Check]:
+    """Whether the phone stays awake for a run (`dumpsys power`); nothing off Android."""
+    from .power import suspend_risk
+
+    power = facts.extra.get("power") or {}
+    if facts.transport != "adb" or power.get("wakefulness") is None:
+        return []
+    risk = suspend_risk(power)
+    state = (f"{power.get('wakefulness')}, {'powered' if power.get('powered') else 'on battery'}"
+             f"{', kept on' if power.get('stay_on') else ''}")  # fmt: skip
+    if risk is None:
+        return [Check("power", "stays awake", OK, state)]
+    reason, _, fix = risk.partition("; ")
+    return [Check("power", "stays awake", LIMITED, f"{state}: {reason}", fix)]
 
 
 def diagnose(target: Target) -> list[Check]:
@@ -180,6 +223,7 @@ def diagnose(target: Target) -> list[Check]:
     if hf:
         checks += _write_checks(hf, facts)
     checks.append(_root_check(facts))
+    checks += _power_check(facts)
     checks += _capture_checks(target)
     checks += _limit_checks(hf)
     checks += _leftover_checks(target)

@@ -60,9 +60,16 @@ class PlanPoint:
     writes: tuple[tuple[int, int, int], ...]  # (target idx, adj, role code)
 
 
-def render_plan(targets: Iterable[PlanTarget], points: Iterable[PlanPoint]) -> str:
-    """Plan file text for `droidoom-helper run`."""
+def render_plan(
+    targets: Iterable[PlanTarget],
+    points: Iterable[PlanPoint],
+    writer: tuple[int, bool] | None = None,
+) -> str:
+    """Plan file text for `droidoom-helper run`; `writer` = (cpu, fifo) adds a `writer`
+    line (cpu -2: the core the writer starts on, -1: unpinned)."""
     lines = [f"droidoom-plan {PROTO_VERSION}"]
+    if writer is not None:
+        lines.append(f"writer {int(writer[0])} {int(bool(writer[1]))}")
     lines += [f"target {t.idx} {t.kind} {t.threads}" for t in targets]
     for p in points:
         lines.append(f"point {p.idx} {p.population} {p.threads} {p.mode} {p.rate_hz:g} {p.warmup}")

@@ -81,7 +81,7 @@ def recover_run(target, run_dir: Path, remote: str | None = None, *, keep: bool 
         except PermanentTargetError:
             local_plan = None  # the records alone suffice: the plan is rebuilt anyway
         if local_plan is not None and local_plan.read_text() != render_plan(
-            plan.targets, plan.points
+            plan.targets, plan.points, plan.writer
         ):
             raise DataError(
                 f"the plan on the device ({remote_plan}) differs from the one rebuilt from "

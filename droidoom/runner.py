@@ -30,6 +30,7 @@ from .errors import (
     TransientTargetError,
     UsageError,
 )
+from .power import suspend_risk
 from .protocol import EXIT_OK, Event, decode_records, parse_line, render_plan
 from .scenario import ROLES, Plan, build_plan
 from .spec import ProfileSpec
@@ -200,6 +201,8 @@ def profile(
             f"this user may not lower oom_score_adj below {adj_min} (oom_score_adj_min); "
             f"{plan.clamped} moves were raised to {adj_min}. Run as root for the full range."
         )
+    if risk := suspend_risk(facts.extra.get("power")):
+        notice(risk)
     if "multiprocess" in spec.kinds and hf.fields.get("clone_vm") == "0":
         notice("clone(CLONE_VM) without CLONE_THREAD fails here (qemu-user?): no multiprocess data")
 
@@ -252,6 +255,7 @@ def profile(
         raise
 
     wd = target.workdir()
+    target.claim_run(run_id)  # before anything of this run exists on the target
     remote_plan = f"{wd}/plan-{run_id}.txt"
     remote_rec = f"{wd}/records-{run_id}.bin"
     session = _Session()
@@ -263,7 +267,7 @@ def profile(
     samples: pd.DataFrame | None = None
     link_lost = False  # then cleanup does not wait on a device that cannot answer
     try:
-        _push_text(target, render_plan(plan.targets, plan.points), remote_plan)
+        _push_text(target, render_plan(plan.targets, plan.points, plan.writer), remote_plan)
         cmd = f"exec {shlex.quote(helper)} run {shlex.quote(remote_plan)} {shlex.quote(remote_rec)}"
         needs_root = False
         for src in captures:
@@ -301,8 +305,11 @@ def profile(
             rc = proc.close()
         # A vanished device shows up as the stream ending without a `done` line.
         if reason is None and "done" not in session.events and "error" not in session.events:
-            reason = f"the helper stopped without finishing (exit {rc}); device disconnected?"
-            link_lost = facts.transport != "local"
+            wrapper = _wrapper_failure(armed, proc, rc, session)
+            reason = wrapper or (
+                f"the helper stopped without finishing (exit {rc}); device disconnected?"
+            )
+            link_lost = wrapper is None and facts.transport != "local"
         err = session.events.get("error")
         if err is not None and session.done == 0:
             raise HelperError(f"{target.name}: {err.fields.get('msg', 'helper failed')}", rc)
@@ -358,6 +365,7 @@ def profile(
         writes_on_device=session.done,
         targets=[session.targets[k] for k in sorted(session.targets)],
         points=session.points,
+        writer=session.events["writer"].fields if "writer" in session.events else None,
         captures=capture_meta,
         notices=notices,
     )
@@ -442,6 +450,22 @@ def _cleanup(target, lock, status, remote, link_lost) -> tuple[dict, list[str]]:
     if w:
         warnings.append(w)
     return after, warnings
+
+
+def _wrapper_failure(armed, proc, rc, session: _Session) -> str | None:
+    """The helper never said hello: a wrapper (perf, su...) failed, not the device.
+    Its own stderr and exit code say why."""
+    if "hello" in session.events:
+        return None
+    tail = list(getattr(proc, "stderr_tail", []) or [])
+    for src in reversed(armed):  # outermost wrapper first
+        why = src.diagnose(tail, rc)
+        if why:
+            return why
+    lines = [ln.strip() for ln in tail if ln.strip()]
+    if rc not in (None, 0) and lines:
+        return f"the command failed (exit {rc}) before the helper started: {' | '.join(lines[-3:])}"
+    return None
 
 
 def _push_text(target: Target, text: str, remote: str) -> None:

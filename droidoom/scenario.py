@@ -76,6 +76,7 @@ class Plan:
     points: tuple[PlanPoint, ...]
     clamped: int  # writes raised to adj_min because this user may not go lower
     adj_min: int
+    writer: tuple[int, bool] = (-1, False)  # (cpu, fifo) for the plan's `writer` line
 
 
 def _lmkd_moves(rng: random.Random, n: int, state: list) -> list[tuple[int, int]]:
@@ -100,12 +101,30 @@ def _alternate_moves(levels: tuple[int, int], n: int, start: int) -> list[tuple[
     return [(levels[(start + i) % 2], codes[(start + i) % 2]) for i in range(n)]
 
 
+def sweep(spec: ProfileSpec) -> list[tuple[int, int]]:
+    """(population, timed writes per kind) per visit, in run order.
+
+    `updown` (default) climbs the sorted populations and comes back down without
+    repeating the top: every population but the largest is visited twice, half its
+    writes on the way up and half on the way down, so the population only grows once and
+    a drift in time (DVFS, thermal, battery) cancels in each population's pooled data
+    and shows as the gap between its two visits instead of masquerading as O(N).
+    `ascending` is the old single climb.
+    """
+    pops = sorted(spec.populations)
+    if spec.order == "ascending" or len(pops) < 2 or spec.writes < 2:
+        return [(p, spec.writes) for p in pops]
+    down = spec.writes // 2
+    up = [(p, spec.writes - down) for p in pops[:-1]] + [(pops[-1], spec.writes)]
+    return up + [(p, down) for p in reversed(pops[:-1])]
+
+
 def build_plan(spec: ProfileSpec, adj_min: int = -1000) -> Plan:
     """Turn a spec into targets and points. Deterministic for a given spec.
 
-    Points go in ascending population (grow, never re-spawn); within a point each
-    kind's writes form one contiguous block, so captures can attribute time ranges.
-    Moves below `adj_min` (what this user may write) are raised to it and counted.
+    Points follow `sweep()`; within a point the kinds take turns write by write
+    (round robin), so a slow drift touches every kind alike. Moves below `adj_min` (what
+    this user may write) are raised to it and counted.
     """
     targets = tuple(
         PlanTarget(i, kind, spec.target_threads if kind == "threaded" else 1)
@@ -114,22 +133,25 @@ def build_plan(spec: ProfileSpec, adj_min: int = -1000) -> Plan:
     chains = {t.idx: ["cached", CACHED_APP_MIN] for t in targets}
     rngs = {t.idx: random.Random(spec.seed * 1009 + t.idx) for t in targets}
     points, clamped, idx = [], 0, 0
-    for population in sorted(spec.populations):
+    for population, n in sweep(spec):
         for mode in spec.modes:
-            writes = []
+            per_target = []
             for t in targets:
                 if spec.scenario == "alternate":
-                    moves = _alternate_moves(spec.levels, spec.writes, idx)
+                    moves = _alternate_moves(spec.levels, n, idx)
                 else:
-                    moves = _lmkd_moves(rngs[t.idx], spec.writes, chains[t.idx])
-                for adj, role in moves:
+                    moves = _lmkd_moves(rngs[t.idx], n, chains[t.idx])
+                per_target.append([(t.idx, adj, role) for adj, role in moves])
+            writes = []
+            for turn in zip(*per_target, strict=True):
+                for tidx, adj, role in turn:
                     if adj < adj_min:
                         adj, clamped = adj_min, clamped + 1
-                    writes.append((t.idx, adj, role))
+                    writes.append((tidx, adj, role))
             points.append(
                 PlanPoint(
                     idx, population, spec.threads, mode, spec.rate, spec.warmup, tuple(writes)
                 )
             )
             idx += 1
-    return Plan(targets, tuple(points), clamped, adj_min)
+    return Plan(targets, tuple(points), clamped, adj_min, (spec.cpu, spec.fifo))

@@ -10,6 +10,7 @@ from .schema import KINDS, MODES
 
 ADJ_MIN, ADJ_MAX = -1000, 1000
 SCENARIOS = ("lmkd", "alternate")
+ORDERS = ("updown", "ascending")
 
 # Hard ceilings that keep a typo from fork-bombing a phone; the helper also checks the
 # live limits (pid_max, threads-max, RLIMIT_NPROC) before it spawns anything.
@@ -33,6 +34,9 @@ class ProfileSpec:
     rate: float = 0.0  # updates per second; 0 = back to back
     modes: tuple[str, ...] = ("reopen",)  # reopen = lmkd's open+write+close; persistent fd
     warmup: int = 20  # untimed writes per target before each point's timed ones
+    order: str = "updown"  # sweep order: up and back down (drift shows), or ascending
+    cpu: int = -2  # pin the writer: a CPU number, -2 = the core it starts on, -1 = unpinned
+    fifo: bool = True  # writer at SCHED_FIFO like lmkd, where permitted (root)
 
     def validate(self) -> ProfileSpec:
         """Raise UsageError with a one-line, actionable message on bad input."""
@@ -75,6 +79,10 @@ class ProfileSpec:
             raise UsageError(f"--rate must be a finite number of updates/s (got {self.rate})")
         if self.rate < 0:
             raise UsageError(f"--rate must be >= 0 updates/s (got {self.rate:g})")
+        if self.order not in ORDERS:
+            raise UsageError(f"unknown order {self.order!r}: use {', '.join(ORDERS)}")
+        if self.cpu < -2:
+            raise UsageError(f"--cpu must be a CPU number >= 0 (got {self.cpu})")
         if not 0 <= self.warmup <= 10000:
             raise UsageError(f"--warmup must be 0..10000 (got {self.warmup})")
         return self
@@ -85,6 +93,8 @@ class ProfileSpec:
     @classmethod
     def from_dict(cls, d: dict) -> ProfileSpec:
         known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
+        if "order" not in d:  # recorded before these existed: what that run did
+            known.update(order="ascending", cpu=-1, fifo=False)
         for k in ("populations", "kinds", "levels", "modes"):
             if k in known:
                 known[k] = tuple(known[k])

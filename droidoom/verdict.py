@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 import pandas as pd
 from scipy import stats
+
+from .drift import drift
 
 # Scaling classification. Mostly relative to the fitted latency at the smallest population
 # ("base"), because both the base and the walk's cost per process differ ~10x between an x86
@@ -384,5 +386,9 @@ def verdict(
         m = metas.get(device, only) or {}
         release = (m.get("target") or {}).get("kernel_release")
         t, mp, single = (by_kind.get(k) for k in ("threaded", "multiprocess", "single"))
-        out.append(_verdict_one(device, use, t, mp, single, release))
+        v = _verdict_one(device, use, t, mp, single, release)
+        if "device" in df.columns:  # drift over time (droidoom/drift.py) joins the sentence
+            note = drift(df[df["device"].astype(str) == device], m).text()
+            v = replace(v, sentence=f"{v.sentence} {note}.") if note else v
+        out.append(v)
     return out

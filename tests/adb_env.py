@@ -18,6 +18,7 @@ start them from a long-lived thread such as pytest's main thread).
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -286,6 +287,14 @@ class PeerProcess(PeerSubprocess):
 
 #: uid/gid of Android's `shell` user (what `adb shell` runs as on a production phone).
 SHELL_UID = 2000
+#: adbd's supplementary groups for shell (packages/modules/adb daemon/main.cpp
+#: drop_privileges): adb, log, input, inet, net_bt, net_bt_admin, sdcard_r, sdcard_rw,
+#: net_bw_stats, readproc, uhid, ext_data_rw, ext_obb_rw, readtracefs (Android 14+).
+SHELL_GROUPS = (1011, 1007, 1004, 3003, 3002, 3001, 1028, 1015, 3006, 3009, 3011, 1078, 1079,
+                3012)  # fmt: skip
+#: Files a user build's SELinux policy keeps from shell (generic `proc` label), masked in
+#: the peer's mount namespace by a root-only file so reads fail with EACCES.
+SELINUX_DENIED = ("/proc/sys/kernel/threads-max",)
 
 
 def system_python() -> str | None:
@@ -296,20 +305,44 @@ def system_python() -> str | None:
     return None
 
 
+#: The root daemon behind the peer's `su` stand-in (ShellUidPeer(grant_su=True)).
+SUD = os.path.join(os.path.dirname(os.path.abspath(__file__)), "peer_tools", "_sud.py")
+
+#: Runs as root in the peer's private mount namespace, then execs setpriv: masks what
+#: SELinux denies shell, and (where this host's root has CAP_SYS_RESOURCE) does what init
+#: does on a phone, `echo -1000 > oom_score_adj`, so every command inherits
+#: oom_score_adj_min -1000 while adbd's children raise themselves to -950.
+_SHELL_SETUP = r"""
+mask=$1; py=$2; sud=$3; shift 3
+for f in %(denied)s; do [ -e "$f" ] && mount --bind "$mask" "$f"; done
+echo -1000 > /proc/self/oom_score_adj 2>/dev/null
+if [ -n "$py" ]; then  # su grants: a root daemon that dies with the peer (this pid)
+  DROIDOOM_PEER_SU_SOCKET="$(dirname "$mask")/su.sock"; export DROIDOOM_PEER_SU_SOCKET
+  "$py" "$sud" "$DROIDOOM_PEER_SU_SOCKET" </dev/null &
+  while [ ! -S "$DROIDOOM_PEER_SU_SOCKET" ]; do sleep 0.02; done
+fi
+exec "$@"
+"""
+
+
 class ShellUidPeer(PeerProcess):
-    """A peer whose commands run as an unprivileged user, like `adb shell` on a
-    production phone: the whole peer runs under ``setpriv --reuid/--regid --clear-groups``
-    (with ``--pdeathsig KILL``, since a uid change clears the death signal).
+    """A peer whose commands run like `adb shell` on a production phone: uid/gid 2000 with
+    adbd's supplementary groups (``setpriv``, with ``--pdeathsig KILL`` since a uid change
+    clears the death signal), in a private mount namespace where the reads a user build's
+    SELinux denies shell fail (``SELINUX_DENIED``), and with init's oom_score_adj -1000
+    above it where this host's root may set it (see ``phone_adj``). ``grant_su``: the
+    peer's `su` stand-in grants root (a root daemon started before the uid drop serves
+    it, as magiskd does), so `su 0 sh -c` / `su -c` really run commands as root.
 
     Runs the system python (the peer is stdlib-only; /root may be unreadable to ``uid``).
     """
 
-    def __init__(self, props=None, *, uid: int = SHELL_UID, **kw):
+    def __init__(self, props=None, *, uid: int = SHELL_UID, grant_su: bool = False, **kw):
         super().__init__(props, **kw)
         python = system_python()
-        setpriv = shutil.which("setpriv")
-        if python is None or setpriv is None:
-            raise RuntimeError("ShellUidPeer needs setpriv and a system python3")
+        setpriv, unshare = shutil.which("setpriv"), shutil.which("unshare")
+        if python is None or setpriv is None or unshare is None:
+            raise RuntimeError("ShellUidPeer needs setpriv, unshare and a system python3")
         self.uid = uid
         # The checkout may live where `uid` cannot read (a fresh clone under a 0700 temp
         # dir): run a copy of the peer and its tool stand-ins from our own workdir.
@@ -322,12 +355,32 @@ class ShellUidPeer(PeerProcess):
             for name in dirs + files:
                 os.chmod(os.path.join(root, name), 0o755)
         os.chmod(code, 0o755)
+        mask = os.path.join(self.workdir, "selinux-denied")
+        with open(mask, "w", encoding="utf-8"):
+            pass
+        os.chmod(mask, 0o600)  # root-only: what shell gets from a denied read is EACCES
+        groups = ",".join(str(g) for g in SHELL_GROUPS)
         self.argv = [
-            setpriv, f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--pdeathsig", "KILL",
-            python, os.path.join(code, os.path.basename(script)), *self.argv[2:],
+            unshare, "--mount", "--propagation", "private", "--",
+            "/bin/sh", "-c", _SHELL_SETUP % {"denied": " ".join(map(shlex.quote, SELINUX_DENIED))},
+            "shell-setup", mask, python if grant_su else "", SUD,
+            setpriv, f"--reuid={uid}", f"--regid={uid}", f"--groups={groups}",
+            "--pdeathsig", "KILL", python, os.path.join(code, os.path.basename(script)),
+            *self.argv[2:],
         ]  # fmt: skip
         for path in (self.workdir, os.path.join(self.workdir, "props.json")):
             os.chown(path, uid, uid)  # the peer reads its props, writes its getprop shim
+
+
+def phone_adj() -> bool:
+    """Whether this host's root may do what init does on a phone (write -1000, which needs
+    CAP_SYS_RESOURCE); only then does a ShellUidPeer reproduce a phone's adj values."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            caps = next(int(ln.split()[1], 16) for ln in f if ln.startswith("CapEff:"))
+    except (OSError, StopIteration, ValueError):
+        return False
+    return os.geteuid() == 0 and bool(caps >> 24 & 1)
 
 
 #: Where the peer's "device" keeps droidoom's files (it serves this host's filesystem).

@@ -40,9 +40,10 @@ directory first in ``PATH`` whose ``getprop`` prints this peer's properties (``g
 lists ``[key]: [value]`` lines, ``getprop KEY [DEFAULT]`` prints one value), and the
 device-tool stand-ins of ``tests/peer_tools/`` (``NAME.py`` installed as ``NAME``).  The peer
 creates ``/data/local/tmp`` at start-up if it is missing (tests run as root on a throwaway
-VM).  Each command gets its own session/process group and ``PR_SET_PDEATHSIG=SIGKILL``; when
-its stream is closed early the peer sends SIGHUP to that group, waits ``kill_grace``
-seconds, then SIGKILL.  The group leader is reaped only after the last signal, so its pid
+VM).  Each command gets its own session/process group, ``PR_SET_PDEATHSIG=SIGKILL`` and
+oom_score_adj -950 (as adbd's shell children, where permitted); when its stream is closed
+early the peer sends SIGHUP to the command only (as adbd does), waits ``kill_grace``
+seconds, then SIGKILLs the group.  The group leader is reaped only after the last signal, so its pid
 (and group id) cannot have been reused by an unrelated process.
 
 Usage::
@@ -161,10 +162,17 @@ _PR_SET_PDEATHSIG = 1
 
 
 def _child_preexec(parent_pid: int) -> None:
-    """Runs in the forked child: die with SIGKILL when the peer (its parent) dies."""
+    """Runs in the forked child: die with SIGKILL when the peer (its parent) dies; take
+    oom_score_adj -950 as adbd's shell children do (works where the peer's adj_min allows,
+    e.g. under a ShellUidPeer whose setup wrote init's -1000)."""
     _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     if os.getppid() != parent_pid:  # the peer died before prctl took effect
         os._exit(137)
+    try:
+        with open("/proc/self/oom_score_adj", "w") as f:
+            f.write("-950")
+    except OSError:
+        pass
 
 
 class Child:
@@ -273,11 +281,17 @@ class Child:
             self._pidfd = -1
 
     async def kill(self, grace: float) -> None:
-        """SIGHUP the command's group, wait up to ``grace`` s, SIGKILL the group, reap."""
+        """SIGHUP the command (only the direct child, as adbd does: a wrapper such as `sh -c`
+        or `su` must pass it on or notice its closed pipes), wait up to ``grace`` s, then
+        SIGKILL the whole group so nothing outlives the test, and reap."""
         if self.reaped:
             return
         self.close_stdin()
-        self._signal_group(signal.SIGHUP)
+        if self.pid > 1:  # not reaped yet, so the pid is still ours
+            try:
+                os.kill(self.pid, signal.SIGHUP)
+            except ProcessLookupError:
+                pass
         try:
             if not self._exited.done():
                 await asyncio.wait_for(asyncio.shield(self._exited), grace)

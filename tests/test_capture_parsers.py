@@ -355,6 +355,6 @@ def test_wrap_composition_keeps_exec_chain():
     p._ctx = CaptureContext("x", "/tmp/w", "x86_64", True)
     p.tool = "perf"
     cmd = p.wrap(f.wrap("exec /bin/helper run plan rec"))
-    assert cmd.startswith("exec perf record -q -k mono -e cpu-clock")
+    assert cmd.startswith("exec perf record -q -k mono --no-inherit -e cpu-clock")
     assert "-- sh -c 'echo $$ > /sys/kernel/tracing/instances/droidoom-x/set_event_pid" in cmd
     assert cmd.endswith("&& exec /bin/helper run plan rec'")

@@ -23,7 +23,9 @@ def test_quick_profile_prints_table_and_verdict(local_run):
     assert meta["target"]["kernel_release"]
     assert meta["calibration"]["timer_ns"] > 0
     assert meta["helper"]["source"]  # helper's embedded source hash is recorded
-    assert [p["population"] for p in meta["points"]] == ["0", "400", "800"]
+    assert [p["population"] for p in meta["points"]] == ["0", "400", "800", "400", "0"]
+    assert meta["writer"]["pinned"] == "1"  # every write from one core
+    assert all("freq_khz" in p and "temp_mc" in p for p in meta["points"])
     assert all(t["status"] == "ok" for t in meta["targets"])
 
 

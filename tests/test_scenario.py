@@ -38,11 +38,20 @@ def test_lmkd_moves_are_realistic():
         prev[t] = sc.ROLES[r]
 
 
-def test_points_ascend_and_kinds_form_blocks():
-    plan = sc.build_plan(replace(specs.QUICK, populations=(800, 0, 400)))
-    assert [p.population for p in plan.points] == [0, 400, 800]
+def test_sweep_goes_up_and_back_down_with_kinds_interleaved():
+    """Drift in time (DVFS, thermal) must not line up with population size: the sweep
+    comes back down, and within a point the kinds take turns (issue 9 item 7)."""
+    plan = sc.build_plan(replace(specs.QUICK, populations=(800, 0, 400), writes=10))
+    assert [p.population for p in plan.points] == [0, 400, 800, 400, 0]
+    assert [len(p.writes) for p in plan.points] == [15, 15, 30, 15, 15]  # 10 per kind per pop
     targets = [t for t, _, _ in plan.points[0].writes]
-    assert targets == sorted(targets)  # one contiguous block per kind
+    assert targets[:6] == [0, 1, 2, 0, 1, 2]  # round robin, not one block per kind
+    assert plan.writer == (-2, True)  # same core for every write, SCHED_FIFO when allowed
+    old = sc.build_plan(replace(specs.QUICK, populations=(800, 0, 400), order="ascending"))
+    assert [p.population for p in old.points] == [0, 400, 800]
+    # a run recorded before `order` existed is rebuilt (recover) the way it ran
+    legacy = specs.ProfileSpec.from_dict({"populations": [0, 400], "writes": 4})
+    assert (legacy.order, legacy.cpu, legacy.fifo) == ("ascending", -1, False)
 
 
 def test_alternate_and_adj_min_clamp():
@@ -64,6 +73,8 @@ def test_alternate_and_adj_min_clamp():
         {"levels": (0, 2000)},
         {"rate": -1.0},
         {"scenario": "chaos"},
+        {"order": "sideways"},
+        {"cpu": -3},
     ],
 )
 def test_spec_rejects_bad_values(change):

@@ -99,6 +99,11 @@ class CaptureSource(ABC):
         """Fetch and parse what was captured, join it to `samples`, write raw files
         into `run_dir`. Raises CaptureError when nothing usable was captured."""
 
+    def diagnose(self, stderr: list[str], rc: int | None) -> str | None:
+        """When the wrapped command ended before the helper started: this wrapper's own
+        failure (its message and exit code, from the command's stderr), or None."""
+        return None
+
     @abstractmethod
     def disarm(self, target) -> None:
         """Restore the target (stop tracing, remove instances/files). Never raises for

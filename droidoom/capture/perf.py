@@ -3,9 +3,17 @@
 The whole helper run is sampled with cpu-clock and call stacks, on the monotonic clock
 so sample times line up with the helper's CLOCK_MONOTONIC write windows:
 
-    Linux:   perf record -k mono -e cpu-clock -F <rate> -g -o <file> -- sh -c <cmd>
-    Android: simpleperf record --clock monotonic -e cpu-clock -f <rate> --call-graph fp
-             -o <file> sh -c <cmd>
+    Linux:   perf record -k mono --no-inherit -e cpu-clock -F <rate> -g -o <file> -- sh -c <cmd>
+    Android: simpleperf record -e cpu-clock -f <rate> --call-graph fp --no-inherit
+             --use-cmd-exit-code -o <file> sh -c <cmd>
+
+simpleperf's options are those of its `help record` table (AOSP system/extras/simpleperf
+cmd_record.cpp): its clock option is `--clockid` and already defaults to monotonic, so
+none is passed; `--no-inherit` keeps it from opening perf events on every population
+thread (only the writer, which `sh -c 'exec ...'` keeps in the same pid, is used);
+`--use-cmd-exit-code` (newer releases only: used when `help record` lists it) passes the
+helper's exit code through. Without root simpleperf sets `security.perf_harden=0` (init
+then writes perf_event_paranoid=1) and never sets it back: disarm() restores both.
 
 (fp call graphs: kernel stacks are unwound by the kernel either way, and dwarf (-g)
 copies user stacks into every sample, too heavy at this rate.) Samples of the helper's
@@ -53,6 +61,9 @@ for t in simpleperf perf; do
   V=$($P --version 2>&1); rc=$?
   echo "$t=$P"; echo "${t}_rc=$rc"; echo "${t}_version=$(echo "$V" | head -n 1)"
 done
+[ -n "$(command -v simpleperf)" ] && echo "simpleperf_opts=$(simpleperf help record 2>&1 \
+  | grep -o -e '--no-inherit' -e '--use-cmd-exit-code' | sort -u | tr '\n' ' ')"
+echo "perf_harden=$(getprop security.perf_harden 2>/dev/null)"
 echo "paranoid=$(cat /proc/sys/kernel/perf_event_paranoid 2>/dev/null)"
 echo "kptr_restrict=$(cat /proc/sys/kernel/kptr_restrict 2>/dev/null)"
 echo "max_rate=$(cat /proc/sys/kernel/perf_event_max_sample_rate 2>/dev/null)"
@@ -88,8 +99,9 @@ class PerfSource(CaptureSource):
         if android:
             if not p.get("simpleperf"):
                 return (
-                    "perf: simpleperf is not on the device (Android < 9); push the NDK's "
-                    "simpleperf/bin/android/<arch>/simpleperf into PATH or omit --capture perf"
+                    "perf: simpleperf is not in the shell's PATH (it ships in /system/bin from "
+                    "Android 9); push the NDK's simpleperf/bin/android/<arch>/simpleperf to "
+                    "/data/local/tmp and add it to PATH, or omit --capture perf"
                 )
             if not facts.root:
                 return (
@@ -140,14 +152,25 @@ class PerfSource(CaptureSource):
     def wrap(self, command: str) -> str:
         data, tool = q(self._remote(".data")), q(self.tool or "perf")
         if self.android:
+            opts = self._probe.get("simpleperf_opts", "").split()
+            extra = "".join(f" {o}" for o in ("--no-inherit", "--use-cmd-exit-code") if o in opts)
             return (
-                f"exec {tool} record --clock monotonic -e cpu-clock -f {self.rate} "
-                f"--call-graph fp -o {data} sh -c {q(command)}"
+                f"exec {tool} record -e cpu-clock -f {self.rate} --call-graph fp{extra} "
+                f"-o {data} sh -c {q(command)}"
             )
         return (
-            f"exec {tool} record -q -k mono -e cpu-clock -F {self.rate} -g -o {data} "
-            f"-- sh -c {q(command)}"
+            f"exec {tool} record -q -k mono --no-inherit -e cpu-clock -F {self.rate} -g "
+            f"-o {data} -- sh -c {q(command)}"
         )
+
+    def diagnose(self, stderr: list[str], rc: int | None) -> str | None:
+        """Why the wrapped command ended before the helper said hello: perf/simpleperf's
+        own message (an unknown option, no permission...) and exit code."""
+        tool = Path(self.tool or "perf").name
+        lines = [ln.strip() for ln in stderr if ln.strip()]
+        if not lines:
+            return None
+        return f"{tool} failed (exit {rc}) before the helper started: {' | '.join(lines[-3:])}"
 
     def collect(
         self, target, samples: pd.DataFrame, run_dir: Path, info: CaptureRunInfo
@@ -219,14 +242,34 @@ class PerfSource(CaptureSource):
         return df
 
     def disarm(self, target) -> None:
-        """Remove the target-side perf files (perf itself ends with the helper)."""
+        """Remove the target-side perf files (perf itself ends with the helper) and put
+        back perf_event_paranoid / security.perf_harden if the run changed them."""
         if self._ctx is None:
             return
         files = " ".join(q(self._remote(s)) for s in (".data", ".data.old", ".txt", ".csv"))
+        script = f"rm -f {files}\n{self._restore_script()}true"
         try:
-            target.sh(f"rm -f {files}", timeout=30, root=self._ctx.root)
+            target.sh(script, timeout=30, root=self._ctx.root)
         except Exception:  # never mask the run's own outcome; files are only litter
             pass
+
+    def _restore_script(self) -> str:
+        """Shell lines that undo simpleperf's `setprop security.perf_harden 0` (init then
+        rewrites perf_event_paranoid) and, as root, put perf_event_paranoid back."""
+        if not self.android:
+            return ""
+        out = ""
+        harden = self._probe.get("perf_harden", "")
+        if harden in ("0", "1"):
+            out += (
+                f'[ "$(getprop security.perf_harden)" = {harden} ] || '
+                f"setprop security.perf_harden {harden}\n"
+            )
+        paranoid = self._probe.get("paranoid", "")
+        if paranoid.lstrip("-").isdigit() and self._ctx is not None and self._ctx.root:
+            f = "/proc/sys/kernel/perf_event_paranoid"
+            out += f'[ "$(cat {f})" = {paranoid} ] || echo {paranoid} > {f}\n'
+        return out
 
 
 def _top(table: pd.DataFrame, group: list[str]) -> dict[str, dict]:

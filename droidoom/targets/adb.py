@@ -35,18 +35,35 @@ from .select import AdbServer
 
 __all__ = ["AdbClient", "AdbTarget", "client", "list_devices", "list_serials"]
 
+#: `clean` for one directory: remove each plain file name its manifest lists (names with
+#: a slash or a leading dot are skipped), keep `keep` matches listed, drop the manifest
+#: once nothing listed is left.
+_CLEAN_DIR = r"""
+if [ -f %(m)s ]; then
+  : > %(m)s.new
+  while IFS= read -r n; do
+    case "$n" in ""|*/*|.*) continue;; esac
+    f=%(d)s/"$n"; [ -f "$f" ] || continue
+    case "$n" in %(keep)s) echo "kept $f"; echo "$n" >> %(m)s.new; continue;; esac
+    rm -f "$f" && echo "rm $f"
+  done < %(m)s
+  if [ -s %(m)s.new ]; then mv %(m)s.new %(m)s; else rm -f %(m)s.new %(m)s; fi
+fi"""
+
 #: Candidate working directories, best first: /data/local/tmp is writable and exec for
 #: the shell user on every Android release; our own subdirectory keeps it tidy.
 WORKDIRS = ("/data/local/tmp/droidoom", "/data/local/tmp")
 #: Environment variable naming one device directory to use instead of WORKDIRS.
 WORKDIR_ENV = "DROIDOOM_DEVICE_WORKDIR"
 HELPER = "droidoom-helper"
-#: What droidoom leaves in a workdir (helper, plans, records, capture files); `clean`
-#: removes these names only, so a shared /data/local/tmp keeps everything else.
-OUR_FILES = (
-    HELPER, "plan-*.txt", "records-*.bin", "ftrace-*.txt", "perf-*.data", "perf-*.data.old",
-    "perf-*.txt", "perf-*.csv",
+#: The names one run may leave in its workdir (plan, records, capture files); claim_run()
+#: lists them in MANIFEST before the run, and `clean` removes only what MANIFEST lists, so
+#: a shared /data/local/tmp keeps everything else (another tool's perf-*.data included).
+RUN_FILES = (
+    "plan-{id}.txt", "records-{id}.bin", "ftrace-{id}.txt", "perf-{id}.data",
+    "perf-{id}.data.old", "perf-{id}.txt", "perf-{id}.csv",
 )  # fmt: skip
+MANIFEST = ".droidoom-manifest"
 
 
 class AdbTarget(Target):
@@ -208,11 +225,14 @@ class AdbTarget(Target):
         )
 
     def _verify_helper(self, remote: str, digest: str) -> str | None:
-        """None if `remote` is the right file and executes, else why not."""
+        """None if `remote` is the right file and executes, else why not. Lists the
+        helper in its directory's manifest (what `clean` may remove)."""
         q = shlex.quote(remote)
+        m = shlex.quote(f"{os.path.dirname(remote)}/{MANIFEST}")
         res = self.sh(
             f"chmod 755 {q} && {{ sha256sum {q} 2>/dev/null || toybox sha256sum {q}; }} "
-            f"| cut -d' ' -f1; {q} version 2>&1",
+            f"| cut -d' ' -f1; {q} version 2>&1 && "
+            f"{{ grep -qx {HELPER} {m} 2>/dev/null || echo {HELPER} >> {m}; }}",
             timeout=30,
         )
         out = res.stdout.split()
@@ -243,21 +263,25 @@ class AdbTarget(Target):
         res = self.sh(f'for f in {globs}; do [ -f "$f" ] && echo "$f"; done; true')
         return sorted(set(res.stdout.split()))
 
+    def claim_run(self, run_id: str) -> None:
+        """List the files run `run_id` may create in the workdir in its manifest, before
+        creating any: `clean` removes exactly what manifests list."""
+        m = shlex.quote(f"{self.workdir()}/{MANIFEST}")
+        names = " ".join(shlex.quote(n.format(id=run_id)) for n in RUN_FILES)
+        self.sh(f"printf '%s\\n' {names} >> {m}", timeout=30)
+
     def clean(self, keep_records: bool = False) -> tuple[list[str], list[str]]:
         """Remove what droidoom put on the device (in every candidate directory).
 
         Returns (removed, kept): `kept` lists records files left for `droidoom recover`
-        when keep_records is set. Only droidoom's own file names are removed, and our
-        subdirectory only if it ends up empty.
+        when keep_records is set. Only files a droidoom manifest lists are removed (kept
+        ones stay listed), and our subdirectory only if it ends up empty.
         """
-        names = [n for n in OUR_FILES if not (keep_records and n.startswith("records-"))]
+        keep = "records-*" if keep_records else "/"  # "/" never matches a plain name
         lines = []
         for d in self.workdirs:
-            globs = " ".join(f"{shlex.quote(d)}/{n}" for n in names)
-            lines.append(f'for f in {globs}; do [ -f "$f" ] && rm -f "$f" && echo "rm $f"; done')
-            if keep_records:
-                recs = f"{shlex.quote(d)}/records-*.bin"
-                lines.append(f'for f in {recs}; do [ -f "$f" ] && echo "kept $f"; done')
+            qd, m = shlex.quote(d), shlex.quote(f"{d}/{MANIFEST}")
+            lines.append(_CLEAN_DIR % {"d": qd, "m": m, "keep": keep})
             if Path(d).name == "droidoom":
                 lines.append(f"rmdir {shlex.quote(d)} 2>/dev/null && echo rmdir {shlex.quote(d)}")
         res = self.sh("\n".join(lines) + "\ntrue", timeout=60)

@@ -38,11 +38,15 @@ for z in /sys/class/thermal/thermal_zone*; do
 done
 echo "selinux=$(getenforce 2>/dev/null)"
 if [ "$(id -u)" != 0 ] && command -v su >/dev/null 2>&1; then
-  # A su that prompts (Magisk) must not hang us: bounded, no stdin.
+  # Ask for root once (Magisk may prompt or toast per request): `su -v` names the flavour
+  # without asking (Magisk/KernelSU print a version; AOSP su knows no such user), then one
+  # bounded request, no stdin, in that flavour's syntax.
   T=; command -v timeout >/dev/null 2>&1 && T="timeout 5"
-  if [ "$($T su 0 id -u </dev/null 2>/dev/null)" = 0 ]; then echo su=aosp
-  elif [ "$($T su -c 'id -u' </dev/null 2>/dev/null)" = 0 ]; then echo su=magisk
-  else echo su_denied=1; fi
+  case "$(su -v </dev/null 2>/dev/null)" in
+    *[0-9]*) [ "$($T su -c 'id -u' </dev/null 2>/dev/null)" = 0 ] && echo su=magisk ;;
+    *) [ "$($T su 0 id -u </dev/null 2>/dev/null)" = 0 ] && echo su=aosp ;;
+  esac
+  echo su_tried=1
 fi
 grep -qw tracefs /proc/filesystems 2>/dev/null && echo tracefs_fs=1
 for d in /sys/kernel/tracing /sys/kernel/debug/tracing; do
@@ -52,6 +56,13 @@ for d in /sys/kernel/tracing /sys/kernel/debug/tracing; do
     [ -e "$d/events/oom/oom_score_adj_update" ] && echo oom_event=1
     break
   fi
+done
+dumpsys power 2>/dev/null | while read -r l; do
+  case "$l" in
+    mWakefulness=*|mIsPowered=*|mPlugType=*|mStayOn=*|mStayOnWhilePluggedInSetting=*)
+      echo "power.$l" ;;
+    "Screen off timeout:"*) l=${l#Screen off timeout: }; echo "power.screen_off_ms=${l%% ms}" ;;
+  esac
 done
 echo "simpleperf=$(command -v simpleperf 2>/dev/null)"
 echo "perf=$(command -v perf 2>/dev/null)"
@@ -96,6 +107,30 @@ def _adb_root(uid: int | None, debuggable: bool) -> str:
     if debuggable:
         return "available: `adb root` (debuggable build)"
     return "refused: production build (ro.debuggable=0)"
+
+
+def parse_power(kv: dict[str, list[str]]) -> dict:
+    """PowerManagerService's `dumpsys power` state (None values: not reported, e.g. no
+    dumpsys): wakefulness (Awake, Asleep, Dozing, Dreaming), powered, plug type, stay_on
+    (the screen is being kept on), the stay-awake-while-plugged bitmask (1 AC, 2 USB, 4
+    wireless) and the screen-off timeout."""
+
+    def one(key: str) -> str | None:
+        v = kv.get(f"power.{key}")
+        return v[-1] if v else None
+
+    def flag(key: str) -> bool | None:
+        v = one(key)
+        return None if v is None else v == "true"
+
+    return {
+        "wakefulness": one("mWakefulness"),
+        "powered": flag("mIsPowered"),
+        "plug_type": _int(one("mPlugType")),
+        "stay_on": flag("mStayOn"),
+        "stay_on_while_plugged": _int(one("mStayOnWhilePluggedInSetting")),
+        "screen_off_timeout_ms": _int(one("screen_off_ms")),
+    }
 
 
 def parse_facts(stdout: str, serial: str) -> tuple[TargetFacts, dict[str, str]]:
@@ -152,7 +187,7 @@ def parse_facts(stdout: str, serial: str) -> tuple[TargetFacts, dict[str, str]]:
         "uid": uid,
         "shell_oom_score_adj": _int(one("shell_oom_score_adj")),
         "su": su,
-        "su_denied": one("su_denied") == "1",
+        "su_denied": one("su_tried") == "1" and su is None,
         "adb_root": _adb_root(uid, debuggable),
         "selinux": one("selinux"),
         "tracefs": one("tracefs"),
@@ -163,6 +198,7 @@ def parse_facts(stdout: str, serial: str) -> tuple[TargetFacts, dict[str, str]]:
         "perf": one("perf"),
         "perf_event_paranoid": _int(one("perf_event_paranoid")),
         "perf_harden": props.get("security.perf_harden", ""),
+        "power": parse_power(kv),
     }
     facts = TargetFacts(
         device=serial,

@@ -133,6 +133,10 @@ class Target(ABC):
     def workdir(self) -> str:
         """A writable, executable directory on the target for droidoom's files."""
 
+    def claim_run(self, run_id: str) -> None:  # noqa: B027 - optional hook
+        """Record that run `run_id` may create files in the workdir (so `clean` can
+        remove exactly those); a no-op where nothing is cleaned."""
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections; the default has nothing to release."""
 

@@ -1,0 +1,92 @@
+"""Drift over a run's duration (DVFS, thermal throttling, a busy phone), told apart from
+the population's effect.
+
+The default sweep goes up and back down (scenario.sweep), so every population but the
+largest is visited twice, early and late. On a steady device the two visits of one
+population agree for every kind; a device that heats up, throttles or changes frequency
+shows the same kinds faster or slower on the way down. `drift()` measures that gap per
+kind, and reads the per-point CPU frequency and thermal readings the helper records
+(run.json `points[].freq_khz` / `temp_mc`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+#: |late / early - 1| of the median over revisited populations that counts as drift.
+DRIFT_MIN = 0.15
+
+
+@dataclass(frozen=True)
+class Drift:
+    """How much the same (kind, population) changed between its early and late visit."""
+
+    change: float  # median over kinds of (late / early - 1); NaN if nothing was revisited
+    per_kind: dict[str, float]
+    pairs: int  # (kind, population) pairs visited twice
+    freq_range_khz: dict[str, tuple[int, int]]  # cpufreq policy -> (min, max) over points
+    temp_rise_c: float | None  # hottest zone, last point minus first point
+    detected: bool
+
+    def text(self) -> str:
+        """One clause for the verdict, or "" when the run was steady."""
+        if not self.detected:
+            return ""
+        parts = [
+            f"drift: the same kind and population ran {self.change:+.0%} on the way back down "
+            "(so time, not only the population, moved latency)"
+        ]
+        moved = [f"{p} {lo // 1000}-{hi // 1000} MHz" for p, (lo, hi) in
+                 self.freq_range_khz.items() if lo != hi]  # fmt: skip
+        if moved:
+            parts.append("CPU frequency changed between points (" + ", ".join(moved) + ")")
+        if self.temp_rise_c is not None and abs(self.temp_rise_c) >= 2:
+            parts.append(f"temperature {self.temp_rise_c:+.0f} °C over the run")
+        return "; ".join(parts) + "; pin a core (--cpu), let the phone cool and re-run"
+
+
+def _states(points: list[Mapping], key: str) -> list[dict[str, int]]:
+    out = []
+    for p in points:
+        d = {}
+        for item in str(p.get(key) or "").split(","):
+            name, _, value = item.rpartition(":")
+            if name and value.lstrip("-").isdigit():
+                d[name] = int(value)
+        out.append(d)
+    return out
+
+
+def drift(samples: pd.DataFrame, meta: Mapping | None = None) -> Drift:
+    """Drift of one device's run(s): early vs late visits of each (kind, population)."""
+    per_kind: dict[str, float] = {}
+    pairs = 0
+    if len(samples) and {"point", "population", "kind", "latency_ns"} <= set(samples.columns):
+        med = samples.groupby(["kind", "population", "point"], observed=True)["latency_ns"]
+        med = med.median().reset_index()
+        for kind, g in med.groupby("kind", observed=True):
+            ratios = []
+            for _pop, v in g.groupby("population"):
+                if len(v) >= 2:
+                    v = v.sort_values("point")
+                    early, late = float(v["latency_ns"].iloc[0]), float(v["latency_ns"].iloc[-1])
+                    if early > 0:
+                        ratios.append(late / early - 1)
+            if ratios:
+                per_kind[str(kind)] = float(np.median(ratios))
+                pairs += len(ratios)
+    change = float(np.median(list(per_kind.values()))) if per_kind else float("nan")
+    points = list((meta or {}).get("points") or [])
+    freqs: dict[str, tuple[int, int]] = {}
+    for d in _states(points, "freq_khz"):
+        for k, v in d.items():
+            lo, hi = freqs.get(k, (v, v))
+            freqs[k] = (min(lo, v), max(hi, v))
+    temps = [max(d.values()) / 1000 for d in _states(points, "temp_mc") if d]
+    rise = temps[-1] - temps[0] if len(temps) >= 2 else None
+    detected = bool(np.isfinite(change) and abs(change) >= DRIFT_MIN)
+    return Drift(change, per_kind, pairs, freqs, rise, detected)
