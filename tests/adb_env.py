@@ -341,22 +341,34 @@ class ShellUidPeer(PeerProcess):
         super().__init__(props, **kw)
         python = system_python()
         setpriv, unshare = shutil.which("setpriv"), shutil.which("unshare")
-        if python is None or setpriv is None or unshare is None:
-            raise RuntimeError("ShellUidPeer needs setpriv, unshare and a system python3")
+        if python is None or setpriv is None:
+            raise RuntimeError("ShellUidPeer needs setpriv and a system python3")
         self.uid = uid
+        #: whether SELINUX_DENIED reads fail (needs a private mount namespace)
+        self.masked = private_mounts()
+        ns = [unshare, "--mount", "--propagation", "private", "--"] if self.masked else []
+        denied = SELINUX_DENIED if self.masked else ()
         mask = os.path.join(self.workdir, "selinux-denied")
         with open(mask, "w", encoding="utf-8"):
             pass
         os.chmod(mask, 0o600)  # root-only: what shell gets from a denied read is EACCES
         groups = ",".join(str(g) for g in SHELL_GROUPS)
         self.argv = [
-            unshare, "--mount", "--propagation", "private", "--",
-            "/bin/sh", "-c", _SHELL_SETUP % {"denied": " ".join(map(shlex.quote, SELINUX_DENIED))},
+            *ns, "/bin/sh", "-c", _SHELL_SETUP % {"denied": " ".join(map(shlex.quote, denied))},
             "shell-setup", mask, python if grant_su else "", SUD,
             setpriv, f"--reuid={uid}", f"--regid={uid}", f"--groups={groups}",
             "--pdeathsig", "KILL", python, *self.argv[1:],
         ]  # fmt: skip
         os.chown(self.workdir, uid, uid)  # the peer writes its getprop shim here
+
+
+def private_mounts() -> bool:
+    """Whether this host lets root make a private mount namespace (CAP_SYS_ADMIN)."""
+    unshare = shutil.which("unshare")
+    if unshare is None or os.geteuid() != 0:
+        return False
+    cmd = [unshare, "--mount", "--propagation", "private", "true"]
+    return subprocess.run(cmd, capture_output=True).returncode == 0
 
 
 def phone_adj() -> bool:
