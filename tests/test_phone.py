@@ -212,6 +212,7 @@ def test_doctor_on_a_user_build_says_unknown_not_zero(shell_peer, shell_dir):
     assert lim.status == "ok" and "up to 0 " not in lim.detail
     perf = checks["perf/simpleperf call stacks"]
     assert "Android < 9" not in perf.detail
+    assert checks["root"].status == "missing" and "su exists" not in checks["root"].detail
 
 
 def run_shell(peer, cmd: str):
