@@ -295,6 +295,8 @@ SHELL_GROUPS = (1011, 1007, 1004, 3003, 3002, 3001, 1028, 1015, 3006, 3009, 3011
 #: Files a user build's SELinux policy keeps from shell (generic `proc` label), masked in
 #: the peer's mount namespace by a root-only file so reads fail with EACCES.
 SELINUX_DENIED = ("/proc/sys/kernel/threads-max",)
+#: This host's own su, which a user build does not have (masked like the above).
+HOST_ONLY = ("/usr/bin/su", "/bin/su")
 
 
 def system_python() -> str | None:
@@ -347,7 +349,7 @@ class ShellUidPeer(PeerProcess):
         #: whether SELINUX_DENIED reads fail (needs a private mount namespace)
         self.masked = private_mounts()
         ns = [unshare, "--mount", "--propagation", "private", "--"] if self.masked else []
-        denied = SELINUX_DENIED if self.masked else ()
+        denied = (*SELINUX_DENIED, *HOST_ONLY) if self.masked else ()
         mask = os.path.join(self.workdir, "selinux-denied")
         with open(mask, "w", encoding="utf-8"):
             pass
