@@ -66,11 +66,12 @@ def drift(samples: pd.DataFrame, meta: Mapping | None = None) -> Drift:
     per_kind: dict[str, float] = {}
     pairs = 0
     if len(samples) and {"point", "population", "kind", "latency_ns"} <= set(samples.columns):
-        med = samples.groupby(["kind", "population", "point"], observed=True)["latency_ns"]
-        med = med.median().reset_index()
+        run = ["run_id"] if "run_id" in samples.columns else []  # point numbers are per run
+        med = samples.groupby([*run, "kind", "population", "point"], observed=True)
+        med = med["latency_ns"].median().reset_index()
         for kind, g in med.groupby("kind", observed=True):
             ratios = []
-            for _pop, v in g.groupby("population"):
+            for _key, v in g.groupby([*run, "population"], observed=True):
                 if len(v) >= 2:
                     v = v.sort_values("point")
                     early, late = float(v["latency_ns"].iloc[0]), float(v["latency_ns"].iloc[-1])

@@ -295,6 +295,8 @@ SHELL_GROUPS = (1011, 1007, 1004, 3003, 3002, 3001, 1028, 1015, 3006, 3009, 3011
 #: Files a user build's SELinux policy keeps from shell (generic `proc` label), masked in
 #: the peer's mount namespace by a root-only file so reads fail with EACCES.
 SELINUX_DENIED = ("/proc/sys/kernel/threads-max",)
+#: This host's own su, which a user build does not have (masked like the above).
+HOST_ONLY = ("/usr/bin/su", "/bin/su")
 
 
 def system_python() -> str | None:
@@ -341,8 +343,8 @@ class ShellUidPeer(PeerProcess):
         super().__init__(props, **kw)
         python = system_python()
         setpriv, unshare = shutil.which("setpriv"), shutil.which("unshare")
-        if python is None or setpriv is None or unshare is None:
-            raise RuntimeError("ShellUidPeer needs setpriv, unshare and a system python3")
+        if python is None or setpriv is None:
+            raise RuntimeError("ShellUidPeer needs setpriv and a system python3")
         self.uid = uid
         # The checkout may live where `uid` cannot read (a fresh clone under a 0700 temp
         # dir): run a copy of the peer and its tool stand-ins from our own workdir.
@@ -355,14 +357,18 @@ class ShellUidPeer(PeerProcess):
             for name in dirs + files:
                 os.chmod(os.path.join(root, name), 0o755)
         os.chmod(code, 0o755)
+
+        #: whether SELINUX_DENIED reads fail (needs a private mount namespace)
+        self.masked = private_mounts()
+        ns = [unshare, "--mount", "--propagation", "private", "--"] if self.masked else []
+        denied = (*SELINUX_DENIED, *HOST_ONLY) if self.masked else ()
         mask = os.path.join(self.workdir, "selinux-denied")
         with open(mask, "w", encoding="utf-8"):
             pass
         os.chmod(mask, 0o600)  # root-only: what shell gets from a denied read is EACCES
         groups = ",".join(str(g) for g in SHELL_GROUPS)
         self.argv = [
-            unshare, "--mount", "--propagation", "private", "--",
-            "/bin/sh", "-c", _SHELL_SETUP % {"denied": " ".join(map(shlex.quote, SELINUX_DENIED))},
+            *ns, "/bin/sh", "-c", _SHELL_SETUP % {"denied": " ".join(map(shlex.quote, denied))},
             "shell-setup", mask, python if grant_su else "", SUD,
             setpriv, f"--reuid={uid}", f"--regid={uid}", f"--groups={groups}",
             "--pdeathsig", "KILL", python, os.path.join(code, os.path.basename(script)),
@@ -370,6 +376,15 @@ class ShellUidPeer(PeerProcess):
         ]  # fmt: skip
         for path in (self.workdir, os.path.join(self.workdir, "props.json")):
             os.chown(path, uid, uid)  # the peer reads its props, writes its getprop shim
+
+
+def private_mounts() -> bool:
+    """Whether this host lets root make a private mount namespace (CAP_SYS_ADMIN)."""
+    unshare = shutil.which("unshare")
+    if unshare is None or os.geteuid() != 0:
+        return False
+    cmd = [unshare, "--mount", "--propagation", "private", "true"]
+    return subprocess.run(cmd, capture_output=True).returncode == 0
 
 
 def phone_adj() -> bool:

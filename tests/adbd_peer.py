@@ -584,6 +584,11 @@ class Peer:
                 continue
             with open(os.path.join(tools, name), encoding="utf-8") as f:
                 body = f.read()
+            # "#: install-if-env VAR": a tool most devices lack (su on a user build)
+            marks = [ln.split() for ln in body.splitlines() if ln.startswith("#: install-if-env ")]
+            need = [m[2] for m in marks if len(m) > 2]
+            if any(not os.environ.get(var) for var in need):
+                continue
             if body.startswith("#!"):
                 body = body.split("\n", 1)[1]
             dest = os.path.join(self.shim_dir, name[:-3])

@@ -35,8 +35,8 @@ def test_way_down_slower_is_drift_in_verdict_and_report(local_run, tmp_path):
                             & late_points(steady)]  # fmt: skip
         steady.loc[late, "latency_ns"] = early[: len(late)]
     assert not drift(steady, meta).detected
-    # hot: the way back down runs 60% slower for every kind
-    hot = df.copy()
+    # hot: the way back down runs 60% slower for every kind than on the way up
+    hot = steady.copy()  # from the replay, so the gap is exactly the 60% added
     slow = hot.loc[late_points(hot), "latency_ns"] * 1.6
     hot.loc[late_points(hot), "latency_ns"] = slow.round().astype(hot["latency_ns"].dtype)
     d = drift(hot, meta)

@@ -105,8 +105,9 @@ class PerfSource(CaptureSource):
                 )
             if not facts.root:
                 return (
-                    "perf: kernel call stacks need root on Android (security.perf_harden); "
-                    "run `adb root` on a userdebug build or omit --capture perf"
+                    "perf: kernel symbol names need root on Android (kptr_restrict hides them "
+                    "from shell, so the walk would show as bare addresses); run `adb root` on "
+                    "a userdebug build, use su, or omit --capture perf"
                 )
             return None
         if not p.get("perf") or p.get("perf_rc") != "0" or "perf" not in p.get("perf_version", ""):

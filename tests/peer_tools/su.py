@@ -11,6 +11,9 @@ tests/peer_tools/_sud.py) the user "taps grant" and the command runs as root on 
 process's stdio, else "deny" (exit 1).
 """
 
+#: install-if-env DROIDOOM_PEER_SU
+# (user builds have no su: only a test that picks a flavour gets one)
+
 import array
 import json
 import os
