@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import errno
 import re
+import secrets
 import shlex
 import tempfile
 import threading
@@ -98,7 +99,9 @@ class _Session:
 def make_run_id(device: str, now: dt.datetime | None = None) -> str:
     now = now or dt.datetime.now(dt.UTC)
     safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", device).strip("_") or "device"
-    return f"{now:%Y%m%dT%H%M%SZ}-{safe}"
+    # The random part keeps runs started in the same second apart on one host (run ids
+    # also name tracefs instances and device files, shared by every run there).
+    return f"{now:%Y%m%dT%H%M%SZ}-{safe}-{secrets.token_hex(2)}"
 
 
 def _now() -> str:
