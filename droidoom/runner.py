@@ -8,8 +8,8 @@ Target's job) nor *what* to write (that is the scenario's).
 from __future__ import annotations
 
 import datetime as dt
-import errno
 import re
+import secrets
 import shlex
 import tempfile
 import threading
@@ -21,9 +21,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import __version__, devlock, leftovers, schema, signals, store
+from . import __version__, devlock, leftovers, runsave, schema, signals, store
 from .errors import (
-    DataError,
     DroidoomError,
     HelperError,
     TargetError,
@@ -99,7 +98,9 @@ class _Session:
 def make_run_id(device: str, now: dt.datetime | None = None) -> str:
     now = now or dt.datetime.now(dt.UTC)
     safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", device).strip("_") or "device"
-    return f"{now:%Y%m%dT%H%M%SZ}-{safe}"
+    # The random part keeps runs started in the same second apart on one host (run ids
+    # also name tracefs instances and device files, shared by every run there).
+    return f"{now:%Y%m%dT%H%M%SZ}-{safe}-{secrets.token_hex(2)}"
 
 
 def _now() -> str:
@@ -321,7 +322,7 @@ def profile(
         if reason is None and rc not in (EXIT_OK, None):
             reason = f"the helper exited with {rc}"
 
-        samples, why = _pull_records(target, remote_rec, plan, run_id, facts.device)
+        samples, why = runsave.pull_records(target, remote_rec, plan, run_id, facts.device)
         if samples is None:
             reason = reason or f"records could not be pulled ({why})"
             link_lost = link_lost or facts.transport != "local"
@@ -346,7 +347,7 @@ def profile(
             _discard_if_empty(run_dir)
             lock.release()
             raise
-        reason = reason or _describe(e)
+        reason = reason or runsave.describe(e)
         link_lost = link_lost or isinstance(e, TargetError)
         samples = schema.empty() if samples is None else samples
     finally:
@@ -369,14 +370,14 @@ def profile(
         captures=capture_meta,
         notices=notices,
     )
-    kept = _save(run_dir, samples, meta, facts.transport)
+    kept = runsave.save(run_dir, samples, meta, facts.transport)
     if kept < len(samples):
         if facts.transport == "local":
             getattr(target, "keep_workdir", lambda: None)()  # the records stay for recover
         samples = samples.iloc[:kept]
         status = meta["status"]
     # Saved: from here a dropped link or a full disk costs nothing measured.
-    after, warnings = _cleanup(target, lock, status, (remote_plan, remote_rec), link_lost)
+    after, warnings = runsave.cleanup(target, lock, status, (remote_plan, remote_rec), link_lost)
     for w in warnings:
         notice(f"cleanup: {w}")
     meta.update(device_activity={"before": lock.before, "after": after}, notices=notices)
@@ -386,70 +387,6 @@ def profile(
     if interrupted is not None:
         raise Interrupted(result) from interrupted
     return result
-
-
-def _describe(e: BaseException) -> str:
-    if isinstance(e, KeyboardInterrupt):
-        return signals.describe(e)
-    if isinstance(e, OSError):
-        return f"{e.filename or 'the run directory'}: {e.strerror or e}"
-    return str(e) or "interrupted"
-
-
-def _save(run_dir: Path, samples: pd.DataFrame, meta: dict, transport: str) -> int:
-    """Write samples.parquet and run.json; return the rows kept.
-
-    On a full disk (ENOSPC) keep the longest prefix of samples that leaves room for
-    run.json, say so in it, and point to `recover` (the target still has every record).
-    """
-    n, full = len(samples), None
-    while True:
-        try:
-            if n:
-                store.write_table(run_dir / store.SAMPLES, samples.iloc[:n])
-            store.write_json(run_dir / store.RUN_JSON, meta)
-            return n
-        except OSError as e:
-            if e.errno not in (errno.ENOSPC, errno.EDQUOT):
-                raise
-            if full is None:
-                full = e
-                # Only a complete run deletes its device files: this one keeps them.
-                meta["status"] = "partial"
-            elif n == 0:
-                raise DataError(
-                    f"disk full (ENOSPC): cannot even write {run_dir / store.RUN_JSON}; "
-                    "free space, then `droidoom recover` fetches the records"
-                ) from None
-            n //= 2
-            if n == 0:
-                (run_dir / store.SAMPLES).unlink(missing_ok=True)
-            meta.update(
-                writes_recorded=n,
-                reason=(
-                    f"disk full (ENOSPC) writing {run_dir}: kept {n} of {len(samples)} "
-                    f"writes. Free space, then `droidoom recover"
-                    f"{' --local' if transport == 'local' else ''}` fetches them all"
-                ),
-            )
-
-
-def _cleanup(target, lock, status, remote, link_lost) -> tuple[dict, list[str]]:
-    """After the run: sample device activity, remove the device files of a complete run,
-    release the lock. A dropped link here costs nothing measured: warnings, not errors."""
-    if link_lost:
-        return {}, [lock.abandon()]
-    warnings = []
-    after = lock.activity()
-    if status == "complete":
-        try:
-            target.sh("rm -f " + " ".join(map(shlex.quote, remote)), timeout=30)
-        except TargetError as e:
-            warnings.append(f"could not remove {', '.join(remote)} from the device ({e})")
-    w = lock.release()
-    if w:
-        warnings.append(w)
-    return after, warnings
 
 
 def _wrapper_failure(armed, proc, rc, session: _Session) -> str | None:
@@ -475,20 +412,6 @@ def _push_text(target: Target, text: str, remote: str) -> None:
         target.push(Path(f.name), remote)
     finally:
         Path(f.name).unlink()
-
-
-def _pull_records(target, remote, plan, run_id, device) -> tuple[pd.DataFrame | None, str]:
-    """(samples, "") or (None, why). Pulled into a temp dir, not the run dir: a full
-    output disk must not cost the records (they are written in compressed form later)."""
-    try:
-        with tempfile.TemporaryDirectory(prefix="droidoom-pull-") as tmp:
-            local = Path(tmp) / "records.bin"
-            target.pull(remote, local)
-            return records_to_frame(local.read_bytes(), plan, run_id, device), ""
-    except TargetError as e:
-        return None, str(e)
-    except OSError as e:
-        return None, f"{e.filename or 'temp dir'}: {e.strerror or e}"
 
 
 def _discard_if_empty(run_dir: Path) -> None:

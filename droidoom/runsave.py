@@ -1,0 +1,94 @@
+"""The end of a run: pull the records, save the run (a full disk keeps what fits) and
+clean up after it (failures there are warnings: the measurement is already safe)."""
+
+from __future__ import annotations
+
+import errno
+import shlex
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+
+from . import signals, store
+from .errors import DataError, TargetError
+
+
+def describe(e: BaseException) -> str:
+    if isinstance(e, KeyboardInterrupt):
+        return signals.describe(e)
+    if isinstance(e, OSError):
+        return f"{e.filename or 'the run directory'}: {e.strerror or e}"
+    return str(e) or "interrupted"
+
+
+def save(run_dir: Path, samples: pd.DataFrame, meta: dict, transport: str) -> int:
+    """Write samples.parquet and run.json; return the rows kept.
+
+    On a full disk (ENOSPC) keep the longest prefix of samples that leaves room for
+    run.json, say so in it, and point to `recover` (the target still has every record).
+    """
+    n, full = len(samples), None
+    while True:
+        try:
+            if n:
+                store.write_table(run_dir / store.SAMPLES, samples.iloc[:n])
+            store.write_json(run_dir / store.RUN_JSON, meta)
+            return n
+        except OSError as e:
+            if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            if full is None:
+                full = e
+                # Only a complete run deletes its device files: this one keeps them.
+                meta["status"] = "partial"
+            elif n == 0:
+                raise DataError(
+                    f"disk full (ENOSPC): cannot even write {run_dir / store.RUN_JSON}; "
+                    "free space, then `droidoom recover` fetches the records"
+                ) from None
+            n //= 2
+            if n == 0:
+                (run_dir / store.SAMPLES).unlink(missing_ok=True)
+            meta.update(
+                writes_recorded=n,
+                reason=(
+                    f"disk full (ENOSPC) writing {run_dir}: kept {n} of {len(samples)} "
+                    f"writes. Free space, then `droidoom recover"
+                    f"{' --local' if transport == 'local' else ''}` fetches them all"
+                ),
+            )
+
+
+def cleanup(target, lock, status, remote, link_lost) -> tuple[dict, list[str]]:
+    """After the run: sample device activity, remove the device files of a complete run,
+    release the lock. A dropped link here costs nothing measured: warnings, not errors."""
+    if link_lost:
+        return {}, [lock.abandon()]
+    warnings = []
+    after = lock.activity()
+    if status == "complete":
+        try:
+            target.sh("rm -f " + " ".join(map(shlex.quote, remote)), timeout=30)
+        except TargetError as e:
+            warnings.append(f"could not remove {', '.join(remote)} from the device ({e})")
+    w = lock.release()
+    if w:
+        warnings.append(w)
+    return after, warnings
+
+
+def pull_records(target, remote, plan, run_id, device) -> tuple[pd.DataFrame | None, str]:
+    """(samples, "") or (None, why). Pulled into a temp dir, not the run dir: a full
+    output disk must not cost the records (they are written in compressed form later)."""
+    from .runner import records_to_frame  # runner imports this module
+
+    try:
+        with tempfile.TemporaryDirectory(prefix="droidoom-pull-") as tmp:
+            local = Path(tmp) / "records.bin"
+            target.pull(remote, local)
+            return records_to_frame(local.read_bytes(), plan, run_id, device), ""
+    except TargetError as e:
+        return None, str(e)
+    except OSError as e:
+        return None, f"{e.filename or 'temp dir'}: {e.strerror or e}"
