@@ -9,7 +9,7 @@ are looped over in Python, never the rows.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -380,9 +380,11 @@ def _control_levels(g: _Sorted, by: list[str]) -> dict[tuple, tuple[np.ndarray, 
 def compare_slopes(base: pd.DataFrame, new: pd.DataFrame) -> pd.DataFrame:
     """ns/process of both sides per device x kind x mode (fits with >= MIN_POPULATIONS points).
 
-    The difference's CI is conservative: new.ci_low - base.ci_high .. new.ci_high -
-    base.ci_low. ``regression`` when its low end, less any growth of the `CONTROL_KIND`
-    slope (a host that slowed down as the population grew), exceeds ``bar``: the largest of
+    NEW's slopes are first scaled by BASE's / NEW's `CONTROL_KIND` level (a slower machine
+    also walks slower; ``new_slope_ns`` is the scaled value). The difference's CI is
+    conservative: new.ci_low - base.ci_high .. new.ci_high - base.ci_low. ``regression``
+    when its low end, less any growth of the `CONTROL_KIND` slope (a host that slowed down
+    as the population grew), exceeds ``bar``: the largest of
     `WALK_MIN_SLOPE_NS`, `SLOPE_FLOOR` x |base slope| and `FIXED_MAX_SHARE` x the base's
     multiprocess slope (what a walk costs on that device): a kind that started to walk.
     """
@@ -392,9 +394,13 @@ def compare_slopes(base: pd.DataFrame, new: pd.DataFrame) -> pd.DataFrame:
             "diff_high", "bar_ns", "regression"]  # fmt: skip
     fb = {(f.device, f.kind, f.mode): f for f in fits(base) if np.isfinite(f.slope_ns)}
     fn = {(f.device, f.kind, f.mode): f for f in fits(new) if np.isfinite(f.slope_ns)}
+    lb, ln = _control_level(base), _control_level(new)
     rows = []
     for key in sorted(fb.keys() & fn.keys()):
         b, n = fb[key], fn[key]
+        # NEW's slopes in BASE's machine speed: a machine 30% slower walks 30% slower too
+        k = lb.get((key[0], key[2]), 1.0) / ln.get((key[0], key[2]), 1.0)
+        n = replace(n, slope_ns=n.slope_ns * k, ci_low=n.ci_low * k, ci_high=n.ci_high * k)
         lo, hi = n.ci_low - b.ci_high, n.ci_high - b.ci_low
         ctl = (key[0], CONTROL_KIND, key[2])
         drift = fn[ctl].slope_ns - fb[ctl].slope_ns if ctl in fb and ctl in fn else 0.0
@@ -408,6 +414,15 @@ def compare_slopes(base: pd.DataFrame, new: pd.DataFrame) -> pd.DataFrame:
         rows.append([*key, b.slope_ns, n.slope_ns, n.slope_ns - b.slope_ns, lo, hi, bar,
                      key[1] != CONTROL_KIND and (lo - max(drift, 0.0) > bar or big)])  # fmt: skip
     return pd.DataFrame(rows, columns=cols)
+
+
+def _control_level(df: pd.DataFrame) -> dict[tuple[str, str], float]:
+    """(device, mode) -> median latency of the run's `CONTROL_KIND` writes (all points)."""
+    ok = df[(df["kind"].astype(str) == CONTROL_KIND) & (df["err"] == 0)]
+    if ok.empty:
+        return {}
+    med = ok.groupby([ok["device"].astype(str), ok["mode"].astype(str)])["latency_ns"].median()
+    return {k: max(float(v), 1.0) for k, v in med.items()}
 
 
 # Scaling fits and the verdict live in droidoom.verdict; imported last because verdict.fits

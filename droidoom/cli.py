@@ -223,7 +223,10 @@ def profile(
     ] = False,
     kernel: Annotated[
         Path | None,
-        typer.Option("--kernel", help="Boot this x86_64 bzImage in QEMU and profile it."),
+        typer.Option(
+            "--kernel", help="Boot this x86_64 bzImage in QEMU and profile it (needs: `droidoom "
+            "lab config`)."
+        ),
     ] = None,
     accel: Annotated[str, typer.Option(help="--kernel: auto (KVM if it boots), kvm, tcg.")] = (
         "auto"

@@ -184,8 +184,9 @@ def compare(
                         "profile both with the same options, or pass --ignore-spec")  # fmt: skip
     by = ("device", "kind", "mode") if pooled else analysis.GROUP_KEYS
     bdev, ndev = ({r.device for r in infos} for infos in (binfo, ninfo))
-    if not pair and len(bdev) == len(ndev) == 1 and bdev != ndev:
-        pair = True  # one device per side under two names (two kernels, two phones)
+    vms = all((r.meta.get("target") or {}).get("transport") == "qemu" for r in binfo + ninfo)
+    if not pair and vms and len(bdev) == len(ndev) == 1 and bdev != ndev:
+        pair = True  # two kernel images booted alike (`profile --kernel`): builds to compare
         err_console.print(f"[dim]comparing {bdev.pop()} (BASE) with {ndev.pop()} (NEW)[/]")
     result = analysis.compare(bdf, ndf, max_ratio, by=by, pair_devices=pair)
     missing = len(analysis.summary(bdf, by=by)) - len(result.table)

@@ -37,8 +37,6 @@ VM_MIN_WRITES = 2000
 Accel = Annotated[
     str, typer.Option("--accel", help="auto (KVM when a boot probe works, else TCG), kvm, tcg.")
 ]
-VmCpus = Annotated[int, typer.Option("--vm-cpus", help="vCPUs of the guest.")]
-VmMemory = Annotated[int, typer.Option("--vm-memory", help="Guest RAM in MiB.")]
 
 
 def open_vm(image: Path, accel: str = "auto", cpus: int = 2, memory: int = 1024,

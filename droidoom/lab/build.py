@@ -181,8 +181,11 @@ _STEP = re.compile(r"^\s+(CC|AS|LD|AR|HOSTCC|GEN|OBJCOPY|ZOFFSET|VOFFSET)\s")
 
 def _make(tree: Path, jobs: int, step: Callable[[int], None]) -> None:
     cmd = ["nice", "-n", "10", "make", f"-j{jobs}", "bzImage"]
+    # fixed build stamps: the same key gives the same image (its sha256 names it in run.json)
+    env = {**os.environ, "KBUILD_BUILD_TIMESTAMP": "@0", "KBUILD_BUILD_USER": "droidoom",
+           "KBUILD_BUILD_HOST": "lab", "KBUILD_BUILD_VERSION": "1"}  # fmt: skip
     proc = subprocess.Popen(cmd, cwd=tree, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)  # fmt: skip
+                            text=True, env=env)  # fmt: skip
     tail: list[str] = []
     n = 0
     assert proc.stdout is not None
