@@ -387,7 +387,8 @@ def verdict(
         release = (m.get("target") or {}).get("kernel_release")
         t, mp, single = (by_kind.get(k) for k in ("threaded", "multiprocess", "single"))
         v = _verdict_one(device, use, t, mp, single, release)
-        if df is not None and "device" in df.columns:  # drift over time (droidoom/drift.py) joins the sentence
+        # drift over time (droidoom/drift.py) joins the sentence; needs the samples
+        if df is not None and "device" in df.columns:
             note = drift(df[df["device"].astype(str) == device], m).text()
             v = replace(v, sentence=f"{v.sentence} {note}.") if note else v
         out.append(v)
