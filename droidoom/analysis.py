@@ -209,6 +209,9 @@ CONTROL_KIND = "single"
 #: A slope regression needs the slope-difference CI's low end above both this share of the
 #: base slope and the smallest walk (`WALK_MIN_SLOPE_NS`).
 SLOPE_FLOOR = 0.25
+#: ... and, for a kind that already walked on BASE (multiprocess), its whole base slope: the
+#: cost of one walk step moved up to ~66% between runs of one kernel on a loaded TCG host.
+WALKING_SLOPE_FLOOR = 1.0
 
 
 @dataclass(frozen=True)
@@ -384,9 +387,10 @@ def compare_slopes(base: pd.DataFrame, new: pd.DataFrame) -> pd.DataFrame:
     also walks slower; ``new_slope_ns`` is the scaled value). The difference's CI is
     conservative: new.ci_low - base.ci_high .. new.ci_high - base.ci_low. ``regression``
     when its low end, less any growth of the `CONTROL_KIND` slope (a host that slowed down
-    as the population grew), exceeds ``bar``: the largest of
-    `WALK_MIN_SLOPE_NS`, `SLOPE_FLOOR` x |base slope| and `FIXED_MAX_SHARE` x the base's
-    multiprocess slope (what a walk costs on that device): a kind that started to walk.
+    as the population grew), exceeds ``bar``: the largest of `WALK_MIN_SLOPE_NS`,
+    `SLOPE_FLOOR` (`WALKING_SLOPE_FLOOR` for a kind that already walked) x |base slope| and
+    `FIXED_MAX_SHARE` x the base's multiprocess slope (what a walk costs on that device):
+    a kind that started to walk.
     """
     from .verdict import FIXED_MAX_SHARE, WALK_MIN_GROWTH
 
@@ -405,12 +409,16 @@ def compare_slopes(base: pd.DataFrame, new: pd.DataFrame) -> pd.DataFrame:
         ctl = (key[0], CONTROL_KIND, key[2])
         drift = fn[ctl].slope_ns - fb[ctl].slope_ns if ctl in fb and ctl in fn else 0.0
         walk = fb.get((key[0], "multiprocess", key[2]))
-        bar = max(WALK_MIN_SLOPE_NS, SLOPE_FLOOR * abs(b.slope_ns),
+        walked = walk is not None and b.slope_ns >= FIXED_MAX_SHARE * walk.slope_ns
+        floor = WALKING_SLOPE_FLOOR if walked else SLOPE_FLOOR
+        bar = max(WALK_MIN_SLOPE_NS, floor * abs(b.slope_ns),
                   FIXED_MAX_SHARE * walk.slope_ns if walk is not None else 0.0)  # fmt: skip
         # as in the verdict: when the CI is wide (3 points, one disturbed block), a point
         # estimate of at least half a walk that multiplies latency is decisive
+        # (only for a kind that did not walk on BASE: a walk that merely got noisier is not)
         big = walk is not None and walk.growth >= WALK_MIN_GROWTH and n.growth >= (
-            WALK_MIN_GROWTH / 2) and n.slope_ns - b.slope_ns - drift >= 0.5 * walk.slope_ns
+            WALK_MIN_GROWTH / 2) and n.slope_ns - b.slope_ns - drift >= 0.5 * walk.slope_ns and (
+            b.slope_ns < FIXED_MAX_SHARE * walk.slope_ns)
         rows.append([*key, b.slope_ns, n.slope_ns, n.slope_ns - b.slope_ns, lo, hi, bar,
                      key[1] != CONTROL_KIND and (lo - max(drift, 0.0) > bar or big)])  # fmt: skip
     return pd.DataFrame(rows, columns=cols)

@@ -172,7 +172,9 @@ def test_verdict_negative_control(local_run, local_run_df):
     process added, what a contended CPU or a foreign oom_adj_mutex holder looks like."""
     df = local_run_df.copy()
     single = (df["kind"] == "single").to_numpy()
-    df.loc[single, "latency_ns"] += 50 * df.loc[single, "population"].astype("int64")
+    # walk-sized (the verdict ignores drift below a quarter of the in-run walk's slope)
+    per_process = max(50, int(fits_by_kind(local_run_df)["multiprocess"].slope_ns))
+    df.loc[single, "latency_ns"] += per_process * df.loc[single, "population"].astype("int64")
     (clean,) = analysis.verdict(local_run_df, analysis.load_meta(local_run))
     (v,) = analysis.verdict(df, analysis.load_meta(local_run))
     assert not clean.disturbed and clean.single.complexity == "O(1)"

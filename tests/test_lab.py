@@ -232,3 +232,20 @@ def test_lab_demo_side_by_side(kernels, tmp_path):
     assert threaded["regressed"] > 20 * max(abs(threaded["fixed"]), 1.0)
     html = (tmp_path / "lab-demo.html").read_text()
     assert "qemu:fixed-" in html and "qemu:regressed-" in html and "badge regressed" in html
+
+
+
+def test_one_build_at_a_time_per_cache(tmp_path, monkeypatch):
+    """Every session shares one source tree per cache dir (seen: two test sessions ran
+    `make` in it at once and broke each other's build): builds take an exclusive lock."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    probe = (
+        "import fcntl, sys; f = open(sys.argv[1], 'w')\n"
+        "try: fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)\n"
+        "except BlockingIOError: sys.exit(3)\n"
+    )
+    lock = tmp_path / "droidoom" / "lab" / "build" / ".lock"
+    with build._tree_lock():
+        held = subprocess.run([sys.executable, "-c", probe, str(lock)])
+    free = subprocess.run([sys.executable, "-c", probe, str(lock)])
+    assert (held.returncode, free.returncode) == (3, 0)

@@ -12,12 +12,15 @@ first one's objects (an incremental build of one file).
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
 import re
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -210,6 +213,31 @@ def build(variant: str, *, jobs: int | None = None,
     hit = cached(variant)
     if hit is not None:
         return Kernel(variant, hit, k, True, 0.0)
+    with _tree_lock():
+        hit = cached(variant)  # another process may have built it while we waited
+        if hit is not None:
+            return Kernel(variant, hit, k, True, 0.0)
+        return _build_locked(variant, k, jobs, step)
+
+
+@contextlib.contextmanager
+def _tree_lock():
+    """One build at a time per cache dir: every session shares the source tree."""
+    path = cache_dir() / "build" / ".lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"waiting for another droidoom lab build ({path}) ...", file=sys.stderr)
+            fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _build_locked(variant: str, k: str, jobs: int | None, step: Callable[[int], None]) -> Kernel:
     t0 = time.monotonic()
     tree = extract(fetch())
     _set_patch(tree, variant == "regressed")
