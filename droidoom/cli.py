@@ -328,7 +328,7 @@ def _print_run(result) -> None:
 
 
 # Sub-command modules register themselves on `app` (kept apart so each stays small).
-from . import cli_adb, cli_analysis, cli_export, cli_farm, cli_lab  # noqa: E402, F401
+from . import cli_adb, cli_analysis, cli_cost, cli_export, cli_farm, cli_lab  # noqa: E402, F401
 
 
 def _show_warning(message, category, *_args, **_kw) -> None:
