@@ -4,7 +4,8 @@ A Perfetto trace (or ftrace/atrace text) records every `oom_score_adj_update` lm
 target pid, new adj, time. `load` turns it into a `ReplayTrace`: the replayed processes
 (one helper target each, per kind), their writes in trace order with the gaps between
 them, and how many processes were alive at each write. `build_replay_plan` makes the
-helper plan: for each population and mode one point that replays the whole trace, each
+helper plan: for each population visit (with several populations and `--order updown`,
+the default: up and back down, each twice) and mode one point that replays the whole trace, each
 trace event becoming one timed write per kind (to that process's target of that kind),
 the first carrying the event's gap (`w ... gap_us`, time divided by `compress`).
 
@@ -190,7 +191,11 @@ def build_replay_plan(spec, adj_min: int = -1000):
     g = gaps_us(rt.events["ts_ns"].to_numpy(np.int64), spec.compress)
     gaps = None if g is None else tuple(int(x) for i in g for x in (i, *([0] * (nk - 1))))
     points, idx = [], 0
-    for population in spec.populations:
+    # updown: up and back down, the top too (no respawn), so every population has two
+    # replays far apart in time and drift shows in their difference (cf. scenario.sweep)
+    pops = sorted(spec.populations)
+    visits = pops + pops[::-1] if spec.order == "updown" and len(pops) > 1 else pops
+    for population in visits:
         for mode in spec.modes:
             points.append(PlanPoint(idx, population, spec.threads, mode, 0.0, spec.warmup,
                                     writes, gaps))  # fmt: skip
