@@ -105,7 +105,8 @@ def estimate(fit: MeanFit, extra: np.ndarray, duration_ns: int) -> Estimate:
     mean, se = fit.predict(xbar)
     t = float(stats.t.ppf(0.975, fit.dof)) if fit.dof > 0 else float("inf")
     half = w * t * se
-    return Estimate(fit, w, xbar, mean, w * mean, w * mean - half, w * mean + half, duration_ns)
+    lo = max(w * mean - half, 0.0)  # CPU time is never negative
+    return Estimate(fit, w, xbar, mean, w * mean, lo, w * mean + half, duration_ns)
 
 
 @dataclass(frozen=True)
