@@ -52,7 +52,7 @@ class SynthSpec:
     duration_s: float = 600.0  # trace length
     apps: int = 60  # installed apps the user may open
     initial_running: int = 24  # app processes alive at the start (cached)
-    max_cached: int = 32  # ActivityManagerConstants' classic CUR_MAX_CACHED_PROCESSES
+    max_cached: int = 32  # ActivityManagerConstants.DEFAULT_MAX_CACHED_PROCESSES (0x20)
     launch_every_s: float = 20.0  # mean gap between app launches
     service_every_s: float = 10.0  # mean gap between service starts/stops
     system_processes: int = 150  # native/system processes in the process list (no churn)
