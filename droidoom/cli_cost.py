@@ -38,17 +38,24 @@ def analyse(trace: Path, runs: list[Path], kind: str | None = None) -> dict:
     out: dict = {"trace": rt.summary(), "notes": rt.notes(), "runs": []}
     out["trace"]["writes_per_hour"] = len(rt.events) / hours if hours > 0 else None
     extra = rt.extra
+    loaded = []
     for path in runs:
-        info = store.read_run(path)
-        df = store.load(path)
+        info, df = store.read_run(path), store.load(path)
         if df.empty:
             raise DataError(f"{path}: the run holds no samples")
+        is_replay = (info.meta.get("replay") or {}).get("sha256") == rt.sha256
+        loaded.append((path, info, df, is_replay))
+    # replays of this trace, by device: each run's estimate is checked against them
+    replays: dict[str, list] = {}
+    for path, info, df, is_replay in loaded:
+        if is_replay:
+            replays.setdefault(str(info.meta.get("device")), []).append((path, c.measured(df)))
+    for path, info, df, is_replay in loaded:
         fits = [f for f in c.mean_fits(df) if kind is None or f.kind == kind]
         if not fits:
             raise UsageError(f"{path}: no {kind} writes in this run; pick --kind from "
                              f"{', '.join(sorted(set(df['kind'].astype(str))))}")  # fmt: skip
-        is_replay = (info.meta.get("replay") or {}).get("sha256") == rt.sha256
-        meas = {(m.kind, m.mode, m.population): m for m in c.measured(df)} if is_replay else {}
+        meas = [(rp, m) for rp, ms in replays.get(str(info.meta.get("device")), []) for m in ms]
         rows = []
         for f in fits:
             e = c.estimate(f, extra, rt.duration_ns)
@@ -60,12 +67,13 @@ def analyse(trace: Path, runs: list[Path], kind: str | None = None) -> dict:
                 "ci_ms_per_hour": [e.per_hour(e.total_lo) / 1e6, e.per_hour(e.total_hi) / 1e6],
                 "replays": [],
             }  # fmt: skip
-            for (k, mode, pop), m in sorted(meas.items()):
-                if (k, mode) != (f.kind, f.mode):
+            for rp, m in meas:
+                if (m.kind, m.mode) != (f.kind, f.mode):
                     continue
-                est = c.estimate(f, np.full(m.writes, pop), rt.duration_ns)
+                est = c.estimate(f, np.full(m.writes, m.population), rt.duration_ns)
                 row["replays"].append({
-                    "population": pop, "writes": m.writes, "measured_ns": m.total_ns,
+                    "replay_run": str(rp), "same_run": rp == path,
+                    "population": m.population, "writes": m.writes, "measured_ns": m.total_ns,
                     "measured_ci_ns": [m.total_lo, m.total_hi], "estimate_ns": est.total_ns,
                     "estimate_ci_ns": [est.total_lo, est.total_hi],
                     # the estimate inside the replay's CI, the replay inside the estimate's
@@ -109,8 +117,9 @@ def _print(rep: dict) -> None:
             for p in e["replays"]:
                 (lo, hi), (elo, ehi) = p["measured_ci_ns"], p["estimate_ci_ns"]
                 yes = {True: "[green]yes[/]", False: "[red]no[/]"}
+                which = "this run" if p["same_run"] else Path(p["replay_run"]).name
                 console.print(
-                    f"  replay, {e['kind']} at {p['population']} extra processes, "
+                    f"  replay ({which}), {e['kind']} at {p['population']} extra processes, "
                     f"{p['writes']} writes: measured {_ms(p['measured_ns'])} ms (95% CI "
                     f"{_ms(lo)}..{_ms(hi)}), estimated {_ms(p['estimate_ns'])} ms ({_ms(elo)}.."
                     f"{_ms(ehi)}); estimate in measured CI: {yes[p['estimate_in_measured_ci']]},"
@@ -138,9 +147,10 @@ def cost(
     """CPU time per hour the kernel spends in a trace's oom_score_adj writes, with a 95% CI.
 
     Each --run's writes give a mean latency line per kind (base + ns per extra process);
-    the trace gives the writes per hour and the processes alive at each write. When a run
-    is a replay of this trace (`profile --scenario replay:TRACE`), its measured totals are
-    shown next to the estimate. Also: which role transitions and bursts cost most.
+    the trace gives the writes per hour and the processes alive at each write. Replays of
+    this trace among the runs (`profile --scenario replay:TRACE`) check every estimate of
+    the same device: their measured totals are shown next to it. Also: which role
+    transitions and bursts cost most.
     """
     rep = analyse(trace, run, kind)
     _print(rep)
