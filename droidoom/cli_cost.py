@@ -29,13 +29,14 @@ def _ms(ns: float) -> str:
     return "inf" if not np.isfinite(ns) else f"{ns / 1e6:.3g}"
 
 
-def analyse(trace: Path, runs: list[Path], kind: str | None = None) -> dict:
+def analyse(trace: Path, runs: list[Path], kind: str | None = None,
+            trim: float = c.TRIM) -> dict:
     """The whole cost report as a dict (what `--json` writes)."""
     from . import replay, store
 
     rt = replay.load(trace)
     hours = rt.duration_ns / c.HOUR_NS
-    out: dict = {"trace": rt.summary(), "notes": rt.notes(), "runs": []}
+    out: dict = {"trace": rt.summary(), "notes": rt.notes(), "trim": trim, "runs": []}
     out["trace"]["writes_per_hour"] = len(rt.events) / hours if hours > 0 else None
     extra = rt.extra
     loaded = []
@@ -49,9 +50,10 @@ def analyse(trace: Path, runs: list[Path], kind: str | None = None) -> dict:
     replays: dict[str, list] = {}
     for path, info, df, is_replay in loaded:
         if is_replay:
-            replays.setdefault(str(info.meta.get("device")), []).append((path, c.measured(df)))
+            by_device = replays.setdefault(str(info.meta.get("device")), [])
+            by_device.append((path, c.measured(df, trim=trim)))
     for path, info, df, is_replay in loaded:
-        fits = [f for f in c.mean_fits(df) if kind is None or f.kind == kind]
+        fits = [f for f in c.mean_fits(df, trim) if kind is None or f.kind == kind]
         if not fits:
             raise UsageError(f"{path}: no {kind} writes in this run; pick --kind from "
                              f"{', '.join(sorted(set(df['kind'].astype(str))))}")  # fmt: skip
@@ -141,6 +143,9 @@ def cost(
     run: Annotated[list[Path], typer.Option("--run", "-r", help="A run whose per-kind fit "
                    "prices the writes; repeat for more (e.g. a regressed kernel's run).")],
     kind: Annotated[str | None, typer.Option(help="Only this target kind.")] = None,
+    trim: Annotated[float, typer.Option(help="Share of each point's slowest writes left out "
+                    "of its mean: wall-clock latency also holds time the writer was "
+                    "preempted. 0 = the plain mean (wall time).")] = c.TRIM,
     json_out: Annotated[Path | None, typer.Option("--json", help="Also write the report "
                         "here as JSON.")] = None,
 ) -> None:
@@ -152,7 +157,9 @@ def cost(
     the same device: their measured totals are shown next to it. Also: which role
     transitions and bursts cost most.
     """
-    rep = analyse(trace, run, kind)
+    if not 0 <= trim < 1:
+        raise UsageError(f"--trim must be a share in 0..1 (got {trim})")
+    rep = analyse(trace, run, kind, trim)
     _print(rep)
     if json_out is not None:
         json_out.write_text(json.dumps(rep, indent=1, default=float))

@@ -1,9 +1,13 @@
 """What a trace's oom_score_adj churn costs: CPU time per hour in the kernel's writes.
 
 Model: one write of kind k with x extra processes alive costs `a_k + b_k * x` on average
-(CPU time is a sum, so the model is of the MEAN latency, not the median the verdict
-fits). `mean_fits` fits that line per device x kind x mode of a run by least squares on
-its per-point mean latencies, with the coefficients' covariance. A trace with W writes
+(CPU time is a sum, so the model is of a MEAN latency, not the median the verdict fits).
+A write's latency is wall-clock time, which also holds time the writer was not running
+(preempted, an interrupt, a vCPU descheduled: on a loaded host or under QEMU TCG the
+slowest 1% of writes can outweigh all others); so the mean is taken over all but the
+slowest `trim` share of each point's writes (default `TRIM` = 5%; 0 = the plain mean,
+i.e. wall time). `mean_fits` fits the line per device x kind x mode of a run by least
+squares on its per-point (trimmed) means, with the coefficients' covariance. A trace with W writes
 seeing x_i extra processes then costs sum(a + b x_i) = W (a + b mean(x)), with a 95% CI
 from the fit's covariance (Student t on the fit's degrees of freedom); per hour it is
 scaled by 3600 s / the trace's duration.
@@ -25,6 +29,14 @@ from .errors import DataError
 from .replay import ReplayTrace, role_of
 
 HOUR_NS = 3600e9
+#: Share of each point's slowest writes left out of its mean (preemption, not the write).
+TRIM = 0.05
+
+
+def trimmed(lat: np.ndarray, trim: float = TRIM) -> np.ndarray:
+    """`lat` without its slowest `trim` share (sorted; at least one value kept)."""
+    v = np.sort(np.asarray(lat, dtype=float))
+    return v[: max(1, int(np.ceil(len(v) * (1 - trim))))] if len(v) else v
 #: Updates closer than this belong to one burst (an app launch moves many processes).
 BURST_GAP_NS = 1_000_000_000
 
@@ -51,19 +63,19 @@ class MeanFit:
         return self.intercept_ns + self.slope_ns * x, se
 
 
-def mean_fits(df: pd.DataFrame) -> list[MeanFit]:
+def mean_fits(df: pd.DataFrame, trim: float = TRIM) -> list[MeanFit]:
     """`MeanFit` per device x kind x mode of a samples frame (successful writes)."""
     ok = df[df["err"] == 0]
     keys = ["device", "kind", "mode"]
     out = []
     for key, g in ok.groupby(keys, observed=True, sort=True):
         pts = g.groupby("point", observed=True).agg(
-            pop=("population", "first"), mean=("latency_ns", "mean"),
-            var=("latency_ns", "var"), n=("latency_ns", "size"),
+            pop=("population", "first"),
+            mean=("latency_ns", lambda v: trimmed(v.to_numpy(), trim).mean()),
         )  # fmt: skip
         x, y = pts["pop"].to_numpy(float), pts["mean"].to_numpy(float)
         if len(np.unique(x)) < 2:  # no slope: the mean at that population, its SE
-            lat = g["latency_ns"].to_numpy(float)
+            lat = trimmed(g["latency_ns"].to_numpy(float), trim)
             var = lat.var(ddof=1) / len(lat) if len(lat) > 1 else np.inf
             cov, slope, icpt, dof = ((var, 0.0), (0.0, 0.0)), 0.0, float(lat.mean()), len(lat) - 1
         else:
@@ -126,21 +138,22 @@ class Measured:
 BLOCKS = 10
 
 
-def measured(df: pd.DataFrame, blocks: int = BLOCKS) -> list[Measured]:
+def measured(df: pd.DataFrame, blocks: int = BLOCKS, trim: float = TRIM) -> list[Measured]:
     """One replay of the trace's total per kind x mode x population (the mean over its
     visits; successful writes), with a 95% CI from `blocks` consecutive time blocks of its
     writes: block-to-block spread holds drift and the machine's changing load during the
-    run, which write-to-write noise alone (a CLT interval) would hide."""
+    run, which write-to-write noise alone (a CLT interval) would hide. Each block's mean
+    leaves out its slowest `trim` share, as `mean_fits` does."""
     ok = df[df["err"] == 0].sort_values("t_ns", kind="stable")
     out = []
     for (kind, mode, pop), g in ok.groupby(["kind", "mode", "population"], observed=True):
         lat = g["latency_ns"].to_numpy(float)
         visits = max(int(g["point"].nunique()), 1)
         n = len(lat) // visits  # writes of one replay
-        tot = float(lat.sum()) / visits
         parts = np.array_split(lat, min(blocks, len(lat)))
+        means = np.array([trimmed(p, trim).mean() for p in parts])
+        tot = float(means.mean()) * n
         if len(parts) > 1:  # per-write block means, scaled to one replay's n writes
-            means = np.array([p.mean() for p in parts])
             half = float(stats.t.ppf(0.975, len(parts) - 1) * means.std(ddof=1)
                          / np.sqrt(len(parts)) * n)  # fmt: skip
         else:
