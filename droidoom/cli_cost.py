@@ -38,7 +38,7 @@ def analyse(trace: Path, runs: list[Path], kind: str | None = None,
     hours = rt.duration_ns / c.HOUR_NS
     out: dict = {"trace": rt.summary(), "notes": rt.notes(), "trim": trim, "runs": []}
     out["trace"]["writes_per_hour"] = len(rt.events) / hours if hours > 0 else None
-    extra = rt.extra
+    alive = rt.events["alive"].to_numpy(np.int64)  # the phone's processes at each write
     loaded = []
     for path in runs:
         info, df = store.read_run(path), store.load(path)
@@ -51,28 +51,30 @@ def analyse(trace: Path, runs: list[Path], kind: str | None = None,
     for path, info, df, is_replay in loaded:
         if is_replay:
             by_device = replays.setdefault(str(info.meta.get("device")), [])
-            by_device.append((path, c.measured(df, trim=trim)))
+            by_device.append((path, c.helper_processes(info.meta), c.measured(df, trim=trim)))
     for path, info, df, is_replay in loaded:
-        fits = [f for f in c.mean_fits(df, trim) if kind is None or f.kind == kind]
+        offset = c.helper_processes(info.meta)
+        fits = [f for f in c.mean_fits(df, trim, offset) if kind is None or f.kind == kind]
         if not fits:
             raise UsageError(f"{path}: no {kind} writes in this run; pick --kind from "
                              f"{', '.join(sorted(set(df['kind'].astype(str))))}")  # fmt: skip
-        meas = [(rp, m) for rp, ms in replays.get(str(info.meta.get("device")), []) for m in ms]
+        meas = [(rp, off, m) for rp, off, ms in replays.get(str(info.meta.get("device")), [])
+                for m in ms]  # fmt: skip
         rows = []
         for f in fits:
-            e = c.estimate(f, extra, rt.duration_ns)
+            e = c.estimate(f, alive, rt.duration_ns)
             row = {
                 "kind": f.kind, "mode": f.mode, "intercept_ns": f.intercept_ns,
                 "slope_ns": f.slope_ns, "per_write_ns": e.per_write_ns,
-                "extra_mean": e.extra_mean, "total_ns": e.total_ns,
+                "alive_mean": e.x_mean, "total_ns": e.total_ns,
                 "cpu_ms_per_hour": e.per_hour(e.total_ns) / 1e6,
                 "ci_ms_per_hour": [e.per_hour(e.total_lo) / 1e6, e.per_hour(e.total_hi) / 1e6],
                 "replays": [],
             }  # fmt: skip
-            for rp, m in meas:
+            for rp, off, m in meas:
                 if (m.kind, m.mode) != (f.kind, f.mode):
                     continue
-                est = c.estimate(f, np.full(m.writes, m.population), rt.duration_ns)
+                est = c.estimate(f, np.full(m.writes, m.population + off), rt.duration_ns)
                 row["replays"].append({
                     "replay_run": str(rp), "same_run": rp == path,
                     "population": m.population, "writes": m.writes, "measured_ns": m.total_ns,
@@ -84,7 +86,7 @@ def analyse(trace: Path, runs: list[Path], kind: str | None = None,
                 })  # fmt: skip
             rows.append(row)
         first = fits[0] if kind else next((f for f in fits if f.kind == "threaded"), fits[0])
-        w = c.per_write_cost(first, extra)
+        w = c.per_write_cost(first, alive)
         out["runs"].append({
             "run": str(path), "label": _label(info.meta), "replay_of_this_trace": is_replay,
             "estimates": rows, "where": {"kind": first.kind, "mode": first.mode,
@@ -151,7 +153,7 @@ def cost(
 ) -> None:
     """CPU time per hour the kernel spends in a trace's oom_score_adj writes, with a 95% CI.
 
-    Each --run's writes give a mean latency line per kind (base + ns per extra process);
+    Each --run's writes give a mean latency line per kind (base + ns per process);
     the trace gives the writes per hour and the processes alive at each write. Replays of
     this trace among the runs (`profile --scenario replay:TRACE`) check every estimate of
     the same device: their measured totals are shown next to it. Also: which role

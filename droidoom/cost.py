@@ -1,14 +1,17 @@
 """What a trace's oom_score_adj churn costs: CPU time per hour in the kernel's writes.
 
-Model: one write of kind k with x extra processes alive costs `a_k + b_k * x` on average
+Model: one write of kind k with x processes alive costs `a_k + b_k * x` on average
 (CPU time is a sum, so the model is of a MEAN latency, not the median the verdict fits).
 A write's latency is wall-clock time, which also holds time the writer was not running
 (preempted, an interrupt, a vCPU descheduled: on a loaded host or under QEMU TCG the
 slowest 1% of writes can outweigh all others); so the mean is taken over all but the
 slowest `trim` share of each point's writes (default `TRIM` = 5%; 0 = the plain mean,
 i.e. wall time). `mean_fits` fits the line per device x kind x mode of a run by least
-squares on its per-point (trimmed) means, with the coefficients' covariance. A trace with W writes
-seeing x_i extra processes then costs sum(a + b x_i) = W (a + b mean(x)), with a 95% CI
+squares on its per-point (trimmed) means, with the coefficients' covariance; a run's x is
+its population plus the helper's own target processes (`helper_processes`), the
+machine's own processes stay in the base. A trace with W writes
+seeing x_i processes (the trace's alive count) then costs sum(a + b x_i) = W (a + b
+mean(x)), with a 95% CI
 from the fit's covariance (Student t on the fit's degrees of freedom); per hour it is
 scaled by 3600 s / the trace's duration.
 
@@ -43,7 +46,7 @@ BURST_GAP_NS = 1_000_000_000
 
 @dataclass(frozen=True)
 class MeanFit:
-    """Mean write latency = intercept + slope x extra processes, for one device x kind x mode."""
+    """Mean write latency = intercept + slope x processes, for one device x kind x mode."""
 
     device: str
     kind: str
@@ -57,14 +60,23 @@ class MeanFit:
     pop_max: int
 
     def predict(self, x: float) -> tuple[float, float]:
-        """(mean ns per write, its standard error) at x extra processes."""
+        """(mean ns per write, its standard error) at x processes."""
         v = np.array([1.0, x])
         se = float(np.sqrt(max(v @ np.array(self.cov) @ v, 0.0)))
         return self.intercept_ns + self.slope_ns * x, se
 
 
-def mean_fits(df: pd.DataFrame, trim: float = TRIM) -> list[MeanFit]:
-    """`MeanFit` per device x kind x mode of a samples frame (successful writes)."""
+def helper_processes(meta: dict) -> int:
+    """Processes a run's helper kept alive besides the population: its targets and each
+    multiprocess target's CLONE_VM child (a replay has dozens; the walk visits them too)."""
+    ok = [t for t in meta.get("targets", []) if t.get("status") == "ok"]
+    return len(ok) + sum(t.get("kind") == "multiprocess" for t in ok)
+
+
+def mean_fits(df: pd.DataFrame, trim: float = TRIM, offset: int = 0) -> list[MeanFit]:
+    """`MeanFit` per device x kind x mode of a samples frame (successful writes), against
+    x = population + `offset` (the run's `helper_processes`): processes the writes saw
+    beyond the machine's own, which stay in the line's base."""
     ok = df[df["err"] == 0]
     keys = ["device", "kind", "mode"]
     out = []
@@ -73,7 +85,7 @@ def mean_fits(df: pd.DataFrame, trim: float = TRIM) -> list[MeanFit]:
             pop=("population", "first"),
             mean=("latency_ns", lambda v: trimmed(v.to_numpy(), trim).mean()),
         )  # fmt: skip
-        x, y = pts["pop"].to_numpy(float), pts["mean"].to_numpy(float)
+        x, y = pts["pop"].to_numpy(float) + offset, pts["mean"].to_numpy(float)
         if len(np.unique(x)) < 2:  # no slope: the mean at that population, its SE
             lat = trimmed(g["latency_ns"].to_numpy(float), trim)
             var = lat.var(ddof=1) / len(lat) if len(lat) > 1 else np.inf
@@ -98,7 +110,7 @@ class Estimate:
 
     fit: MeanFit
     writes: int
-    extra_mean: float  # mean extra processes alive at the writes
+    x_mean: float  # mean processes alive at the writes
     per_write_ns: float
     total_ns: float
     total_lo: float
@@ -110,10 +122,10 @@ class Estimate:
         return v * HOUR_NS / self.duration_ns if self.duration_ns > 0 else float("nan")
 
 
-def estimate(fit: MeanFit, extra: np.ndarray, duration_ns: int) -> Estimate:
-    """Cost of writes seeing `extra` processes (one value per write) under `fit`."""
-    w = len(extra)
-    xbar = float(np.mean(extra)) if w else 0.0
+def estimate(fit: MeanFit, x: np.ndarray, duration_ns: int) -> Estimate:
+    """Cost of writes seeing `x` processes (one value per write) under `fit`."""
+    w = len(x)
+    xbar = float(np.mean(x)) if w else 0.0
     mean, se = fit.predict(xbar)
     t = float(stats.t.ppf(0.975, fit.dof)) if fit.dof > 0 else float("inf")
     half = w * t * se
@@ -162,9 +174,9 @@ def measured(df: pd.DataFrame, blocks: int = BLOCKS, trim: float = TRIM) -> list
     return out
 
 
-def per_write_cost(fit: MeanFit, extra: np.ndarray) -> np.ndarray:
+def per_write_cost(fit: MeanFit, x: np.ndarray) -> np.ndarray:
     """Modelled ns of each write (for where the cost goes)."""
-    return fit.intercept_ns + fit.slope_ns * extra.astype(float)
+    return fit.intercept_ns + fit.slope_ns * x.astype(float)
 
 
 def transitions(rt: ReplayTrace, cost_ns: np.ndarray, top: int = 8) -> pd.DataFrame:

@@ -84,7 +84,7 @@ def test_cost_model_sums_per_write_costs(trace):
     e = c.estimate(fit, rt.extra, rt.duration_ns)
     assert e.total_ns == pytest.approx(c.per_write_cost(fit, rt.extra).sum())
     assert e.per_hour(e.total_ns) == pytest.approx(e.total_ns * 3600e9 / rt.duration_ns)
-    se = np.sqrt(4.0 + 0.01 * e.extra_mean**2) * e.writes
+    se = np.sqrt(4.0 + 0.01 * e.x_mean**2) * e.writes
     assert e.total_hi - e.total_ns == pytest.approx(se * 2.5706, rel=1e-3)  # t(5, 0.975)
 
 
