@@ -140,3 +140,13 @@ def test_regressed_kernel_estimate_and_replay_grow_as_the_slope_says(lab_kernels
     assert est[1]["slope_ns"] < 0.25 * est[2]["slope_ns"], est  # the replays' own lines
     assert 0.5 < est[2]["slope_ns"] / fit.slope_ns < 2, est
     assert [r["replay_of_this_trace"] for r in rep["runs"]] == [False, True, True]
+
+
+def test_cost_bad_options_are_one_line_exit_2(trace, tmp_path):
+    run = _replay(trace, tmp_path / "runs", "--local", "--population", "0")
+    p = run_cli("cost", str(trace), "--run", str(run), "--trim", "1.5")
+    assert p.returncode == 2 and "--trim must be a share" in " ".join(p.stderr.split())
+    p = run_cli("cost", str(trace), "--run", str(run), "--kind", "multiprocess")
+    assert p.returncode == 2 and "pick --kind from threaded" in " ".join(p.stderr.split())
+    p = run_cli("cost", str(trace), "--run", str(tmp_path / "nope"))
+    assert p.returncode == 2 and "Traceback" not in p.stderr
