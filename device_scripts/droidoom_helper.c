@@ -59,7 +59,7 @@
 
 #define PROTO 1
 enum { EXIT_OK = 0, EXIT_USAGE = 2, EXIT_REFUSED = 3, EXIT_RUNTIME = 4, EXIT_INTR = 130 };
-enum { MAX_TARGETS = 16, MAX_POINTS = 65536, MAX_WRITES = 50000000, MAX_POP = 32768,
+enum { MAX_TARGETS = 256, MAX_POINTS = 65536, MAX_WRITES = 50000000, MAX_POP = 32768,
        MAX_TPP = 64, MAX_TTHREADS = 256, REC_BUF = 4096 };
 #define TICK_NS 100000000LL          /* progress / stdin-watch period */
 #define STALL_NS 30000000000LL       /* no sign of life from spawned children for this long */
@@ -559,7 +559,8 @@ static void print_facts_calib(const struct facts *f)
 
 /* ------------------------------------------------------------------ plan ---------- */
 
-struct wr { int16_t adj; uint8_t tidx; uint8_t role; }; /* one `w` line, 4 bytes */
+/* one `w` line, 8 bytes; gap_us: optional pause before it (trace replay) */
+struct wr { int16_t adj; uint8_t tidx; uint8_t role; uint32_t gap_us; };
 struct point {
     int idx, population, threads, mode, warmup;
     double rate_hz;
@@ -611,8 +612,8 @@ static int parse_directive(char **tok, int n, int *seen_header)
         return 0;
     }
     if (strcmp(tok[0], "w") == 0) {
-        if (n != 4)
-            PLAN_FAIL("'w' takes 3 fields: <tidx> <adj> <role>");
+        if (n != 4 && n != 5)
+            PLAN_FAIL("'w' takes 3 or 4 fields: <tidx> <adj> <role> [<gap_us>]");
         if (!g_npoints)
             PLAN_FAIL("'w' before any 'point'");
         if (parse_long(tok[1], 0, g_ntargets - 1, &a))
@@ -621,9 +622,12 @@ static int parse_directive(char **tok, int n, int *seen_header)
             PLAN_FAIL("adj '%s' is not in -1000..1000", tok[2]);
         if (parse_long(tok[3], 0, 255, &c))
             PLAN_FAIL("role '%s' is not in 0..255", tok[3]);
+        if (n == 5 && parse_long(tok[4], 0, INT32_MAX, &d)) /* long is 32-bit on arm */
+            PLAN_FAIL("gap_us '%s' is not in 0..%d", tok[4], INT32_MAX);
         if (g_nwrites >= MAX_WRITES)
             PLAN_FAIL("more than %d writes", MAX_WRITES);
-        g_writes[g_nwrites++] = (struct wr){(int16_t)b, (uint8_t)a, (uint8_t)c};
+        g_writes[g_nwrites++] = (struct wr){(int16_t)b, (uint8_t)a, (uint8_t)c,
+                                            n == 5 ? (uint32_t)d : 0};
         g_points[g_npoints - 1].count++;
         return 0;
     }
@@ -1101,18 +1105,20 @@ static int run_point(const struct point *p, int64_t *next_tick)
     if (ns_per_write > 1e15) /* absurdly slow rates: keep the arithmetic finite */
         ns_per_write = 1e15;
     const int64_t start = now_ns();
+    int64_t gaps = 0; /* sum of the `w` lines' gap_us so far, ns */
     for (uint32_t i = 0; i < p->count; i++) {
         if (g_signal || g_stop)
             break;
         const uint32_t seq = p->first + i;
         const struct wr w = g_writes[seq];
         struct target *t = &g_targets[w.tidx];
+        gaps += (int64_t)w.gap_us * 1000;
         if (!t->ok) {
             g_done++; /* target could not be spawned: counted, not recorded */
             continue;
         }
-        if (ns_per_write > 0) {
-            double offset = (double)i * ns_per_write;
+        if (ns_per_write > 0 || gaps > 0) {
+            double offset = (double)i * ns_per_write + (double)gaps;
             if (pace(start + (int64_t)(offset < 4e18 ? offset : 4e18), next_tick) != 0) {
                 rc = -1;
                 break;

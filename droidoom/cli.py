@@ -87,7 +87,11 @@ Writes = Annotated[int | None, typer.Option(help="Timed writes per kind per poin
 Threads = Annotated[int | None, typer.Option(help="Threads in each population process.")]
 Quick = Annotated[bool, typer.Option("--quick", help="Small sweep (0,400,800 x 400 writes).")]
 Scenario = Annotated[
-    str | None, typer.Option(help="lmkd (realistic role changes) or alternate (two levels).")
+    str | None,
+    typer.Option(
+        help="lmkd (realistic role changes), alternate (two levels), or replay:TRACE (a "
+        "phone's recorded oom_score_adj changes: Perfetto trace or ftrace text)."
+    ),
 ]
 Adj = Annotated[
     str | None, typer.Option("--adj", help="The two levels of `alternate`, e.g. 0,900.")
@@ -233,6 +237,16 @@ def profile(
     ),
     vm_cpus: Annotated[int, typer.Option(help="--kernel: vCPUs of the guest.")] = 2,
     vm_memory: Annotated[int, typer.Option(help="--kernel: guest RAM in MiB.")] = 1024,
+    replay_kinds: Annotated[
+        str | None,
+        typer.Option(help="replay:TRACE: target kinds each traced process is replayed on "
+                     "(default threaded, like an app)."),
+    ] = None,
+    compress: Annotated[
+        float | None,
+        typer.Option(help="replay:TRACE: play the trace N times faster (default 1: its own "
+                     "pace; 0: back to back)."),
+    ] = None,
 ) -> None:
     """Time oom_score_adj writes across populations; say if this kernel has the O(N) path.
 
@@ -246,6 +260,12 @@ def profile(
     spec = build_spec(
         quick, population, kinds, writes, threads, target_threads, scenario, adj, rate, mode, seed,
         cpu=cpu, fifo=fifo, order=order,
+    )  # fmt: skip
+    from .replay import spec_for_replay
+
+    spec = spec_for_replay(
+        spec, population_given=population is not None, kinds_given=kinds is not None,
+        replay_kinds=_words(replay_kinds), compress=compress,
     )  # fmt: skip
     if all_devices:  # a one-server farm (droidoom/cli_farm.py)
         if local or serial:
@@ -311,7 +331,7 @@ def _print_run(result) -> None:
 
 
 # Sub-command modules register themselves on `app` (kept apart so each stays small).
-from . import cli_adb, cli_analysis, cli_export, cli_farm, cli_lab  # noqa: E402, F401
+from . import cli_adb, cli_analysis, cli_cost, cli_export, cli_farm, cli_lab  # noqa: E402, F401
 
 
 def _show_warning(message, category, *_args, **_kw) -> None:

@@ -19,6 +19,7 @@ What droidoom reads from a trace::
     ftrace_events.lost_events, ftrace_stats,     -> losses (kernel ring overruns, dropped
     trace_stats.buffer_stats                        events, chunks traced discarded)
     process_tree                                 -> processes, threads (tid -> tgid)
+    ftrace_events.event[].sched_process_free     -> exits (ts, pid): when a process died
     clock_snapshot                               -> clocks (to turn BOOTTIME into MONOTONIC)
 """
 
@@ -141,6 +142,12 @@ class TraceData:
     chunks_discarded: int = 0  # traced buffer chunks lost (DISCARD policy buffer full)
     primary_clock: int = CLOCK_BOOTTIME
     ftrace_errors: list[str] = field(default_factory=list)
+    #: sched_process_free events (ts_ns, pid), time order: a task's end (for process
+    #: lifetimes in trace replay; empty when the trace config did not enable the event)
+    exits: pd.DataFrame = field(
+        default_factory=lambda: pd.DataFrame({"ts_ns": pd.Series([], dtype="int64"),
+                                              "pid": pd.Series([], dtype="int32")})
+    )
 
     def clock_offset_ns(self, src: int = CLOCK_BOOTTIME, dst: int = CLOCK_MONOTONIC) -> int | None:
         """Median of (src - dst) over the trace's clock snapshots: subtract it from a
@@ -195,6 +202,7 @@ class _Collector:
         self.procs: dict[int, tuple] = {}
         self.threads: dict[int, tuple] = {}
         self.clocks: list[dict[str, int]] = []
+        self.exits: list[tuple[int, int]] = []
         self.packets = 0
         self.lost = self.overrun = self.dropped = self.discarded = 0
         self.primary = CLOCK_BOOTTIME
@@ -245,6 +253,8 @@ class _Collector:
         o = self.oom
         for ev in bundle.event:
             if not ev.HasField("oom_score_adj_update"):
+                if ev.HasField("sched_process_free"):
+                    self.exits.append((ev.timestamp, ev.sched_process_free.pid))
                 continue
             u = ev.oom_score_adj_update
             o["ts_ns"].append(ev.timestamp)
@@ -331,8 +341,11 @@ def parse_trace(data: bytes, what: str = "trace", *, allow_truncated: bool = Tru
     if col.packets == 0:
         raise DataError(f"{what} holds no complete packet (truncated at byte {truncated_at})")
     oom, procs, threads, clocks = col.frames()
+    exits = pd.DataFrame(col.exits, columns=["ts_ns", "pid"]).astype({"ts_ns": "int64",
+                                                                      "pid": "int32"})
     return TraceData(
         oom_events=oom, processes=procs, threads=threads, clocks=clocks,
+        exits=exits.sort_values("ts_ns", kind="stable").reset_index(drop=True),
         packets=col.packets, truncated_at=truncated_at, lost_events=col.lost,
         ftrace_overrun=col.overrun, ftrace_dropped=col.dropped,
         chunks_discarded=col.discarded, primary_clock=col.primary, ftrace_errors=col.errors,

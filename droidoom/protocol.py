@@ -58,6 +58,7 @@ class PlanPoint:
     rate_hz: float  # 0 = back to back
     warmup: int  # untimed writes per target before the timed ones
     writes: tuple[tuple[int, int, int], ...]  # (target idx, adj, role code)
+    gaps_us: tuple[int, ...] | None = None  # per write: pause before it (trace replay)
 
 
 def render_plan(
@@ -73,7 +74,11 @@ def render_plan(
     lines += [f"target {t.idx} {t.kind} {t.threads}" for t in targets]
     for p in points:
         lines.append(f"point {p.idx} {p.population} {p.threads} {p.mode} {p.rate_hz:g} {p.warmup}")
-        lines += [f"w {t} {a} {r}" for t, a, r in p.writes]
+        if p.gaps_us is None:
+            lines += [f"w {t} {a} {r}" for t, a, r in p.writes]
+        else:
+            pairs = zip(p.writes, p.gaps_us, strict=True)
+            lines += [f"w {t} {a} {r} {g}" for (t, a, r), g in pairs]
     return "\n".join(lines) + "\n"
 
 

@@ -197,6 +197,8 @@ def profile(
         notices.append(text)
         progress.notice(text)
 
+    for note in plan.notes:
+        notice(note)
     if plan.clamped:
         notice(
             f"this user may not lower oom_score_adj below {adj_min} (oom_score_adj_min); "
@@ -244,6 +246,7 @@ def profile(
         "calibration": {k: int(v) for k, v in probed["calib"].fields.items()},
         "adj_min": adj_min,
         "writes_planned": total,
+        **plan.info,
         "device_activity": {"before": lock.before},
         **(extra_meta or {}),
     }

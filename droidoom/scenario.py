@@ -6,7 +6,7 @@ Policy lives here, in Python; the helper only executes the plan it is handed.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .protocol import PlanPoint, PlanTarget
 from .spec import ProfileSpec
@@ -42,6 +42,10 @@ ROLES: tuple[str, ...] = (
     "cached",  # aged into the cache (900..999)
     "alternate-a",  # `alternate` scenario, first level
     "alternate-b",  # `alternate` scenario, second level
+    "persistent",  # replay: adj < 0 (system, persistent processes)
+    "other",  # replay: 300..499 (backup, heavy weight)
+    "home",  # replay: 600..699
+    "service-b",  # replay: 800..899 (old services)
 )
 ROLE_CODE = {name: i for i, name in enumerate(ROLES)}
 
@@ -77,6 +81,8 @@ class Plan:
     clamped: int  # writes raised to adj_min because this user may not go lower
     adj_min: int
     writer: tuple[int, bool] = (-1, False)  # (cpu, fifo) for the plan's `writer` line
+    info: dict = field(default_factory=dict)  # extra run.json entries (e.g. the replayed trace)
+    notes: tuple[str, ...] = ()  # what the user should know about this plan
 
 
 def _lmkd_moves(rng: random.Random, n: int, state: list) -> list[tuple[int, int]]:
@@ -124,8 +130,13 @@ def build_plan(spec: ProfileSpec, adj_min: int = -1000) -> Plan:
 
     Points follow `sweep()`; within a point the kinds take turns write by write
     (round robin), so a slow drift touches every kind alike. Moves below `adj_min` (what
-    this user may write) are raised to it and counted.
+    this user may write) are raised to it and counted. `replay:TRACE` scenarios are
+    built by `droidoom.replay.build_replay_plan`.
     """
+    if spec.scenario.startswith("replay:"):
+        from .replay import build_replay_plan
+
+        return build_replay_plan(spec, adj_min)
     targets = tuple(
         PlanTarget(i, kind, spec.target_threads if kind == "threaded" else 1)
         for i, kind in enumerate(spec.kinds)

@@ -28,7 +28,7 @@ class ProfileSpec:
     writes: int = 2000  # timed writes per kind per point
     threads: int = 8  # threads in each population process (apps are multi-threaded)
     target_threads: int = 8  # threads in the `threaded` target
-    scenario: str = "lmkd"  # lmkd role model, or alternate between two levels
+    scenario: str = "lmkd"  # lmkd role model, alternate between two levels, or replay:TRACE
     levels: tuple[int, int] = (0, 900)  # the two adj values of `alternate`
     seed: int = 1  # scenario RNG seed: same seed, same schedule
     rate: float = 0.0  # updates per second; 0 = back to back
@@ -37,6 +37,7 @@ class ProfileSpec:
     order: str = "updown"  # sweep order: up and back down (drift shows), or ascending
     cpu: int = -2  # pin the writer: a CPU number, -2 = the core it starts on, -1 = unpinned
     fifo: bool = True  # writer at SCHED_FIFO like lmkd, where permitted (root)
+    compress: float = 1.0  # replay:TRACE: the trace's gaps divided by this; 0 = back to back
 
     def validate(self) -> ProfileSpec:
         """Raise UsageError with a one-line, actionable message on bad input."""
@@ -62,8 +63,15 @@ class ProfileSpec:
             raise UsageError(
                 f"unknown mode {bad[0] if bad else '(none)'!r}: use {', '.join(MODES)}"
             )
-        if self.scenario not in SCENARIOS:
-            raise UsageError(f"unknown scenario {self.scenario!r}: use {', '.join(SCENARIOS)}")
+        if self.scenario.startswith("replay:"):  # droidoom/replay.py
+            if not self.scenario[len("replay:") :]:
+                raise UsageError("--scenario replay:TRACE needs a file, e.g. replay:t.pftrace")
+            if not math.isfinite(self.compress) or self.compress < 0:
+                raise UsageError(f"--compress must be a finite factor >= 0 (got {self.compress})")
+        elif self.scenario not in SCENARIOS:
+            raise UsageError(
+                f"unknown scenario {self.scenario!r}: use {', '.join(SCENARIOS)} or replay:TRACE"
+            )
         if not 1 <= self.writes <= MAX_WRITES:
             raise UsageError(f"--writes must be 1..{MAX_WRITES} (got {self.writes})")
         if not 1 <= self.threads <= MAX_THREADS:

@@ -23,7 +23,9 @@ Workload (all rates are parameters, defaults a phone in active use):
   One launch's writes are 20-200 us apart, like lmkd applying a batch.
 - service churn: every `service_every_s`, a cached app starts a service (500), or a
   service app stops (back to cached) or ages to SERVICE_B (800).
-- cached processes beyond `max_cached` are killed (no event; gone from the LRU).
+- cached processes beyond `max_cached` are killed: no more updates, and a
+  `sched_process_free` event (what the kernel emits when the process is gone), so a
+  reader can tell which processes were alive at each write (ground truth: `alive`).
 
 The process list is a `process_tree` at the start (init, lmkd, `system_processes`
 daemons, the running apps) plus one `process_tree` packet per app started later.
@@ -50,7 +52,7 @@ class SynthSpec:
     duration_s: float = 600.0  # trace length
     apps: int = 60  # installed apps the user may open
     initial_running: int = 24  # app processes alive at the start (cached)
-    max_cached: int = 32  # ActivityManagerConstants' classic CUR_MAX_CACHED_PROCESSES
+    max_cached: int = 32  # ActivityManagerConstants.DEFAULT_MAX_CACHED_PROCESSES (0x20)
     launch_every_s: float = 20.0  # mean gap between app launches
     service_every_s: float = 10.0  # mean gap between service starts/stops
     system_processes: int = 150  # native/system processes in the process list (no churn)
@@ -72,8 +74,10 @@ class _Phone:
         self.rng = random.Random(spec.seed)
         self.next_pid = 3000
         self.lru: list[_Proc] = []  # most recently used first
-        self.events: list[tuple[int, int, str, int]] = []  # (ts, pid, name, adj)
+        self.events: list[tuple[int, int, str, int, int]] = []  # (ts, pid, name, adj, alive)
         self.spawned: list[_Proc] = []
+        self.kills: list[tuple[int, int]] = []  # (ts, pid)
+        self.alive = 2 + spec.system_processes  # init, lmkd, daemons (+ apps as they start)
         for i in range(spec.initial_running):
             p = self._spawn(i, 0)
             p.state = "cached" if i % 2 == 0 else "empty"
@@ -82,6 +86,7 @@ class _Phone:
     def _spawn(self, app: int, ts: int) -> _Proc:
         p = _Proc(self.next_pid, f"com.example.app{app:03d}", born=ts)
         self.next_pid += self.rng.randint(3, 40)
+        self.alive += 1
         self.lru.insert(0, p)
         self.spawned.append(p)
         return p
@@ -89,7 +94,7 @@ class _Phone:
     def _write(self, ts: int, p: _Proc, adj: int) -> int:
         if p.adj != adj:  # AMS tells lmkd only about changes
             p.adj = adj
-            self.events.append((ts, p.pid, p.name, adj))
+            self.events.append((ts, p.pid, p.name, adj, self.alive))
             ts += self.rng.randint(20_000, 200_000)
         return ts
 
@@ -134,7 +139,7 @@ class _Phone:
             q.state = "bound"
             ts = self._write(ts, q, rng.choice((VISIBLE, PERCEPTIBLE)))
         ts = self._set_cached(ts)
-        self._trim()
+        self._trim(ts)
         return ts
 
     def service(self, ts: int) -> int:
@@ -154,14 +159,17 @@ class _Phone:
             return self._set_cached(ts)
         return ts
 
-    def _trim(self) -> None:
+    def _trim(self, ts: int) -> None:
         cached = [p for p in self.lru if p.state in ("cached", "empty")]
         for p in cached[self.spec.max_cached :]:
             self.lru.remove(p)  # killed by AMS: no more updates
+            self.kills.append((ts, p.pid))
+            self.alive -= 1
 
 
 def generate(spec: SynthSpec = SynthSpec()) -> tuple[bytes, pd.DataFrame]:
-    """(serialized Perfetto trace, ground truth: ts_ns, pid, comm, adj per event)."""
+    """(serialized Perfetto trace, ground truth per event: ts_ns, pid, comm, adj, and
+    alive = processes alive when it was written, this one included)."""
     from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
 
     phone = _Phone(spec)
@@ -177,7 +185,7 @@ def generate(spec: SynthSpec = SynthSpec()) -> tuple[bytes, pd.DataFrame]:
             ts = phone.service(max(ts, t_service))
             t_service += int(rng.expovariate(1 / spec.service_every_s) * 1e9)
     boot0 = 3_600_000_000_000  # the phone booted an hour before the trace started
-    truth = pd.DataFrame(phone.events, columns=["ts_ns", "pid", "name", "adj"])
+    truth = pd.DataFrame(phone.events, columns=["ts_ns", "pid", "name", "adj", "alive"])
     truth["ts_ns"] += boot0
     truth["comm"] = truth["name"].str[-15:]  # TASK_COMM_LEN 16: the name's tail
     trace = pb.Trace()
@@ -199,4 +207,9 @@ def generate(spec: SynthSpec = SynthSpec()) -> tuple[bytes, pd.DataFrame]:
             ev = b.event.add(timestamp=int(r.ts_ns), pid=LMKD_PID)
             u = ev.oom_score_adj_update
             u.pid, u.comm, u.oom_score_adj = int(r.pid), r.comm, int(r.adj)
-    return trace.SerializeToString(), truth[["ts_ns", "pid", "comm", "adj"]]
+    if phone.kills:
+        b = trace.packet.add(timestamp=boot0).ftrace_events
+        b.cpu = rng.randrange(spec.cpus)
+        for ts, pid in phone.kills:
+            b.event.add(timestamp=boot0 + ts, pid=pid).sched_process_free.pid = pid
+    return trace.SerializeToString(), truth[["ts_ns", "pid", "comm", "adj", "alive"]]

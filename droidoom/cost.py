@@ -1,0 +1,212 @@
+"""What a trace's oom_score_adj churn costs: CPU time per hour in the kernel's writes.
+
+Model: one write of kind k with x processes alive costs `a_k + b_k * x` on average
+(CPU time is a sum, so the model is of a MEAN latency, not the median the verdict fits).
+A write's latency is wall-clock time, which also holds time the writer was not running
+(preempted, an interrupt, a vCPU descheduled: on a loaded host or under QEMU TCG the
+slowest 1% of writes can outweigh all others); so the mean is taken over all but the
+slowest `trim` share of each point's writes (default `TRIM` = 5%; 0 = the plain mean,
+i.e. wall time). `mean_fits` fits the line per device x kind x mode of a run by least
+squares on its per-point (trimmed) means, with the coefficients' covariance; a run's x is
+its population plus the helper's own target processes (`helper_processes`), the
+machine's own processes stay in the base. A trace with W writes
+seeing x_i processes (the trace's alive count) then costs sum(a + b x_i) = W (a + b
+mean(x)), with a 95% CI
+from the fit's covariance (Student t on the fit's degrees of freedom); per hour it is
+scaled by 3600 s / the trace's duration.
+
+`measured` sums a replay run's own latencies per population (a CLT CI over its writes),
+so an estimate can be checked against a real replay of the same trace. `transitions`
+and `bursts` say where a trace's cost concentrates.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from .errors import DataError
+from .replay import ReplayTrace, role_of
+
+HOUR_NS = 3600e9
+#: Share of each point's slowest writes left out of its mean (preemption, not the write).
+TRIM = 0.05
+
+
+def trimmed(lat: np.ndarray, trim: float = TRIM) -> np.ndarray:
+    """`lat` without its slowest `trim` share (sorted; at least one value kept)."""
+    v = np.sort(np.asarray(lat, dtype=float))
+    return v[: max(1, int(np.ceil(len(v) * (1 - trim))))] if len(v) else v
+#: Updates closer than this belong to one burst (an app launch moves many processes).
+BURST_GAP_NS = 1_000_000_000
+
+
+@dataclass(frozen=True)
+class MeanFit:
+    """Mean write latency = intercept + slope x processes, for one device x kind x mode."""
+
+    device: str
+    kind: str
+    mode: str
+    intercept_ns: float
+    slope_ns: float
+    cov: tuple[tuple[float, float], tuple[float, float]]  # of (intercept, slope)
+    dof: int  # degrees of freedom of the CI (points - 2; writes - 1 with one population)
+    n_points: int
+    pop_min: int
+    pop_max: int
+
+    def predict(self, x: float) -> tuple[float, float]:
+        """(mean ns per write, its standard error) at x processes."""
+        v = np.array([1.0, x])
+        se = float(np.sqrt(max(v @ np.array(self.cov) @ v, 0.0)))
+        return self.intercept_ns + self.slope_ns * x, se
+
+
+def helper_processes(meta: dict) -> int:
+    """Processes a run's helper kept alive besides the population: its targets and each
+    multiprocess target's CLONE_VM child (a replay has dozens; the walk visits them too)."""
+    ok = [t for t in meta.get("targets", []) if t.get("status") == "ok"]
+    return len(ok) + sum(t.get("kind") == "multiprocess" for t in ok)
+
+
+def mean_fits(df: pd.DataFrame, trim: float = TRIM, offset: int = 0) -> list[MeanFit]:
+    """`MeanFit` per device x kind x mode of a samples frame (successful writes), against
+    x = population + `offset` (the run's `helper_processes`): processes the writes saw
+    beyond the machine's own, which stay in the line's base."""
+    ok = df[df["err"] == 0]
+    keys = ["device", "kind", "mode"]
+    out = []
+    for key, g in ok.groupby(keys, observed=True, sort=True):
+        pts = g.groupby("point", observed=True).agg(
+            pop=("population", "first"),
+            mean=("latency_ns", lambda v: trimmed(v.to_numpy(), trim).mean()),
+        )  # fmt: skip
+        x, y = pts["pop"].to_numpy(float) + offset, pts["mean"].to_numpy(float)
+        if len(np.unique(x)) < 2:  # no slope: the mean at that population, its SE
+            lat = trimmed(g["latency_ns"].to_numpy(float), trim)
+            var = lat.var(ddof=1) / len(lat) if len(lat) > 1 else np.inf
+            cov, slope, icpt, dof = ((var, 0.0), (0.0, 0.0)), 0.0, float(lat.mean()), len(lat) - 1
+        else:
+            X = np.column_stack([np.ones_like(x), x])
+            beta, *_ = np.linalg.lstsq(X, y, rcond=None)
+            dof = len(x) - 2
+            rss = float(np.sum((y - X @ beta) ** 2))
+            s2 = rss / dof if dof > 0 else np.inf
+            c = s2 * np.linalg.inv(X.T @ X)
+            icpt, slope = map(float, beta)
+            cov = ((float(c[0, 0]), float(c[0, 1])), (float(c[1, 0]), float(c[1, 1])))
+        out.append(MeanFit(*map(str, key), icpt, slope, cov, max(dof, 0), len(pts),
+                           int(x.min()), int(x.max())))  # fmt: skip
+    return out
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """CPU time the writes of a trace cost under one fit."""
+
+    fit: MeanFit
+    writes: int
+    x_mean: float  # mean processes alive at the writes
+    per_write_ns: float
+    total_ns: float
+    total_lo: float
+    total_hi: float
+    duration_ns: int
+
+    def per_hour(self, v: float) -> float:
+        """Scale a total over the trace to one hour (ns per hour)."""
+        return v * HOUR_NS / self.duration_ns if self.duration_ns > 0 else float("nan")
+
+
+def estimate(fit: MeanFit, x: np.ndarray, duration_ns: int) -> Estimate:
+    """Cost of writes seeing `x` processes (one value per write) under `fit`."""
+    w = len(x)
+    xbar = float(np.mean(x)) if w else 0.0
+    mean, se = fit.predict(xbar)
+    t = float(stats.t.ppf(0.975, fit.dof)) if fit.dof > 0 else float("inf")
+    half = w * t * se
+    lo = max(w * mean - half, 0.0)  # CPU time is never negative
+    return Estimate(fit, w, xbar, mean, w * mean, lo, w * mean + half, duration_ns)
+
+
+@dataclass(frozen=True)
+class Measured:
+    """A replay run's own total for one kind x mode x population."""
+
+    kind: str
+    mode: str
+    population: int
+    writes: int
+    total_ns: float
+    total_lo: float
+    total_hi: float
+
+
+#: Time blocks of a replay's writes for the measured total's CI.
+BLOCKS = 10
+
+
+def measured(df: pd.DataFrame, blocks: int = BLOCKS, trim: float = TRIM) -> list[Measured]:
+    """One replay of the trace's total per kind x mode x population (the mean over its
+    visits; successful writes), with a 95% CI from `blocks` consecutive time blocks of its
+    writes: block-to-block spread holds drift and the machine's changing load during the
+    run, which write-to-write noise alone (a CLT interval) would hide. Each block's mean
+    leaves out its slowest `trim` share, as `mean_fits` does."""
+    ok = df[df["err"] == 0].sort_values("t_ns", kind="stable")
+    out = []
+    for (kind, mode, pop), g in ok.groupby(["kind", "mode", "population"], observed=True):
+        lat = g["latency_ns"].to_numpy(float)
+        visits = max(int(g["point"].nunique()), 1)
+        n = len(lat) // visits  # writes of one replay
+        parts = np.array_split(lat, min(blocks, len(lat)))
+        means = np.array([trimmed(p, trim).mean() for p in parts])
+        tot = float(means.mean()) * n
+        if len(parts) > 1:  # per-write block means, scaled to one replay's n writes
+            half = float(stats.t.ppf(0.975, len(parts) - 1) * means.std(ddof=1)
+                         / np.sqrt(len(parts)) * n)  # fmt: skip
+        else:
+            half = float("inf")
+        out.append(Measured(str(kind), str(mode), int(pop), n, tot, tot - half, tot + half))
+    return out
+
+
+def per_write_cost(fit: MeanFit, x: np.ndarray) -> np.ndarray:
+    """Modelled ns of each write (for where the cost goes)."""
+    return fit.intercept_ns + fit.slope_ns * x.astype(float)
+
+
+def transitions(rt: ReplayTrace, cost_ns: np.ndarray, top: int = 8) -> pd.DataFrame:
+    """Cost by role transition (previous role of the process -> new role), largest first.
+
+    Columns: transition, writes, cost_ns, share."""
+    ev = rt.events
+    prev = ev.groupby("pid", sort=False)["adj"].shift(1)
+    frm = [role_of(int(a)) if pd.notna(a) else "(first)" for a in prev]
+    to = [role_of(int(a)) for a in ev["adj"]]
+    t = pd.DataFrame({"transition": [f"{a} -> {b}" for a, b in zip(frm, to, strict=True)],
+                      "cost_ns": cost_ns})  # fmt: skip
+    g = t.groupby("transition").agg(writes=("cost_ns", "size"), cost_ns=("cost_ns", "sum"))
+    g["share"] = g["cost_ns"] / max(float(cost_ns.sum()), 1e-9)
+    return g.sort_values("cost_ns", ascending=False).head(top).reset_index()
+
+
+def bursts(rt: ReplayTrace, cost_ns: np.ndarray, gap_ns: int = BURST_GAP_NS) -> pd.DataFrame:
+    """Updates grouped into bursts (gaps < `gap_ns`), costliest first.
+
+    Columns: start_s (into the trace), writes, span_ms, cost_ns, share."""
+    ts = rt.events["ts_ns"].to_numpy(np.int64)
+    if not len(ts):
+        raise DataError("the trace has no updates to group")
+    burst = np.concatenate([[0], np.cumsum(np.diff(ts) >= gap_ns)])
+    d = pd.DataFrame({"burst": burst, "ts": ts, "cost_ns": cost_ns})
+    g = d.groupby("burst").agg(t0=("ts", "min"), t1=("ts", "max"), writes=("ts", "size"),
+                               cost_ns=("cost_ns", "sum"))  # fmt: skip
+    g["start_s"] = (g["t0"] - ts[0]) / 1e9
+    g["span_ms"] = (g["t1"] - g["t0"]) / 1e6
+    g["share"] = g["cost_ns"] / max(float(cost_ns.sum()), 1e-9)
+    cols = ["start_s", "writes", "span_ms", "cost_ns", "share"]
+    return g.sort_values("cost_ns", ascending=False)[cols].reset_index(drop=True)

@@ -1,0 +1,152 @@
+"""`droidoom cost TRACE --run RUN`: the estimate against real replays of the same trace, on
+this host's kernel and on the kernel lab's "fixed" and "regressed" 6.1 kernels (QEMU)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import run_cli
+
+import droidoom
+from droidoom import cost as c
+from droidoom import replay
+from droidoom.synth_trace import SynthSpec, generate
+
+
+@pytest.fixture(scope="module")
+def trace(tmp_path_factory) -> Path:
+    data, _ = generate(SynthSpec(seed=3, duration_s=1800))  # ~2500 updates in 30 min
+    path = tmp_path_factory.mktemp("traces") / "phone.pftrace"
+    path.write_bytes(data)
+    return path
+
+
+def _one_run(out: Path) -> Path:
+    (run,) = [d for d in out.iterdir() if d.is_dir()]
+    return run
+
+
+def _replay(trace: Path, out: Path, *args: str, timeout: float = 300) -> Path:
+    p = run_cli("profile", "--scenario", f"replay:{trace}", "--compress", "0", "--out", str(out),
+                *args, timeout=timeout)  # fmt: skip
+    assert p.returncode == 0, p.stderr + p.stdout
+    return _one_run(out)
+
+
+def _cost(trace: Path, runs: list[Path], tmp: Path) -> dict:
+    out = tmp / "cost.json"
+    p = run_cli("cost", str(trace), *[a for r in runs for a in ("--run", str(r))],
+                "--json", str(out))  # fmt: skip
+    assert p.returncode == 0, p.stderr + p.stdout
+    assert "ms/hour" in p.stdout and "where it goes" in " ".join(p.stdout.split())
+    return json.loads(out.read_text())
+
+
+def test_estimate_matches_a_real_replay_on_this_host(trace, tmp_path):
+    """A replay at three populations (each replayed twice, up and down) fits its mean
+    line per kind; at each population the line's estimate of the whole replay and the
+    replay's measured total agree: the measured total lies in the estimate's 95% CI and
+    the two are within 10%."""
+    run = _replay(trace, tmp_path / "runs", "--local", "--population", "0,400,800",
+                  "--replay-kinds", "threaded,multiprocess")  # fmt: skip
+    rep = _cost(trace, [run], tmp_path)
+    (r,) = rep["runs"]
+    assert r["replay_of_this_trace"]
+    n = rep["trace"]["updates"]
+    assert {e["kind"] for e in r["estimates"]} == {"threaded", "multiprocess"}
+    for e in r["estimates"]:
+        assert [p["population"] for p in e["replays"]] == [0, 400, 800]
+        for p in e["replays"]:
+            assert p["writes"] == n
+            assert p["measured_in_estimate_ci"], (e["kind"], p)
+            assert abs(p["estimate_ns"] / p["measured_ns"] - 1) < 0.10, (e["kind"], p)
+        lo, hi = e["ci_ms_per_hour"]
+        assert 0 <= lo <= e["cpu_ms_per_hour"] <= hi
+        # per hour = the trace's writes at its own population, scaled to 3600 s
+        per_hour = e["per_write_ns"] * n * 3600 / rep["trace"]["duration_s"] / 1e6
+        assert e["cpu_ms_per_hour"] == pytest.approx(per_hour)
+    mp = {e["kind"]: e for e in r["estimates"]}["multiprocess"]
+    assert mp["slope_ns"] > 5  # the walk this kernel still does for CLONE_VM sharers
+    tr = r["where"]["transitions"]
+    assert tr[0]["share"] >= tr[-1]["share"] and sum(t["share"] for t in tr) <= 1 + 1e-9
+    assert r["where"]["bursts"][0]["writes"] > 1
+
+
+def test_cost_model_sums_per_write_costs(trace):
+    """estimate() == the sum of each write's modelled cost (a linear model's mean)."""
+    rt = replay.load(trace)
+    fit = c.MeanFit("d", "threaded", "reopen", 500.0, 40.0, ((4.0, 0.0), (0.0, 0.01)), 5, 6,
+                    0, 800)  # fmt: skip
+    e = c.estimate(fit, rt.extra, rt.duration_ns)
+    assert e.total_ns == pytest.approx(c.per_write_cost(fit, rt.extra).sum())
+    assert e.per_hour(e.total_ns) == pytest.approx(e.total_ns * 3600e9 / rt.duration_ns)
+    se = np.sqrt(4.0 + 0.01 * e.x_mean**2) * e.writes
+    assert e.total_hi - e.total_ns == pytest.approx(se * 2.5706, rel=1e-3)  # t(5, 0.975)
+
+
+needs_qemu = pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None,
+                                reason="apt-get install qemu-system-x86 (see .ci/run)")
+
+
+@pytest.fixture(scope="module")
+def lab_kernels() -> dict[str, Path]:
+    from droidoom.lab import build
+
+    return {v: build.build(v).image for v in build.VARIANTS}
+
+
+@pytest.mark.lab
+@needs_qemu
+def test_regressed_kernel_estimate_and_replay_grow_as_the_slope_says(lab_kernels, tmp_path):
+    """On the lab's regressed kernel the trace's threaded writes walk every process: a
+    profile's fitted slope predicts how much a replay's total grows from 0 to 400
+    extra processes, and the replay grows that much; on the fixed kernel it stays flat."""
+    data, _ = generate(SynthSpec(seed=5, duration_s=600))
+    trace = tmp_path / "phone.pftrace"
+    trace.write_bytes(data)
+    vm = ("--accel", "tcg")
+    # profiled over the range it prices (under TCG the walk's means bend up by 800)
+    p = run_cli("profile", "--kernel", str(lab_kernels["regressed"]), *vm, "--population",
+                "0,200,400", "--kinds", "threaded", "--out", str(tmp_path / "prof"),
+                timeout=600)  # fmt: skip
+    assert p.returncode == 0, p.stderr + p.stdout
+    prof = _one_run(tmp_path / "prof")
+    runs = {
+        v: _replay(trace, tmp_path / v, "--kernel", str(lab_kernels[v]), *vm,
+                   "--population", "0,200,400", timeout=600)
+        for v in ("regressed", "fixed")
+    }  # fmt: skip
+    (fit,) = c.mean_fits(droidoom.load(prof))
+    assert fit.slope_ns > 20  # the walk, under TCG ~100+ ns per process
+    n = len(replay.load(trace).events)
+    growth = {}
+    for v, run in runs.items():
+        m = {x.population: x for x in c.measured(droidoom.load(run))}
+        growth[v] = (m[400].total_ns - m[0].total_ns) / n  # ns per write, 0 -> 400
+    predicted = fit.slope_ns * 400
+    assert 0.5 < growth["regressed"] / predicted < 2, (growth, predicted)
+    assert growth["fixed"] < 0.25 * growth["regressed"], growth
+    # the estimate grows the same way: cost at 400 - cost at 0 = slope x 400 per write
+    e0, e400 = (c.estimate(fit, np.full(n, x), 1).total_ns / n for x in (0, 400))
+    assert e400 - e0 == pytest.approx(predicted)
+    # one command prices the trace on both kernels (and checks each against its replay)
+    rep = _cost(trace, [prof, runs["fixed"], runs["regressed"]], tmp_path)
+    est = [r["estimates"][0] for r in rep["runs"]]
+    assert est[2]["cpu_ms_per_hour"] > est[1]["cpu_ms_per_hour"], est
+    assert est[1]["slope_ns"] < 0.25 * est[2]["slope_ns"], est  # the replays' own lines
+    assert 0.5 < est[2]["slope_ns"] / fit.slope_ns < 2, est
+    assert [r["replay_of_this_trace"] for r in rep["runs"]] == [False, True, True]
+
+
+def test_cost_bad_options_are_one_line_exit_2(trace, tmp_path):
+    run = _replay(trace, tmp_path / "runs", "--local", "--population", "0")
+    p = run_cli("cost", str(trace), "--run", str(run), "--trim", "1.5")
+    assert p.returncode == 2 and "--trim must be a share" in " ".join(p.stderr.split())
+    p = run_cli("cost", str(trace), "--run", str(run), "--kind", "multiprocess")
+    assert p.returncode == 2 and "pick --kind from threaded" in " ".join(p.stderr.split())
+    p = run_cli("cost", str(trace), "--run", str(tmp_path / "nope"))
+    assert p.returncode == 2 and "Traceback" not in p.stderr
