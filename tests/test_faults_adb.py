@@ -57,6 +57,11 @@ def test_farm_unplugged_phone_keeps_its_run_and_recover_fills_it(adb_peer_factor
     assert all(dev[p.serial]["status"] == "complete" for p in peers[1:])
     assert rec.exists()
 
+    p = run_cli("report", str(farm_dir / gone["run_dir"]), env=dict(cli_env(srv), COLUMNS="300"))
+    assert p.returncode == 2 and "droidoom recover" in p.stderr  # report points the way
+    p = run_cli("report", str(farm_dir), env=dict(cli_env(srv), COLUMNS="300"))
+    assert p.returncode == 0 and "droidoom recover" in p.stderr  # partial: missing points
+
     back = adb_peer_factory(server=srv, port=peers[0].port)  # the phone comes back
     p = run_cli("recover", "--serial", back.serial, "-o", str(farm_dir), env=cli_env(srv))
     assert p.returncode == 0, p.stdout + p.stderr
