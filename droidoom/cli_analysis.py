@@ -49,6 +49,8 @@ def _load(paths: list[Path], complete_only: bool, what: str = "") -> tuple[pd.Da
                             "drop --complete-only to use them")  # fmt: skip
     for r in partial:
         verb = "skipped" if complete_only else "its missing points are left out"
+        if (r.meta.get("target") or {}).get("transport") == "adb":  # the phone kept records
+            verb += f"; `droidoom recover {r.path}` fetches what the device still holds"
         err_console.print(f"[yellow]note:[/] {label}run {r.path} is {r.status}: {verb}")
     df = store.load(paths, include_partial=not complete_only)  # skips corrupt runs in a folder
     if df.empty:

@@ -349,13 +349,17 @@ class Farm:
                 reason = res.meta.get("reason") or "ended early"
                 # Never retry (or delete) a run that measured something, even if its
                 # samples are still on the device: `droidoom recover` brings them home.
-                if len(res.samples) or on_device(res):
+                # Once the helper started a point its records file exists on the device
+                # (progress lines may not have reached us): a retry would overwrite it.
+                if len(res.samples) or on_device(res) or res.meta.get("points"):
                     if not len(res.samples):
+                        held = on_device(res)
                         reason += (
-                            f"; the device keeps {on_device(res)} writes: once it is back, "
-                            f"`droidoom recover --serial {dev.serial} {res.path}`"
+                            f"; the device keeps {held or 'the'} writes it recorded: once it "
+                            f"is back, `droidoom recover --serial {dev.serial} {res.path}`"
                         )
                         res.meta["reason"] = reason
+                        store.write_json(res.path / store.RUN_JSON, res.meta)
                     return self._finish(out, "partial", f"partial: {reason}")
                 if self.cancel.is_set():
                     self._discard(out)
