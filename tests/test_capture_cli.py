@@ -10,7 +10,7 @@ from dataclasses import replace
 import pandas as pd
 import pytest
 from conftest import interrupt_cli, run_cli, wait_no_helpers
-from test_capture_live import TRACEFS, tracefs_state
+from test_capture_live import TRACEFS, own_instances, tracefs_state
 
 import droidoom
 from droidoom import spec as specs
@@ -56,13 +56,16 @@ def test_perf_shows_set_oom_adj_dominating_the_walk(captured):
     t = pd.read_parquet(run / "perf_symbols.parquet")
     oom = t[t["symbol"].astype(str).str.contains("__set_oom_adj")]
     share = oom.groupby(["kind", "population"], observed=True)["children_pct"].max()
+    # Against the in-run control (single-threaded writes never walk), not against
+    # population 0: there a multiprocess write already walks every process on the host,
+    # and how many that is depends on what else runs on the machine.
     assert share["multiprocess", 800] > 50
-    assert share["multiprocess", 800] > 2 * share.get(("multiprocess", 0), 0)
+    assert share["multiprocess", 800] > 2 * share.get(("single", 800), 0)
 
 
 def test_tracefs_is_restored(captured):
-    _, before, after, _ = captured
-    assert before == after
+    run, before, after, _ = captured
+    assert before == after and not own_instances(run.name)
 
 
 def test_sigint_mid_capture_restores_tracefs_and_keeps_partial(tmp_path):
@@ -72,7 +75,7 @@ def test_sigint_mid_capture_restores_tracefs_and_keeps_partial(tmp_path):
         "--writes", "3000", "--rate", "2000",
     )  # fmt: skip
     assert rc == 130, err
-    assert tracefs_state() == before
+    assert tracefs_state() == before and not own_instances(run.name)
     assert json.loads((run / "run.json").read_text())["status"] == "partial"
     assert len(droidoom.load(run)) > 0
     assert not wait_no_helpers()

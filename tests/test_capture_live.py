@@ -41,8 +41,14 @@ def tracefs_state() -> dict[str, str]:
     files += ["events/oom/oom_score_adj_update/enable", "events/raw_syscalls/sys_exit/enable"]
     state = {f: (TRACEFS / f).read_text() for f in files if (TRACEFS / f).exists()}
     state.update({f"options/{p.name}": p.read_text() for p in (TRACEFS / "options").iterdir()})
-    state["instances"] = " ".join(sorted(p.name for p in (TRACEFS / "instances").iterdir()))
     return state
+
+
+def own_instances(tag: str) -> list[str]:
+    """tracefs instances whose name carries `tag` (this test's run id or pid). Other
+    sessions on the machine make and remove their own instances meanwhile: never compare
+    the whole list."""
+    return sorted(p.name for p in (TRACEFS / "instances").iterdir() if tag in p.name)
 
 
 @pytest.fixture
@@ -202,7 +208,7 @@ def test_arm_sets_up_a_private_instance_and_disarm_restores(target):
     src.arm(target, ctx("arm", target, writes=100_000))
     inst = Path(src.instance)
     try:
-        assert inst.is_dir() and tracefs_state()["instances"] != before["instances"]
+        assert inst.is_dir() and own_instances(str(os.getpid())) == [inst.name]
         assert "[mono]" in (inst / "trace_clock").read_text()
         assert (inst / "tracing_on").read_text().strip() == "0"
         assert int((inst / "buffer_size_kb").read_text().split()[0]) >= 100_000 * 160 // 1024
@@ -212,7 +218,7 @@ def test_arm_sets_up_a_private_instance_and_disarm_restores(target):
         assert wrapped.endswith("&& exec /bin/true") and "set_event_pid" in wrapped
     finally:
         src.disarm(target)
-    assert not inst.exists()
+    assert not inst.exists() and not own_instances(str(os.getpid()))
     assert tracefs_state() == before
     src.disarm(target)  # idempotent
     FtraceSource().disarm(target)  # never armed: no-op
@@ -250,7 +256,7 @@ def test_exception_mid_capture_restores_tracefs(target):
                 p.kill()
                 p.wait()
             src.disarm(target)
-    assert tracefs_state() == before
+    assert tracefs_state() == before and not own_instances(str(os.getpid()))
 
 
 @needs_helper
@@ -279,7 +285,7 @@ def test_stopping_mid_capture_restores_everything(target, how):
     finally:
         for s in srcs:
             s.disarm(target)
-    assert tracefs_state() == before
+    assert tracefs_state() == before and not own_instances(str(os.getpid()))
     assert_gone(sid)
     assert not list(wd.glob("ftrace-*")) and not list(wd.glob("perf-*"))
 
@@ -316,7 +322,7 @@ def test_capture_ftrace_and_perf_on_the_real_helper(target, tmp_path):
     finally:
         for s in srcs:
             s.disarm(target)
-    assert tracefs_state() == before
+    assert tracefs_state() == before and not own_instances(str(os.getpid()))
     assert_gone(sid)
 
     ft = results["ftrace"]
