@@ -282,13 +282,10 @@ def profile(
                 continue
             src.arm(target, _capture_ctx(run_id, wd, facts, total + _warmups(plan)))
             armed.append(src)
-            if src.name == "ftrace":
-                notice(
-                    "ftrace traces every write syscall, which slows the writes themselves: "
-                    "compare these latencies only with other --capture ftrace runs"
-                )
+            if src.slows_writes:
+                notice(src.slows_writes)
             cmd = src.wrap(cmd)
-            needs_root = needs_root or getattr(src, "needs_root", False)
+            needs_root = needs_root or src.needs_root
         progress.start(total)
         # The outermost shell records its pid in the lock (it becomes the helper or its
         # wrapper and dies with the run): how another host tells a stale lock.
