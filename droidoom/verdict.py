@@ -18,6 +18,7 @@ import pandas as pd
 from scipy import stats
 
 from .drift import drift
+from .stats import point_medians
 
 # Scaling classification. Mostly relative to the fitted latency at the smallest population
 # ("base"), because both the base and the walk's cost per process differ ~10x between an x86
@@ -143,8 +144,6 @@ def _fit_one(key: tuple, pts: pd.DataFrame) -> Fit:
 
 def fits(df: pd.DataFrame) -> list[Fit]:
     """`Fit` objects per device x kind x mode, in table order (see `scaling`)."""
-    from .analysis import point_medians  # here, not at the top: analysis re-exports this module
-
     pts = point_medians(df)
     groups = pts.groupby(["device", "kind", "mode"], observed=True, sort=True)
     return [_fit_one(key, g) for key, g in groups]
