@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .errors import DroidoomError
+from .helper_io import probe
 from .spec import DEFAULT
 from .targets.base import Target
 
@@ -65,11 +66,9 @@ def max_population(hf: dict, threads: int = DEFAULT.threads, spec=DEFAULT) -> in
 
 
 def _helper_checks(target: Target) -> tuple[list[Check], dict]:
-    from .runner import probe
-
     try:
         helper = target.install_helper()
-        events = probe(target, helper)
+        probed = probe(target, helper)
     except DroidoomError as e:
         return [Check("helper", "run the helper", MISSING, str(e), "see the message")], {}
     if target.helper_pushed:
@@ -77,10 +76,10 @@ def _helper_checks(target: Target) -> tuple[list[Check], dict]:
     else:
         local = target.facts().transport == "local"
         how = "run in place" if local else "already there (hash matched)"
-    hello = events["hello"].fields
+    hello = probed.hello.fields
     return [
         Check("helper", "run the helper", OK, f"{helper} ({how}; abi={hello.get('abi')})")
-    ], dict(events["facts"].fields)
+    ], dict(probed.facts.fields)
 
 
 def _write_checks(hf: dict, facts) -> list[Check]:

@@ -20,8 +20,8 @@ from pathlib import Path
 
 from . import store
 from .errors import DataError, PermanentTargetError
+from .helper_io import records_to_frame
 from .protocol import render_plan
-from .runner import records_to_frame
 from .scenario import build_plan
 from .spec import ProfileSpec
 

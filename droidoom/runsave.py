@@ -12,6 +12,7 @@ import pandas as pd
 
 from . import signals, store
 from .errors import DataError, TargetError
+from .helper_io import records_to_frame
 
 
 def describe(e: BaseException) -> str:
@@ -81,8 +82,6 @@ def cleanup(target, lock, status, remote, link_lost) -> tuple[dict, list[str]]:
 def pull_records(target, remote, plan, run_id, device) -> tuple[pd.DataFrame | None, str]:
     """(samples, "") or (None, why). Pulled into a temp dir, not the run dir: a full
     output disk must not cost the records (they are written in compressed form later)."""
-    from .runner import records_to_frame  # runner imports this module
-
     try:
         with tempfile.TemporaryDirectory(prefix="droidoom-pull-") as tmp:
             local = Path(tmp) / "records.bin"
