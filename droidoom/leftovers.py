@@ -23,6 +23,7 @@ from .devlock import LOCK_DIR_ENV, Owner, _is_stale, _kv, acquire
 from .errors import DroidoomError
 from .recover import find_run_dirs, pending, recover_run
 from .targets.local import LocalTarget
+from .vocab import RunStatus
 
 TRACEFS_ROOTS = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
 
@@ -76,8 +77,8 @@ def finish(target, owner: Owner) -> list[str]:
 
 def _mark_partial(run_dir: Path, reason: str) -> None:
     info = store.read_run(run_dir)
-    if info.meta.get("status") == "running":
-        store.write_json(run_dir / store.RUN_JSON, {**info.meta, "status": "partial",
+    if info.meta.get("status") == RunStatus.RUNNING:
+        store.write_json(run_dir / store.RUN_JSON, {**info.meta, "status": RunStatus.PARTIAL,
                                                     "reason": reason})  # fmt: skip
 
 

@@ -7,29 +7,23 @@ owns the device, so another host (or a killed run's successor) can tell.
 from __future__ import annotations
 
 import datetime as dt
-import re
 import secrets
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import devlock, leftovers, store
+from . import devlock, leftovers, store, vocab
 from .errors import UsageError
 from .targets.base import Target
 
 
 def make_run_id(device: str, now: dt.datetime | None = None) -> str:
     now = now or dt.datetime.now(dt.UTC)
-    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", device).strip("_") or "device"
+    safe = vocab.slug(device)
     # The random part keeps runs started in the same second apart on one host (run ids
     # also name tracefs instances and device files, shared by every run there).
     return f"{now:%Y%m%dT%H%M%SZ}-{safe}-{secrets.token_hex(2)}"
-
-
-def now() -> str:
-    """This moment in UTC, ISO 8601 with milliseconds (run.json's timestamps)."""
-    return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
 
 
 def writable_dir(out_dir: Path) -> Path:
@@ -69,7 +63,7 @@ class RunDir:
     def fail(self, e: BaseException) -> None:
         """An error that is not the target's: run.json says failed, an empty run directory
         goes, the lock is released."""
-        self.meta.update(status="failed", finished=now(), error=str(e))
+        self.meta.update(status=vocab.RunStatus.FAILED, finished=vocab.now(), error=str(e))
         store.write_json(self.path / store.RUN_JSON, self.meta)
         if not (self.path / store.SAMPLES).exists():
             for f in self.path.iterdir():

@@ -23,11 +23,12 @@ from .errors import DroidoomError, HelperError, TargetError
 from .helper_io import Probe, probe
 from .power import suspend_risk
 from .protocol import render_plan
-from .rundir import RunDir, make_run_id, now, open_run, writable_dir
+from .rundir import RunDir, make_run_id, open_run, writable_dir
 from .scenario import Plan, build_plan
 from .session import Progress, Session, classify_end, stream, wrapper_failure
 from .spec import ProfileSpec
 from .targets.base import Target, TargetFacts
+from .vocab import RunStatus, now
 
 __all__ = ["Interrupted", "Progress", "RunResult", "make_run_id", "profile"]
 
@@ -50,7 +51,7 @@ class RunResult:
     """What `profile()` produced."""
 
     path: Path  # the run directory
-    status: str  # complete | partial
+    status: RunStatus  # complete | partial
     samples: pd.DataFrame
     meta: dict  # the run.json content
     notices: tuple[str, ...] = ()
@@ -157,7 +158,7 @@ def _run_meta(
     return {
         "format": store.FORMAT,
         "run_id": run.run_id,
-        "status": "running",
+        "status": RunStatus.RUNNING,
         "started": now(),
         "device": facts.device,
         "droidoom_version": __version__,
@@ -294,7 +295,7 @@ def _save(
 ) -> RunResult:
     """-> run dir: status and samples saved, then the target cleaned up (never the other
     way round: from the save on, a dropped link or a full disk costs nothing measured)."""
-    status = "complete" if out.reason is None else "partial"
+    status = RunStatus.COMPLETE if out.reason is None else RunStatus.PARTIAL
     samples, session, meta = out.samples, out.session, run.meta
     assert samples is not None
     meta.update(

@@ -13,6 +13,7 @@ import pandas as pd
 from . import signals, store
 from .errors import DataError, TargetError
 from .helper_io import records_to_frame
+from .vocab import RunStatus
 
 
 def describe(e: BaseException) -> str:
@@ -42,7 +43,7 @@ def save(run_dir: Path, samples: pd.DataFrame, meta: dict, transport: str) -> in
             if full is None:
                 full = e
                 # Only a complete run deletes its device files: this one keeps them.
-                meta["status"] = "partial"
+                meta["status"] = RunStatus.PARTIAL
             elif n == 0:
                 raise DataError(
                     f"disk full (ENOSPC): cannot even write {run_dir / store.RUN_JSON}; "
@@ -68,7 +69,7 @@ def cleanup(target, lock, status, remote, link_lost) -> tuple[dict, list[str]]:
         return {}, [lock.abandon()]
     warnings = []
     after = lock.activity()
-    if status == "complete":
+    if status == RunStatus.COMPLETE:
         try:
             target.sh("rm -f " + " ".join(map(shlex.quote, remote)), timeout=30)
         except TargetError as e:
