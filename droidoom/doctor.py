@@ -11,7 +11,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .capture.ftrace import FtraceSource
+from .capture.perf import PerfSource
 from .errors import DroidoomError
+from .helper_io import probe
+from .leftovers import summary
+from .power import suspend_risk
 from .spec import DEFAULT
 from .targets.base import Target
 
@@ -21,7 +26,6 @@ OK, MISSING, LIMITED = "ok", "missing", "limited"
 @dataclass(frozen=True)
 class Check:
     """One capability of a target."""
-
     area: str  # helper | writes | root | power | tracing | profiling | limits
     name: str  # what is checked, e.g. "lower adj to -1000"
     status: str  # ok | limited (works, with a restriction) | missing
@@ -65,11 +69,9 @@ def max_population(hf: dict, threads: int = DEFAULT.threads, spec=DEFAULT) -> in
 
 
 def _helper_checks(target: Target) -> tuple[list[Check], dict]:
-    from .runner import probe
-
     try:
         helper = target.install_helper()
-        events = probe(target, helper)
+        probed = probe(target, helper)
     except DroidoomError as e:
         return [Check("helper", "run the helper", MISSING, str(e), "see the message")], {}
     if target.helper_pushed:
@@ -77,10 +79,10 @@ def _helper_checks(target: Target) -> tuple[list[Check], dict]:
     else:
         local = target.facts().transport == "local"
         how = "run in place" if local else "already there (hash matched)"
-    hello = events["hello"].fields
+    hello = probed.hello.fields
     return [
         Check("helper", "run the helper", OK, f"{helper} ({how}; abi={hello.get('abi')})")
-    ], dict(events["facts"].fields)
+    ], dict(probed.facts.fields)
 
 
 def _write_checks(hf: dict, facts) -> list[Check]:
@@ -149,9 +151,6 @@ def _root_check(facts) -> Check:
 
 
 def _capture_checks(target: Target) -> list[Check]:
-    from .capture.ftrace import FtraceSource
-    from .capture.perf import PerfSource
-
     out = []
     for area, name, src in (
         ("tracing", "ftrace (oom_score_adj_update)", FtraceSource()),
@@ -202,8 +201,6 @@ def _limit_checks(hf: dict) -> list[Check]:
 
 def _power_check(facts) -> list[Check]:
     """Whether the phone stays awake for a run (`dumpsys power`); nothing off Android."""
-    from .power import suspend_risk
-
     power = facts.extra.get("power") or {}
     if facts.transport != "adb" or power.get("wakefulness") is None:
         return []
@@ -231,8 +228,6 @@ def diagnose(target: Target) -> list[Check]:
 
 
 def _leftover_checks(target: Target) -> list[Check]:
-    from .leftovers import summary
-
     found = summary(target)
     if not found:
         return [Check("runs", "cut-short runs", OK, "none left behind")]

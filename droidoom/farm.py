@@ -30,20 +30,19 @@ from contextlib import suppress
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from . import __version__, analysis, runner, signals, store
+from . import __version__, analysis, runner, signals, store, vocab
 from .errors import DroidoomError, PermanentTargetError, TransientTargetError, UsageError
 from .inventory import FarmDevice, Resolution
 from .spec import ProfileSpec
 from .targets.adb import AdbTarget
 from .targets.base import Target, TargetFacts
+from .vocab import DeviceStatus, FarmStatus, RunStatus
 
 FARM_JSON = "farm.json"
 DEFAULT_CONCURRENCY = 8
 DEFAULT_RETRIES = 2
 DEFAULT_BACKOFF = 1.0  # s before the first retry; doubles each time
 MAX_BACKOFF = 30.0
-#: Device outcomes. "failed": no usable samples; "partial": some samples, run ended early.
-STATUSES = ("pending", "running", "complete", "partial", "failed", "cancelled")
 
 
 class FarmTarget(AdbTarget):
@@ -86,7 +85,7 @@ class DeviceOutcome:
 
     device: FarmDevice
     spec: ProfileSpec
-    status: str = "pending"
+    status: DeviceStatus = DeviceStatus.PENDING
     run_id: str | None = None
     result: runner.RunResult | None = None
     attempts: int = 0
@@ -95,9 +94,10 @@ class DeviceOutcome:
 
     @property
     def error(self) -> str | None:
-        if self.status in ("partial", "cancelled") and self.result is not None:
+        ended_early = (DeviceStatus.PARTIAL, DeviceStatus.CANCELLED)
+        if self.status in ended_early and self.result is not None:
             return self.result.meta.get("reason")
-        return self.errors[-1] if self.errors and self.status != "complete" else None
+        return self.errors[-1] if self.errors and self.status != DeviceStatus.COMPLETE else None
 
     def as_dict(self, farm_dir: Path) -> dict:
         d = self.device
@@ -130,16 +130,16 @@ class FarmResult:
 
     path: Path  # the farm directory
     farm_id: str
-    status: str  # complete | partial | interrupted
+    status: FarmStatus  # complete | partial | interrupted
     outcomes: tuple[DeviceOutcome, ...]
     server_errors: tuple[tuple[str, str], ...] = ()  # (server name, why unreachable)
 
     @property
     def ok(self) -> bool:
         """Every required device complete and at least one device complete."""
-        done = [o for o in self.outcomes if o.status == "complete"]
+        done = [o for o in self.outcomes if o.status == DeviceStatus.COMPLETE]
         return bool(done) and all(
-            o.status == "complete" for o in self.outcomes if o.device.required
+            o.status == DeviceStatus.COMPLETE for o in self.outcomes if o.device.required
         )
 
 
@@ -170,8 +170,8 @@ def note_recovered(run_dir: Path, writes: int) -> None:
     for d in doc.get("devices", []) if isinstance(doc, dict) else []:
         if d.get("run_id") == Path(run_dir).name:
             d.update(writes_recorded=writes, recovered=True)
-            if d.get("status") == "failed":
-                d["status"] = "partial"
+            if d.get("status") == DeviceStatus.FAILED:
+                d["status"] = DeviceStatus.PARTIAL
     store.write_json(doc_path, doc)
 
 
@@ -209,10 +209,6 @@ def summarize(result: runner.RunResult) -> dict:
     return out
 
 
-def _now() -> str:
-    return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
-
-
 class Farm:
     """One farm run; use `run_farm()`."""
 
@@ -244,15 +240,15 @@ class Farm:
             DeviceOutcome(d, device_spec(spec, d)) for d in resolution.devices
         )  # specs checked before anything starts
         self._lock = threading.Lock()
-        self.started = _now()
+        self.started = vocab.now()
 
     # --- farm.json ----------------------------------------------------------------
 
-    def write_json(self, status: str, finished: str | None = None) -> None:
+    def write_json(self, status: FarmStatus, finished: str | None = None) -> None:
         with self._lock:  # workers finish concurrently: one consistent snapshot at a time
             store.write_json(self.path / FARM_JSON, self._doc(status, finished))
 
-    def _doc(self, status: str, finished: str | None) -> dict:
+    def _doc(self, status: FarmStatus, finished: str | None) -> dict:
         inv = self.resolution.inventory
         return {
             "format": store.FORMAT,
@@ -282,12 +278,12 @@ class Farm:
 
     # --- one device ---------------------------------------------------------------
 
-    def _finish(self, out: DeviceOutcome, status: str, text: str) -> None:
+    def _finish(self, out: DeviceOutcome, status: DeviceStatus, text: str) -> None:
         out.status = status
         if out.result is not None:
             out.summary = summarize(out.result)
         self.observer.status(out.device, text)
-        self.write_json("running")
+        self.write_json(FarmStatus.RUNNING)
 
     def _discard(self, out: DeviceOutcome) -> None:
         """Remove this device's run directory if it holds no samples (before a retry,
@@ -302,7 +298,7 @@ class Farm:
         if not dev.seen.usable:
             why = dev.seen.error or f"adb state is {dev.seen.state!r}"
             out.errors.append(f"{why}: check the cable / authorization prompt on the phone")
-            return self._finish(out, "failed", f"failed: {why}")
+            return self._finish(out, DeviceStatus.FAILED, f"failed: {why}")
         out.run_id = runner.make_run_id(dev.label)
         meta = {
             "farm_id": self.farm_id,
@@ -317,8 +313,8 @@ class Farm:
         }
         for attempt in range(1, self.retries + 2):
             if self.cancel.is_set():
-                return self._finish(out, "cancelled", "cancelled")
-            out.attempts, out.status = attempt, "running"
+                return self._finish(out, DeviceStatus.CANCELLED, "cancelled")
+            out.attempts, out.status = attempt, DeviceStatus.RUNNING
             self.observer.status(dev, "connecting" if attempt == 1 else f"attempt {attempt}")
             target = None
             try:
@@ -337,15 +333,15 @@ class Farm:
             except DroidoomError as e:  # permanent: retrying will not help
                 out.errors.append(f"attempt {attempt}: {e}")
                 self._discard(out)
-                return self._finish(out, "failed", f"failed: {e}")
+                return self._finish(out, DeviceStatus.FAILED, f"failed: {e}")
             except Exception as e:  # a bug on one device must not take the farm down
                 out.errors.append(f"attempt {attempt}: internal error {type(e).__name__}: {e}")
                 self._discard(out)
-                return self._finish(out, "failed", f"failed: {type(e).__name__}: {e}")
+                return self._finish(out, DeviceStatus.FAILED, f"failed: {type(e).__name__}: {e}")
             else:
                 out.result = res
-                if res.status == "complete":
-                    return self._finish(out, "complete", "complete")
+                if res.status == RunStatus.COMPLETE:
+                    return self._finish(out, DeviceStatus.COMPLETE, "complete")
                 reason = res.meta.get("reason") or "ended early"
                 # Never retry (or delete) a run that measured something, even if its
                 # samples are still on the device: `droidoom recover` brings them home.
@@ -360,11 +356,11 @@ class Farm:
                         )
                         res.meta["reason"] = reason
                         store.write_json(res.path / store.RUN_JSON, res.meta)
-                    return self._finish(out, "partial", f"partial: {reason}")
+                    return self._finish(out, DeviceStatus.PARTIAL, f"partial: {reason}")
                 if self.cancel.is_set():
                     self._discard(out)
                     out.result = None
-                    return self._finish(out, "cancelled", "cancelled")
+                    return self._finish(out, DeviceStatus.CANCELLED, "cancelled")
                 error, out.result = reason, None  # no sample taken: worth a retry
             finally:
                 if target is not None:
@@ -376,14 +372,14 @@ class Farm:
                 delay = min(MAX_BACKOFF, self.backoff * 2 ** (attempt - 1))
                 self.observer.status(dev, f"retry in {delay:.0f} s: {error}")
                 if self.cancel.wait(delay):
-                    return self._finish(out, "cancelled", "cancelled")
-        self._finish(out, "failed", f"failed: {out.errors[-1]}")
+                    return self._finish(out, DeviceStatus.CANCELLED, "cancelled")
+        self._finish(out, DeviceStatus.FAILED, f"failed: {out.errors[-1]}")
 
     # --- all devices --------------------------------------------------------------
 
     def run(self) -> FarmResult:
         self.path.mkdir(parents=True, exist_ok=False)
-        self.write_json("running")
+        self.write_json(FarmStatus.RUNNING)
         interrupted: BaseException | None = None
         workers = max(1, min(self.concurrency, len(self.outcomes)))
         with ThreadPoolExecutor(workers, thread_name_prefix="droidoom-farm") as pool:
@@ -404,12 +400,12 @@ class Farm:
             for f in futures:
                 f.result()  # run_device never raises; surface bugs in it if it does
         if interrupted or self.cancel.is_set():
-            status = "interrupted"
-        elif all(o.status == "complete" for o in self.outcomes):
-            status = "complete"
+            status = FarmStatus.INTERRUPTED
+        elif all(o.status == DeviceStatus.COMPLETE for o in self.outcomes):
+            status = FarmStatus.COMPLETE
         else:
-            status = "partial"
-        self.write_json(status, finished=_now())
+            status = FarmStatus.PARTIAL
+        self.write_json(status, finished=vocab.now())
         down = tuple((s.entry.name, s.error) for s in self.resolution.servers if s.error)
         result = FarmResult(self.path, self.farm_id, status, self.outcomes, down)
         if interrupted:

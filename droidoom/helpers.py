@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import platform
 from functools import cache
 from pathlib import Path
@@ -53,11 +52,3 @@ def binary_path(abi: str) -> Path:
 @cache
 def sha256_file(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def manifest() -> dict:
-    """The build manifest shipped next to the binaries (provenance)."""
-    try:
-        return json.loads((BIN_DIR / "MANIFEST.json").read_text())
-    except FileNotFoundError:
-        return {}

@@ -10,15 +10,20 @@ instance is removed, the dead run's temporary workdir on this host is deleted.
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 from . import store
-from .devlock import LOCK_DIR_ENV, Owner, _kv
+from .devlock import LOCK_DIR_ENV, Owner, _is_stale, _kv, acquire
 from .errors import DroidoomError
+from .recover import find_run_dirs, pending, recover_run
+from .targets.local import LocalTarget
+from .vocab import RunStatus
 
 TRACEFS_ROOTS = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
 
@@ -55,7 +60,6 @@ def finish(target, owner: Owner) -> list[str]:
     run_dir = Path(owner.run_dir) if owner.run_dir else None
     remote = f"{owner.workdir}/records-{owner.run_id}.bin" if owner.workdir else None
     if run_dir is not None and (run_dir / store.RUN_JSON).is_file() and remote:
-        from .recover import recover_run
 
         try:
             _mark_partial(run_dir, "the droidoom process was killed (SIGKILL or a crash)")
@@ -73,8 +77,8 @@ def finish(target, owner: Owner) -> list[str]:
 
 def _mark_partial(run_dir: Path, reason: str) -> None:
     info = store.read_run(run_dir)
-    if info.meta.get("status") == "running":
-        store.write_json(run_dir / store.RUN_JSON, {**info.meta, "status": "partial",
+    if info.meta.get("status") == RunStatus.RUNNING:
+        store.write_json(run_dir / store.RUN_JSON, {**info.meta, "status": RunStatus.PARTIAL,
                                                     "reason": reason})  # fmt: skip
 
 
@@ -89,10 +93,6 @@ def _remove_local_workdir(workdir: str) -> None:
 
 def _local_owners() -> list[tuple[Owner, bool]]:
     """(owner, stale) of every lock in this host's lock directory."""
-    import os
-
-    from .devlock import _is_stale
-
     home = Path(os.environ.get(LOCK_DIR_ENV) or tempfile.gettempdir())
     owners = []
     for lock in home.glob("droidoom-lock*"):
@@ -118,8 +118,6 @@ def local_stale_owners() -> list[Owner]:
 def local_records(quiet_for: float = 0.0) -> dict[str, Path]:
     """{run_id: records file} left in this host's temp workdirs (/tmp/droidoom-*): not
     a live run's (its lock names its workdir), untouched for `quiet_for` seconds."""
-    import time
-
     live = {o.workdir for o, stale in _local_owners() if not stale}
     found = {}
     for f in Path(tempfile.gettempdir()).glob("droidoom-*/records-*.bin"):
@@ -135,10 +133,6 @@ def local_records(quiet_for: float = 0.0) -> dict[str, Path]:
 def finish_local(out: Path, run_dir: Path | None = None) -> list[str]:
     """`droidoom recover --local`: finish this host's stale runs, then pull records left
     in temp workdirs into their run dirs (under `out`, or `run_dir`); one line each."""
-    from .devlock import acquire
-    from .recover import find_run_dirs, recover_run
-    from .targets.local import LocalTarget
-
     lines = []
     for owner in local_stale_owners():
         target = LocalTarget()
@@ -177,8 +171,6 @@ def summary(target) -> list[str]:
         for run_id in local_records(quiet_for=30.0):
             lines.append(f"records of run {run_id} are left in a temp dir")
     else:
-        from .recover import pending
-
         try:
             for run_id in pending(target):
                 lines.append(f"the device holds records of cut-short run {run_id}")

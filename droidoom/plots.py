@@ -8,7 +8,6 @@ with Agg. Every function returns a Figure; `save_figures` writes the standard se
 from __future__ import annotations
 
 import io
-import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from matplotlib.figure import Figure
 from . import analysis
 from .errors import DataError
 from .schema import KINDS
+from .vocab import slug
 
 #: One colour per target kind, used by every figure and the HTML report.
 KIND_COLORS = {"single": "#4C72B0", "threaded": "#DD8452", "multiprocess": "#C44E52"}
@@ -216,17 +216,13 @@ def figure_png(fig: Figure, dpi: int = 110) -> bytes:
     return buf.getvalue()
 
 
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "device"
-
-
 def standard_figures(df: pd.DataFrame, logy: bool = False) -> list[tuple[str, str, Figure]]:
     """(file stem, caption, figure) for every device x mode, plus a per-device comparison
     when there are several devices."""
     out = []
     pairs = df[["device", "mode"]].drop_duplicates().sort_values(["device", "mode"]).astype(str)
     for device, mode in pairs.itertuples(index=False):  # categorical order: reopen first
-        stem = f"{_slug(device)}_{mode}"
+        stem = f"{slug(device)}_{mode}"
         where = f"{device}, {mode} writes"
         out.append((f"scaling_{stem}", f"Scaling - {where}",
                     plot_scaling(df, device=device, mode=mode, logy=logy)))  # fmt: skip

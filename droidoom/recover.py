@@ -20,10 +20,11 @@ from pathlib import Path
 
 from . import store
 from .errors import DataError, PermanentTargetError
+from .helper_io import records_to_frame
 from .protocol import render_plan
-from .runner import records_to_frame
 from .scenario import build_plan
 from .spec import ProfileSpec
+from .vocab import RunStatus
 
 _RECORDS = re.compile(r"records-(?P<run_id>.+)\.bin$")
 
@@ -95,8 +96,8 @@ def recover_run(target, run_dir: Path, remote: str | None = None, *, keep: bool 
             _remove(target, remote, remote_plan)
         return Recovered(info.path, remote, previous, previous, not keep)
     store.write_table(samples_path, samples)
-    if meta.get("status") in ("running", "failed"):
-        meta["status"] = "partial"
+    if meta.get("status") in (RunStatus.RUNNING, RunStatus.FAILED):
+        meta["status"] = RunStatus.PARTIAL
     meta.update(
         writes_recorded=len(samples),
         recovered={
@@ -147,6 +148,6 @@ def partial_runs_of(out: Path, serial: str) -> dict[str, Path]:
         return found
     for r in store.find_runs(out):
         farm = r.meta.get("farm") or {}
-        if r.status == "partial" and serial in (farm.get("serial"), r.device):
+        if r.status == RunStatus.PARTIAL and serial in (farm.get("serial"), r.device):
             found[r.run_id] = r.path
     return found

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .errors import DataError
+from .errors import DataError, UsageError
 from .protocol import PlanPoint, PlanTarget
 
 PREFIX = "replay:"
@@ -54,7 +54,6 @@ def role_of(adj: int) -> str:
 @dataclass(frozen=True)
 class ReplayTrace:
     """What a replay and a cost estimate take from one trace."""
-
     path: str
     sha256: str
     events: pd.DataFrame  # replayed updates, trace order: ts_ns, pid, comm, adj, alive, proc
@@ -215,7 +214,6 @@ def spec_for_replay(spec, *, population_given: bool, kinds_given: bool,
     unless given. Other scenarios: unchanged (--replay-kinds/--compress are usage errors)."""
     from dataclasses import replace
 
-    from .errors import UsageError
 
     path = trace_path(spec.scenario)
     if path is None:

@@ -22,8 +22,13 @@ from rich.table import Table
 from . import analysis, plots
 from .schema import KINDS
 from .store import atomic_write
+from .vocab import Complexity, RunStatus, VerdictStatus
 
-_STATUS_STYLE = {"fixed": "bold green", "regressed": "bold red", "inconclusive": "bold yellow"}
+_STATUS_STYLE = {
+    VerdictStatus.FIXED: "bold green",
+    VerdictStatus.REGRESSED: "bold red",
+    VerdictStatus.INCONCLUSIVE: "bold yellow",
+}
 _STAT_COLS = (("median_ns", "median"), ("p90_ns", "p90"), ("p99_ns", "p99"))
 
 
@@ -97,7 +102,7 @@ def _scaling_rows(fits: Sequence[analysis.Fit]) -> list[list[str]]:
 
 _SCALING_HEAD = ["device", "mode", "kind", "ns/process", "95% CI", "base µs", "over sweep",
                  "populations", "scaling"]  # fmt: skip
-_COMPLEXITY_STYLE = {"O(N)": "red", "O(1)": "green"}
+_COMPLEXITY_STYLE = {Complexity.ON: "red", Complexity.O1: "green"}
 
 
 # Terminal tables are narrow on purpose: rich renders at 80 columns when stdout is not a tty
@@ -210,7 +215,7 @@ def render_terminal(
     metas = _metas(meta_list)
     for meta in metas:
         f = _facts(meta)
-        style = "green" if f["status"] == "complete" else "bold yellow"
+        style = "green" if f["status"] == RunStatus.COMPLETE else "bold yellow"
         console.print(
             f"[bold]{escape(f['device'])}[/] run {escape(f['run'])} [{style}]{f['status']}[/]: "
             + escape(f"kernel {f['kernel']}, {f['model']}, populations {f['populations']}")
@@ -362,7 +367,7 @@ def render_html(
              for k, v in f.items()] for f in facts
         ]  # fmt: skip
         parts += ["<h2>Runs</h2>", _html_table(head, rows, left=len(head))]
-        if any(f["status"] != "complete" for f in facts):
+        if any(f["status"] != RunStatus.COMPLETE for f in facts):
             parts.append("<p class='warn'>Some runs are <b>partial</b> (interrupted): their "
                          "largest populations may be missing.</p>")  # fmt: skip
     if len(devices) > 1:
@@ -377,7 +382,7 @@ def render_html(
                 "consistent"]  # fmt: skip
         parts += ["<h2>Farm: per-device overview</h2>", _html_table(head, rows, left=7)]
         parts += [_figure_html(*f) for f in figs if f[0].startswith("devices_")]
-    cls = {"O(N)": "on", "O(1)": "o1"}
+    cls = {Complexity.ON: "on", Complexity.O1: "o1"}
     rows = [r[:-1] + [("raw", f"<span class='{cls.get(r[-1], 'inc')}'>{r[-1]}</span>")]
             for r in _scaling_rows(fits)]  # fmt: skip
     parts += [

@@ -12,6 +12,8 @@ import pandas as pd
 
 from . import signals, store
 from .errors import DataError, TargetError
+from .helper_io import records_to_frame
+from .vocab import RunStatus
 
 
 def describe(e: BaseException) -> str:
@@ -41,7 +43,7 @@ def save(run_dir: Path, samples: pd.DataFrame, meta: dict, transport: str) -> in
             if full is None:
                 full = e
                 # Only a complete run deletes its device files: this one keeps them.
-                meta["status"] = "partial"
+                meta["status"] = RunStatus.PARTIAL
             elif n == 0:
                 raise DataError(
                     f"disk full (ENOSPC): cannot even write {run_dir / store.RUN_JSON}; "
@@ -67,7 +69,7 @@ def cleanup(target, lock, status, remote, link_lost) -> tuple[dict, list[str]]:
         return {}, [lock.abandon()]
     warnings = []
     after = lock.activity()
-    if status == "complete":
+    if status == RunStatus.COMPLETE:
         try:
             target.sh("rm -f " + " ".join(map(shlex.quote, remote)), timeout=30)
         except TargetError as e:
@@ -81,8 +83,6 @@ def cleanup(target, lock, status, remote, link_lost) -> tuple[dict, list[str]]:
 def pull_records(target, remote, plan, run_id, device) -> tuple[pd.DataFrame | None, str]:
     """(samples, "") or (None, why). Pulled into a temp dir, not the run dir: a full
     output disk must not cost the records (they are written in compressed form later)."""
-    from .runner import records_to_frame  # runner imports this module
-
     try:
         with tempfile.TemporaryDirectory(prefix="droidoom-pull-") as tmp:
             local = Path(tmp) / "records.bin"

@@ -11,25 +11,13 @@ from dataclasses import dataclass, field
 from .protocol import PlanPoint, PlanTarget
 from .spec import ProfileSpec
 
-# ActivityManager adj levels (frameworks/base ProcessList.java).
-NATIVE = -1000
-SYSTEM = -900
-PERSISTENT_PROC = -800
-PERSISTENT_SERVICE = -700
+# ActivityManager adj levels the scenario moves apps between (frameworks/base ProcessList.java).
 FOREGROUND_APP = 0
-PERCEPTIBLE_RECENT_FOREGROUND = 50
 VISIBLE_APP = 100
 PERCEPTIBLE_APP = 200
-PERCEPTIBLE_MEDIUM = 225
-PERCEPTIBLE_LOW = 250
-BACKUP = 300
-HEAVY_WEIGHT = 400
 SERVICE = 500
-HOME = 600
 PREVIOUS = 700
-SERVICE_B = 800
 CACHED_APP_MIN = 900
-CACHED_APP_LMK_FIRST = 950
 CACHED_APP_MAX = 999
 
 #: Role names as stored in the `role` column; the code is the list index (helper's u8).

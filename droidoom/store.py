@@ -27,11 +27,11 @@ from pandas.api.types import union_categoricals
 
 from . import schema
 from .errors import DataError, UsageError
+from .vocab import RunStatus
 
 FORMAT = 1
 RUN_JSON = "run.json"
 SAMPLES = "samples.parquet"
-STATUSES = ("running", "complete", "partial", "failed")
 
 
 def _umask() -> int:
@@ -93,8 +93,8 @@ class RunInfo:
     @property
     def status(self) -> str:
         # A run whose host died mid-way still says "running": it is partial.
-        s = self.meta.get("status", "partial")
-        return "partial" if s == "running" else s
+        s = self.meta.get("status", RunStatus.PARTIAL)
+        return RunStatus.PARTIAL if s == RunStatus.RUNNING else s
 
     @property
     def device(self) -> str:
@@ -214,7 +214,7 @@ def load(
         paths = [paths]
     paths = list(paths)
     named = {Path(p) for p in paths}  # runs named directly must load; found ones may skip
-    runs = [r for r in find_runs(paths) if include_partial or r.status == "complete"]
+    runs = [r for r in find_runs(paths) if include_partial or r.status == RunStatus.COMPLETE]
     frames = []
     for r in runs:
         f = r.path / SAMPLES

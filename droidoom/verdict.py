@@ -18,6 +18,8 @@ import pandas as pd
 from scipy import stats
 
 from .drift import drift
+from .stats import point_medians
+from .vocab import Complexity, VerdictStatus
 
 # Scaling classification. Mostly relative to the fitted latency at the smallest population
 # ("base"), because both the base and the walk's cost per process differ ~10x between an x86
@@ -82,7 +84,7 @@ class Fit:
     n_populations: int
     pop_min: int
     pop_max: int
-    complexity: str  # "O(1)" | "O(N)" | "inconclusive"
+    complexity: Complexity
     reason: str
 
     def slope_text(self) -> str:
@@ -102,16 +104,17 @@ def _num(x: float, sign: bool = False) -> str:
     return f"{x:+.{digits}f}" if sign else f"{x:.{digits}f}"
 
 
-def _classify(slope, lo, hi, base, span) -> tuple[str, str]:
+def _classify(slope, lo, hi, base, span) -> tuple[Complexity, str]:
     growth, g_lo, g_hi = (s * span / base for s in (slope, lo, hi))
     pct = f"{growth:+.0%} over the sweep"
     if lo > 0 and g_lo >= ON_MIN_GROWTH:
-        return "O(N)", f"{pct}; even the CI's low slope doubles the latency"
+        return Complexity.ON, f"{pct}; even the CI's low slope doubles the latency"
     if lo >= WALK_MIN_SLOPE_NS:
-        return "O(N)", f"{pct}; the CI's low slope is walk-sized (>= {WALK_MIN_SLOPE_NS:g} ns)"
+        walk = f"{pct}; the CI's low slope is walk-sized (>= {WALK_MIN_SLOPE_NS:g} ns)"
+        return Complexity.ON, walk
     if abs(growth) <= O1_MAX_GROWTH and g_hi < ON_MIN_GROWTH and hi < WALK_MIN_SLOPE_NS:
-        return "O(1)", f"{pct} (<= {O1_MAX_GROWTH:.0%}); the CI excludes doubling and a walk"
-    return "inconclusive", f"{pct}; CI allows {g_lo:+.0%}..{g_hi:+.0%}"
+        return Complexity.O1, f"{pct} (<= {O1_MAX_GROWTH:.0%}); the CI excludes doubling and a walk"
+    return Complexity.INCONCLUSIVE, f"{pct}; CI allows {g_lo:+.0%}..{g_hi:+.0%}"
 
 
 def _fit_one(key: tuple, pts: pd.DataFrame) -> Fit:
@@ -124,7 +127,7 @@ def _fit_one(key: tuple, pts: pd.DataFrame) -> Fit:
     # what was measured at the smallest population: the base when the fit's is unusable
     base = float(np.median(y[x == x.min()])) if len(x) else nan
     if n_pop < MIN_POPULATIONS:
-        complexity = "inconclusive"
+        complexity = Complexity.INCONCLUSIVE
         reason = f"needs >= {MIN_POPULATIONS} populations with data, has {n_pop}"
     else:
         slope, intercept, lo, hi = map(float, stats.theilslopes(y, x, alpha=0.95, method="joint"))
@@ -143,8 +146,6 @@ def _fit_one(key: tuple, pts: pd.DataFrame) -> Fit:
 
 def fits(df: pd.DataFrame) -> list[Fit]:
     """`Fit` objects per device x kind x mode, in table order (see `scaling`)."""
-    from .analysis import point_medians  # here, not at the top: analysis re-exports this module
-
     pts = point_medians(df)
     groups = pts.groupby(["device", "kind", "mode"], observed=True, sort=True)
     return [_fit_one(key, g) for key, g in groups]
@@ -208,7 +209,7 @@ class Verdict:
     """Per-device conclusion; ``sentence`` is a one-liner for the CLI."""
 
     device: str
-    status: str  # "fixed" | "regressed" | "inconclusive"
+    status: VerdictStatus
     mode: str
     threaded: Fit | None
     multiprocess: Fit | None
@@ -221,7 +222,9 @@ class Verdict:
     disturbed: bool = False  # the negative control grew: the slopes are not the walk alone
 
 
-def _kernel_note(status: str, release: str | None, both_flat: bool) -> tuple[bool | None, str]:
+def _kernel_note(
+    status: VerdictStatus, release: str | None, both_flat: bool
+) -> tuple[bool | None, str]:
     """(behaviour agrees with the version?, sentence) - None when it cannot be told."""
     v, expect = parse_release(release), kernel_expectation(release)
     if v is None:
@@ -230,7 +233,7 @@ def _kernel_note(status: str, release: str | None, both_flat: bool) -> tuple[boo
     disagree = "(version and behaviour disagree)"
     if expect == "unaffected":
         what = f"{ver} predates the walk (v4.8)"
-        if status != "inconclusive":
+        if status != VerdictStatus.INCONCLUSIVE:
             return False, f"{what}, yet writes walk: the kernel carries 44a70adec910 {disagree}."
         return (
             (True, f"{what}: consistent with no walk at all.") if both_flat else (None, what + ".")
@@ -244,7 +247,7 @@ def _kernel_note(status: str, release: str | None, both_flat: bool) -> tuple[boo
         other = f"{what}, yet threaded writes are O(1): the vendor kernel carries a backport"
     if status == expect:
         return True, f"{what}: consistent."
-    if status == "inconclusive":
+    if status == VerdictStatus.INCONCLUSIVE:
         return None, f"{what}."
     return False, f"{other} {disagree}."
 
@@ -274,28 +277,28 @@ def _walk_share(t: Fit | None, m: Fit) -> str | None:
 
 
 def _verdict_one(device, mode, t: Fit | None, m: Fit | None, s: Fit | None, release) -> Verdict:
-    control_ok = m is not None and m.complexity == "O(N)"
-    status = "inconclusive"
+    control_ok = m is not None and m.complexity == Complexity.ON
+    status = VerdictStatus.INCONCLUSIVE
     # Single-threaded writes skip the walk on every kernel: when they grow with the population
     # too, something else did (CPU contention, another writer holding the global
     # oom_adj_mutex, a busy phone), and neither a flat nor a rising threaded curve is evidence.
     # A change beyond O(1)'s tolerance is enough (CI-free): the control only has to be flat.
     disturbed = s is not None and (
-        s.complexity == "O(N)" or (np.isfinite(s.growth) and abs(s.growth) > O1_MAX_GROWTH)
+        s.complexity == Complexity.ON or (np.isfinite(s.growth) and abs(s.growth) > O1_MAX_GROWTH)
     )
     if disturbed and control_ok and abs(s.slope_ns) < FIXED_MAX_SHARE * m.slope_ns:
         # the drift is small next to what a walk costs here: it cannot fake or hide one
         disturbed = False
     share = _walk_share(t, m) if control_ok else None
     if t is not None and share == "walks":
-        status = "regressed"
+        status = VerdictStatus.REGRESSED
         first = (
             f"threaded writes are O(N), walking like the multiprocess control ({t.slope_text()} vs "
             f"{_num(m.slope_ns, sign=True)}): every multi-threaded app pays the __set_oom_adj "
             "process walk (the 2020 regression)"
         )
     elif t is not None and share == "flat":
-        status = "fixed"
+        status = VerdictStatus.FIXED
         first = (
             f"threaded writes are O(1) next to the walking multiprocess control "
             f"({t.slope_text()}, below {FIXED_MAX_SHARE:.0%} of "
@@ -303,17 +306,17 @@ def _verdict_one(device, mode, t: Fit | None, m: Fit | None, s: Fit | None, rele
         )
     elif t is None:
         first = "no threaded writes in this run"
-    elif t.complexity == "O(N)":
-        status = "regressed"
+    elif t.complexity == Complexity.ON:
+        status = VerdictStatus.REGRESSED
         first = (
             f"threaded writes are O(N) ({t.slope_text()}): every multi-threaded app pays the "
             "__set_oom_adj process walk (the 2020 regression)"
         )
-    elif t.complexity == "O(1)" and control_ok:
-        status = "fixed"
+    elif t.complexity == Complexity.O1 and control_ok:
+        status = VerdictStatus.FIXED
         first = f"threaded writes are O(1) ({t.slope_text()}): this kernel carries the "
         first += "MMF_MULTIPROCESS fix"
-    elif t.complexity == "O(1)":
+    elif t.complexity == Complexity.O1:
         first = f"threaded writes are O(1) ({t.slope_text()}) but without a working control"
     else:
         first = f"threaded writes are inconclusive ({t.slope_text()}; {t.reason})"
@@ -336,13 +339,13 @@ def _verdict_one(device, mode, t: Fit | None, m: Fit | None, s: Fit | None, rele
             f"the walk (populations up to {m.pop_max} too small, or a kernel without the walk)"
         )
     if disturbed:
-        status = "inconclusive"
+        status = VerdictStatus.INCONCLUSIVE
         first = (
             f"single-threaded writes, which never walk, changed {s.growth:+.0%} over the sweep "
             f"({s.slope_text()}): the device was busy while the population grew, re-run it "
             "quiet; " + first
         )
-    both_flat = all(f is not None and f.complexity == "O(1)" for f in (t, m))
+    both_flat = all(f is not None and f.complexity == Complexity.O1 for f in (t, m))
     consistent, third = _kernel_note(status, release, both_flat)
     return Verdict(
         device, status, mode, t, m, control_ok, release, kernel_expectation(release),

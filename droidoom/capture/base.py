@@ -23,11 +23,6 @@ from typing import Any
 
 import pandas as pd
 
-from ..errors import UsageError
-
-#: Names accepted by build_sources(); "clock" is implicit and builds nothing.
-SOURCE_NAMES: tuple[str, ...] = ("clock", "ftrace", "perf", "perfetto")
-
 #: __NR_write per Android ABI (raw_syscalls report the native syscall number).
 NR_WRITE: dict[str, int] = {"x86_64": 1, "arm64-v8a": 64, "armeabi-v7a": 4, "x86": 4}
 
@@ -76,8 +71,11 @@ class CaptureSource(ABC):
     """A kernel-side observer of one helper run (ftrace, perf)."""
 
     name: str = ""
-    #: whether the wrapped command must run as root (set by arm()).
+    #: whether the wrapped command must run as root (read after arm(), which may set it).
     needs_root: bool = False
+    #: a notice for the run when this capture slows the timed writes themselves (their
+    #: latencies then compare only with runs under the same capture), else None.
+    slows_writes: str | None = None
 
     @abstractmethod
     def unavailable(self, target) -> str | None:
@@ -108,38 +106,6 @@ class CaptureSource(ABC):
     def disarm(self, target) -> None:
         """Restore the target (stop tracing, remove instances/files). Never raises for
         a state that is already clean; safe to call twice or without arm()."""
-
-
-def build_sources(names: list[str]) -> list[CaptureSource]:
-    """Capture sources for `--capture` names, in wrap order (innermost first).
-
-    "clock" is accepted and builds nothing. Unknown names raise UsageError.
-    """
-    wanted = []
-    for raw in names:
-        n = raw.strip().lower()
-        if not n:
-            continue
-        if n not in SOURCE_NAMES:
-            raise UsageError(
-                f"unknown capture source {raw!r}; choose from {', '.join(SOURCE_NAMES)}"
-            )
-        if n != "clock" and n not in wanted:
-            wanted.append(n)
-    sources: list[CaptureSource] = []
-    if "ftrace" in wanted:  # innermost: its wrap must exec the helper in the same pid
-        from .ftrace import FtraceSource
-
-        sources.append(FtraceSource())
-    if "perfetto" in wanted:  # wraps nothing: records system-wide from arm() to collect()
-        from .perfetto import PerfettoSource
-
-        sources.append(PerfettoSource())
-    if "perf" in wanted:  # outermost: perf record forks the (ftrace-wrapped) command
-        from .perf import PerfSource
-
-        sources.append(PerfSource())
-    return sources
 
 
 # --- small shared helpers -----------------------------------------------------------

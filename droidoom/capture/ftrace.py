@@ -88,6 +88,10 @@ class FtraceSource(CaptureSource):
 
     name = "ftrace"
     needs_root = True
+    slows_writes = (
+        "ftrace traces every write syscall, which slows the writes themselves: "
+        "compare these latencies only with other --capture ftrace runs"
+    )
 
     def __init__(self) -> None:
         self._ctx: CaptureContext | None = None

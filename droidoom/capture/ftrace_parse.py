@@ -127,11 +127,6 @@ def _typed(df: pd.DataFrame) -> pd.DataFrame:
     return df.astype(EVENT_COLUMNS)
 
 
-def empty_events() -> pd.DataFrame:
-    """An empty, typed events frame."""
-    return _typed(pd.DataFrame({c: pd.Series([], dtype=object) for c in EVENT_COLUMNS}))
-
-
 def parse_raw(text: str) -> pd.DataFrame:
     """Event lines of a `trace` file read with options/raw: pid, cpu, ts_ns (exact)."""
     lines = _lines(text)

@@ -25,7 +25,6 @@ from .adb_conn import (
     AdbProcess,
     client,
     list_devices,
-    list_serials,
     translate,
     v1_command,
 )
@@ -33,7 +32,7 @@ from .adb_facts import facts_script, parse_facts
 from .base import CommandResult, Process, Target, TargetFacts
 from .select import AdbServer
 
-__all__ = ["AdbClient", "AdbTarget", "client", "list_devices", "list_serials"]
+__all__ = ["AdbClient", "AdbTarget", "client", "list_devices"]
 
 #: `clean` for one directory: remove each plain file name its manifest lists (names with
 #: a slash or a leading dot are skipped), keep `keep` matches listed, drop the manifest

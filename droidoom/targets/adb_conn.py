@@ -94,11 +94,6 @@ def list_devices(server: AdbServer) -> list[tuple[str, str]]:
         raise TransientTargetError(f"adb server {server} did not answer: {e}") from e
 
 
-def list_serials(server: AdbServer) -> list[str]:
-    """Serials of devices in state `device` on `server` (never starts a server)."""
-    return [s for s, state in list_devices(server) if state == "device"]
-
-
 def translate(e: BaseException, name: str, server: AdbServer) -> TargetError:
     text = str(e).strip() or type(e).__name__
     if isinstance(e, AdbConnectionError) or "connect to adb server" in text:

@@ -1,0 +1,81 @@
+"""What the helper hands back, as host objects: `probe` facts and the records file as the
+samples DataFrame. The wire format itself (plan text, event lines, record layout) is in
+`droidoom.protocol`; this module adds the plan's labels and the target's shell."""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from . import schema
+from .errors import HelperError
+from .protocol import Event, decode_records, parse_line
+from .scenario import ROLES, Plan
+from .targets.base import Target
+
+
+@dataclass(frozen=True)
+class Probe:
+    """The three lines of `droidoom-helper probe` (device_scripts/PROTOCOL.md)."""
+
+    hello: Event  # proto, source hash, abi, pid
+    facts: Event  # permissions and limits: uid, adj_min, pid_max, clone_vm...
+    calib: Event  # timer resolution: timer_ns, timer_min_ns
+
+    @property
+    def adj_min(self) -> int:
+        """Lowest oom_score_adj this user may write (-1000 when the helper did not say)."""
+        return self.facts.int("adj_min", -1000)
+
+
+def probe(target: Target, helper: str) -> Probe:
+    """Run `helper probe`: permissions (adj_min), limits, timer calibration."""
+    res = target.sh(f"{shlex.quote(helper)} probe", timeout=60)
+    events = {e.kind: e for e in map(parse_line, res.stdout.splitlines()) if e}
+    if not res.ok or not {"hello", "facts", "calib"} <= events.keys():
+        raise HelperError(
+            f"{target.name}: `droidoom-helper probe` failed (exit {res.exit_code}): "
+            f"{(res.stderr or res.stdout).strip()[:300]}",
+            res.exit_code,
+        )
+    return Probe(hello=events["hello"], facts=events["facts"], calib=events["calib"])
+
+
+def records_to_frame(data: bytes, plan: Plan, run_id: str, device: str) -> pd.DataFrame:
+    """Decode helper records and label them with the plan (vectorised)."""
+    rec = decode_records(data)
+    n = len(rec)
+    kinds = list(schema.KINDS)
+    kind_of_target = np.array([kinds.index(t.kind) for t in plan.targets], dtype=np.int8)
+    pts = plan.points
+    pop = np.array([p.population for p in pts], dtype=np.int32)
+    thr = np.array([p.threads for p in pts], dtype=np.int16)
+    mode = np.array([schema.MODES.index(p.mode) for p in pts], dtype=np.int8)
+    point = rec["point"].astype(np.int64)
+
+    def const(value: str) -> pd.Categorical:
+        return pd.Categorical.from_codes(np.zeros(n, dtype=np.int8), [value])
+
+    df = pd.DataFrame(
+        {
+            "run_id": const(run_id),
+            "device": const(device),
+            "kind": pd.Categorical.from_codes(kind_of_target[rec["target"]], kinds),
+            "mode": pd.Categorical.from_codes(mode[point], list(schema.MODES)),
+            "population": pop[point],
+            "threads": thr[point],
+            "point": point,
+            "seq": rec["seq"],
+            "adj_from": rec["adj_from"],
+            "adj_to": rec["adj_to"],
+            "role": pd.Categorical.from_codes(rec["role"].astype(np.int16), list(ROLES)),
+            "latency_ns": rec["latency_ns"],
+            "t_ns": rec["t_ns"],
+            "cpu": rec["cpu"],
+            "err": rec["err"],
+        }
+    )
+    return schema.coerce(df)
