@@ -14,8 +14,9 @@ from typing import Annotated
 import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from .cli import DEFAULT_OUT, app, build_spec, console, err_console
-from .errors import UsageError
+from ..errors import UsageError
+from .app import app, console, err_console
+from .options import DEFAULT_OUT, build_spec
 
 lab = typer.Typer(
     help=(
@@ -42,8 +43,8 @@ Accel = Annotated[
 def open_vm(image: Path, accel: str = "auto", cpus: int = 2, memory: int = 1024,
             label: str | None = None):  # fmt: skip
     """Boot `image` and return its VmTarget (the caller closes it)."""
-    from .lab.qemu import VmSpec
-    from .targets.vm import VmTarget
+    from ..lab.qemu import VmSpec
+    from ..targets.vm import VmTarget
 
     if accel not in ("auto", "kvm", "tcg"):
         raise UsageError(f"--accel {accel!r}: use auto, kvm or tcg")
@@ -72,14 +73,14 @@ def vm_spec_defaults(spec, threads_given: bool, writes_given: bool):
 @lab.command("config")
 def config() -> None:
     """Print the kernel config an image for `profile --kernel` needs (merge onto tinyconfig)."""
-    from .lab.build import FRAGMENT
+    from ..lab.build import FRAGMENT
 
     console.print(FRAGMENT.read_text(), highlight=False, markup=False)
 
 
 def build_kernels(variants: list[str], jobs: int | None = None) -> dict:
     """Build (or reuse) the reference kernels with a progress bar; {variant: Kernel}."""
-    from .lab import build as b
+    from ..lab import build as b
 
     est = b.estimate_seconds(variants)
     if est:
@@ -123,7 +124,7 @@ def build(
     again. Config: `make tinyconfig` + `droidoom lab config`. Needs apt packages
     qemu-system-x86 build-essential flex bison bc cpio libelf-dev libssl-dev busybox-static.
     """
-    from .lab.build import VARIANTS
+    from ..lab.build import VARIANTS
 
     names = [v.strip() for v in variant.split(",") if v.strip()]
     bad = [v for v in names if v not in VARIANTS]
@@ -148,8 +149,8 @@ def demo(
     kind and writes one HTML report comparing them. Then try
     `droidoom compare FIXED-RUN REGRESSED-RUN` (exit 1: threaded writes regressed).
     """
-    from . import analysis, report, store
-    from .runner import profile as run_profile
+    from .. import analysis, report, store
+    from ..runner import profile as run_profile
 
     kernels = build_kernels(["fixed", "regressed"])
     spec = vm_spec_defaults(build_spec(quick), False, False)

@@ -9,14 +9,15 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from .cli import DEFAULT_OUT, AdbHost, AdbPort, Serial, app, console, err_console
-from .errors import DroidoomError, UsageError
+from ..errors import DroidoomError, UsageError
+from .app import app, console, err_console
+from .options import DEFAULT_OUT, AdbHost, AdbPort, Serial
 
 
 def _server(host, port, *, required: bool = True):
     """The adb server from options/environment; with `required`, it must be up (we never
     start one: a fresh server scans USB and multicasts mDNS)."""
-    from .targets.select import AdbServer
+    from ..targets.select import AdbServer
 
     server = AdbServer.from_env(host, port)
     if required and not server.listening():
@@ -27,8 +28,8 @@ def _server(host, port, *, required: bool = True):
 
 def _adb_target(serial, host, port):
     """The phone named by --serial/ANDROID_SERIAL, or the single attached one."""
-    from .targets.local import LocalTarget
-    from .targets.select import select_target
+    from ..targets.local import LocalTarget
+    from ..targets.select import select_target
 
     server = _server(host, port, required=serial is None)
     target, _ = select_target(serial=serial, server=server)
@@ -57,11 +58,11 @@ def devices(
     ] = None,
 ) -> None:
     """List the devices on the adb server: serial, model, Android, kernel, ABI, root."""
-    if inventory is not None:  # farm inventory (droidoom/cli_farm.py)
-        from .cli_farm import show_inventory
+    if inventory is not None:  # farm inventory (droidoom/cli/farm.py)
+        from .farm import show_inventory
 
         raise typer.Exit(show_inventory(inventory))
-    from .targets.adb import AdbTarget, list_devices
+    from ..targets.adb import AdbTarget, list_devices
 
     server = _server(adb_host, adb_port)
     found = list_devices(server)
@@ -116,8 +117,8 @@ def doctor(
     Each missing capability comes with the reason and the fix. Pushes the helper (as
     `profile` would) to probe what this user may write.
     """
-    from .doctor import MISSING, OK, diagnose
-    from .targets.select import select_target
+    from ..doctor import MISSING, OK, diagnose
+    from ..targets.select import select_target
 
     target, notice = select_target(
         local=local, serial=serial, server=_server(adb_host, adb_port, required=False)
@@ -204,11 +205,11 @@ def recover(
     With --local: finish this host's runs that were killed (stale lock, tracefs instance,
     records left in /tmp/droidoom-*) or could not save every write (disk full).
     """
-    from . import recover as rec
-    from . import store
+    from .. import recover as rec
+    from .. import store
 
     if local:
-        from .leftovers import finish_local
+        from ..leftovers import finish_local
 
         lines = finish_local(out, run_dir)
         for line in lines:
@@ -237,7 +238,7 @@ def recover(
         # Farm runs may have used an inventory workdir: try this device's partial runs.
         for run_id, path in rec.partial_runs_of(out, target.serial).items():
             todo.setdefault(run_id, (path, "?"))
-    from .farm import note_recovered
+    from ..farm import note_recovered
 
     done = 0
     for path, remote in todo.values():

@@ -13,9 +13,9 @@ import numpy as np
 import typer
 from rich.table import Table
 
-from . import cost as c
-from .cli import app, console, err_console
-from .errors import DataError, UsageError
+from .. import cost as c
+from ..errors import DataError, UsageError
+from .app import app, console, err_console
 
 
 def _label(meta: dict) -> str:
@@ -32,7 +32,7 @@ def _ms(ns: float) -> str:
 def analyse(trace: Path, runs: list[Path], kind: str | None = None,
             trim: float = c.TRIM) -> dict:
     """The whole cost report as a dict (what `--json` writes)."""
-    from . import replay, store
+    from .. import replay, store
 
     rt = replay.load(trace)
     hours = rt.duration_ns / c.HOUR_NS
