@@ -20,10 +20,7 @@ def _server(host, port, *, required: bool = True):
     from ..targets.select import AdbServer
 
     server = AdbServer.from_env(host, port)
-    if required and not server.listening():
-        raise UsageError(f"no adb server at {server}: start one (`adb start-server`) or pass "
-                         "--adb-host/--adb-port")  # fmt: skip
-    return server
+    return server.require_up(UsageError) if required else server
 
 
 def _adb_target(serial, host, port):

@@ -263,11 +263,7 @@ def profile_all(server: AdbServer, spec, out: Path, capture: str = "clock") -> i
     """`droidoom profile --all`: every device on one adb server, as a one-server farm."""
     if any(c.strip() not in ("", "clock") for c in capture.split(",")):
         raise UsageError("--capture ftrace/perf is per device: use --serial for captures")
-    if not server.listening():
-        raise UsageError(
-            f"--all needs a running adb server; none listens at {server} "
-            "(start one, or set --adb-host/--adb-port)"
-        )
+    server.require_up(UsageError)
     from ..inventory import Inventory
 
     return run_and_print(_resolve(Inventory.single_server(server)), spec, out)
