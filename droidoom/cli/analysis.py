@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from ..errors import DataError, UsageError
+from ..units import slope as ns
 from .app import app, console, err_console
 
 if TYPE_CHECKING:
@@ -211,9 +212,6 @@ def _slopes(result) -> None:
         _name_regressions(result, set())
         return
 
-    def ns(x: float) -> str:
-        return f"{x:+.1f}" if abs(x) < 10 else f"{x:+.0f}"
-
     where = ", ".join(sorted(set(sl["device"].astype(str)) | set(sl["mode"].astype(str))))
     t = Table(title=f"ns per extra process - {where}", title_justify="left",
               box=box.SIMPLE_HEAD)  # fmt: skip
@@ -230,8 +228,8 @@ def _slopes(result) -> None:
         what = "threaded writes (every multi-threaded app)" if r["kind"] == "threaded" else (
             f"{r['kind']} writes")
         console.print(
-            f"[bold red]regression:[/] {what} now cost {r['new_slope_ns']:+.1f} ns per extra "
-            f"process (base {r['base_slope_ns']:+.1f}): NEW walks every process in "
+            f"[bold red]regression:[/] {what} now cost {ns(r['new_slope_ns'])} ns per extra "
+            f"process (base {ns(r['base_slope_ns'])}): NEW walks every process in "
             "__set_oom_adj where BASE did not"
         )
 

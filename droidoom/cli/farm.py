@@ -14,7 +14,7 @@ import typer
 from rich.markup import escape as _e
 from rich.table import Table
 
-from .. import signals
+from .. import signals, units
 from .. import spec as specs
 from ..errors import UsageError
 from ..targets.select import AdbServer
@@ -104,14 +104,12 @@ def run_and_print(res: Resolution, spec, out: Path, jobs=None, retries=None, bac
 
 
 def _medians(summary: dict, kind: str) -> str:
-    from ..report import _us
-
     by_pop = (summary.get("medians_ns") or {}).get(kind)
     if not by_pop:
         return "-"
     pops = sorted(by_pop, key=int)
     first, last = by_pop[pops[0]], by_pop[pops[-1]]
-    return _us(first) if len(pops) == 1 else f"{_us(first)} → {_us(last)}"
+    return units.us(first) if len(pops) == 1 else f"{units.us(first)} → {units.us(last)}"
 
 
 #: Column headers for the per-kind medians (short: the table must fit 80 columns).

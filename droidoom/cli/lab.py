@@ -14,6 +14,7 @@ from typing import Annotated
 import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+from .. import units
 from ..errors import UsageError
 from .app import app, console, err_console
 from .options import DEFAULT_OUT, build_spec
@@ -171,7 +172,7 @@ def demo(
         vd = verdicts[r.meta["device"]]
         slope = {f.kind: f.slope_ns for f in fits if f.device == r.meta["device"]
                  and f.mode == vd.mode}  # fmt: skip
-        cells = [f"{slope.get(kind, float('nan')):+9.1f}" for kind in
+        cells = [f"{units.slope(slope.get(kind)):>9}" for kind in
                  ("single", "threaded", "multiprocess")]  # fmt: skip
         console.print(f"{v:9} {vd.status:12} {'  '.join(cells)}   {r.path}", soft_wrap=True)
     for v, r in results.items():
