@@ -122,11 +122,9 @@ def doctor(
     )
     if notice:
         err_console.print(f"[dim]{notice}[/]")
-    try:
+    with target:
         f = target.facts()
         checks = diagnose(target)
-    finally:
-        target.close()
     console.print(
         f"[bold]{target.name}[/]: {f.model}, kernel {f.kernel_release}, {f.abi}, {f.cpus} CPUs"
         + (f", Android {f.extra.get('android_release')} (SDK {f.sdk})" if f.sdk else "")

@@ -157,12 +157,9 @@ def demo(
     spec = vm_spec_defaults(build_spec(quick), False, False)
     results = {}
     for v, k in kernels.items():
-        target = open_vm(k.image, accel, label=v)
-        try:
+        with open_vm(k.image, accel, label=v) as target:
             meta = {"vm": target.vm_info(), "lab_variant": v}
             results[v] = run_profile(target, spec, out, extra_meta=meta)
-        finally:
-            target.close()
     df = store.load([r.path for r in results.values()])
     metas = [r.meta for r in results.values()]
     verdicts = {vd.device: vd for vd in analysis.verdict(df, metas)}

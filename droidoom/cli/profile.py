@@ -107,7 +107,7 @@ def profile(
     from ..runner import Interrupted
 
     try:
-        with LiveProgress([target.name], state="starting", compact=False) as bar:
+        with target, LiveProgress([target.name], state="starting", compact=False) as bar:
             result = run_profile(
                 target, spec, out, captures=sources, progress=bar.callbacks(target.name, "note"),
                 extra_meta=extra_meta,
@@ -115,8 +115,6 @@ def profile(
     except Interrupted as e:
         _print_run(e.result)
         raise typer.Exit(signals.exit_code(e)) from None
-    finally:
-        target.close()
     _print_run(result)
     if result.status != "complete":
         # A device that dropped keeps its records file: say how to fetch it later.
