@@ -221,22 +221,10 @@ def recover(
             adb_host, _, port = farm["server_address"].rpartition(":")
             adb_port = int(port)
     target = _adb_target(serial, adb_host, adb_port)
-    if run_dir is not None:
-        todo = {store.read_run(run_dir).run_id: (Path(run_dir), None)}
-    else:
-        held = rec.pending(target)
-        dirs = rec.find_run_dirs(out, held)
-        for run_id in sorted(set(held) - set(dirs)):
-            err_console.print(f"[yellow]note:[/] {held[run_id]} has no run dir under {out}; "
-                              "pass its RUN_DIR")  # fmt: skip
-        todo = {run_id: (dirs[run_id], held[run_id]) for run_id in dirs}
-        # Farm runs may have used an inventory workdir: try this device's partial runs.
-        for run_id, path in rec.partial_runs_of(out, target.serial).items():
-            todo.setdefault(run_id, (path, "?"))
     from ..farm import note_recovered
 
     done = 0
-    for path, remote in todo.values():
+    for path, remote in _to_recover(target, run_dir, out).values():
         if remote == "?":
             try:
                 r = rec.recover_run(target, path, None, keep=keep)
@@ -253,3 +241,24 @@ def recover(
                           + ("" if r.removed else f"; {r.remote} kept"))  # fmt: skip
     if not done:
         console.print(f"{target.name} holds no records of cut-short runs")
+
+
+def _to_recover(target, run_dir: Path | None, out: Path) -> dict[str, tuple[Path, str | None]]:
+    """{run id: (run dir, records path on the device)}: RUN_DIR alone (path None: the
+    run's own), else every run the device holds records of with its dir under `out`,
+    plus this device's partial runs under `out` (path "?": the device may hold nothing)."""
+    from .. import recover as rec
+    from .. import store
+
+    if run_dir is not None:
+        return {store.read_run(run_dir).run_id: (Path(run_dir), None)}
+    held = rec.pending(target)
+    dirs = rec.find_run_dirs(out, held)
+    for run_id in sorted(set(held) - set(dirs)):
+        err_console.print(f"[yellow]note:[/] {held[run_id]} has no run dir under {out}; "
+                          "pass its RUN_DIR")  # fmt: skip
+    todo = {run_id: (dirs[run_id], held[run_id]) for run_id in dirs}
+    # Farm runs may have used an inventory workdir: try this device's partial runs.
+    for run_id, path in rec.partial_runs_of(out, target.serial).items():
+        todo.setdefault(run_id, (path, "?"))
+    return todo

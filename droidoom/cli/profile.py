@@ -77,7 +77,6 @@ def profile(
     (run.json + samples.parquet) that `droidoom.load()` reads.
     """
     from ..replay import spec_for_replay
-    from ..runner import profile as run_profile
     from ..targets.select import AdbServer, select_target
 
     given = spec
@@ -104,7 +103,14 @@ def profile(
         )
     if notice:
         err_console.print(f"[dim]{notice}[/]")
+    _run_and_print(target, spec, out, sources, extra_meta)
+
+
+def _run_and_print(target, spec, out: Path, sources, extra_meta: dict | None) -> None:
+    """Profile `target` with live progress, close it, print the run; exit 1 unless it
+    completed (saying how to fetch what a dropped phone still holds), 130 on Ctrl-C."""
     from ..runner import Interrupted
+    from ..runner import profile as run_profile
 
     try:
         with target, LiveProgress([target.name], state="starting", compact=False) as bar:
