@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from droidoom.helpers import abi_for_machine, binary_path
+from droidoom.native import abi_for_machine, binary_path
 from droidoom.protocol import PlanPoint, PlanTarget, decode_records, parse_line, render_plan
 
 HERE = Path(__file__).resolve().parent

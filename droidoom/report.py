@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from . import analysis, plots
+from . import analysis, plots, units
 from .schema import KINDS
 from .store import atomic_write
 from .vocab import Complexity, RunStatus, VerdictStatus
@@ -30,19 +30,6 @@ _STATUS_STYLE = {
     VerdictStatus.INCONCLUSIVE: "bold yellow",
 }
 _STAT_COLS = (("median_ns", "median"), ("p90_ns", "p90"), ("p99_ns", "p99"))
-
-
-def _us(ns: float) -> str:
-    """ns -> short µs text: 0.42, 9.1, 67, 362."""
-    if pd.isna(ns):
-        return "-"
-    us = ns / 1000
-    return f"{us:.2f}" if us < 10 else f"{us:.1f}" if us < 100 else f"{us:.0f}"
-
-
-def _growth(g: float) -> str:
-    """Latency change over the sweep: "+3%" when small, "x8.5" when it multiplies."""
-    return f"{g:+.0%}" if g < 1 else f"x{1 + g:.1f}" if g < 99 else f"x{1 + g:.0f}"
 
 
 def _metas(metas: Mapping | Iterable[Mapping] | None) -> list[Mapping]:
@@ -81,7 +68,7 @@ def _wide_summary(stats: pd.DataFrame) -> dict[tuple[str, str], pd.DataFrame]:
         for kind in kinds:
             k = g[g["kind"].astype(str) == kind].set_index("population")
             for col, label in _STAT_COLS:
-                table[(kind, label)] = k[col].reindex(table.index).map(_us)
+                table[(kind, label)] = k[col].reindex(table.index).map(units.us)
         errors = g.groupby("population")["errors"].sum().reindex(table.index)
         if errors.any():
             table[("", "errors")] = errors.astype(str)
@@ -94,8 +81,8 @@ def _scaling_rows(fits: Sequence[analysis.Fit]) -> list[list[str]]:
     for f in fits:
         ci = "-" if pd.isna(f.ci_low) else f"{f.ci_low:.2f}..{f.ci_high:.2f}"
         slope = "-" if pd.isna(f.slope_ns) else f"{f.slope_ns:+.2f}"
-        growth = "-" if pd.isna(f.growth) else _growth(f.growth)
-        rows.append([f.device, f.mode, f.kind, slope, ci, _us(f.base_ns), growth,
+        growth = "-" if pd.isna(f.growth) else units.growth(f.growth)
+        rows.append([f.device, f.mode, f.kind, slope, ci, units.us(f.base_ns), growth,
                      f"{f.pop_min}..{f.pop_max} ({f.n_populations})", f.complexity])  # fmt: skip
     return rows
 
@@ -132,7 +119,7 @@ def _latency_tables(stats: pd.DataFrame, console: Console) -> None:
                 t.add_section()
             for i, r in enumerate(k.sort_values("population").itertuples(index=False)):
                 cells = [_kind_cell(str(kind)) if i == 0 else "", str(r.population), str(r.count)]
-                cells += [_us(getattr(r, col)) for col, _ in _STAT_COLS]
+                cells += [units.us(getattr(r, col)) for col, _ in _STAT_COLS]
                 t.add_row(*cells, *([str(r.errors) if r.errors else ""] * has_errors))
         console.print()
         console.print(t)
@@ -169,19 +156,12 @@ def _device_overview(verdicts: Sequence[analysis.Verdict], console: Console) -> 
     t.add_column("verdict")
     t.add_column("version")
     for v in verdicts:
-        th, mp = (_slope(f.slope_ns) if f else "-" for f in (v.threaded, v.multiprocess))
+        th, mp = (units.slope(f.slope_ns) if f else "-" for f in (v.threaded, v.multiprocess))
         agree = {True: "agrees", False: "[bold red]DISAGREES[/]", None: "n/a"}[v.consistent]
         status = f"[{_STATUS_STYLE[v.status]}]{v.status}[/]"
         t.add_row(escape(v.device), escape(v.kernel_release or "?"), th, mp, status, agree)
     console.print()
     console.print(t)
-
-
-def _slope(x: float) -> str:
-    """ns/process: +0.02, +4.1, +36."""
-    if pd.isna(x):
-        return "-"
-    return f"{x:+.2f}" if abs(x) < 1 else f"{x:+.1f}" if abs(x) < 10 else f"{x:+.0f}"
 
 
 def _kernel_table(df: pd.DataFrame, console: Console) -> None:
@@ -198,7 +178,7 @@ def _kernel_table(df: pd.DataFrame, console: Console) -> None:
     for r in v.sort_values(["kind", "population"]).itertuples(index=False):
         t.add_row(
             _kind_cell(str(r.kind)), str(r.population), f"{r.matched_fraction:.1%}",
-            _us(r.kernel_median_ns), _us(r.overhead_median_ns), f"{r.kernel_share:.0%}",
+            units.us(r.kernel_median_ns), units.us(r.overhead_median_ns), f"{r.kernel_share:.0%}",
         )  # fmt: skip
     console.print()
     console.print(t)
@@ -266,7 +246,7 @@ def compare_table(result: analysis.Comparison, console: Console) -> None:
             flag = "[bold red]REGRESSION[/]" if r["regression"] else ""
             flag = "[green]faster[/]" if r["improvement"] else flag
             ci = f"{_ratio(r['ci_low'])}..{_ratio(r['ci_high'])}"
-            medians = _us(r["base_median_ns"]), _us(r["new_median_ns"])
+            medians = units.us(r["base_median_ns"]), units.us(r["new_median_ns"])
             t.add_row(*cells, *medians, _ratio(r["ratio"]), ci, flag)
         console.print(t)
     n = len(result.regressions)
@@ -353,7 +333,7 @@ def render_html(
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
         f"<title>droidoom report - {_e(', '.join(devices))}</title><style>{_CSS}</style>",
         "</head><body><h1>droidoom: oom_score_adj write latency</h1>",
-        f"<p class='sub'>{len(df):,} timed writes, {len(devices)} device(s), "
+        f"<p class='sub'>{units.count(len(df))} timed writes, {len(devices)} device(s), "
         f"{df['run_id'].nunique()} run(s); generated "
         f"{datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}</p>",
         "<h2>Verdict</h2>",

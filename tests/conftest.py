@@ -21,7 +21,7 @@ import pytest
 
 import droidoom
 import droidoom.analysis
-from droidoom.helpers import abi_for_machine, binary_path
+from droidoom.native import abi_for_machine, binary_path
 from droidoom.protocol import PlanPoint, PlanTarget, render_plan
 
 REPO = Path(__file__).resolve().parent.parent

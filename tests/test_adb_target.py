@@ -20,7 +20,7 @@ from adb_env import SHELL_UID, AdbServer, ShellUidPeer, cli_env, make_device_dir
 from conftest import run_cli
 
 import droidoom
-from droidoom import analysis, helpers, runner
+from droidoom import analysis, native, runner
 from droidoom.errors import PermanentTargetError, TransientTargetError, UsageError
 from droidoom.spec import ProfileSpec
 from droidoom.targets.adb import AdbTarget
@@ -67,7 +67,7 @@ def test_facts_come_from_the_device_in_one_script(adb_peer_factory, device_dir):
     assert t.facts() is f  # cached: one round trip per target
     assert (f.device, f.transport, f.model, f.sdk) == (peer.serial, "adb", "Pixel 4", 30)
     assert f.fingerprint == PIXEL["ro.build.fingerprint"]
-    assert f.abi == helpers.abi_for_machine()
+    assert f.abi == native.abi_for_machine()
     assert f.kernel_release == os.uname().release
     assert f.pid_max == int(Path("/proc/sys/kernel/pid_max").read_text())
     assert f.cpus == len(os.sched_getaffinity(0))
@@ -149,7 +149,7 @@ def test_profile_over_shell_v1_device(adb_peer_factory, device_dir, tmp_path):
 
 
 def test_helper_is_pushed_once_and_reused_by_hash(adb_peer, device_dir):
-    local = str(helpers.binary_path(helpers.abi_for_machine()))
+    local = str(native.binary_path(native.abi_for_machine()))
     t = target(adb_peer, device_dir)
     remote = t.install_helper()
     assert t.helper_pushed and remote == f"{device_dir}/droidoom-helper"
@@ -268,7 +268,7 @@ def test_devices_lists_every_peer(adb_peer_factory):
     assert "Pixel 4" in lines[a.serial] and "11 (SDK 30)" in lines[a.serial]
     assert "Tablet X" in lines[b.serial] and "14 (SDK 34)" in lines[b.serial]
     for line in (lines[a.serial], lines[b.serial]):
-        assert os.uname().release in line and helpers.abi_for_machine() in line
+        assert os.uname().release in line and native.abi_for_machine() in line
         assert "adbd" in line  # the peer's shell runs as root
 
 
@@ -398,7 +398,7 @@ def test_arm64_helper_under_qemu_profiles_single_and_threaded(adb_peer_factory, 
         res = runner.profile(t, spec, tmp_path, progress=runner.Progress(notice=notes.append))
     finally:
         t.close()
-    assert sha256(f"{device_dir}/droidoom-helper") == sha256(str(helpers.binary_path("arm64-v8a")))
+    assert sha256(f"{device_dir}/droidoom-helper") == sha256(str(native.binary_path("arm64-v8a")))
     assert res.meta["helper"]["abi"] in ("aarch64", "arm64-v8a", "arm64")
     assert res.status == "complete", res.meta.get("reason")
     assert set(res.samples["kind"].astype(str)) == {"single", "threaded"}

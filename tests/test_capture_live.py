@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from droidoom import helpers
+from droidoom import native
 from droidoom.capture import CaptureContext, CaptureRunInfo, build_sources
 from droidoom.capture.ftrace import FtraceSource
 from droidoom.protocol import PlanPoint, PlanTarget, decode_records, parse_line, render_plan
@@ -25,7 +25,7 @@ from droidoom.schema import KINDS
 from droidoom.targets.local import LocalTarget
 
 TRACEFS = Path("/sys/kernel/tracing")
-HELPER = helpers.BIN_DIR / helpers.abi_for_machine() / "droidoom-helper"
+HELPER = native.BIN_DIR / native.abi_for_machine() / "droidoom-helper"
 
 pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="needs root for tracefs"),

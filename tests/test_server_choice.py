@@ -95,3 +95,25 @@ def test_adb_variables_reach_the_server(adb_peer, tmp_path, how):
     p = run_cli("devices", env=clean_env(tmp_path, COLUMNS="200", **env))
     assert p.returncode == 0, p.stderr
     assert adb_peer.serial in p.stdout and f"127.0.0.1:{port}" in p.stdout
+
+
+def test_one_server_must_be_up_check(tmp_path):
+    """Commands that need a server (devices, clean, recover, profile --all, the adb client)
+    share one check: its error says how to start a server, and none is started."""
+    import socket
+
+    from droidoom.errors import TransientTargetError
+
+    dead = Server("127.0.0.1", free_port())
+    with pytest.raises(TransientTargetError, match="adb start-server"):
+        dead.require_up()
+    with pytest.raises(UsageError, match=f"no adb server at {dead}"):
+        dead.require_up(UsageError)
+    with socket.create_server(("127.0.0.1", 0)) as listener:  # something listening
+        live = Server("127.0.0.1", listener.getsockname()[1])
+        assert live.require_up() is live
+    for cmd in (["profile", "--all", "-o", str(tmp_path / "runs")], ["devices"]):
+        p = run_cli(*cmd, "--adb-port", str(dead.port), env=clean_env(tmp_path))
+        assert p.returncode == 2, p.stdout + p.stderr
+        assert f"no adb server at {dead}: start one with `adb start-server`" in p.stderr
+    assert not dead.listening()  # neither command started one

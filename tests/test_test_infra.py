@@ -11,7 +11,7 @@ import sys
 import pytest
 from conftest import REPO, SESSION_MARK, helper_pids
 
-from droidoom.helpers import abi_for_machine, binary_path
+from droidoom.native import abi_for_machine, binary_path
 from droidoom.protocol import PlanPoint, PlanTarget, render_plan
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from adbutils.errors import AdbTimeout
 
-from .. import helpers
+from .. import native
 from ..errors import PermanentTargetError, TargetError, TransientTargetError
 from .adb_conn import (
     SENTINEL,
@@ -197,8 +197,8 @@ class AdbTarget(Target):
         """Push the helper for this ABI unless a copy with the same SHA-256 is already in
         one of the candidate directories; verify it runs; fall back to the next candidate
         when a directory refuses the file or is mounted noexec."""
-        local = helpers.binary_path(self.facts().abi)
-        digest = helpers.sha256_file(local)
+        local = native.binary_path(self.facts().abi)
+        digest = native.sha256_file(local)
         for d in self.workdirs:
             if self._helper_hashes.get(d) == digest:
                 self._workdir, self.helper_pushed = d, False

@@ -78,12 +78,7 @@ class AdbClient(adbutils.AdbClient):
 
 def client(server: AdbServer) -> AdbClient:
     """A client for `server`; raises TransientTargetError if no server listens there."""
-    if not server.listening():
-        raise TransientTargetError(
-            f"no adb server at {server}: start one with `adb start-server`, or point "
-            "--adb-host/--adb-port (ANDROID_ADB_SERVER_HOST/PORT) at a running server"
-        )
-    return AdbClient(server)
+    return AdbClient(server.require_up())
 
 
 def list_devices(server: AdbServer) -> list[tuple[str, str]]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import shlex
 
 from ..errors import PermanentTargetError
-from ..helpers import ABIS
+from ..native import ABIS
 from .base import TargetFacts
 
 _PROPS = (

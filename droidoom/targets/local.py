@@ -12,7 +12,7 @@ import threading
 from pathlib import Path
 
 from ..errors import PermanentTargetError, TransientTargetError
-from ..helpers import abi_for_machine
+from ..native import abi_for_machine
 from .base import CommandResult, Process, QueuedProcess, Target, TargetFacts
 
 
@@ -174,7 +174,7 @@ class LocalTarget(Target):
     def install_helper(self) -> str:
         """Run the shipped binary in place when it is executable, else an executable
         copy in workdir() (e.g. a package installed without exec bits)."""
-        from ..helpers import binary_path
+        from ..native import binary_path
 
         path = binary_path(self.facts().abi)
         self.helper_pushed = not os.access(path, os.X_OK)

@@ -6,7 +6,7 @@ import os
 import socket
 from dataclasses import dataclass, field
 
-from ..errors import PermanentTargetError, UsageError
+from ..errors import DroidoomError, PermanentTargetError, TransientTargetError, UsageError
 from .base import Target
 from .local import LocalTarget
 
@@ -57,6 +57,16 @@ class AdbServer:
                 return True
         except OSError:
             return False
+
+    def require_up(self, error: type[DroidoomError] = TransientTargetError) -> AdbServer:
+        """This server if one listens, else `error` saying how to get one: the one check
+        for commands that need a server (none is ever started for them, see `listening`)."""
+        if not self.listening():
+            raise error(
+                f"no adb server at {self}: start one with `adb start-server`, or point "
+                "--adb-host/--adb-port (ANDROID_ADB_SERVER_HOST/PORT) at a running server"
+            )
+        return self
 
     def __str__(self) -> str:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"

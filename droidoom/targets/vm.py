@@ -161,7 +161,7 @@ class VmTarget(Target):
     """A kernel image booted in QEMU (TCG, or KVM when a boot probe works)."""
 
     def __init__(self, spec: VmSpec, *, label: str | None = None):
-        from ..helpers import binary_path
+        from ..native import binary_path
 
         check_image(spec.image)
         self.spec = spec

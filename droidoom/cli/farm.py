@@ -1,4 +1,4 @@
-"""CLI commands: `droidoom farm run|devices` (registered on droidoom.cli.app).
+"""CLI commands: `droidoom farm run|devices` (registered on droidoom.cli.app.app).
 
 Also the pieces other commands reuse: `profile_all` (`droidoom profile --all`) and
 `show_inventory` (`droidoom devices --inventory`).
@@ -12,43 +12,19 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape as _e
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 from rich.table import Table
 
-from . import signals
-from . import spec as specs
-from .cli import (
-    DEFAULT_OUT,
-    Adj,
-    Kinds,
-    Mode,
-    Out,
-    Population,
-    Quick,
-    Rate,
-    Scenario,
-    Seed,
-    TargetThreads,
-    Threads,
-    Writes,
-    app,
-    build_spec,
-    console,
-    err_console,
-)
-from .errors import UsageError
-from .targets.select import AdbServer
+from .. import signals, units
+from .. import spec as specs
+from ..errors import UsageError
+from ..targets.select import AdbServer
+from .app import app, console, err_console
+from .options import DEFAULT_OUT, SPEC_OPTIONS, Out, SpecOptions, spec_options
+from .progress import LiveProgress
 
 if TYPE_CHECKING:
-    from .farm import FarmResult
-    from .inventory import FarmDevice, Inventory, Resolution
+    from ..farm import FarmResult
+    from ..inventory import FarmDevice, Inventory, Resolution
 
 # farm/inventory/report pull in pandas and adbutils: imported where used, so that
 # `droidoom --help` stays fast.
@@ -77,64 +53,30 @@ Backoff = Annotated[
 ]
 
 
-class _Bars:
-    """farm.FarmObserver as rich progress rows: label, bar, writes, state, elapsed."""
+class _Rows:
+    """farm.FarmObserver drawn by the CLI's LiveProgress: one row per device."""
 
     def __init__(self, devices: tuple[FarmDevice, ...]):
-        self.rich = Progress(
-            TextColumn("[bold]{task.fields[label]}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[state]}"),
-            TimeElapsedColumn(),
-            TextColumn("ETA"),
-            TimeRemainingColumn(compact=True),
-            console=err_console,
-            transient=True,
-        )
-        self.tasks = {
-            d.label: self.rich.add_task(d.label, total=None, label=_e(d.label), state="waiting")
-            for d in devices
-        }
+        self.live = LiveProgress(d.label for d in devices)
 
     def progress(self, dev: FarmDevice):
-        from .runner import Progress as RunnerProgress
-
-        task = self.tasks[dev.label]
-
-        def start(total: int) -> None:
-            self.rich.update(task, total=total, completed=0, state="running")
-
-        def point(idx: int, population: int) -> None:
-            self.rich.update(task, state=f"{population} procs")
-
-        def notice(text: str) -> None:
-            self.rich.console.print(f"[yellow]{_e(dev.label)}:[/] {_e(text)}")
-
-        return RunnerProgress(
-            start=start,
-            advance=lambda done: self.rich.update(task, completed=done),
-            point=point,
-            notice=notice,
-        )
+        return self.live.callbacks(dev.label)
 
     def status(self, dev: FarmDevice, text: str) -> None:
-        style = "green" if text == "complete" else "red" if text.startswith("failed") else ""
-        short = _e(text if len(text) <= 70 else text[:67] + "...")
-        self.rich.update(self.tasks[dev.label], state=f"[{style}]{short}[/]" if style else short)
+        self.live.state(dev.label, text)
 
     def notice(self, text: str) -> None:
-        self.rich.console.print(f"[yellow]{_e(text)}[/]")
+        self.live.notice(text)
 
 
-def farm_spec(inv: Inventory, quick: bool = False, **options) -> specs.ProfileSpec:
+def farm_spec(inv: Inventory, options: SpecOptions) -> specs.ProfileSpec:
     """--quick or the default, then the inventory's [profile], then explicit CLI options."""
-    base = replace(specs.QUICK if quick else specs.DEFAULT, **dict(inv.profile))
-    return build_spec(base=base, **options)
+    base = replace(specs.QUICK if options.quick else specs.DEFAULT, **dict(inv.profile))
+    return options.spec(base=base)
 
 
 def _resolve(inv: Inventory) -> Resolution:
-    from .inventory import resolve
+    from ..inventory import resolve
 
     with err_console.status(f"asking {len(inv.servers)} adb server(s) for their devices"):
         return resolve(inv)
@@ -144,11 +86,11 @@ def run_and_print(res: Resolution, spec, out: Path, jobs=None, retries=None, bac
     """Run the farm with live per-device progress, print the table; return the exit code."""
     if jobs is not None and jobs < 1:
         raise UsageError("--jobs must be at least 1")
-    from .farm import FarmInterrupted, run_farm
+    from ..farm import FarmInterrupted, run_farm
 
-    bars = _Bars(res.devices)
+    bars = _Rows(res.devices)
     interrupted = 0
-    with bars.rich:
+    with bars.live:
         try:
             result = run_farm(
                 res, spec, out, concurrency=jobs, retries=retries, backoff=backoff, observer=bars
@@ -162,14 +104,12 @@ def run_and_print(res: Resolution, spec, out: Path, jobs=None, retries=None, bac
 
 
 def _medians(summary: dict, kind: str) -> str:
-    from .report import _us
-
     by_pop = (summary.get("medians_ns") or {}).get(kind)
     if not by_pop:
         return "-"
     pops = sorted(by_pop, key=int)
     first, last = by_pop[pops[0]], by_pop[pops[-1]]
-    return _us(first) if len(pops) == 1 else f"{_us(first)} → {_us(last)}"
+    return units.us(first) if len(pops) == 1 else f"{units.us(first)} → {units.us(last)}"
 
 
 #: Column headers for the per-kind medians (short: the table must fit 80 columns).
@@ -177,7 +117,7 @@ _KIND_HEAD = {"single": "single µs", "threaded": "threaded µs", "multiprocess"
 
 
 def _writes(o) -> str:
-    from .farm import on_device
+    from ..farm import on_device
 
     kept = len(o.result.samples) if o.result is not None else 0
     held = on_device(o.result)
@@ -248,7 +188,7 @@ def print_farm(result: FarmResult) -> None:
 def show_inventory(path: Path) -> int:
     """Print what an inventory resolves to (servers, devices, selection); 1 if a required
     device is missing."""
-    from .inventory import load_inventory
+    from ..inventory import load_inventory
 
     res = _resolve(load_inventory(path))
     for s in res.servers:
@@ -287,19 +227,10 @@ def show_inventory(path: Path) -> int:
 
 
 @farm_app.command("run")
+@spec_options
 def farm_run(
     inventory: InventoryPath,
-    quick: Quick = False,
-    population: Population = None,
-    kinds: Kinds = None,
-    writes: Writes = None,
-    threads: Threads = None,
-    target_threads: TargetThreads = None,
-    scenario: Scenario = None,
-    adj: Adj = None,
-    rate: Rate = None,
-    mode: Mode = None,
-    seed: Seed = None,
+    spec: SpecOptions = SPEC_OPTIONS,
     jobs: Jobs = None,
     retries: Retries = None,
     backoff: Backoff = None,
@@ -313,15 +244,11 @@ def farm_run(
     Exit 0 when every required device (and at least one device) completed, 1 otherwise,
     130 on Ctrl-C.
     """
-    from .inventory import load_inventory
+    from ..inventory import load_inventory
 
     inv = load_inventory(inventory)
-    spec = farm_spec(
-        inv, quick, population=population, kinds=kinds, writes=writes, threads=threads,
-        target_threads=target_threads, scenario=scenario, adj=adj, rate=rate, mode=mode,
-        seed=seed,
-    )  # fmt: skip
-    raise typer.Exit(run_and_print(_resolve(inv), spec, out, jobs, retries, backoff))
+    profile_spec = farm_spec(inv, spec)
+    raise typer.Exit(run_and_print(_resolve(inv), profile_spec, out, jobs, retries, backoff))
 
 
 @farm_app.command("devices")
@@ -334,11 +261,7 @@ def profile_all(server: AdbServer, spec, out: Path, capture: str = "clock") -> i
     """`droidoom profile --all`: every device on one adb server, as a one-server farm."""
     if any(c.strip() not in ("", "clock") for c in capture.split(",")):
         raise UsageError("--capture ftrace/perf is per device: use --serial for captures")
-    if not server.listening():
-        raise UsageError(
-            f"--all needs a running adb server; none listens at {server} "
-            "(start one, or set --adb-host/--adb-port)"
-        )
-    from .inventory import Inventory
+    server.require_up(UsageError)
+    from ..inventory import Inventory
 
     return run_and_print(_resolve(Inventory.single_server(server)), spec, out)

@@ -14,8 +14,10 @@ from typing import Annotated
 import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from .cli import DEFAULT_OUT, app, build_spec, console, err_console
-from .errors import UsageError
+from .. import units
+from ..errors import UsageError
+from .app import app, console, err_console
+from .options import DEFAULT_OUT, build_spec
 
 lab = typer.Typer(
     help=(
@@ -42,8 +44,8 @@ Accel = Annotated[
 def open_vm(image: Path, accel: str = "auto", cpus: int = 2, memory: int = 1024,
             label: str | None = None):  # fmt: skip
     """Boot `image` and return its VmTarget (the caller closes it)."""
-    from .lab.qemu import VmSpec
-    from .targets.vm import VmTarget
+    from ..lab.qemu import VmSpec
+    from ..targets.vm import VmTarget
 
     if accel not in ("auto", "kvm", "tcg"):
         raise UsageError(f"--accel {accel!r}: use auto, kvm or tcg")
@@ -72,14 +74,14 @@ def vm_spec_defaults(spec, threads_given: bool, writes_given: bool):
 @lab.command("config")
 def config() -> None:
     """Print the kernel config an image for `profile --kernel` needs (merge onto tinyconfig)."""
-    from .lab.build import FRAGMENT
+    from ..lab.build import FRAGMENT
 
     console.print(FRAGMENT.read_text(), highlight=False, markup=False)
 
 
 def build_kernels(variants: list[str], jobs: int | None = None) -> dict:
     """Build (or reuse) the reference kernels with a progress bar; {variant: Kernel}."""
-    from .lab import build as b
+    from ..lab import build as b
 
     est = b.estimate_seconds(variants)
     if est:
@@ -123,7 +125,7 @@ def build(
     again. Config: `make tinyconfig` + `droidoom lab config`. Needs apt packages
     qemu-system-x86 build-essential flex bison bc cpio libelf-dev libssl-dev busybox-static.
     """
-    from .lab.build import VARIANTS
+    from ..lab.build import VARIANTS
 
     names = [v.strip() for v in variant.split(",") if v.strip()]
     bad = [v for v in names if v not in VARIANTS]
@@ -148,19 +150,16 @@ def demo(
     kind and writes one HTML report comparing them. Then try
     `droidoom compare FIXED-RUN REGRESSED-RUN` (exit 1: threaded writes regressed).
     """
-    from . import analysis, report, store
-    from .runner import profile as run_profile
+    from .. import analysis, report, store
+    from ..runner import profile as run_profile
 
     kernels = build_kernels(["fixed", "regressed"])
     spec = vm_spec_defaults(build_spec(quick), False, False)
     results = {}
     for v, k in kernels.items():
-        target = open_vm(k.image, accel, label=v)
-        try:
+        with open_vm(k.image, accel, label=v) as target:
             meta = {"vm": target.vm_info(), "lab_variant": v}
             results[v] = run_profile(target, spec, out, extra_meta=meta)
-        finally:
-            target.close()
     df = store.load([r.path for r in results.values()])
     metas = [r.meta for r in results.values()]
     verdicts = {vd.device: vd for vd in analysis.verdict(df, metas)}
@@ -170,7 +169,7 @@ def demo(
         vd = verdicts[r.meta["device"]]
         slope = {f.kind: f.slope_ns for f in fits if f.device == r.meta["device"]
                  and f.mode == vd.mode}  # fmt: skip
-        cells = [f"{slope.get(kind, float('nan')):+9.1f}" for kind in
+        cells = [f"{units.slope(slope.get(kind)):>9}" for kind in
                  ("single", "threaded", "multiprocess")]  # fmt: skip
         console.print(f"{v:9} {vd.status:12} {'  '.join(cells)}   {r.path}", soft_wrap=True)
     for v, r in results.items():

@@ -12,13 +12,14 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from .cli import app, console, err_console
-from .errors import DataError, UsageError
+from ..errors import DataError, UsageError
+from ..units import slope as ns
+from .app import app, console, err_console
 
 if TYPE_CHECKING:
     import pandas as pd
 
-    from .store import RunInfo
+    from ..store import RunInfo
 
 Runs = Annotated[
     list[Path],
@@ -37,7 +38,7 @@ _SPEC_MUST_MATCH = ("scenario", "levels", "threads", "target_threads", "rate")
 
 def _load(paths: list[Path], complete_only: bool, what: str = "") -> tuple[pd.DataFrame, list]:
     """(samples, RunInfos) of `paths`; notes on partial runs; DataError when nothing loads."""
-    from . import store
+    from .. import store
 
     label = f"{what} " if what else ""
     runs = store.find_runs(paths)
@@ -98,9 +99,9 @@ def report(
     and its CI, latency distributions, devices side by side); --html writes all of it in one
     file that opens offline (mail it, or keep it as a CI artifact).
     """
-    from . import plots
-    from . import report as rep
-    from .store import check_writable
+    from .. import plots
+    from .. import report as rep
+    from ..store import check_writable
 
     if html is not None:  # checked before the work, not after it
         check_writable(html, "--html")
@@ -169,13 +170,13 @@ def compare(
     every process (threaded writes on a pre-fix kernel) is named. Exit status: 0 no
     regression, 1 at least one regression, 2 bad input (missing runs, different specs).
     """
-    from . import analysis
-    from . import report as rep
+    from .. import analysis
+    from .. import report as rep
 
     if not max_ratio > 1:
         raise UsageError(f"--max-ratio must be > 1 (e.g. 1.10 for +10%), got {max_ratio}")
     if csv is not None:
-        from .store import check_writable
+        from ..store import check_writable
 
         check_writable(csv, "--csv")
     bdf, binfo = _load([base], complete_only, "BASE")
@@ -213,9 +214,6 @@ def _slopes(result) -> None:
         _name_regressions(result, set())
         return
 
-    def ns(x: float) -> str:
-        return f"{x:+.1f}" if abs(x) < 10 else f"{x:+.0f}"
-
     where = ", ".join(sorted(set(sl["device"].astype(str)) | set(sl["mode"].astype(str))))
     t = Table(title=f"ns per extra process - {where}", title_justify="left",
               box=box.SIMPLE_HEAD)  # fmt: skip
@@ -232,8 +230,8 @@ def _slopes(result) -> None:
         what = "threaded writes (every multi-threaded app)" if r["kind"] == "threaded" else (
             f"{r['kind']} writes")
         console.print(
-            f"[bold red]regression:[/] {what} now cost {r['new_slope_ns']:+.1f} ns per extra "
-            f"process (base {r['base_slope_ns']:+.1f}): NEW walks every process in "
+            f"[bold red]regression:[/] {what} now cost {ns(r['new_slope_ns'])} ns per extra "
+            f"process (base {ns(r['base_slope_ns'])}): NEW walks every process in "
             "__set_oom_adj where BASE did not"
         )
 

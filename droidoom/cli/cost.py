@@ -13,9 +13,10 @@ import numpy as np
 import typer
 from rich.table import Table
 
-from . import cost as c
-from .cli import app, console, err_console
-from .errors import DataError, UsageError
+from .. import cost as c
+from ..errors import DataError, UsageError
+from ..units import ms
+from .app import app, console, err_console
 
 
 def _label(meta: dict) -> str:
@@ -25,14 +26,10 @@ def _label(meta: dict) -> str:
     return f"{meta.get('device')} {t.get('kernel_release', '?')}" + (f" ({image})" if image else "")
 
 
-def _ms(ns: float) -> str:
-    return "inf" if not np.isfinite(ns) else f"{ns / 1e6:.3g}"
-
-
 def analyse(trace: Path, runs: list[Path], kind: str | None = None,
             trim: float = c.TRIM) -> dict:
     """The whole cost report as a dict (what `--json` writes)."""
-    from . import replay, store
+    from .. import replay, store
 
     rt = replay.load(trace)
     hours = rt.duration_ns / c.HOUR_NS
@@ -124,9 +121,9 @@ def _print(rep: dict) -> None:
                 which = "this run" if p["same_run"] else Path(p["replay_run"]).name
                 console.print(
                     f"  replay ({which}), {e['kind']} at {p['population']} extra processes, "
-                    f"{p['writes']} writes: measured {_ms(p['measured_ns'])} ms (95% CI "
-                    f"{_ms(lo)}..{_ms(hi)}), estimated {_ms(p['estimate_ns'])} ms ({_ms(elo)}.."
-                    f"{_ms(ehi)}); estimate in measured CI: {yes[p['estimate_in_measured_ci']]},"
+                    f"{p['writes']} writes: measured {ms(p['measured_ns'])} ms (95% CI "
+                    f"{ms(lo)}..{ms(hi)}), estimated {ms(p['estimate_ns'])} ms ({ms(elo)}.."
+                    f"{ms(ehi)}); estimate in measured CI: {yes[p['estimate_in_measured_ci']]},"
                     f" measured in estimate CI: {yes[p['measured_in_estimate_ci']]}",
                     highlight=False,
                 )

@@ -7,8 +7,8 @@ from typing import Annotated
 
 import typer
 
-from .cli import app, console
-from .errors import UsageError
+from ..errors import UsageError
+from .app import app, console
 
 
 @app.command()
@@ -25,7 +25,7 @@ def export(
     phone: runs captured with --capture perfetto are placed on the phone's BOOTTIME."""
     if perfetto is None:
         raise UsageError("say what to export: e.g. --perfetto run.pftrace")
-    from .export import export_perfetto
+    from ..export import export_perfetto
 
     counts = export_perfetto(run, perfetto)
     console.print(

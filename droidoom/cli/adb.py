@@ -9,26 +9,24 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from .cli import DEFAULT_OUT, AdbHost, AdbPort, Serial, app, console, err_console
-from .errors import DroidoomError, UsageError
+from ..errors import DroidoomError, UsageError
+from .app import app, console, err_console
+from .options import DEFAULT_OUT, AdbHost, AdbPort, Serial
 
 
 def _server(host, port, *, required: bool = True):
     """The adb server from options/environment; with `required`, it must be up (we never
     start one: a fresh server scans USB and multicasts mDNS)."""
-    from .targets.select import AdbServer
+    from ..targets.select import AdbServer
 
     server = AdbServer.from_env(host, port)
-    if required and not server.listening():
-        raise UsageError(f"no adb server at {server}: start one (`adb start-server`) or pass "
-                         "--adb-host/--adb-port")  # fmt: skip
-    return server
+    return server.require_up(UsageError) if required else server
 
 
 def _adb_target(serial, host, port):
     """The phone named by --serial/ANDROID_SERIAL, or the single attached one."""
-    from .targets.local import LocalTarget
-    from .targets.select import select_target
+    from ..targets.local import LocalTarget
+    from ..targets.select import select_target
 
     server = _server(host, port, required=serial is None)
     target, _ = select_target(serial=serial, server=server)
@@ -57,11 +55,11 @@ def devices(
     ] = None,
 ) -> None:
     """List the devices on the adb server: serial, model, Android, kernel, ABI, root."""
-    if inventory is not None:  # farm inventory (droidoom/cli_farm.py)
-        from .cli_farm import show_inventory
+    if inventory is not None:  # farm inventory (droidoom/cli/farm.py)
+        from .farm import show_inventory
 
         raise typer.Exit(show_inventory(inventory))
-    from .targets.adb import AdbTarget, list_devices
+    from ..targets.adb import AdbTarget, list_devices
 
     server = _server(adb_host, adb_port)
     found = list_devices(server)
@@ -116,19 +114,17 @@ def doctor(
     Each missing capability comes with the reason and the fix. Pushes the helper (as
     `profile` would) to probe what this user may write.
     """
-    from .doctor import MISSING, OK, diagnose
-    from .targets.select import select_target
+    from ..doctor import MISSING, OK, diagnose
+    from ..targets.select import select_target
 
     target, notice = select_target(
         local=local, serial=serial, server=_server(adb_host, adb_port, required=False)
     )
     if notice:
         err_console.print(f"[dim]{notice}[/]")
-    try:
+    with target:
         f = target.facts()
         checks = diagnose(target)
-    finally:
-        target.close()
     console.print(
         f"[bold]{target.name}[/]: {f.model}, kernel {f.kernel_release}, {f.abi}, {f.cpus} CPUs"
         + (f", Android {f.extra.get('android_release')} (SDK {f.sdk})" if f.sdk else "")
@@ -204,11 +200,11 @@ def recover(
     With --local: finish this host's runs that were killed (stale lock, tracefs instance,
     records left in /tmp/droidoom-*) or could not save every write (disk full).
     """
-    from . import recover as rec
-    from . import store
+    from .. import recover as rec
+    from .. import store
 
     if local:
-        from .leftovers import finish_local
+        from ..leftovers import finish_local
 
         lines = finish_local(out, run_dir)
         for line in lines:
@@ -225,22 +221,10 @@ def recover(
             adb_host, _, port = farm["server_address"].rpartition(":")
             adb_port = int(port)
     target = _adb_target(serial, adb_host, adb_port)
-    if run_dir is not None:
-        todo = {store.read_run(run_dir).run_id: (Path(run_dir), None)}
-    else:
-        held = rec.pending(target)
-        dirs = rec.find_run_dirs(out, held)
-        for run_id in sorted(set(held) - set(dirs)):
-            err_console.print(f"[yellow]note:[/] {held[run_id]} has no run dir under {out}; "
-                              "pass its RUN_DIR")  # fmt: skip
-        todo = {run_id: (dirs[run_id], held[run_id]) for run_id in dirs}
-        # Farm runs may have used an inventory workdir: try this device's partial runs.
-        for run_id, path in rec.partial_runs_of(out, target.serial).items():
-            todo.setdefault(run_id, (path, "?"))
-    from .farm import note_recovered
+    from ..farm import note_recovered
 
     done = 0
-    for path, remote in todo.values():
+    for path, remote in _to_recover(target, run_dir, out).values():
         if remote == "?":
             try:
                 r = rec.recover_run(target, path, None, keep=keep)
@@ -257,3 +241,24 @@ def recover(
                           + ("" if r.removed else f"; {r.remote} kept"))  # fmt: skip
     if not done:
         console.print(f"{target.name} holds no records of cut-short runs")
+
+
+def _to_recover(target, run_dir: Path | None, out: Path) -> dict[str, tuple[Path, str | None]]:
+    """{run id: (run dir, records path on the device)}: RUN_DIR alone (path None: the
+    run's own), else every run the device holds records of with its dir under `out`,
+    plus this device's partial runs under `out` (path "?": the device may hold nothing)."""
+    from .. import recover as rec
+    from .. import store
+
+    if run_dir is not None:
+        return {store.read_run(run_dir).run_id: (Path(run_dir), None)}
+    held = rec.pending(target)
+    dirs = rec.find_run_dirs(out, held)
+    for run_id in sorted(set(held) - set(dirs)):
+        err_console.print(f"[yellow]note:[/] {held[run_id]} has no run dir under {out}; "
+                          "pass its RUN_DIR")  # fmt: skip
+    todo = {run_id: (dirs[run_id], held[run_id]) for run_id in dirs}
+    # Farm runs may have used an inventory workdir: try this device's partial runs.
+    for run_id, path in rec.partial_runs_of(out, target.serial).items():
+        todo.setdefault(run_id, (path, "?"))
+    return todo

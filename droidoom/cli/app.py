@@ -1,0 +1,77 @@
+"""The Typer app every command registers on, the two consoles, and the entry point."""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from .. import signals
+from ..errors import DroidoomError
+
+app = typer.Typer(
+    help=(
+        "Measure what an oom_score_adj update costs: on the phone on your desk, a farm of "
+        "phones, or this Linux host. Start with `droidoom profile --quick`."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from .. import __version__
+
+        console.print(f"droidoom {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """Measure what an oom_score_adj update costs (see `droidoom COMMAND --help`)."""
+
+
+def _show_warning(message, category, *_args, **_kw) -> None:
+    """Warnings (a skipped corrupt run, a cleanup that failed) as one yellow line."""
+    err_console.print(f"[yellow]warning:[/] {escape(str(message))}", highlight=False)
+
+
+def main() -> None:
+    """Console entry point: DroidoomErrors become one red line and an exit code."""
+    signals.install()  # SIGTERM/SIGHUP save the partial run like Ctrl-C
+    warnings.showwarning = _show_warning
+    try:
+        rv = app(standalone_mode=False)
+        sys.exit(rv if isinstance(rv, int) else 0)  # typer.Exit(n) is returned, not raised
+    except DroidoomError as e:
+        err_console.print(f"[red]error:[/] {escape(str(e))}")  # "[[devices]]" is not markup
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt as e:
+        err_console.print("[yellow]interrupted[/]: partial results, if any, were saved")
+        sys.exit(signals.exit_code(e))
+    except typer.Exit as e:
+        sys.exit(e.exit_code)
+    except Exception as e:
+        # Click's usage errors arrive here in non-standalone mode (typer vendors click,
+        # so match by behaviour rather than class).
+        if callable(getattr(e, "show", None)) and hasattr(e, "exit_code"):
+            e.show()
+            sys.exit(e.exit_code)
+        if type(e).__name__ == "Abort":
+            sys.exit(130)
+        raise

@@ -1,0 +1,151 @@
+"""`droidoom profile`: one target (this host, a phone, a kernel in QEMU) or `--all`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+
+from .. import signals
+from ..errors import UsageError
+from . import farm as cli_farm
+from . import lab as cli_lab
+from .app import app, console, err_console
+from .options import (
+    DEFAULT_OUT,
+    SPEC_OPTIONS,
+    AdbHost,
+    AdbPort,
+    Capture,
+    Cpu,
+    Fifo,
+    Order,
+    Out,
+    Serial,
+    SpecOptions,
+    spec_options,
+    words,
+)
+from .progress import LiveProgress
+
+
+@app.command()
+@spec_options
+def profile(
+    local: Annotated[bool, typer.Option("--local", help="Profile this Linux host.")] = False,
+    serial: Serial = None,
+    adb_host: AdbHost = None,
+    adb_port: AdbPort = None,
+    spec: SpecOptions = SPEC_OPTIONS,
+    cpu: Cpu = None,
+    fifo: Fifo = None,
+    order: Order = None,
+    capture: Capture = "clock",
+    out: Out = DEFAULT_OUT,
+    all_devices: Annotated[
+        bool, typer.Option("--all", help="Every device on the adb server, in parallel (a farm).")
+    ] = False,
+    kernel: Annotated[
+        Path | None,
+        typer.Option(
+            "--kernel", help="Boot this x86_64 bzImage in QEMU and profile it (needs: `droidoom "
+            "lab config`)."
+        ),
+    ] = None,
+    accel: Annotated[str, typer.Option(help="--kernel: auto (KVM if it boots), kvm, tcg.")] = (
+        "auto"
+    ),
+    vm_cpus: Annotated[int, typer.Option(help="--kernel: vCPUs of the guest.")] = 2,
+    vm_memory: Annotated[int, typer.Option(help="--kernel: guest RAM in MiB.")] = 1024,
+    replay_kinds: Annotated[
+        str | None,
+        typer.Option(help="replay:TRACE: target kinds each traced process is replayed on "
+                     "(default threaded, like an app)."),
+    ] = None,
+    compress: Annotated[
+        float | None,
+        typer.Option(help="replay:TRACE: play the trace N times faster (default 1: its own "
+                     "pace; 0: back to back)."),
+    ] = None,
+) -> None:
+    """Time oom_score_adj writes across populations; say if this kernel has the O(N) path.
+
+    With no --local/--serial: the single attached phone, else this host. Prints a table
+    (median, p90, p99 per kind and population), a verdict, and writes a run directory
+    (run.json + samples.parquet) that `droidoom.load()` reads.
+    """
+    from ..replay import spec_for_replay
+    from ..targets.select import AdbServer, select_target
+
+    given = spec
+    spec = spec_for_replay(
+        given.spec(cpu=cpu, fifo=fifo, order=order), population_given=given.population is not None,
+        kinds_given=given.kinds is not None, replay_kinds=words(replay_kinds), compress=compress,
+    )  # fmt: skip
+    if all_devices:  # a one-server farm (droidoom/cli/farm.py)
+        if local or serial:
+            raise UsageError("--all profiles every device on the server: drop --local/--serial")
+        server = AdbServer.from_env(adb_host, adb_port)
+        raise typer.Exit(cli_farm.profile_all(server, spec, out, capture))
+    sources = _captures(capture)
+    extra_meta = None
+    if kernel is not None:  # droidoom/cli/lab.py: a kernel image booted in QEMU
+        if local or serial or all_devices:
+            raise UsageError("--kernel profiles a VM: drop --local/--serial/--all")
+        spec = cli_lab.vm_spec_defaults(spec, given.threads is not None, given.writes is not None)
+        target, notice = cli_lab.open_vm(kernel, accel, vm_cpus, vm_memory), None
+        extra_meta = {"vm": target.vm_info()}
+    else:
+        target, notice = select_target(
+            local=local, serial=serial, server=AdbServer.from_env(adb_host, adb_port)
+        )
+    if notice:
+        err_console.print(f"[dim]{notice}[/]")
+    _run_and_print(target, spec, out, sources, extra_meta)
+
+
+def _run_and_print(target, spec, out: Path, sources, extra_meta: dict | None) -> None:
+    """Profile `target` with live progress, close it, print the run; exit 1 unless it
+    completed (saying how to fetch what a dropped phone still holds), 130 on Ctrl-C."""
+    from ..runner import Interrupted
+    from ..runner import profile as run_profile
+
+    try:
+        with target, LiveProgress([target.name], state="starting", compact=False) as bar:
+            result = run_profile(
+                target, spec, out, captures=sources, progress=bar.callbacks(target.name, "note"),
+                extra_meta=extra_meta,
+            )
+    except Interrupted as e:
+        _print_run(e.result)
+        raise typer.Exit(signals.exit_code(e)) from None
+    _print_run(result)
+    if result.status != "complete":
+        # A device that dropped keeps its records file: say how to fetch it later.
+        if target.facts().transport == "adb" and not len(result.samples):
+            console.print(
+                "[yellow]the device keeps what it recorded:[/] once it is back, run "
+                f"`droidoom recover --serial {target.facts().device} {result.path}`"
+            )
+        raise typer.Exit(1)
+
+
+def _captures(text: str):
+    names = [n for n in (words(text) or ()) if n != "clock"]
+    if not names:
+        return []
+    from ..capture import build_sources
+
+    return build_sources(names)
+
+
+def _print_run(result) -> None:
+    from .. import report
+
+    report.render_terminal(result.samples, [result.meta], console)
+    status = "[green]complete[/]" if result.status == "complete" else "[yellow]partial[/]"
+    console.print(f"run {status}: {result.path}")
+    if result.status != "complete":
+        console.print(f"[yellow]reason:[/] {escape(str(result.meta.get('reason')))}")
