@@ -136,7 +136,10 @@ def test_vm_never_outlives_the_command(kernels, tmp_path, sig):
             time.sleep(0.1)
         assert _qemu_pids(str(image)), "QEMU was not running during the profile"
         proc.send_signal(sig)
-        proc.wait(timeout=60)
+        # Saving the partial run pulls the records out of an emulated guest and tears down
+        # its population: ~40 s under TCG on a loaded 2-core host. What this test guards is
+        # that QEMU never outlives the command, not how fast that is.
+        proc.wait(timeout=180)
     finally:
         if proc.poll() is None:
             proc.kill()
