@@ -70,14 +70,19 @@ def shell_peer_env(adb_peer_factory, request, monkeypatch):
     return make
 
 
+#: A rooted phone behind su: the shell-uid peer (setpriv, run as root) and tracefs instances.
+needs_root_su = pytest.mark.skipif(
+    not shutil.which("setpriv") or os.geteuid() != 0
+    or not Path("/sys/kernel/tracing/instances").is_dir(),
+    reason="needs setpriv, root and tracefs instances",
+)
+
+
+@needs_root_su
 @pytest.mark.parametrize("flavour", ["aosp", "magisk"])
 def test_profile_through_su_with_ftrace(adb_peer_factory, monkeypatch, flavour, tmp_path):
     """A rooted production phone: adb shell is uid 2000 and root comes from `su` (AOSP
     `su 0 sh -c`, Magisk `su -c`). Root-only ftrace runs through it, asked for once."""
-    if not shutil.which("setpriv") or os.geteuid() != 0:
-        pytest.skip("needs setpriv and root")
-    if not Path("/sys/kernel/tracing/instances").is_dir():
-        pytest.skip("no tracefs")
     d = make_device_dir(uid=SHELL_UID)
     try:
         log = Path(d) / "su.log"
@@ -102,13 +107,10 @@ def test_profile_through_su_with_ftrace(adb_peer_factory, monkeypatch, flavour, 
         shutil.rmtree(d, ignore_errors=True)
 
 
+@needs_root_su
 def test_cancel_through_su_leaves_no_root_helper(adb_peer_factory, monkeypatch, tmp_path):
     """adbd HUPs only its direct child (su); the root helper behind it must still stop and
     take its population with it (the autouse fixture checks no helper is left)."""
-    if not shutil.which("setpriv") or os.geteuid() != 0:
-        pytest.skip("needs setpriv and root")
-    if not Path("/sys/kernel/tracing/instances").is_dir():
-        pytest.skip("no tracefs")
     d = make_device_dir(uid=SHELL_UID)
     try:
         monkeypatch.setenv("DROIDOOM_PEER_SU", "magisk")

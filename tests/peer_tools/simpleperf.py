@@ -138,7 +138,11 @@ def report_sample(argv: list[str]) -> int:
             for sym, dso in frames[1:]:
                 lines += [f"    file: {dso}", f"    symbol: {sym}"]
     lines += ["lost_situation:", f"  sample_count: {n}", "  lost_count: 0"]
-    text = "\n".join(lines) + "\n"
+    return _emit(opts, "\n".join(lines) + "\n")
+
+
+def _emit(opts: dict, text: str) -> int:
+    """Write a report to `-o FILE`, else stdout, as simpleperf does."""
     if opts.get("-o"):
         with open(str(opts["-o"]), "w") as f:
             f.write(text)
@@ -166,13 +170,7 @@ def report(argv: list[str]) -> int:
         own = self_c.get((dso, sym), 0)
         rows.append(f"{100 * acc / max(total, 1):.2f}%,{100 * own / max(total, 1):.2f}%,"
                     f"{dso},{sym},{acc},{own},cpu-clock")  # fmt: skip
-    text = "\n".join(rows) + "\n"
-    if opts.get("-o"):
-        with open(str(opts["-o"]), "w") as f:
-            f.write(text)
-    else:
-        sys.stdout.write(text)
-    return 0
+    return _emit(opts, "\n".join(rows) + "\n")
 
 
 def main(argv: list[str]) -> int:
