@@ -21,6 +21,8 @@ What droidoom reads from a trace::
     process_tree                                 -> processes, threads (tid -> tgid)
     ftrace_events.event[].sched_process_free     -> exits (ts, pid): when a process died
     clock_snapshot                               -> clocks (to turn BOOTTIME into MONOTONIC)
+    service_event.all_data_sources_started       -> sources_started_ns (what happened before
+                                                   it was not recorded)
 """
 
 from __future__ import annotations
@@ -141,6 +143,9 @@ class TraceData:
     ftrace_dropped: int = 0  # events the kernel dropped (END_OF_TRACE ftrace_stats)
     chunks_discarded: int = 0  # traced buffer chunks lost (DISCARD policy buffer full)
     primary_clock: int = CLOCK_BOOTTIME
+    #: trace-clock time at which every data source had started (traced's service event);
+    #: None in traces that lack it. `perfetto --background` returns before this moment.
+    sources_started_ns: int | None = None
     ftrace_errors: list[str] = field(default_factory=list)
     #: sched_process_free events (ts_ns, pid), time order: a task's end (for process
     #: lifetimes in trace replay; empty when the trace config did not enable the event)
@@ -190,6 +195,7 @@ class TraceData:
             "ftrace_overrun": self.ftrace_overrun,
             "ftrace_dropped": self.ftrace_dropped,
             "chunks_discarded": self.chunks_discarded,
+            "sources_started_ns": self.sources_started_ns,
             "ftrace_errors": self.ftrace_errors[:5],
         }
 
@@ -207,6 +213,7 @@ class _Collector:
         self.lost = self.overrun = self.dropped = self.discarded = 0
         self.primary = CLOCK_BOOTTIME
         self.errors: list[str] = []
+        self.started: int | None = None
 
     def packet(self, pkt, pb) -> None:
         self.packets += 1
@@ -235,6 +242,8 @@ class _Collector:
             )
         elif which == "compressed_packets":
             self.compressed(pkt.compressed_packets, pb)
+        elif which == "service_event" and pkt.service_event.all_data_sources_started:
+            self.started = pkt.timestamp if self.started is None else self.started
 
     def compressed(self, blob: bytes, pb) -> None:
         try:
@@ -349,6 +358,7 @@ def parse_trace(data: bytes, what: str = "trace", *, allow_truncated: bool = Tru
         packets=col.packets, truncated_at=truncated_at, lost_events=col.lost,
         ftrace_overrun=col.overrun, ftrace_dropped=col.dropped,
         chunks_discarded=col.discarded, primary_clock=col.primary, ftrace_errors=col.errors,
+        sources_started_ns=col.started,
     )  # fmt: skip
 
 

@@ -180,3 +180,34 @@ def test_join_counts_mismatches_and_outside_events():
     del t2.packet[0]
     _, s2, _ = join_trace(samples.iloc[:1], parse_trace(t2.SerializeToString()), info)
     assert s2["matched"] == 1 and s2["clock"].startswith("none")
+
+
+def test_writes_before_the_trace_started_are_counted_apart():
+    """`perfetto --background` returns before traced's data sources run: writes from
+    before the trace's all_data_sources_started are not misses (and are not left out
+    when they did match)."""
+    import pandas as pd
+
+    from droidoom.capture.base import CaptureRunInfo
+    from droidoom.capture.perfetto import join_trace
+
+    off = BOOT_MINUS_MONO
+    t = _trace([(off + 30_100, 0, 50, 700, "t", 0), (off + 40_100, 0, 50, 700, "t", 0)])
+    started = t.packet.add(timestamp=off + 25_000)
+    started.service_event.all_data_sources_started = True
+    tr = parse_trace(t.SerializeToString())
+    assert tr.sources_started_ns == off + 25_000
+    samples = pd.DataFrame({
+        "t_ns": [10_000, 20_000, 30_000, 40_000, 50_000], "latency_ns": [500] * 5,
+        "adj_to": [0] * 5, "err": [0] * 5, "kind": ["single"] * 5,
+        "point": [0] * 5, "population": [0] * 5, "mode": ["reopen"] * 5,
+    })  # fmt: skip
+    info = CaptureRunInfo(helper_pid=50, targets={0: {"kind": "single", "pid": 700}})
+    _, stats, val = join_trace(samples, tr, info)
+    assert stats["writes_before_trace"] == 2 and stats["matched"] == 2
+    assert stats["matched_fraction"] == 2 / 3  # the write at 50 us was traced and missed
+    assert val["matched_fraction"].tolist() == [2 / 3]
+    # without the service event every unmatched write is a miss
+    del t.packet[-1]
+    _, s2, _ = join_trace(samples, parse_trace(t.SerializeToString()), info)
+    assert s2["writes_before_trace"] == 0 and s2["matched_fraction"] == 2 / 5

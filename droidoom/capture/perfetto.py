@@ -184,6 +184,13 @@ class PerfettoSource(CaptureSource):
             self._meta["note"] = "perfetto had exited before the run ended (duration cap?)"
         joined, stats, val = join_trace(samples, trace, info)
         meta = {**self._meta, "trace": trace.summary(), "files": ["trace.pftrace"], **stats}
+        if stats["writes_before_trace"]:
+            meta["warning"] = (
+                f"perfetto's data sources started after the run's first "
+                f"{stats['writes_before_trace']} writes, which are not in the trace "
+                f"(`{self._meta.get('flag')}` returned before tracing began); "
+                "matched_fraction counts the writes after that moment"
+            )
         if trace.losses:
             meta["warning"] = (
                 f"the trace lost events ({trace.losses} losses: kernel ring overrun/dropped "
@@ -252,7 +259,9 @@ def join_trace(samples: pd.DataFrame, trace, info: CaptureRunInfo):
     Events of the helper's writer thread, in CLOCK_MONOTONIC via the clock snapshots,
     are matched in time order: each write takes the first unused event at or after
     t_ns - tol, kept if it is before t_ns + latency + tol and carries the target's pid
-    (a different adj is counted, not dropped). tol covers the snapshots' uncertainty."""
+    (a different adj is counted, not dropped). tol covers the snapshots' uncertainty.
+    Unmatched writes from before the trace's data sources started are counted apart
+    (`writes_before_trace`) and left out of matched_fraction."""
     ev = trace.oom_events
     if info.helper_pid > 0:
         ev = ev[ev["writer_tid"] == info.helper_pid]
@@ -267,6 +276,12 @@ def join_trace(samples: pd.DataFrame, trace, info: CaptureRunInfo):
     idx, pid_mismatch = _match(e_ts, ev["pid"].to_numpy(np.int64), t, lat,
                                _expected_pids(samples, info), tol)  # fmt: skip
     matched = idx >= 0
+    # Writes that began before traced's data sources had started cannot be in the trace
+    # (`--background` returns early): counted apart, not as misses.
+    before = np.zeros(len(t), bool)
+    if trace.sources_started_ns is not None:
+        before = ~matched & (t < trace.sources_started_ns - off)
+    traced = ok & ~before
     offset = np.where(matched, e_ts[idx] - t, np.nan) if len(e_ts) else np.full(len(t), np.nan)
     kadj = np.where(matched, e_adj[idx], np.nan) if len(e_ts) else np.full(len(t), np.nan)
     n_ev = len(e_ts)
@@ -284,7 +299,8 @@ def join_trace(samples: pd.DataFrame, trace, info: CaptureRunInfo):
         "writes": int(len(t)),
         "writes_ok": int(ok.sum()),
         "matched": int(matched.sum()),
-        "matched_fraction": float(matched[ok].mean()) if ok.any() else None,
+        "matched_fraction": float(matched[traced].mean()) if traced.any() else None,
+        "writes_before_trace": int((ok & before).sum()),
         "inside_write_fraction": float(inside[matched].mean()) if matched.any() else None,
         "adj_mismatch": int((matched & (kadj != adj)).sum()),
         "pid_mismatch": pid_mismatch,
@@ -292,16 +308,19 @@ def join_trace(samples: pd.DataFrame, trace, info: CaptureRunInfo):
         "lost_events": trace.losses,
         "offset_median_ns": float(np.median(offset[matched])) if matched.any() else None,
     }
-    return out, stats, validation(out)
+    return out, stats, validation(out, traced=~before)
 
 
-def validation(samples: pd.DataFrame) -> pd.DataFrame:
-    """Per sweep point and kind: writes, matched fraction, and the event-to-write
-    offset (median, p95) and the fraction of events inside their write's window."""
+def validation(samples: pd.DataFrame, traced: np.ndarray | None = None) -> pd.DataFrame:
+    """Per sweep point and kind: writes, matched fraction (of the `traced` writes: those
+    after the trace's data sources started), and the event-to-write offset (median, p95)
+    and the fraction of events inside their write's window."""
     keys = [c for c in GROUP if c in samples.columns]
     off = samples["trace_offset_ns"].astype("Float64").astype(float)
     lat = samples["latency_ns"].astype(float)
     ok = samples["err"] == 0 if "err" in samples else pd.Series(True, index=samples.index)
+    if traced is not None:
+        ok = ok & traced
     df = samples[keys].copy()
     df["ok"] = ok.astype(float)
     df["matched"] = (off.notna() & ok).astype(float)

@@ -153,6 +153,12 @@ class Session:
         if self.scan:
             self.packets.append(_process_tree())
         _w(f"{i}/tracing_on", "1")
+        # Like traced: the moment every data source acked its start, in the trace clock.
+        # Writes before it were not recorded (perfetto --background returns before this).
+        started = pb.TracePacket(trusted_packet_sequence_id=SEQ)
+        started.timestamp = time.clock_gettime_ns(time.CLOCK_BOOTTIME)
+        started.service_event.all_data_sources_started = True
+        self.packets.append(started)
 
     def stop(self) -> bytes:
         i = self.instance
