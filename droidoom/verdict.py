@@ -219,7 +219,9 @@ class Verdict:
     consistent: bool | None  # behaviour agrees with the version; None = cannot tell
     sentence: str = field(default="")
     single: Fit | None = None  # negative control: single-threaded writes never walk
-    disturbed: bool = False  # the negative control grew: the slopes are not the walk alone
+    #: the host interfered: the negative control grew, or the positive control's slope is
+    #: walk-sized yet its CI is too wide to confirm it (load during part of the sweep)
+    disturbed: bool = False
 
 
 def _kernel_note(
@@ -289,6 +291,14 @@ def _verdict_one(device, mode, t: Fit | None, m: Fit | None, s: Fit | None, rele
     if disturbed and control_ok and abs(s.slope_ns) < FIXED_MAX_SHARE * m.slope_ns:
         # the drift is small next to what a walk costs here: it cannot fake or hide one
         disturbed = False
+    # The control walks (its slope is walk-sized) yet its CI fails: a block of writes was
+    # slowed by load. Say so instead of blaming the populations or the kernel.
+    noisy = (
+        m is not None
+        and not control_ok
+        and m.n_populations >= MIN_POPULATIONS
+        and m.slope_ns >= WALK_MIN_SLOPE_NS
+    )
     share = _walk_share(t, m) if control_ok else None
     if t is not None and share == "walks":
         status = VerdictStatus.REGRESSED
@@ -333,6 +343,11 @@ def _verdict_one(device, mode, t: Fit | None, m: Fit | None, s: Fit | None, rele
     elif control_ok:
         second = f"multiprocess {_num(m.slope_ns, sign=True)} ns/process confirms the walk is "
         second += "measurable here"
+    elif noisy:
+        second = (
+            f"multiprocess walks ({m.slope_text()}) but too unevenly to confirm it: the device "
+            "was busy during part of the sweep; re-run it quiet (or with more --writes)"
+        )
     else:
         second = (
             f"multiprocess is {m.complexity} ({m.slope_text()}), so this run could not show "
@@ -345,6 +360,7 @@ def _verdict_one(device, mode, t: Fit | None, m: Fit | None, s: Fit | None, rele
             f"({s.slope_text()}): the device was busy while the population grew, re-run it "
             "quiet; " + first
         )
+    disturbed = disturbed or noisy
     both_flat = all(f is not None and f.complexity == Complexity.O1 for f in (t, m))
     consistent, third = _kernel_note(status, release, both_flat)
     return Verdict(
@@ -372,7 +388,8 @@ def verdict(
     verdict is "inconclusive". So is it when single-threaded writes, which never walk (the
     negative control), change by more than `O1_MAX_GROWTH` over the sweep *and* by more than
     `FIXED_MAX_SHARE` x m per process: then the host was disturbed while the population grew
-    (``disturbed``).
+    (``disturbed``); ``disturbed`` too when the multiprocess slope is walk-sized but its CI
+    fails (load slowed part of the sweep).
     `meta` is one run.json dict or several (matched by "device");
     its target.kernel_release is checked with `kernel_expectation`. `mode` defaults to
     "reopen" (what lmkd does) when the device has it.

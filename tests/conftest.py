@@ -221,8 +221,12 @@ def local_run_df(local_run):
 @pytest.fixture(scope="session")
 def slow_run(runs_dir, tmp_path_factory) -> Path:
     """Same spec as `local_run`, profiled while 1600 extra processes exist."""
-    out = runs_dir / "slow"
-    bg = BackgroundPopulation(1600, tmp_path_factory.mktemp("bg"))
+    return profile_with_background(runs_dir / "slow", tmp_path_factory.mktemp("bg"))
+
+
+def profile_with_background(out: Path, tmp: Path, n: int = 1600) -> Path:
+    """`profile --local --quick` into `out` while `n` extra processes exist: its run dir."""
+    bg = BackgroundPopulation(n, tmp)
     try:
         p = run_cli("profile", "--local", "--quick", "--out", str(out))
     finally:

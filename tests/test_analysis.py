@@ -12,7 +12,7 @@ import os
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import HOST_VERDICT
+from conftest import HOST_VERDICT, profile_with_background
 
 import droidoom
 from droidoom import analysis
@@ -130,11 +130,19 @@ def test_verdict_without_multiprocess_control_is_inconclusive(local_run, local_r
     assert "positive control" in v.sentence and v.consistent is None
 
 
-def test_verdict_of_slow_run_still_fixed(slow_run):
-    """1600 background processes raise every multiprocess write; the slope is unchanged."""
-    (v,) = analysis.verdict(droidoom.load(slow_run), analysis.load_meta(slow_run))
-    if v.disturbed:  # only when other sessions load this host meanwhile; CI runs alone
-        pytest.skip(f"the host was busy during the slow run: {v.sentence}")
+def test_verdict_of_slow_run_still_fixed(slow_run, tmp_path):
+    """1600 background processes raise every multiprocess write; the slope is unchanged.
+    Their walk only grows ~50% over the quick sweep, so one block of writes slowed by a
+    busy host hides it (the verdict then says `disturbed`): measure again, as a user would."""
+    run, sentences = slow_run, []
+    for attempt in range(3):
+        (v,) = analysis.verdict(droidoom.load(run), analysis.load_meta(run))
+        if not v.disturbed:
+            break
+        sentences.append(v.sentence)
+        run = profile_with_background(tmp_path / f"again{attempt}", tmp_path)
+    else:
+        pytest.skip(f"the host stayed busy over three slow runs: {sentences}")
     assert v.status == HOST_VERDICT, v.sentence
     assert v.multiprocess.ci_low >= analysis.WALK_MIN_SLOPE_NS
 
@@ -182,6 +190,23 @@ def test_verdict_negative_control(local_run, local_run_df):
     # without single writes there is no negative control, and no objection
     (w,) = analysis.verdict(df[~single], analysis.load_meta(local_run))
     assert w.single is None and not w.disturbed and w.status == clean.status
+
+
+def test_verdict_says_when_the_control_is_too_noisy(local_run, local_run_df):
+    """One block of multiprocess writes slowed by host load (as high as the top point):
+    the control still walks by its point estimate but its CI fails. The verdict says the
+    device was busy and asks for a re-run, rather than blaming the populations."""
+    df = local_run_df.copy()
+    mp = (df["kind"] == "multiprocess").to_numpy()
+    first = mp & (df["point"] == df["point"].min()).to_numpy()
+    top = df.loc[mp & (df["population"] == df["population"].max()).to_numpy(), "latency_ns"]
+    factor = 1.2 * top.median() / df.loc[first, "latency_ns"].median()
+    df.loc[first, "latency_ns"] = (df.loc[first, "latency_ns"] * factor).astype("int64")
+    (v,) = analysis.verdict(df, analysis.load_meta(local_run))
+    assert v.multiprocess.slope_ns >= analysis.WALK_MIN_SLOPE_NS > v.multiprocess.ci_low
+    assert v.status == "inconclusive" and v.disturbed, v.sentence
+    assert "too unevenly" in v.sentence and "re-run" in v.sentence
+    assert "too small" not in v.sentence
 
 
 # --------------------------------------------------------------------------- compare
