@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -39,7 +40,7 @@ from .verdict import (
 # --------------------------------------------------------------------------- run metadata
 
 
-def load_meta(run_dir: str | Path) -> dict:
+def load_meta(run_dir: str | Path) -> dict[str, Any]:
     """run.json of a run directory as a dict (DataError if it is not a run)."""
     from .store import read_run  # the one place analysis touches run directories
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -49,7 +50,7 @@ class Drift:
         return "; ".join(parts) + "; pin a core (--cpu), let the phone cool and re-run"
 
 
-def _states(points: list[Mapping], key: str) -> list[dict[str, int]]:
+def _states(points: list[Mapping[str, Any]], key: str) -> list[dict[str, int]]:
     out = []
     for p in points:
         d = {}
@@ -61,7 +62,7 @@ def _states(points: list[Mapping], key: str) -> list[dict[str, int]]:
     return out
 
 
-def drift(samples: pd.DataFrame, meta: Mapping | None = None) -> Drift:
+def drift(samples: pd.DataFrame, meta: Mapping[str, Any] | None = None) -> Drift:
     """Drift of one device's run(s): early vs late visits of each (kind, population)."""
     per_kind: dict[str, float] = {}
     pairs = 0

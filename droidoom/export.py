@@ -20,6 +20,7 @@ the two clocks is written too; otherwise t_ns (CLOCK_MONOTONIC) is used as it is
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -65,7 +66,7 @@ class _Writer:
         self.count += 1
 
 
-def _freq_points(meta: dict) -> dict[int, list[tuple[int, int]]]:
+def _freq_points(meta: dict[str, Any]) -> dict[int, list[tuple[int, int]]]:
     """{cpu: [(point idx, kHz)]} from run.json points' `cpu_freq_khz` ({cpu: kHz}), if any."""
     out: dict[int, list[tuple[int, int]]] = {}
     for p in meta.get("points") or []:
@@ -79,7 +80,7 @@ def _freq_points(meta: dict) -> dict[int, list[tuple[int, int]]]:
     return out
 
 
-def export_perfetto(run: str | Path, out: str | Path) -> dict:
+def export_perfetto(run: str | Path, out: str | Path) -> dict[str, Any]:
     """Write run `run` as a Perfetto trace at `out`; return counts (tracks, slices, ...)."""
     from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
 
@@ -126,7 +127,7 @@ def export_perfetto(run: str | Path, out: str | Path) -> dict:
     return counts
 
 
-def _track(w: _Writer, uuid: int, name: str, parent: int | None, counts: dict, unit=None):
+def _track(w: _Writer, uuid: int, name: str, parent: int | None, counts: dict[str, Any], unit=None):
     pkt = w.packet()
     d = pkt.track_descriptor
     d.uuid, d.name = uuid, name
@@ -138,7 +139,7 @@ def _track(w: _Writer, uuid: int, name: str, parent: int | None, counts: dict, u
     counts["tracks"] += 1
 
 
-def _counter(w: _Writer, ts: int, uuid: int, value: int, counts: dict) -> None:
+def _counter(w: _Writer, ts: int, uuid: int, value: int, counts: dict[str, Any]) -> None:
     pkt = w.packet(timestamp=ts)
     ev = pkt.track_event
     ev.type, ev.track_uuid, ev.counter_value = w.pb.TrackEvent.TYPE_COUNTER, uuid, value
@@ -146,7 +147,7 @@ def _counter(w: _Writer, ts: int, uuid: int, value: int, counts: dict) -> None:
     counts["counters"] += 1
 
 
-def _population(w: _Writer, samples, shift: int, counts: dict, freqs: dict) -> None:
+def _population(w: _Writer, samples, shift: int, counts: dict[str, Any], freqs: dict[str, Any]) -> None:
     """One population (and frequency) value at each point's first write."""
     first = samples.groupby("point", observed=True, sort=True).agg(
         t=("t_ns", "min"), population=("population", "first")
@@ -159,7 +160,7 @@ def _population(w: _Writer, samples, shift: int, counts: dict, freqs: dict) -> N
                     _counter(w, int(row["t"]) + shift, FREQ_UUID0 + cpu, khz, counts)
 
 
-def _slices(w: _Writer, samples, uuids: pd.Series, shift: int, counts: dict) -> None:
+def _slices(w: _Writer, samples, uuids: pd.Series, shift: int, counts: dict[str, Any]) -> None:
     TE = w.pb.TrackEvent
     cols = ["adj_from", "adj_to", "latency_ns", "population", "cpu", "err", "seq"]
     extra = [c for c in ("trace_offset_ns", "kernel_ns") if c in samples.columns]

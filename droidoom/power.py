@@ -5,11 +5,12 @@ times out). The facts come from `dumpsys power` (targets/adb_facts.parse_power).
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 STAYON = "`adb shell svc power stayon true` (undo: `svc power stayon false`)"
 
 
-def suspend_risk(power: Mapping | None) -> str | None:
+def suspend_risk(power: Mapping[str, Any] | None) -> str | None:
     """One sentence on why the phone may suspend during a run and what to do, or None
     when it is kept awake (stay on) or the state is unknown (no dumpsys: not Android)."""
     if not power or power.get("wakefulness") is None:

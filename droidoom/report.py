@@ -11,6 +11,7 @@ import html
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 from matplotlib.figure import Figure
@@ -32,14 +33,16 @@ _STATUS_STYLE = {
 _STAT_COLS = (("median_ns", "median"), ("p90_ns", "p90"), ("p99_ns", "p99"))
 
 
-def _metas(metas: Mapping | Iterable[Mapping] | None) -> list[Mapping]:
+def _metas(
+    metas: Mapping[str, Any] | Iterable[Mapping[str, Any]] | None,
+) -> list[Mapping[str, Any]]:
     if metas is None:
         return []
     metas = [metas] if isinstance(metas, Mapping) else list(metas)
     return [getattr(m, "meta", m) for m in metas]  # store.RunInfo works too
 
 
-def _facts(meta: Mapping) -> dict[str, str]:
+def _facts(meta: Mapping[str, Any]) -> dict[str, str]:
     """The run facts worth showing, as display strings."""
     target, spec = meta.get("target") or {}, meta.get("spec") or {}
     pops = spec.get("populations") or []
@@ -185,7 +188,9 @@ def _kernel_table(df: pd.DataFrame, console: Console) -> None:
 
 
 def render_terminal(
-    df: pd.DataFrame, meta_list: Mapping | Iterable[Mapping] | None, console: Console
+    df: pd.DataFrame,
+    meta_list: Mapping[str, Any] | Iterable[Mapping[str, Any]] | None,
+    console: Console,
 ) -> list[analysis.Verdict]:
     """Print run facts, latency summary (µs), scaling fits and verdicts; returns the verdicts.
 
@@ -312,7 +317,7 @@ def _verdict_html(v: analysis.Verdict) -> str:
 
 def render_html(
     df: pd.DataFrame,
-    metas: Mapping | Iterable[Mapping] | None,
+    metas: Mapping[str, Any] | Iterable[Mapping[str, Any]] | None,
     path: str | Path,
     *,
     logy: bool = False,

@@ -12,6 +12,7 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from . import devlock, leftovers, store, vocab
 from .errors import UsageError
@@ -42,13 +43,13 @@ class RunDir:
 
     path: Path
     lock: devlock.DeviceLock
-    meta: dict  # run.json, updated in place as the run goes
+    meta: dict[str, Any]  # run.json, updated in place as the run goes
 
     @property
     def run_id(self) -> str:
         return self.path.name
 
-    def start(self, meta: dict) -> None:
+    def start(self, meta: dict[str, Any]) -> None:
         """Write the first run.json; on failure release the lock (bad disk: UsageError)."""
         self.meta.update(meta)
         try:

@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from contextlib import suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -53,7 +54,7 @@ class RunResult:
     path: Path  # the run directory
     status: RunStatus  # complete | partial
     samples: pd.DataFrame
-    meta: dict  # the run.json content
+    meta: dict[str, Any]  # the run.json content
     notices: tuple[str, ...] = ()
 
 
@@ -93,7 +94,7 @@ class _Outcome:
     reason: str | None = None
     interrupted: BaseException | None = None
     link_lost: bool = False  # then cleanup does not wait on a device that cannot answer
-    captures: dict = field(default_factory=dict)
+    captures: dict[str, Any] = field(default_factory=dict)
     remote_files: tuple[str, ...] = ()  # the plan and records files on the target
 
 
@@ -105,7 +106,7 @@ def profile(
     captures: Sequence[CaptureSource] = (),
     progress: Progress | None = None,
     run_id: str | None = None,
-    extra_meta: dict | None = None,
+    extra_meta: dict[str, Any] | None = None,
     cancel: threading.Event | None = None,
 ) -> RunResult:
     """Profile `target` with `spec`; write and return a run directory under `out_dir`.
@@ -151,8 +152,8 @@ def _plan(target: Target, spec: ProfileSpec, notices: _Notices) -> _Setup:
 
 
 def _run_meta(
-    target: Target, setup: _Setup, spec: ProfileSpec, run: RunDir, extra: dict | None
-) -> dict:
+    target: Target, setup: _Setup, spec: ProfileSpec, run: RunDir, extra: dict[str, Any] | None
+) -> dict[str, Any]:
     """run.json as it stands while the run is running."""
     facts, probed = setup.facts, setup.probed
     return {
@@ -240,7 +241,7 @@ def _arm(
     ctx: CaptureContext,
     cmd: str,
     armed: list[CaptureSource],
-    meta: dict,
+    meta: dict[str, Any],
     notices: _Notices,
 ) -> tuple[str, bool]:
     """Arm the available captures (into `armed`, which the caller disarms); the helper

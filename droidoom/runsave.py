@@ -7,6 +7,7 @@ import errno
 import shlex
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -24,7 +25,7 @@ def describe(e: BaseException) -> str:
     return str(e) or "interrupted"
 
 
-def save(run_dir: Path, samples: pd.DataFrame, meta: dict, transport: str) -> int:
+def save(run_dir: Path, samples: pd.DataFrame, meta: dict[str, Any], transport: str) -> int:
     """Write samples.parquet and run.json; return the rows kept.
 
     On a full disk (ENOSPC) keep the longest prefix of samples that leaves room for
@@ -62,7 +63,7 @@ def save(run_dir: Path, samples: pd.DataFrame, meta: dict, transport: str) -> in
             )
 
 
-def cleanup(target, lock, status, remote, link_lost) -> tuple[dict, list[str]]:
+def cleanup(target, lock, status, remote, link_lost) -> tuple[dict[str, Any], list[str]]:
     """After the run: sample device activity, remove the device files of a complete run,
     release the lock. A dropped link here costs nothing measured: warnings, not errors."""
     if link_lost:

@@ -34,8 +34,8 @@ class Session:
     """Mutable state gathered from the helper's stdout during one run."""
 
     events: dict[str, Event] = field(default_factory=dict)  # last hello/facts/calib/done/error
-    targets: dict[int, dict] = field(default_factory=dict)
-    points: list[dict] = field(default_factory=list)
+    targets: dict[int, dict[str, str]] = field(default_factory=dict)  # idx -> target line
+    points: list[dict[str, str]] = field(default_factory=list)
     done: int = 0
     # how reading ended (see `stream`)
     rc: int | None = None  # the helper's (or its outermost wrapper's) exit code

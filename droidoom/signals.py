@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import signal
 import threading
+from types import FrameType
 
 HANDLED = (signal.SIGTERM, signal.SIGHUP)
 
@@ -27,7 +28,7 @@ class Terminated(KeyboardInterrupt):
         return signal.Signals(self.signum).name
 
 
-def _handler(signum, frame) -> None:
+def _handler(signum: int, frame: FrameType | None) -> None:
     for sig in HANDLED:  # one stop request is enough: let the cleanup run undisturbed
         signal.signal(sig, signal.SIG_IGN)
     raise Terminated(signum)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, replace
+from typing import Any
 
 from .errors import UsageError
 from .schema import KINDS, MODES
@@ -95,11 +96,11 @@ class ProfileSpec:
             raise UsageError(f"--warmup must be 0..10000 (got {self.warmup})")
         return self
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> ProfileSpec:
+    def from_dict(cls, d: dict[str, Any]) -> ProfileSpec:
         known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
         if "order" not in d:  # recorded before these existed: what that run did
             known.update(order="ascending", cpu=-1, fifo=False)

@@ -19,6 +19,7 @@ import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pyarrow as pa
@@ -68,7 +69,7 @@ def atomic_write(path: Path, data: bytes) -> None:
         raise
 
 
-def write_json(path: Path, obj: dict) -> None:
+def write_json(path: Path, obj: dict[str, Any]) -> None:
     atomic_write(path, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode())
 
 
@@ -84,7 +85,7 @@ class RunInfo:
     """A run directory and its parsed run.json."""
 
     path: Path
-    meta: dict
+    meta: dict[str, Any]
 
     @property
     def run_id(self) -> str:

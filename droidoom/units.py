@@ -19,7 +19,7 @@ def _missing(x: float | None) -> bool:
 
 def us(ns: float | None) -> str:
     """Latency, ns -> short µs text: 0.42, 9.1, 67, 362."""
-    if _missing(ns):
+    if ns is None or _missing(ns):
         return "-"
     x = ns / 1000
     return f"{x:.2f}" if x < 10 else f"{x:.1f}" if x < 100 else f"{x:.0f}"
@@ -27,7 +27,7 @@ def us(ns: float | None) -> str:
 
 def slope(ns: float | None, sign: bool = True) -> str:
     """ns per extra process: +0.02, +4.1, +36 (2 decimals below 1, 1 below 10); no "-0.00"."""
-    if _missing(ns):
+    if ns is None or _missing(ns):
         return "-"
     digits = 2 if abs(ns) < 1 else 1 if abs(ns) < 10 else 0
     ns = 0.0 if round(ns, digits) == 0 else ns
@@ -36,7 +36,7 @@ def slope(ns: float | None, sign: bool = True) -> str:
 
 def growth(g: float | None) -> str:
     """Latency change over the sweep: "+3%" when small, "x8.5" when it multiplies."""
-    if _missing(g):
+    if g is None or _missing(g):
         return "-"
     return f"{g:+.0%}" if g < 1 else f"x{1 + g:.1f}" if g < 99 else f"x{1 + g:.0f}"
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -49,7 +50,9 @@ REGRESSED_MIN_SHARE = 0.5
 WALK_MIN_GROWTH = 4.0
 
 
-def _metas_by_device(meta: Mapping | Iterable[Mapping] | None) -> dict[str, Mapping]:
+def _metas_by_device(
+    meta: Mapping[str, Any] | Iterable[Mapping[str, Any]] | None,
+) -> dict[str, Mapping[str, Any]]:
     if meta is None:
         return {}
     metas = [meta] if isinstance(meta, Mapping) else list(meta)
@@ -371,7 +374,7 @@ def _verdict_one(device, mode, t: Fit | None, m: Fit | None, s: Fit | None, rele
 
 def verdict(
     df: pd.DataFrame,
-    meta: Mapping | Iterable[Mapping] | None = None,
+    meta: Mapping[str, Any] | Iterable[Mapping[str, Any]] | None = None,
     *,
     mode: str | None = None,
     fitted: Sequence[Fit] | None = None,

@@ -19,9 +19,12 @@ import shlex
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
+
+if TYPE_CHECKING:  # typing only: no import of the target modules at run time
+    from ..targets.base import Target
 
 #: __NR_write per Android ABI (raw_syscalls report the native syscall number).
 NR_WRITE: dict[str, int] = {"x86_64": 1, "arm64-v8a": 64, "armeabi-v7a": 4, "x86": 4}
@@ -78,11 +81,11 @@ class CaptureSource(ABC):
     slows_writes: str | None = None
 
     @abstractmethod
-    def unavailable(self, target) -> str | None:
+    def unavailable(self, target: Target) -> str | None:
         """None if this source can run on `target`, else one line: reason and fix."""
 
     @abstractmethod
-    def arm(self, target, ctx: CaptureContext) -> None:
+    def arm(self, target: Target, ctx: CaptureContext) -> None:
         """Prepare the target (files, trace instance). Raises CaptureError on failure."""
 
     @abstractmethod
@@ -92,7 +95,7 @@ class CaptureSource(ABC):
 
     @abstractmethod
     def collect(
-        self, target, samples: pd.DataFrame, run_dir: Path, info: CaptureRunInfo
+        self, target: Target, samples: pd.DataFrame, run_dir: Path, info: CaptureRunInfo
     ) -> CaptureResult:
         """Fetch and parse what was captured, join it to `samples`, write raw files
         into `run_dir`. Raises CaptureError when nothing usable was captured."""
@@ -103,7 +106,7 @@ class CaptureSource(ABC):
         return None
 
     @abstractmethod
-    def disarm(self, target) -> None:
+    def disarm(self, target: Target) -> None:
         """Restore the target (stop tracing, remove instances/files). Never raises for
         a state that is already clean; safe to call twice or without arm()."""
 

@@ -23,6 +23,7 @@ import re
 import shutil
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
@@ -52,6 +53,9 @@ from .ftrace_parse import (
     require_events,
     with_ns_timestamps,
 )
+
+if TYPE_CHECKING:  # typing only: no import of the target modules at run time
+    from ..targets.base import Target
 
 OOM_EVENT = "oom:oom_score_adj_update"
 SYSCALL_EVENTS = ("raw_syscalls:sys_enter", "raw_syscalls:sys_exit")
@@ -99,17 +103,17 @@ class FtraceSource(CaptureSource):
         self.tracefs: str | None = None
         self.instance: str | None = None
         self._mounted = False
-        self._arm_meta: dict = {}
+        self._arm_meta: dict[str, Any] = {}
 
     # --- availability -----------------------------------------------------------------
 
-    def _run_probe(self, target) -> dict[str, str]:
+    def _run_probe(self, target: Target) -> dict[str, str]:
         events = " ".join((OOM_EVENT, *SYSCALL_EVENTS))
         res = target.sh(_PROBE % events, timeout=30, root=True)
         self._probe = parse_kv_block(res.stdout)
         return self._probe
 
-    def unavailable(self, target) -> str | None:
+    def unavailable(self, target: Target) -> str | None:
         if not target.facts().root:
             return (
                 "ftrace: tracefs needs root; run on a rooted/userdebug build (adb root) "
@@ -137,7 +141,7 @@ class FtraceSource(CaptureSource):
 
     # --- arm / wrap -------------------------------------------------------------------
 
-    def arm(self, target, ctx: CaptureContext) -> None:
+    def arm(self, target: Target, ctx: CaptureContext) -> None:
         self._ctx = ctx
         p = self._probe or self._run_probe(target)  # unavailable() just probed: reuse it
         tracefs = p.get("tracefs")
@@ -235,7 +239,7 @@ class FtraceSource(CaptureSource):
         return f"{self._ctx.workdir}/ftrace-{self._ctx.run_id}{suffix}"
 
     def collect(
-        self, target, samples: pd.DataFrame, run_dir: Path, info: CaptureRunInfo
+        self, target: Target, samples: pd.DataFrame, run_dir: Path, info: CaptureRunInfo
     ) -> CaptureResult:
         if self.instance is None or self._ctx is None:
             raise CaptureError("ftrace: collect() before arm()")
@@ -296,7 +300,7 @@ class FtraceSource(CaptureSource):
 
     # --- disarm -----------------------------------------------------------------------
 
-    def disarm(self, target) -> None:
+    def disarm(self, target: Target) -> None:
         """Stop and remove the instance (and unmount tracefs if arm() mounted it)."""
         self._probe = {}  # a next arm() probes afresh
         lines = []

@@ -16,6 +16,8 @@ warmup writes that are not in the samples; so:
 
 from __future__ import annotations
 
+from typing import Any, Literal
+
 import numpy as np
 import pandas as pd
 
@@ -23,7 +25,13 @@ from ..schema import KERNEL_COLUMNS
 from .base import CaptureRunInfo
 
 
-def _asof(left, right, left_on, right_on, direction):
+def _asof(
+    left: pd.DataFrame,
+    right: pd.DataFrame,
+    left_on: str,
+    right_on: str,
+    direction: Literal["backward", "forward"],
+) -> pd.DataFrame:
     return pd.merge_asof(left, right, left_on=left_on, right_on=right_on, direction=direction)
 
 
@@ -79,7 +87,7 @@ def _expected_pid(samples: pd.DataFrame, info: CaptureRunInfo) -> pd.Series:
 
 def join_writes(
     samples: pd.DataFrame, kw: pd.DataFrame, info: CaptureRunInfo, clock_offset_ns: int = 0
-) -> tuple[pd.DataFrame, dict]:
+) -> tuple[pd.DataFrame, dict[str, Any]]:
     """`samples` plus KERNEL_COLUMNS (kernel_ns, kernel_adj; NA where no event matched),
     and counts for run.json. `kw` comes from kernel_writes(); trace time minus
     `clock_offset_ns` must be CLOCK_MONOTONIC."""

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -65,7 +66,7 @@ class TraceHeader:
     def lost_events(self) -> int:
         return sum(self.lost_by_cpu.values())
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         return {
             "entries_in_buffer": self.entries_in_buffer,
             "entries_written": self.entries_written,

@@ -30,6 +30,7 @@ from __future__ import annotations
 import gzip
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
@@ -49,6 +50,9 @@ from .perf_parse import (
     parse_simpleperf_report_csv,
     symbol_table,
 )
+
+if TYPE_CHECKING:  # typing only: no import of the target modules at run time
+    from ..targets.base import Target
 
 DEFAULT_RATE = 20000  # Hz; capped by kernel.perf_event_max_sample_rate
 GROUP = ["point", "population", "mode", "kind"]
@@ -70,7 +74,7 @@ echo "max_rate=$(cat /proc/sys/kernel/perf_event_max_sample_rate 2>/dev/null)"
 """
 
 
-def _is_android(target) -> bool:
+def _is_android(target: Target) -> bool:
     f = target.facts()
     return f.transport == "adb" or f.sdk is not None
 
@@ -88,11 +92,11 @@ class PerfSource(CaptureSource):
         self.tool: str | None = None
         self._version: str | None = None
 
-    def _run_probe(self, target, root: bool) -> dict[str, str]:
+    def _run_probe(self, target: Target, root: bool) -> dict[str, str]:
         self._probe = parse_kv_block(target.sh(_PROBE, timeout=30, root=root).stdout)
         return self._probe
 
-    def unavailable(self, target) -> str | None:
+    def unavailable(self, target: Target) -> str | None:
         facts = target.facts()
         android = _is_android(target)
         p = self._run_probe(target, facts.root)
@@ -130,7 +134,7 @@ class PerfSource(CaptureSource):
                 )
         return None
 
-    def arm(self, target, ctx: CaptureContext) -> None:
+    def arm(self, target: Target, ctx: CaptureContext) -> None:
         self._ctx = ctx
         self.needs_root = ctx.root
         self.android = _is_android(target)
@@ -174,14 +178,14 @@ class PerfSource(CaptureSource):
         return f"{tool} failed (exit {rc}) before the helper started: {' | '.join(lines[-3:])}"
 
     def collect(
-        self, target, samples: pd.DataFrame, run_dir: Path, info: CaptureRunInfo
+        self, target: Target, samples: pd.DataFrame, run_dir: Path, info: CaptureRunInfo
     ) -> CaptureResult:
         assert self._ctx is not None
         run_dir = Path(run_dir)
         data, out = self._remote(".data"), self._remote(".txt")
         tool, root = q(self.tool or "perf"), self._ctx.root
         tables: dict[str, pd.DataFrame] = {}
-        meta: dict = {
+        meta: dict[str, Any] = {
             "tool": self.tool,
             "version": self._version,
             "event": "cpu-clock",
@@ -227,7 +231,9 @@ class PerfSource(CaptureSource):
         meta["top_self"] = _top(table, group)
         return CaptureResult(samples=samples, meta=meta, tables=tables)
 
-    def _android_report(self, target, data: str, run_dir: Path, meta: dict) -> pd.DataFrame:
+    def _android_report(
+        self, target: Target, data: str, run_dir: Path, meta: dict[str, Any]
+    ) -> pd.DataFrame:
         """Whole-run `simpleperf report --csv --children` (dso, symbol) as a table."""
         csv = self._remote(".csv")
         cmd = (
@@ -242,7 +248,7 @@ class PerfSource(CaptureSource):
         meta["files"].append("perf_report.csv")
         return df
 
-    def disarm(self, target) -> None:
+    def disarm(self, target: Target) -> None:
         """Remove the target-side perf files (perf itself ends with the helper) and put
         back perf_event_paranoid / security.perf_harden if the run changed them."""
         if self._ctx is None:
@@ -273,7 +279,7 @@ class PerfSource(CaptureSource):
         return out
 
 
-def _top(table: pd.DataFrame, group: list[str]) -> dict[str, dict]:
+def _top(table: pd.DataFrame, group: list[str]) -> dict[str, dict[str, Any]]:
     """Per group: sample count and the leaf symbol with the largest self share."""
     out = {}
     for key, g in table.groupby(group, observed=True, sort=True):

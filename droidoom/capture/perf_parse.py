@@ -13,6 +13,7 @@ their own parsers for whole-run summaries.
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -65,7 +66,7 @@ def parse_perf_script(text: str) -> tuple[pd.DataFrame, pd.DataFrame]:
     return ps, fr.reset_index(drop=True)[["sample", "depth", "symbol", "dso"]]
 
 
-def parse_report_sample(text: str) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+def parse_report_sample(text: str) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
     """`simpleperf report-sample --show-callchain` text: `sample:` blocks with indented
     `time:`, `thread_id:`, then `file:`/`symbol:` for the leaf and, under `callchain:`,
     for each caller. Returns (psamples, frames, {"lost_count", "sample_count"})."""
@@ -114,7 +115,7 @@ def base_symbol(sym: pd.Series) -> pd.Series:
 
 def attribute(
     psamples: pd.DataFrame, writes: pd.DataFrame, group: list[str]
-) -> tuple[pd.DataFrame, dict]:
+) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Label each perf sample with the write it fell into ([t_ns, t_ns + latency_ns] of
     one timed write, same clock) and that write's `group` columns. Samples outside
     every write are dropped; counts of where they fell are returned."""
@@ -166,15 +167,15 @@ _PCT_COLS = ("Overhead", "Children", "Self")
 _INT_COLS = ("Sample", "Pid", "Tid", "EventCount", "AccEventCount", "SelfEventCount")
 
 
-def parse_simpleperf_report_csv(text: str, sep: str = ",") -> tuple[pd.DataFrame, dict]:
+def parse_simpleperf_report_csv(text: str, sep: str = ",") -> tuple[pd.DataFrame, dict[str, Any]]:
     """`simpleperf report --csv`: `Cmdline:`/`Arch:` lines, then per event `Event:`,
     `Samples:`, `Event count:` lines, a blank line, a header row (columns follow --sort
     and --children: `Overhead,...` or `Children,Self,...`, ending in event count and
     EventName columns) and one row per entry. Fields are not quoted, so a Symbol
     containing the separator is rebuilt from the columns around it. Percent columns
     become floats (12.5 for "12.50%"); rows get an `event` column."""
-    meta: dict = {"events": []}
-    rows: list[dict] = []
+    meta: dict[str, Any] = {"events": []}
+    rows: list[dict[str, Any]] = []
     header: list[str] | None = None
     event = None
     for line in text.splitlines():
@@ -206,7 +207,7 @@ def parse_simpleperf_report_csv(text: str, sep: str = ",") -> tuple[pd.DataFrame
     return df, meta
 
 
-def _split_row(fields: list[str], header: list[str]) -> dict:
+def _split_row(fields: list[str], header: list[str]) -> dict[str, Any]:
     if len(fields) > len(header) and "Symbol" in header:
         i = header.index("Symbol")
         tail = len(header) - i - 1
@@ -218,7 +219,7 @@ def _split_row(fields: list[str], header: list[str]) -> dict:
     return dict(zip(header, fields, strict=False))
 
 
-def parse_simpleperf_stat_csv(text: str) -> tuple[pd.DataFrame, dict]:
+def parse_simpleperf_stat_csv(text: str) -> tuple[pd.DataFrame, dict[str, Any]]:
     """`simpleperf stat --csv`: no column header; an optional title line
     (`Performance counter statistics,`), then per counter
     `[thread_name,pid,tid,][cpu,]count,event_name,comment_value,comment_unit,` (older

@@ -28,13 +28,19 @@ from __future__ import annotations
 import math
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import numpy.typing as npt
 import pandas as pd
 
 from ..errors import CaptureError, DataError
 from ..schema import PERFETTO_COLUMNS
 from .base import CaptureContext, CaptureResult, CaptureRunInfo, CaptureSource, parse_kv_block, q
+
+if TYPE_CHECKING:  # typing only: no import of the target modules at run time
+    from ..perfetto_trace import TraceData
+    from ..targets.base import Target
 
 TRACES_DIR = "/data/misc/perfetto-traces"
 EVENT = "oom/oom_score_adj_update"
@@ -44,6 +50,7 @@ MAX_BUFFER_KB = 256 * 1024
 DURATION_CAP_MS = 3 * 3600 * 1000  # a perfetto we lost track of stops on its own
 STOP_TIMEOUT_S = 60
 GROUP = ["point", "population", "mode", "kind"]
+I64 = npt.NDArray[np.int64]
 NO_SYSCALLS = (
     "syscall durations not recorded: raw_syscalls are userdebug-only for traced_probes; "
     "use --capture ftrace as root for kernel_ns"
@@ -90,9 +97,9 @@ class PerfettoSource(CaptureSource):
         self._probe: dict[str, str] = {}
         self.pid: int | None = None
         self.remote: str | None = None
-        self._meta: dict = {}
+        self._meta: dict[str, Any] = {}
 
-    def unavailable(self, target) -> str | None:
+    def unavailable(self, target: Target) -> str | None:
         facts = target.facts()
         if facts.transport == "adb" and facts.sdk is not None and facts.sdk < MIN_SDK:
             return (
@@ -113,7 +120,7 @@ class PerfettoSource(CaptureSource):
             return f"perfetto: {TRACES_DIR} is missing (not an Android build with perfetto?)"
         return None
 
-    def arm(self, target, ctx: CaptureContext) -> None:
+    def arm(self, target: Target, ctx: CaptureContext) -> None:
         self._ctx = ctx
         p = self._probe or parse_kv_block(target.sh(_PROBE % TRACES_DIR, timeout=30).stdout)
         flag = "--background-wait" if p.get("bgwait") == "1" else "--background"
@@ -142,7 +149,7 @@ class PerfettoSource(CaptureSource):
     def wrap(self, command: str) -> str:
         return command  # perfetto records system-wide; the helper runs as it is
 
-    def _stop(self, target) -> str:
+    def _stop(self, target: Target) -> str:
         """SIGTERM our perfetto and wait until it exits; '' or what went wrong."""
         if self.pid is None or self.pid <= 0:
             return "not started"
@@ -165,7 +172,7 @@ class PerfettoSource(CaptureSource):
         return res.stdout.strip() or res.stderr.strip() or f"exit {res.exit_code}"
 
     def collect(
-        self, target, samples: pd.DataFrame, run_dir: Path, info: CaptureRunInfo
+        self, target: Target, samples: pd.DataFrame, run_dir: Path, info: CaptureRunInfo
     ) -> CaptureResult:
         from ..perfetto_trace import read_trace
 
@@ -203,7 +210,7 @@ class PerfettoSource(CaptureSource):
         tables = {"perfetto_events": mine.reset_index(drop=True), "perfetto_validation": val}
         return CaptureResult(samples=joined, meta=meta, tables=tables)
 
-    def disarm(self, target) -> None:
+    def disarm(self, target: Target) -> None:
         """Stop our perfetto if it still runs (only the pid it printed) and delete the
         target-side trace file."""
         try:
@@ -225,7 +232,7 @@ def _expected_pids(samples: pd.DataFrame, info: CaptureRunInfo) -> np.ndarray:
     return s.fillna(0).to_numpy(np.int64)
 
 
-def _clock(trace) -> tuple[int, str, int]:
+def _clock(trace: TraceData) -> tuple[int, str, int]:
     """(boot - monotonic offset, how it was found, spread over the snapshots)."""
     off = trace.clock_offset_ns()
     if off is None:
@@ -235,7 +242,9 @@ def _clock(trace) -> tuple[int, str, int]:
     return off, "boottime->monotonic from clock snapshots", spread
 
 
-def _match(e_ts, e_pid, t, lat, want_pid, tol: int) -> tuple[np.ndarray, int]:
+def _match(
+    e_ts: I64, e_pid: I64, t: I64, lat: I64, want_pid: I64, tol: int
+) -> tuple[I64, int]:
     """Index of the matched event per write (-1: none) and the pid mismatches. Events
     and writes are both in time order (one writer thread), so one forward sweep."""
     idx = np.full(len(t), -1, dtype=np.int64)
@@ -253,7 +262,9 @@ def _match(e_ts, e_pid, t, lat, want_pid, tol: int) -> tuple[np.ndarray, int]:
     return idx, pid_mismatch
 
 
-def join_trace(samples: pd.DataFrame, trace, info: CaptureRunInfo):
+def join_trace(
+    samples: pd.DataFrame, trace: TraceData, info: CaptureRunInfo
+) -> tuple[pd.DataFrame, dict[str, Any], pd.DataFrame]:
     """(samples + PERFETTO_COLUMNS, run.json stats, per-point validation table).
 
     Events of the helper's writer thread, in CLOCK_MONOTONIC via the clock snapshots,
@@ -286,7 +297,7 @@ def join_trace(samples: pd.DataFrame, trace, info: CaptureRunInfo):
     kadj = np.where(matched, e_adj[idx], np.nan) if len(e_ts) else np.full(len(t), np.nan)
     n_ev = len(e_ts)
     out = samples.copy()
-    out["trace_offset_ns"] = pd.array(offset, dtype="Float64").round().astype("Int64")
+    out["trace_offset_ns"] = pd.array(np.round(offset), dtype="Float64").astype("Int64")
     out["trace_adj"] = pd.array(kadj, dtype="Float64").astype("Int16")
     out = out.astype(PERFETTO_COLUMNS)
     inside = matched & (offset >= 0) & (offset <= lat)

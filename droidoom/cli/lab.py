@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -79,7 +79,7 @@ def config() -> None:
     console.print(FRAGMENT.read_text(), highlight=False, markup=False)
 
 
-def build_kernels(variants: list[str], jobs: int | None = None) -> dict:
+def build_kernels(variants: list[str], jobs: int | None = None) -> dict[str, Any]:
     """Build (or reuse) the reference kernels with a progress bar; {variant: Kernel}."""
     from ..lab import build as b
 

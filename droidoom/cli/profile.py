@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
@@ -106,7 +106,7 @@ def profile(
     _run_and_print(target, spec, out, sources, extra_meta)
 
 
-def _run_and_print(target, spec, out: Path, sources, extra_meta: dict | None) -> None:
+def _run_and_print(target, spec, out: Path, sources, extra_meta: dict[str, Any] | None) -> None:
     """Profile `target` with live progress, close it, print the run; exit 1 unless it
     completed (saying how to fetch what a dropped phone still holds), 130 on Ctrl-C."""
     from ..runner import Interrupted

@@ -24,6 +24,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from ..errors import PermanentTargetError, TransientTargetError
 from ..lab import cache_dir
@@ -330,7 +331,7 @@ class VmTarget(Target):
             )
         return self._facts
 
-    def vm_info(self) -> dict:
+    def vm_info(self) -> dict[str, Any]:
         """What run.json records about the VM."""
         return {
             "image": str(self.spec.image.resolve()),
