@@ -68,8 +68,8 @@ def drift(samples: pd.DataFrame, meta: Mapping[str, Any] | None = None) -> Drift
     pairs = 0
     if len(samples) and {"point", "population", "kind", "latency_ns"} <= set(samples.columns):
         run = ["run_id"] if "run_id" in samples.columns else []  # point numbers are per run
-        med = samples.groupby([*run, "kind", "population", "point"], observed=True)
-        med = med["latency_ns"].median().reset_index()
+        by_point = samples.groupby([*run, "kind", "population", "point"], observed=True)
+        med = by_point["latency_ns"].median().reset_index()
         for kind, g in med.groupby("kind", observed=True):
             ratios = []
             for _key, v in g.groupby([*run, "population"], observed=True):
@@ -85,9 +85,9 @@ def drift(samples: pd.DataFrame, meta: Mapping[str, Any] | None = None) -> Drift
     points = list((meta or {}).get("points") or [])
     freqs: dict[str, tuple[int, int]] = {}
     for d in _states(points, "freq_khz"):
-        for k, v in d.items():
-            lo, hi = freqs.get(k, (v, v))
-            freqs[k] = (min(lo, v), max(hi, v))
+        for k, khz in d.items():
+            lo, hi = freqs.get(k, (khz, khz))
+            freqs[k] = (min(lo, khz), max(hi, khz))
     temps = [max(d.values()) / 1000 for d in _states(points, "temp_mc") if d]
     rise = temps[-1] - temps[0] if len(temps) >= 2 else None
     detected = bool(np.isfinite(change) and abs(change) >= DRIFT_MIN)

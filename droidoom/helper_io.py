@@ -48,30 +48,30 @@ def records_to_frame(data: bytes, plan: Plan, run_id: str, device: str) -> pd.Da
     """Decode helper records and label them with the plan (vectorised)."""
     rec = decode_records(data)
     n = len(rec)
-    kinds = list(schema.KINDS)
-    kind_of_target = np.array([kinds.index(t.kind) for t in plan.targets], dtype=np.int8)
+    kinds = pd.Index(schema.KINDS)
+    kind_of_target = np.array([schema.KINDS.index(t.kind) for t in plan.targets], dtype=np.int8)
     pts = plan.points
     pop = np.array([p.population for p in pts], dtype=np.int32)
     thr = np.array([p.threads for p in pts], dtype=np.int16)
     mode = np.array([schema.MODES.index(p.mode) for p in pts], dtype=np.int8)
     point = rec["point"].astype(np.int64)
 
-    def const(value: str) -> pd.Categorical:
-        return pd.Categorical.from_codes(np.zeros(n, dtype=np.int8), [value])
+    def const(value: str) -> pd.Categorical[str]:
+        return pd.Categorical.from_codes(np.zeros(n, dtype=np.int8), pd.Index([value]))
 
     df = pd.DataFrame(
         {
             "run_id": const(run_id),
             "device": const(device),
             "kind": pd.Categorical.from_codes(kind_of_target[rec["target"]], kinds),
-            "mode": pd.Categorical.from_codes(mode[point], list(schema.MODES)),
+            "mode": pd.Categorical.from_codes(mode[point], pd.Index(schema.MODES)),
             "population": pop[point],
             "threads": thr[point],
             "point": point,
             "seq": rec["seq"],
             "adj_from": rec["adj_from"],
             "adj_to": rec["adj_to"],
-            "role": pd.Categorical.from_codes(rec["role"].astype(np.int16), list(ROLES)),
+            "role": pd.Categorical.from_codes(rec["role"].astype(np.int16), pd.Index(ROLES)),
             "latency_ns": rec["latency_ns"],
             "t_ns": rec["t_ns"],
             "cpu": rec["cpu"],

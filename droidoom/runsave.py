@@ -6,8 +6,9 @@ from __future__ import annotations
 import errno
 import shlex
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
@@ -15,6 +16,11 @@ from . import signals, store
 from .errors import DataError, TargetError
 from .helper_io import records_to_frame
 from .vocab import RunStatus
+
+if TYPE_CHECKING:
+    from .devlock import DeviceLock
+    from .scenario import Plan
+    from .targets.base import Target
 
 
 def describe(e: BaseException) -> str:
@@ -63,7 +69,9 @@ def save(run_dir: Path, samples: pd.DataFrame, meta: dict[str, Any], transport: 
             )
 
 
-def cleanup(target, lock, status, remote, link_lost) -> tuple[dict[str, Any], list[str]]:
+def cleanup(
+    target: Target, lock: DeviceLock, status: str, remote: Sequence[str], link_lost: bool
+) -> tuple[dict[str, Any], list[str]]:
     """After the run: sample device activity, remove the device files of a complete run,
     release the lock. A dropped link here costs nothing measured: warnings, not errors."""
     if link_lost:
@@ -81,7 +89,9 @@ def cleanup(target, lock, status, remote, link_lost) -> tuple[dict[str, Any], li
     return after, warnings
 
 
-def pull_records(target, remote, plan, run_id, device) -> tuple[pd.DataFrame | None, str]:
+def pull_records(
+    target: Target, remote: str, plan: Plan, run_id: str, device: str
+) -> tuple[pd.DataFrame | None, str]:
     """(samples, "") or (None, why). Pulled into a temp dir, not the run dir: a full
     output disk must not cost the records (they are written in compressed form later)."""
     try:

@@ -71,7 +71,7 @@ def coerce(df: pd.DataFrame) -> pd.DataFrame:
                 extra = sorted(set(present) - set(order))
                 s = s.cat.set_categories(list(order) + extra)
         elif dtype is not None:
-            s = s.astype(dtype)
+            s = s.astype(pd.api.types.pandas_dtype(dtype))  # the name as astype reads it
         out[col] = s
     # copy=False: keep each column's buffer (and skip consolidating same-dtype columns into
     # 2-D blocks), so a frame already in schema (e.g. fresh from parquet) costs no copy: on

@@ -7,10 +7,12 @@ both build on this module.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import pandas as pd
 
 from .errors import DataError
@@ -29,6 +31,21 @@ _U32 = np.int64(0xFFFFFFFF)
 
 
 _MAX_CODES = 1 << 18  # key combinations searched directly; more are factorized first
+
+#: Group codes of one key column -> that column's values (for the keys frame).
+_Decoder = Callable[[npt.NDArray[np.intp]], Any]
+
+
+def _categories(dt: pd.CategoricalDtype) -> _Decoder:
+    return lambda i: pd.Categorical.from_codes(i, dtype=dt)
+
+
+def _offset(lo: int, dt: np.dtype[Any]) -> _Decoder:
+    return lambda i: (i + lo).astype(dt)
+
+
+def _lookup(u: np.ndarray) -> _Decoder:
+    return lambda i: u[i]
 
 
 @dataclass(frozen=True)
@@ -54,25 +71,27 @@ class Sorted:
 def sort_groups(df: pd.DataFrame, by: Sequence[str], column: str = "latency_ns") -> Sorted:
     """Group and sort `df` with as few full-size temporaries as possible (each costs page
     faults: this is most of summary()'s time on 10M rows)."""
-    combined, dims, decoders = None, [], []
+    combined: npt.NDArray[np.int64] | None = None
+    dims: list[int] = []
+    decoders: list[_Decoder] = []
     for col in by:
         s = df[col]
         if isinstance(s.dtype, pd.CategoricalDtype):
             c, n, off = s.cat.codes.to_numpy(), len(s.cat.categories), 0
             if len(c) and c.min() < 0:
                 raise DataError(f"column {col!r} has missing values; the run data is damaged")
-            decoders.append(lambda i, dt=s.dtype: pd.Categorical.from_codes(i, dtype=dt))
+            decoders.append(_categories(s.dtype))
         else:
             a = s.to_numpy()
             is_int = np.issubdtype(a.dtype, np.integer)
             lo, hi = (int(a.min()), int(a.max())) if is_int and len(a) else (0, 1 << 16)
             if hi - lo < 1 << 16:  # small integer range: the value is its own code
                 c, n, off = a, hi - lo + 1, lo
-                decoders.append(lambda i, lo=lo, dt=a.dtype: (i + lo).astype(dt))
+                decoders.append(_offset(lo, a.dtype))
             else:
                 c, u = pd.factorize(a, sort=True)
                 n, off = max(len(u), 1), 0
-                decoders.append(lambda i, u=u: u[i])
+                decoders.append(_lookup(u))
         if combined is None:
             combined = c.astype(np.int64)
         else:
@@ -81,10 +100,12 @@ def sort_groups(df: pd.DataFrame, by: Sequence[str], column: str = "latency_ns")
         if off:
             combined -= off
         dims.append(n)
+    if combined is None:
+        raise ValueError("sort_groups needs at least one column to group by")
     n_codes, lookup = int(np.prod(dims)), None
     if n_codes > _MAX_CODES:
-        combined, lookup = pd.factorize(combined, sort=True)
-        combined, n_codes = combined.astype(np.int64), len(lookup)
+        factorized, lookup = pd.factorize(combined, sort=True)
+        combined, n_codes = factorized.astype(np.int64), len(lookup)
     err = df["err"].to_numpy() != 0
     combined[err] += n_codes
     vals = df[column]
@@ -126,7 +147,8 @@ def _mad(g: Sorted, medians: np.ndarray) -> np.ndarray:
     m2 = np.where(ok, np.nan_to_num(medians) * 2, 0).astype(np.int64)
     code = g.codes.astype(np.int64) << 32
 
-    def kth(k):  # k-th (0-based) smallest doubled deviation per group
+    def kth(k: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+        # k-th (0-based) smallest doubled deviation per group
         lo = np.zeros(len(m2), dtype=np.int64)
         hi = np.full(len(m2), 2 * int(_U32) + 1, dtype=np.int64)
         while np.any(lo < hi):

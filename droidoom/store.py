@@ -89,17 +89,19 @@ class RunInfo:
 
     @property
     def run_id(self) -> str:
-        return self.meta.get("run_id", self.path.name)
+        run_id: str = self.meta.get("run_id", self.path.name)
+        return run_id
 
     @property
     def status(self) -> str:
         # A run whose host died mid-way still says "running": it is partial.
-        s = self.meta.get("status", RunStatus.PARTIAL)
+        s: str = self.meta.get("status", RunStatus.PARTIAL)
         return RunStatus.PARTIAL if s == RunStatus.RUNNING else s
 
     @property
     def device(self) -> str:
-        return self.meta.get("device", "")
+        device: str = self.meta.get("device", "")
+        return device
 
 
 def read_run(path: Path | str) -> RunInfo:
@@ -169,7 +171,8 @@ def _read_samples(f: Path, columns: list[str] | None) -> pd.DataFrame:
             f"{f} is not a readable samples file ({e}); `droidoom recover` can rebuild it "
             "from the device's records"
         ) from None
-    return table.to_pandas(split_blocks=True, self_destruct=True)
+    df: pd.DataFrame = table.to_pandas(split_blocks=True, self_destruct=True)
+    return df
 
 
 def check_writable(path: Path | str, what: str, *, directory: bool = False) -> Path:
