@@ -11,28 +11,24 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
 
 from .errors import DataError, UsageError
+from .kernels import FIX_BACKPORTS, FIX_MAINLINE, WALK_INTRODUCED, kernel_expectation, parse_release
 from .stats import GROUP_KEYS, QUANTILES, Sorted, point_medians, quantile_grid, sort_groups, summary
 from .verdict import (
-    FIX_BACKPORTS,
-    FIX_MAINLINE,
     FIXED_MAX_SHARE,
     MIN_POPULATIONS,
     O1_MAX_GROWTH,
     ON_MIN_GROWTH,
-    WALK_INTRODUCED,
     WALK_MIN_GROWTH,
     WALK_MIN_SLOPE_NS,
     Fit,
     Verdict,
     fits,
-    kernel_expectation,
-    parse_release,
     scaling,
     verdict,
 )
@@ -100,11 +96,19 @@ class Comparison:
         return bool(self.table["regression"].any()) or not self.slope_regressions.empty
 
 
-def _boot_medians(x: np.ndarray, n_boot: int, cap: int, rng) -> np.ndarray:
+#: (device, mode) key (`by` without kind and population) -> the control's writes pooled,
+#: their median and the block noise (see `_control_levels`).
+_Controls = dict[tuple[str, ...], tuple[np.ndarray, float, float]]
+#: One compared group: counts, medians, ratio, CI, raw ratio, basis, floor.
+_Row = tuple[int, int, float, float, float, float, float, float, str, float]
+
+
+def _boot_medians(x: np.ndarray, n_boot: int, cap: int, rng: np.random.Generator) -> np.ndarray:
     if len(x) > cap:  # a random subsample: CI a bit wider (conservative), cost bounded
         x = rng.choice(x, cap, replace=False)
     idx = rng.integers(0, len(x), (n_boot, len(x)), dtype=np.int32)
-    return np.median(x[idx], axis=1)
+    medians: np.ndarray = np.median(x[idx], axis=1)
+    return medians
 
 
 def compare(
@@ -138,58 +142,17 @@ def compare(
     if not max_ratio > 1:
         raise UsageError(f"max_ratio must be > 1 (e.g. 1.10 for +10%), got {max_ratio}")
     by = list(by)
-    paired = None
-    if pair_devices:
-        bdev, ndev = (sorted(d["device"].astype(str).unique()) for d in (base, new))
-        if len(bdev) != 1 or len(ndev) != 1:
-            raise UsageError(
-                f"pair_devices needs one device per side; base has {bdev}, new has {ndev}"
-            )
-        paired = (bdev[0], ndev[0])
-        new = new.assign(device=pd.Categorical([bdev[0]] * len(new)))
+    new, paired = _pair(base, new) if pair_devices else (new, None)
     bg, ng = sort_groups(base, by), sort_groups(new, by)
-
-    def labelled(g, name):  # groups with successful writes, keys as plain values for merging
-        cats = {k: str for k in by if isinstance(g.keys[k].dtype, pd.CategoricalDtype)}
-        return g.keys.astype(cats).assign(**{name: np.arange(len(g.keys))})[g.counts > 0]
-
-    both = labelled(bg, "_b").merge(labelled(ng, "_n"), on=by)
-    if both.empty:
-
-        def describe(d):
-            return ", ".join(f"{k}={sorted(d[k].unique().tolist())}" for k in by)
-
-        hint = "" if pair_devices else "; to compare two devices, pass --pair (pair_devices=True)"
-        raise DataError(
-            f"the runs share no {' x '.join(by)} group with successful writes: base has "
-            f"{describe(base)}; new has {describe(new)}{hint}"
-        )
+    both = _overlap(bg, ng, by, base, new, pair_devices)
     rng = np.random.default_rng(seed)
     alpha = (1 - confidence) / 2
     controls = _control_levels(bg, by), _control_levels(ng, by)
     rest = [k for k in by if k not in ("kind", "population")]
-    rows = []
-    for i, j in zip(both["_b"], both["_n"], strict=True):
-        b, n = bg.values(i), ng.values(j)
-        boot = _boot_medians(n, n_boot, max_samples, rng) / np.maximum(
-            _boot_medians(b, n_boot, max_samples, rng), 1
-        )
-        bm, nm = float(np.median(b)), float(np.median(n))
-        raw = nm / max(bm, 1.0)
-        ratio, basis = raw, "raw"
-        cb = controls[0].get(tuple(str(bg.keys[k].iloc[i]) for k in rest))
-        cn = controls[1].get(tuple(str(ng.keys[k].iloc[j]) for k in rest))
-        noise = max(cb[2] if cb else 0.0, cn[2] if cn else 0.0)
-        floor = max(RAW_FLOOR, noise)
-        if cb and cn and str(bg.keys["kind"].iloc[i]) != CONTROL_KIND:
-            boot *= _boot_medians(cb[0], n_boot, max_samples, rng) / np.maximum(
-                _boot_medians(cn[0], n_boot, max_samples, rng), 1
-            )
-            ratio = raw * cb[1] / max(cn[1], 1.0)
-            basis, floor = f"vs {CONTROL_KIND}", max(RELATIVE_FLOOR, noise)
-        lo, hi = np.quantile(boot, [alpha, 1 - alpha])
-        rows.append((len(b), len(n), bm, nm, ratio, lo / (1 + floor), hi * (1 + floor), raw,
-                     basis, floor))  # fmt: skip
+    rows = [
+        _compare_one(bg, ng, i, j, rest, controls, (n_boot, max_samples, alpha), rng)
+        for i, j in zip(both["_b"], both["_n"], strict=True)
+    ]
     cols = ["base_count", "new_count", "base_median_ns", "new_median_ns", "ratio"]
     table = pd.concat(
         [
@@ -209,7 +172,76 @@ def compare(
     return Comparison(table.reset_index(drop=True), max_ratio, confidence, paired, slopes)
 
 
-def _control_levels(g: Sorted, by: list[str]) -> dict[tuple, tuple[np.ndarray, float, float]]:
+def _pair(base: pd.DataFrame, new: pd.DataFrame) -> tuple[pd.DataFrame, tuple[str, str]]:
+    """`new` relabelled as `base`'s one device, and the (base, new) device names."""
+    bdev, ndev = (sorted(d["device"].astype(str).unique()) for d in (base, new))
+    if len(bdev) != 1 or len(ndev) != 1:
+        raise UsageError(
+            f"pair_devices needs one device per side; base has {bdev}, new has {ndev}"
+        )
+    return new.assign(device=pd.Categorical([bdev[0]] * len(new))), (bdev[0], ndev[0])
+
+
+def _labelled(g: Sorted, by: list[str], name: str) -> pd.DataFrame:
+    """Groups with successful writes, keys as plain values for merging, row in `name`."""
+    cats = {k: str for k in by if isinstance(g.keys[k].dtype, pd.CategoricalDtype)}
+    return g.keys.astype(cats).assign(**{name: np.arange(len(g.keys))})[g.counts > 0]
+
+
+def _overlap(
+    bg: Sorted, ng: Sorted, by: list[str], base: pd.DataFrame, new: pd.DataFrame, paired: bool
+) -> pd.DataFrame:
+    """The groups both sides have (their rows in `_b`, `_n`); DataError when none."""
+    both = _labelled(bg, by, "_b").merge(_labelled(ng, by, "_n"), on=by)
+    if both.empty:
+
+        def describe(d: pd.DataFrame) -> str:
+            return ", ".join(f"{k}={sorted(d[k].unique().tolist())}" for k in by)
+
+        hint = "" if paired else "; to compare two devices, pass --pair (pair_devices=True)"
+        raise DataError(
+            f"the runs share no {' x '.join(by)} group with successful writes: base has "
+            f"{describe(base)}; new has {describe(new)}{hint}"
+        )
+    return both
+
+
+def _compare_one(
+    bg: Sorted,
+    ng: Sorted,
+    i: int,
+    j: int,
+    rest: list[str],
+    controls: tuple[_Controls, _Controls],
+    boot_args: tuple[int, int, float],
+    rng: np.random.Generator,
+) -> _Row:
+    """Group `i` of base against group `j` of new: the ratio of medians (vs the control's
+    level when both runs have one) and its bootstrap CI widened by the between-run floor."""
+    n_boot, max_samples, alpha = boot_args
+    b, n = bg.values(i), ng.values(j)
+    boot = _boot_medians(n, n_boot, max_samples, rng) / np.maximum(
+        _boot_medians(b, n_boot, max_samples, rng), 1
+    )
+    bm, nm = float(np.median(b)), float(np.median(n))
+    raw = nm / max(bm, 1.0)
+    ratio, basis = raw, "raw"
+    cb = controls[0].get(tuple(str(bg.keys[k].iloc[i]) for k in rest))
+    cn = controls[1].get(tuple(str(ng.keys[k].iloc[j]) for k in rest))
+    noise = max(cb[2] if cb else 0.0, cn[2] if cn else 0.0)
+    floor = max(RAW_FLOOR, noise)
+    if cb and cn and str(bg.keys["kind"].iloc[i]) != CONTROL_KIND:
+        boot *= _boot_medians(cb[0], n_boot, max_samples, rng) / np.maximum(
+            _boot_medians(cn[0], n_boot, max_samples, rng), 1
+        )
+        ratio = raw * cb[1] / max(cn[1], 1.0)
+        basis, floor = f"vs {CONTROL_KIND}", max(RELATIVE_FLOOR, noise)
+    lo, hi = (float(q) for q in np.quantile(boot, [alpha, 1 - alpha]))
+    return (len(b), len(n), bm, nm, ratio, lo / (1 + floor), hi * (1 + floor), raw,
+            basis, floor)  # fmt: skip
+
+
+def _control_levels(g: Sorted, by: list[str]) -> _Controls:
     """Per device x mode (`by` without kind and population): the `CONTROL_KIND` writes of all
     points pooled, their median (the run's level), and the block noise: the largest
     relative deviation of one point's control median from that level. The control never
@@ -219,7 +251,7 @@ def _control_levels(g: Sorted, by: list[str]) -> dict[tuple, tuple[np.ndarray, f
         return {}
     rest = [k for k in by if k not in ("kind", "population")]
     kinds = g.keys["kind"].astype(str).to_numpy()
-    found: dict[tuple, list[int]] = {}
+    found: dict[tuple[str, ...], list[int]] = {}
     for i in np.flatnonzero(kinds == CONTROL_KIND):
         if g.counts[i] > 0:
             found.setdefault(tuple(str(g.keys[k].iloc[i]) for k in rest), []).append(int(i))
@@ -280,7 +312,8 @@ def _control_level(df: pd.DataFrame) -> dict[tuple[str, str], float]:
     if ok.empty:
         return {}
     med = ok.groupby([ok["device"].astype(str), ok["mode"].astype(str)])["latency_ns"].median()
-    return {k: max(float(v), 1.0) for k, v in med.items()}
+    # grouped by two str Series: every key is a (device, mode) tuple of str
+    return {cast(tuple[str, str], k): max(float(v), 1.0) for k, v in med.items()}
 
 
 __all__ = [

@@ -4,13 +4,12 @@
 device x kind x mode; `verdict` turns a device's threaded fit (the regression) and its
 multiprocess fit (the in-run positive control: the kernel must still walk for it) into
 fixed / regressed / inconclusive, and cross-checks the result against the kernel release
-(`kernel_expectation`). Re-exported by `droidoom.analysis`.
+(`droidoom.kernels`). Re-exported by `droidoom.analysis`.
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -19,6 +18,7 @@ import pandas as pd
 from scipy import stats
 
 from .drift import drift
+from .kernels import kernel_expectation, kernel_note
 from .stats import point_medians
 from .vocab import Complexity, VerdictStatus
 
@@ -107,7 +107,9 @@ def _num(x: float, sign: bool = False) -> str:
     return f"{x:+.{digits}f}" if sign else f"{x:.{digits}f}"
 
 
-def _classify(slope, lo, hi, base, span) -> tuple[Complexity, str]:
+def _classify(
+    slope: float, lo: float, hi: float, base: float, span: float
+) -> tuple[Complexity, str]:
     growth, g_lo, g_hi = (s * span / base for s in (slope, lo, hi))
     pct = f"{growth:+.0%} over the sweep"
     if lo > 0 and g_lo >= ON_MIN_GROWTH:
@@ -120,7 +122,7 @@ def _classify(slope, lo, hi, base, span) -> tuple[Complexity, str]:
     return Complexity.INCONCLUSIVE, f"{pct}; CI allows {g_lo:+.0%}..{g_hi:+.0%}"
 
 
-def _fit_one(key: tuple, pts: pd.DataFrame) -> Fit:
+def _fit_one(key: tuple[Hashable, ...], pts: pd.DataFrame) -> Fit:
     x = pts["population"].to_numpy(dtype=float)
     y = pts["median_ns"].to_numpy(dtype=float)
     x, y = x[np.isfinite(y)], y[np.isfinite(y)]
@@ -141,8 +143,9 @@ def _fit_one(key: tuple, pts: pd.DataFrame) -> Fit:
         growth = slope * span / base
         complexity, reason = _classify(slope, lo, hi, base, span)
     pop_min, pop_max = (int(x.min()), int(x.max())) if len(x) else (0, 0)
+    device, kind, mode = map(str, key)
     return Fit(
-        *map(str, key), slope, lo, hi, intercept, base, growth, r2, len(y), n_pop,
+        device, kind, mode, slope, lo, hi, intercept, base, growth, r2, len(y), n_pop,
         pop_min, pop_max, complexity, reason,
     )  # fmt: skip
 
@@ -173,40 +176,6 @@ def scaling(df: pd.DataFrame) -> pd.DataFrame:
 
 # --------------------------------------------------------------------------- verdict
 
-#: Stable releases that carry 67197a4f28d2 (MMF_MULTIPROCESS), all released 2020-10-29.
-FIX_BACKPORTS: dict[tuple[int, int], int] = {(4, 14): 203, (4, 19): 153, (5, 4): 73}
-WALK_INTRODUCED = (4, 8)  # 44a70adec910
-FIX_MAINLINE = (5, 10)
-
-
-def parse_release(release: str | None) -> tuple[int, int, int] | None:
-    """(major, minor, patch) of a kernel release such as ``5.4.61-android11-2-g...``."""
-    if not release:
-        return None
-    m = re.search(r"(?<![\d.])(\d{1,2})\.(\d{1,3})(?:\.(\d{1,4}))?", release)
-    if not m or not 2 <= int(m.group(1)) <= 9:
-        return None
-    return int(m.group(1)), int(m.group(2)), int(m.group(3) or 0)
-
-
-def kernel_expectation(release: str | None) -> str:
-    """What the kernel version predicts for threaded writes.
-
-    "unaffected" before v4.8 (no walk), "fixed" from v5.10 or a stable release carrying the
-    backport (`FIX_BACKPORTS`), "regressed" for other 4.8 <= version < 5.10, "unknown" when the
-    release cannot be parsed. Vendor kernels may differ: `verdict` reports disagreement.
-    """
-    v = parse_release(release)
-    if v is None:
-        return "unknown"
-    if v[:2] < WALK_INTRODUCED:
-        return "unaffected"
-    if v[:2] >= FIX_MAINLINE:
-        return "fixed"
-    fixed_at = FIX_BACKPORTS.get(v[:2])
-    return "fixed" if fixed_at is not None and v[2] >= fixed_at else "regressed"
-
-
 @dataclass(frozen=True)
 class Verdict:
     """Per-device conclusion; ``sentence`` is a one-liner for the CLI."""
@@ -225,36 +194,6 @@ class Verdict:
     #: the host interfered: the negative control grew, or the positive control's slope is
     #: walk-sized yet its CI is too wide to confirm it (load during part of the sweep)
     disturbed: bool = False
-
-
-def _kernel_note(
-    status: VerdictStatus, release: str | None, both_flat: bool
-) -> tuple[bool | None, str]:
-    """(behaviour agrees with the version?, sentence) - None when it cannot be told."""
-    v, expect = parse_release(release), kernel_expectation(release)
-    if v is None:
-        return None, "kernel release unknown: no version cross-check."
-    ver, fixed_at = "{}.{}.{}".format(*v), FIX_BACKPORTS.get(v[:2])
-    disagree = "(version and behaviour disagree)"
-    if expect == "unaffected":
-        what = f"{ver} predates the walk (v4.8)"
-        if status != VerdictStatus.INCONCLUSIVE:
-            return False, f"{what}, yet writes walk: the kernel carries 44a70adec910 {disagree}."
-        return (
-            (True, f"{what}: consistent with no walk at all.") if both_flat else (None, what + ".")
-        )
-    if expect == "fixed":
-        what = f"{ver} is post-fix"
-        other = (f"{ver} is post-fix by version, yet threaded writes walk: the kernel (a vendor "
-                 "change?) undoes 67197a4f28d2")  # fmt: skip
-    else:
-        what = f"{ver} predates the fix ({f'{v[0]}.{v[1]}.{fixed_at}' if fixed_at else '5.10'})"
-        other = f"{what}, yet threaded writes are O(1): the vendor kernel carries a backport"
-    if status == expect:
-        return True, f"{what}: consistent."
-    if status == VerdictStatus.INCONCLUSIVE:
-        return None, f"{what}."
-    return False, f"{other} {disagree}."
 
 
 def _walk_share(t: Fit | None, m: Fit) -> str | None:
@@ -281,8 +220,11 @@ def _walk_share(t: Fit | None, m: Fit) -> str | None:
     return None
 
 
-def _verdict_one(device, mode, t: Fit | None, m: Fit | None, s: Fit | None, release) -> Verdict:
+def _verdict_one(
+    device: str, mode: str, t: Fit | None, m: Fit | None, s: Fit | None, release: str | None
+) -> Verdict:
     control_ok = m is not None and m.complexity == Complexity.ON
+    walk_ns = m.slope_ns if m is not None else float("nan")  # the control's ns/process
     status = VerdictStatus.INCONCLUSIVE
     # Single-threaded writes skip the walk on every kernel: when they grow with the population
     # too, something else did (CPU contention, another writer holding the global
@@ -291,7 +233,7 @@ def _verdict_one(device, mode, t: Fit | None, m: Fit | None, s: Fit | None, rele
     disturbed = s is not None and (
         s.complexity == Complexity.ON or (np.isfinite(s.growth) and abs(s.growth) > O1_MAX_GROWTH)
     )
-    if disturbed and control_ok and abs(s.slope_ns) < FIXED_MAX_SHARE * m.slope_ns:
+    if disturbed and s is not None and control_ok and abs(s.slope_ns) < FIXED_MAX_SHARE * walk_ns:
         # the drift is small next to what a walk costs here: it cannot fake or hide one
         disturbed = False
     # The control walks (its slope is walk-sized) yet its CI fails: a block of writes was
@@ -302,12 +244,12 @@ def _verdict_one(device, mode, t: Fit | None, m: Fit | None, s: Fit | None, rele
         and m.n_populations >= MIN_POPULATIONS
         and m.slope_ns >= WALK_MIN_SLOPE_NS
     )
-    share = _walk_share(t, m) if control_ok else None
+    share = _walk_share(t, m) if m is not None and control_ok else None
     if t is not None and share == "walks":
         status = VerdictStatus.REGRESSED
         first = (
             f"threaded writes are O(N), walking like the multiprocess control ({t.slope_text()} vs "
-            f"{_num(m.slope_ns, sign=True)}): every multi-threaded app pays the __set_oom_adj "
+            f"{_num(walk_ns, sign=True)}): every multi-threaded app pays the __set_oom_adj "
             "process walk (the 2020 regression)"
         )
     elif t is not None and share == "flat":
@@ -315,7 +257,7 @@ def _verdict_one(device, mode, t: Fit | None, m: Fit | None, s: Fit | None, rele
         first = (
             f"threaded writes are O(1) next to the walking multiprocess control "
             f"({t.slope_text()}, below {FIXED_MAX_SHARE:.0%} of "
-            f"{_num(m.slope_ns, sign=True)}): this kernel carries the MMF_MULTIPROCESS fix"
+            f"{_num(walk_ns, sign=True)}): this kernel carries the MMF_MULTIPROCESS fix"
         )
     elif t is None:
         first = "no threaded writes in this run"
@@ -356,7 +298,7 @@ def _verdict_one(device, mode, t: Fit | None, m: Fit | None, s: Fit | None, rele
             f"multiprocess is {m.complexity} ({m.slope_text()}), so this run could not show "
             f"the walk (populations up to {m.pop_max} too small, or a kernel without the walk)"
         )
-    if disturbed:
+    if disturbed and s is not None:
         status = VerdictStatus.INCONCLUSIVE
         first = (
             f"single-threaded writes, which never walk, changed {s.growth:+.0%} over the sweep "
@@ -365,7 +307,7 @@ def _verdict_one(device, mode, t: Fit | None, m: Fit | None, s: Fit | None, rele
         )
     disturbed = disturbed or noisy
     both_flat = all(f is not None and f.complexity == Complexity.O1 for f in (t, m))
-    consistent, third = _kernel_note(status, release, both_flat)
+    consistent, third = kernel_note(status, release, both_flat)
     return Verdict(
         device, status, mode, t, m, control_ok, release, kernel_expectation(release),
         consistent, f"{first}; {second}; {third}", s, disturbed,
