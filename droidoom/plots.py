@@ -10,10 +10,13 @@ from __future__ import annotations
 import io
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pandas as pd
 from matplotlib import colormaps, ticker
+from matplotlib.artist import Artist
+from matplotlib.axis import Axis, XAxis
 from matplotlib.figure import Figure
 
 from . import analysis
@@ -56,7 +59,7 @@ def _kinds(df: pd.DataFrame) -> list[str]:
     return [k for k in KINDS if k in present] + sorted(present - set(KINDS))
 
 
-def _fit_lines(fit: analysis.Fit, xs: np.ndarray):
+def _fit_lines(fit: analysis.Fit, xs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Theil-Sen line and its slope-CI band: lines with the CI's slopes pivoting on the fit
     at mid-sweep (a bow tie showing how uncertain the slope is, not a prediction band)."""
     pivot = (fit.pop_min + fit.pop_max) / 2
@@ -113,7 +116,7 @@ def plot_scaling(
         else:
             ax.set_ylim(bottom=0)
     axes[0].set_ylabel("write latency (µs)")
-    handles, labels = {}, {}
+    handles: dict[str, Artist] = {}
     for ax in axes:  # one legend for all panels, below them, so it never hides data
         for h, lab in zip(*ax.get_legend_handles_labels(), strict=True):
             handles.setdefault(lab, h)
@@ -127,19 +130,20 @@ def plot_scaling(
 class _PlainLog(ticker.LogFormatter):
     """LogFormatter's choice of which ticks to label, but "0.6" / "20" instead of "6e-01"."""
 
-    def _num_to_string(self, x, vmin, vmax):
+    def _num_to_string(self, x: float, vmin: float, vmax: float) -> str:
         return f"{x:g}"
 
 
-def _log_axis(axis) -> None:
+def _log_axis(axis: Axis) -> None:
     """Log scale with plain numbers; minor ticks labelled when the axis spans < a decade."""
-    if axis.axis_name == "x":
+    name: Literal["x", "y"] = "x" if isinstance(axis, XAxis) else "y"  # XAxis.axis_name
+    if name == "x":
         axis.axes.set_xscale("log")
     else:
         axis.axes.set_yscale("log")
     axis.set_major_formatter(_PlainLog(labelOnlyBase=False))
     axis.set_minor_formatter(_PlainLog(minor_thresholds=(1, 0.4)))
-    axis.axes.tick_params(axis=axis.axis_name, which="minor", labelsize=7)
+    axis.axes.tick_params(axis=name, which="minor", labelsize=7)
 
 
 def _ecdf_grid(sub: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
@@ -165,7 +169,7 @@ def plot_distribution(
     for ax, kind in zip(axes, kinds, strict=True):
         rows = np.flatnonzero(keys["kind"].astype(str).to_numpy() == kind)
         for r in rows:
-            pop = keys["population"].iat[r]
+            pop = keys["population"].iat[int(r)]
             if np.isfinite(grid[r]).all():
                 ax.plot(grid[r] * _US, probs, color=colors[pop], lw=1.6, label=f"{pop}")
         _log_axis(ax.xaxis)

@@ -192,7 +192,7 @@ def summary(
 
 
 def quantile_grid(
-    df: pd.DataFrame, probs: Sequence[float], by: Sequence[str] = GROUP_KEYS
+    df: pd.DataFrame, probs: Sequence[float] | np.ndarray, by: Sequence[str] = GROUP_KEYS
 ) -> tuple[pd.DataFrame, np.ndarray]:
     """Latency quantiles at `probs` per group: (group keys, array groups x probs) in ns."""
     g = sort_groups(df, list(by))

@@ -1,0 +1,55 @@
+"""Display rows shared by the terminal and the HTML report: run facts and scaling fits."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import pandas as pd
+
+from . import analysis, units
+
+#: Latency statistics shown per kind x population: summary column -> label.
+STAT_COLS = (("median_ns", "median"), ("p90_ns", "p90"), ("p99_ns", "p99"))
+
+
+def run_metas(
+    metas: Mapping[str, Any] | Iterable[Mapping[str, Any]] | None,
+) -> list[Mapping[str, Any]]:
+    """One run.json dict, several, or store.RunInfo objects, as a list of dicts."""
+    if metas is None:
+        return []
+    metas = [metas] if isinstance(metas, Mapping) else list(metas)
+    return [getattr(m, "meta", m) for m in metas]  # store.RunInfo works too
+
+
+def run_facts(meta: Mapping[str, Any]) -> dict[str, str]:
+    """The run facts worth showing, as display strings."""
+    target, spec = meta.get("target") or {}, meta.get("spec") or {}
+    pops = spec.get("populations") or []
+    return {
+        "run": str(meta.get("run_id", "?")),
+        "device": str(meta.get("device", "?")),
+        "status": str(meta.get("status", "?")),
+        "kernel": str(target.get("kernel_release", "?")),
+        "model": str(target.get("model") or "-"),
+        "abi / cpus": f"{target.get('abi', '?')} / {target.get('cpus', '?')}",
+        "populations": ", ".join(map(str, pops)) if pops else "-",
+        "kinds": ", ".join(spec.get("kinds") or []) or "-",
+        "modes": ", ".join(spec.get("modes") or []) or "-",
+        "writes / threads": f"{spec.get('writes', '?')} / {spec.get('target_threads', '?')}",
+        "started": str(meta.get("started", "?")),
+        "farm": str(meta.get("farm_id") or "-"),
+    }
+
+
+def scaling_rows(fits: Sequence[analysis.Fit]) -> list[list[str]]:
+    """One row of display strings per fit (the last cell is the complexity)."""
+    rows = []
+    for f in fits:
+        ci = "-" if pd.isna(f.ci_low) else f"{f.ci_low:.2f}..{f.ci_high:.2f}"
+        slope = "-" if pd.isna(f.slope_ns) else f"{f.slope_ns:+.2f}"
+        growth = "-" if pd.isna(f.growth) else units.growth(f.growth)
+        rows.append([f.device, f.mode, f.kind, slope, ci, units.us(f.base_ns), growth,
+                     f"{f.pop_min}..{f.pop_max} ({f.n_populations})", f.complexity])  # fmt: skip
+    return rows
