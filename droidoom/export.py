@@ -20,7 +20,8 @@ the two clocks is written too; otherwise t_ns (CLOCK_MONOTONIC) is used as it is
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from types import ModuleType
+from typing import Any, BinaryIO
 
 import numpy as np
 import pandas as pd
@@ -50,17 +51,17 @@ def _varint(n: int) -> bytes:
 class _Writer:
     """Appends TracePackets to a file as `Trace.packet` records (field 1, LEN)."""
 
-    def __init__(self, f, pb) -> None:
+    def __init__(self, f: BinaryIO, pb: ModuleType) -> None:
         self.f, self.pb, self.count, self.first = f, pb, 0, True
 
-    def packet(self, **fields):
+    def packet(self, **fields: Any) -> Any:  # a TracePacket (protobuf: untyped)
         pkt = self.pb.TracePacket(trusted_packet_sequence_id=SEQ, **fields)
         if self.first:
             pkt.sequence_flags = self.pb.TracePacket.SEQ_INCREMENTAL_STATE_CLEARED
             self.first = False
         return pkt
 
-    def write(self, pkt) -> None:
+    def write(self, pkt: Any) -> None:
         data = pkt.SerializeToString()
         self.f.write(b"\x0a" + _varint(len(data)) + data)
         self.count += 1
@@ -107,7 +108,7 @@ def export_perfetto(run: str | Path, out: str | Path) -> dict[str, Any]:
         _track(w, ROOT_UUID, f"droidoom {info.run_id}", None, counts)
         by_target = "target" in samples.columns
         keys = samples["target"].astype(int) if by_target else samples["kind"].astype(str)
-        uuid_of = {}
+        uuid_of: dict[int | str, int] = {}
         for i, key in enumerate(pd.unique(keys)):
             if by_target:
                 t = targets.get(int(key), {})
@@ -127,7 +128,14 @@ def export_perfetto(run: str | Path, out: str | Path) -> dict[str, Any]:
     return counts
 
 
-def _track(w: _Writer, uuid: int, name: str, parent: int | None, counts: dict[str, Any], unit=None):
+def _track(
+    w: _Writer,
+    uuid: int,
+    name: str,
+    parent: int | None,
+    counts: dict[str, Any],
+    unit: str | None = None,
+) -> None:
     pkt = w.packet()
     d = pkt.track_descriptor
     d.uuid, d.name = uuid, name
@@ -147,7 +155,13 @@ def _counter(w: _Writer, ts: int, uuid: int, value: int, counts: dict[str, Any])
     counts["counters"] += 1
 
 
-def _population(w: _Writer, samples, shift: int, counts: dict[str, Any], freqs: dict[str, Any]) -> None:
+def _population(
+    w: _Writer,
+    samples: pd.DataFrame,
+    shift: int,
+    counts: dict[str, Any],
+    freqs: dict[int, list[tuple[int, int]]],
+) -> None:
     """One population (and frequency) value at each point's first write."""
     first = samples.groupby("point", observed=True, sort=True).agg(
         t=("t_ns", "min"), population=("population", "first")
@@ -160,7 +174,9 @@ def _population(w: _Writer, samples, shift: int, counts: dict[str, Any], freqs: 
                     _counter(w, int(row["t"]) + shift, FREQ_UUID0 + cpu, khz, counts)
 
 
-def _slices(w: _Writer, samples, uuids: pd.Series, shift: int, counts: dict[str, Any]) -> None:
+def _slices(
+    w: _Writer, samples: pd.DataFrame, uuids: pd.Series, shift: int, counts: dict[str, Any]
+) -> None:
     TE = w.pb.TrackEvent
     cols = ["adj_from", "adj_to", "latency_ns", "population", "cpu", "err", "seq"]
     extra = [c for c in ("trace_offset_ns", "kernel_ns") if c in samples.columns]

@@ -22,9 +22,10 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ..errors import DroidoomError, UsageError
 from . import DATA_DIR, cache_dir
@@ -103,7 +104,7 @@ def estimate_seconds(variants: list[str]) -> float:
     return (COLD_SECONDS_2CPU * scale if cold else 20.0) + 20.0 * (len(todo) - 1)
 
 
-def _run(cmd: list[str], cwd: Path, what: str, **kw) -> subprocess.CompletedProcess:
+def _run(cmd: list[str], cwd: Path, what: str, **kw: Any) -> subprocess.CompletedProcess[str]:
     try:
         p = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, **kw)
     except FileNotFoundError:
@@ -221,7 +222,7 @@ def build(variant: str, *, jobs: int | None = None,
 
 
 @contextlib.contextmanager
-def _tree_lock():
+def _tree_lock() -> Iterator[None]:
     """One build at a time per cache dir: every session shares the source tree."""
     path = cache_dir() / "build" / ".lock"
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -22,15 +22,17 @@ import json
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from ..errors import PermanentTargetError, TransientTargetError
 from ..lab import cache_dir
 from ..lab.initramfs import GUEST_HELPER, MISSING_MARK, initramfs
 from ..lab.qemu import Machine, VmSpec, check_image, kvm_usable, qemu_version, sha256
 from .base import CommandResult, Process, Target, TargetFacts
+
+_T = TypeVar("_T")
 
 #: Seconds a KVM boot may take before we call KVM unusable and fall back to TCG.
 KVM_PROBE_TIMEOUT = 8.0
@@ -39,7 +41,7 @@ KVM_PROBE_TIMEOUT = 8.0
 class Channel:
     """Bytes from the agent's socket, buffered by a reader thread; reads with deadlines."""
 
-    def __init__(self, sock: socket.socket, why_dead):
+    def __init__(self, sock: socket.socket, why_dead: Callable[[], str]):
         self._sock, self._why_dead = sock, why_dead
         self._buf = bytearray()
         self._cv = threading.Condition()
@@ -67,7 +69,7 @@ class Channel:
         except OSError as e:
             raise TransientTargetError(f"the VM is gone ({e}); {self._why_dead()}") from None
 
-    def _wait(self, ready, timeout: float, what: str):
+    def _wait(self, ready: Callable[[], _T | None], timeout: float, what: str) -> _T:
         deadline = time.monotonic() + timeout
         with self._cv:
             while True:
@@ -85,7 +87,7 @@ class Channel:
                 self._cv.wait(min(left, 1.0))
 
     def line(self, timeout: float, what: str) -> str:
-        def ready():
+        def ready() -> str | None:
             i = self._buf.find(b"\n")
             if i < 0:
                 return None
@@ -96,7 +98,7 @@ class Channel:
         return self._wait(ready, timeout, what)
 
     def exact(self, n: int, timeout: float, what: str) -> bytes:
-        def ready():
+        def ready() -> bytes | None:
             if len(self._buf) < n:
                 return None
             out = bytes(self._buf[:n])
@@ -122,7 +124,8 @@ class VmProcess(Process):
     """A SPAWNed script whose stdout streams over the channel until its "__DD_X" line."""
 
     def __init__(self, target: VmTarget, rid: int):
-        self._t, self._id, self._rc = target, rid, None
+        self._t, self._id = target, rid
+        self._rc: int | None = None
         self._done = False
 
     def lines(self, timeout: float) -> Iterator[str]:
