@@ -19,6 +19,7 @@ from .app import app, console, err_console
 if TYPE_CHECKING:
     import pandas as pd
 
+    from ..analysis import Comparison
     from ..store import RunInfo
 
 Runs = Annotated[
@@ -36,7 +37,9 @@ CompleteOnly = Annotated[
 _SPEC_MUST_MATCH = ("scenario", "levels", "threads", "target_threads", "rate")
 
 
-def _load(paths: list[Path], complete_only: bool, what: str = "") -> tuple[pd.DataFrame, list]:
+def _load(
+    paths: list[Path], complete_only: bool, what: str = ""
+) -> tuple[pd.DataFrame, list[RunInfo]]:
     """(samples, RunInfos) of `paths`; notes on partial runs; DataError when nothing loads."""
     from .. import store
 
@@ -123,7 +126,7 @@ def report(
 def _spec_differences(base: list[RunInfo], new: list[RunInfo]) -> list[str]:
     """Measurement-changing spec fields whose values differ between the two sides."""
 
-    def values(runs, key):
+    def values(runs: list[RunInfo], key: str) -> set[str]:
         return {repr((r.meta.get("spec") or {}).get(key)) for r in runs}
 
     out = []
@@ -204,7 +207,7 @@ def compare(
         raise typer.Exit(1)
 
 
-def _slopes(result) -> None:
+def _slopes(result: Comparison) -> None:
     """Print the ns/process of both sides and name kinds whose slope regressed."""
     from rich import box
     from rich.table import Table
@@ -236,7 +239,7 @@ def _slopes(result) -> None:
         )
 
 
-def _name_regressions(result, named: set[str]) -> None:
+def _name_regressions(result: Comparison, named: set[str]) -> None:
     """One line per kind whose latency (relative to single) regressed, unless its slope
     line already names it."""
     reg = result.regressions

@@ -46,7 +46,9 @@ def _root(
     """Measure what an oom_score_adj update costs (see `droidoom COMMAND --help`)."""
 
 
-def _show_warning(message, category, *_args, **_kw) -> None:
+def _show_warning(
+    message: Warning | str, category: type[Warning], *_args: object, **_kw: object
+) -> None:
     """Warnings (a skipped corrupt run, a cleanup that failed) as one yellow line."""
     err_console.print(f"[yellow]warning:[/] {escape(str(message))}", highlight=False)
 
@@ -69,8 +71,9 @@ def main() -> None:
     except Exception as e:
         # Click's usage errors arrive here in non-standalone mode (typer vendors click,
         # so match by behaviour rather than class).
-        if callable(getattr(e, "show", None)) and hasattr(e, "exit_code"):
-            e.show()
+        show = getattr(e, "show", None)
+        if callable(show) and hasattr(e, "exit_code"):
+            show()
             sys.exit(e.exit_code)
         if type(e).__name__ == "Abort":
             sys.exit(130)

@@ -7,17 +7,23 @@ config any image given to `droidoom profile --kernel` needs.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
 from .. import units
 from ..errors import UsageError
+from ..spec import ProfileSpec
 from .app import app, console, err_console
 from .options import DEFAULT_OUT, build_spec
+
+if TYPE_CHECKING:  # the lab modules load only when a lab command runs
+    from ..lab.build import Kernel
+    from ..targets.vm import VmTarget
 
 lab = typer.Typer(
     help=(
@@ -42,7 +48,7 @@ Accel = Annotated[
 
 
 def open_vm(image: Path, accel: str = "auto", cpus: int = 2, memory: int = 1024,
-            label: str | None = None):  # fmt: skip
+            label: str | None = None) -> VmTarget:  # fmt: skip
     """Boot `image` and return its VmTarget (the caller closes it)."""
     from ..lab.qemu import VmSpec
     from ..targets.vm import VmTarget
@@ -62,7 +68,7 @@ def open_vm(image: Path, accel: str = "auto", cpus: int = 2, memory: int = 1024,
     return target
 
 
-def vm_spec_defaults(spec, threads_given: bool, writes_given: bool):
+def vm_spec_defaults(spec: ProfileSpec, threads_given: bool, writes_given: bool) -> ProfileSpec:
     """The profile spec for a VM: `VM_THREADS` and `VM_MIN_WRITES` unless given."""
     if not threads_given:
         spec = replace(spec, threads=VM_THREADS)
@@ -79,26 +85,31 @@ def config() -> None:
     console.print(FRAGMENT.read_text(), highlight=False, markup=False)
 
 
-def build_kernels(variants: list[str], jobs: int | None = None) -> dict[str, Any]:
+def _stepper(prog: Progress, task: TaskID) -> Callable[[int], None]:
+    return lambda n: prog.update(task, completed=n)
+
+
+def build_kernels(variants: list[str], jobs: int | None = None) -> dict[str, Kernel]:
     """Build (or reuse) the reference kernels with a progress bar; {variant: Kernel}."""
     from ..lab import build as b
+    from ..lab import cache_dir
 
     est = b.estimate_seconds(variants)
     if est:
         err_console.print(
             f"building {', '.join(variants)} from Debian {b.PACKAGE} {b.version()} in "
-            f"{b.cache_dir()}: ~{est / 60:.1f} min here ({b.COLD_SECONDS_2CPU / 60:.0f} min "
+            f"{cache_dir()}: ~{est / 60:.1f} min here ({b.COLD_SECONDS_2CPU / 60:.0f} min "
             "cold on 2 busy cores: download, extract, one tinyconfig build; ~20 s per further "
             "variant); cached afterwards"
         )
-    out = {}
+    out: dict[str, Kernel] = {}
     prog = Progress(TextColumn("[bold]{task.description}"), BarColumn(),
                     TextColumn("{task.completed} steps"), TimeElapsedColumn(),
                     console=err_console, transient=True)  # fmt: skip
     with prog:
         for v in variants:
             task = prog.add_task(f"kernel {v}", total=b.COLD_STEPS)
-            out[v] = b.build(v, jobs=jobs, step=lambda n, t=task: prog.update(t, completed=n))
+            out[v] = b.build(v, jobs=jobs, step=_stepper(prog, task))
     for v, k in out.items():
         how = "cached" if k.cached else f"built in {k.seconds:.0f} s"
         console.print(f"{v:9} {k.image}  ({how})", soft_wrap=True)

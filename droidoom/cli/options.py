@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import functools
 import inspect
+from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import Annotated, get_type_hints
+from typing import Annotated, Any, TypeVar, get_type_hints
 
 import typer
 
@@ -18,6 +19,7 @@ from .. import spec as specs
 from ..errors import UsageError
 
 DEFAULT_OUT = Path("droidoom-runs")
+_R = TypeVar("_R")
 
 
 def ints(text: str | None, what: str) -> tuple[int, ...] | None:
@@ -100,13 +102,15 @@ Capture = Annotated[
 
 
 def build_spec(
-    quick=False, population=None, kinds=None, writes=None, threads=None, target_threads=None,
-    scenario=None, adj=None, rate=None, mode=None, seed=None, base=None, *, cpu=None, fifo=None,
-    order=None,
+    quick: bool = False, population: str | None = None, kinds: str | None = None,
+    writes: int | None = None, threads: int | None = None, target_threads: int | None = None,
+    scenario: str | None = None, adj: str | None = None, rate: float | None = None,
+    mode: str | None = None, seed: int | None = None, base: specs.ProfileSpec | None = None, *,
+    cpu: int | None = None, fifo: bool | None = None, order: str | None = None,
 ) -> specs.ProfileSpec:  # fmt: skip
     """Spec from CLI options: `base` (else --quick or the default), explicit options on top."""
     base = base or (specs.QUICK if quick else specs.DEFAULT)
-    changes = {
+    changes: dict[str, Any] = {  # field -> value given (None: not given); replace() checks
         "populations": ints(population, "--population"),
         "kinds": words(kinds),
         "writes": writes,
@@ -121,7 +125,8 @@ def build_spec(
         "fifo": fifo,
         "order": order,
     }
-    return replace(base, **{k: v for k, v in changes.items() if v is not None}).validate()
+    spec: specs.ProfileSpec = replace(base, **{k: v for k, v in changes.items() if v is not None})
+    return spec.validate()
 
 
 @dataclass(frozen=True)
@@ -140,7 +145,7 @@ class SpecOptions:
     mode: Mode = None
     seed: Seed = None
 
-    def spec(self, base: specs.ProfileSpec | None = None, **more) -> specs.ProfileSpec:
+    def spec(self, base: specs.ProfileSpec | None = None, **more: Any) -> specs.ProfileSpec:
         """The spec: `base` (else --quick or the default), these options on top, then `more`."""
         given = {f.name: getattr(self, f.name) for f in fields(self)}
         return build_spec(base=base, **given, **more)
@@ -151,7 +156,7 @@ class SpecOptions:
 SPEC_OPTIONS = SpecOptions()
 
 
-def spec_options(command):
+def spec_options(command: Callable[..., _R]) -> Callable[..., _R]:
     """Decorator: replace `command`'s `spec: SpecOptions` parameter by the SpecOptions
     fields as options (same names, help and order), and pass them back as one SpecOptions."""
     sig = inspect.signature(command, eval_str=True)
@@ -166,11 +171,12 @@ def spec_options(command):
         params += shared if p.name == "spec" else [p.replace(kind=inspect.Parameter.KEYWORD_ONLY)]
 
     @functools.wraps(command)
-    def wrapper(**kw):
+    def wrapper(**kw: Any) -> _R:
         spec = SpecOptions(**{f.name: kw.pop(f.name) for f in fields(SpecOptions)})
         return command(spec=spec, **kw)
 
-    wrapper.__signature__ = sig.replace(parameters=params)
+    # functools' wrapper type does not declare __signature__, which inspect (typer) reads
+    wrapper.__signature__ = sig.replace(parameters=params)  # type: ignore[attr-defined]
     wrapper.__annotations__ = {p.name: p.annotation for p in params}
     del wrapper.__wrapped__  # typer must read the new signature, not the command's
     return wrapper

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.markup import escape
@@ -29,6 +30,13 @@ from .options import (
     words,
 )
 from .progress import LiveProgress
+
+if TYPE_CHECKING:  # the run machinery loads only when a command runs
+    from ..capture.base import CaptureSource
+    from ..runner import RunResult
+    from ..spec import ProfileSpec
+    from ..targets.base import Target
+    from ..targets.select import AdbServer
 
 
 @app.command()
@@ -77,10 +85,10 @@ def profile(
     (run.json + samples.parquet) that `droidoom.load()` reads.
     """
     from ..replay import spec_for_replay
-    from ..targets.select import AdbServer, select_target
+    from ..targets.select import AdbServer
 
     given = spec
-    spec = spec_for_replay(
+    sweep = spec_for_replay(
         given.spec(cpu=cpu, fifo=fifo, order=order), population_given=given.population is not None,
         kinds_given=given.kinds is not None, replay_kinds=words(replay_kinds), compress=compress,
     )  # fmt: skip
@@ -88,25 +96,36 @@ def profile(
         if local or serial:
             raise UsageError("--all profiles every device on the server: drop --local/--serial")
         server = AdbServer.from_env(adb_host, adb_port)
-        raise typer.Exit(cli_farm.profile_all(server, spec, out, capture))
+        raise typer.Exit(cli_farm.profile_all(server, sweep, out, capture))
     sources = _captures(capture)
-    extra_meta = None
     if kernel is not None:  # droidoom/cli/lab.py: a kernel image booted in QEMU
         if local or serial or all_devices:
             raise UsageError("--kernel profiles a VM: drop --local/--serial/--all")
-        spec = cli_lab.vm_spec_defaults(spec, given.threads is not None, given.writes is not None)
-        target, notice = cli_lab.open_vm(kernel, accel, vm_cpus, vm_memory), None
-        extra_meta = {"vm": target.vm_info()}
+        sweep = cli_lab.vm_spec_defaults(sweep, given.threads is not None, given.writes is not None)
+        vm = cli_lab.open_vm(kernel, accel, vm_cpus, vm_memory)
+        _run_and_print(vm, sweep, out, sources, {"vm": vm.vm_info()})
     else:
-        target, notice = select_target(
-            local=local, serial=serial, server=AdbServer.from_env(adb_host, adb_port)
-        )
+        _run_and_print(_select(local, serial, AdbServer.from_env(adb_host, adb_port)), sweep, out,
+                       sources, None)  # fmt: skip
+
+
+def _select(local: bool, serial: str | None, server: AdbServer) -> Target:
+    """The target --local / --serial name (else the one phone, else this host), with why."""
+    from ..targets.select import select_target
+
+    target, notice = select_target(local=local, serial=serial, server=server)
     if notice:
         err_console.print(f"[dim]{notice}[/]")
-    _run_and_print(target, spec, out, sources, extra_meta)
+    return target
 
 
-def _run_and_print(target, spec, out: Path, sources, extra_meta: dict[str, Any] | None) -> None:
+def _run_and_print(
+    target: Target,
+    spec: ProfileSpec,
+    out: Path,
+    sources: Sequence[CaptureSource],
+    extra_meta: dict[str, Any] | None,
+) -> None:
     """Profile `target` with live progress, close it, print the run; exit 1 unless it
     completed (saying how to fetch what a dropped phone still holds), 130 on Ctrl-C."""
     from ..runner import Interrupted
@@ -132,7 +151,7 @@ def _run_and_print(target, spec, out: Path, sources, extra_meta: dict[str, Any] 
         raise typer.Exit(1)
 
 
-def _captures(text: str):
+def _captures(text: str) -> list[CaptureSource]:
     names = [n for n in (words(text) or ()) if n != "clock"]
     if not names:
         return []
@@ -141,7 +160,7 @@ def _captures(text: str):
     return build_sources(names)
 
 
-def _print_run(result) -> None:
+def _print_run(result: RunResult) -> None:
     from .. import report
 
     report.render_terminal(result.samples, [result.meta], console)

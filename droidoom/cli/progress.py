@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from types import TracebackType
+from typing import TYPE_CHECKING
 
 from rich.markup import escape
 from rich.progress import (
@@ -15,6 +17,9 @@ from rich.progress import (
 )
 
 from .app import err_console
+
+if TYPE_CHECKING:
+    from ..session import Progress as RunnerProgress
 
 
 class LiveProgress:
@@ -45,10 +50,15 @@ class LiveProgress:
         self.rich.__enter__()
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.rich.__exit__(*exc)
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.rich.__exit__(exc_type, exc, tb)
 
-    def callbacks(self, label: str, notice_prefix: str | None = None):
+    def callbacks(self, label: str, notice_prefix: str | None = None) -> RunnerProgress:
         """runner.Progress for the run of `label`; its notices print as "PREFIX: text"
         (default: the label)."""
         from ..runner import Progress as RunnerProgress
