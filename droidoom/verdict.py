@@ -225,17 +225,7 @@ def _verdict_one(
 ) -> Verdict:
     control_ok = m is not None and m.complexity == Complexity.ON
     walk_ns = m.slope_ns if m is not None else float("nan")  # the control's ns/process
-    status = VerdictStatus.INCONCLUSIVE
-    # Single-threaded writes skip the walk on every kernel: when they grow with the population
-    # too, something else did (CPU contention, another writer holding the global
-    # oom_adj_mutex, a busy phone), and neither a flat nor a rising threaded curve is evidence.
-    # A change beyond O(1)'s tolerance is enough (CI-free): the control only has to be flat.
-    disturbed = s is not None and (
-        s.complexity == Complexity.ON or (np.isfinite(s.growth) and abs(s.growth) > O1_MAX_GROWTH)
-    )
-    if disturbed and s is not None and control_ok and abs(s.slope_ns) < FIXED_MAX_SHARE * walk_ns:
-        # the drift is small next to what a walk costs here: it cannot fake or hide one
-        disturbed = False
+    disturbed = _disturbed(s, walk_ns if control_ok else None)
     # The control walks (its slope is walk-sized) yet its CI fails: a block of writes was
     # slowed by load. Say so instead of blaming the populations or the kernel.
     noisy = (
@@ -245,6 +235,44 @@ def _verdict_one(
         and m.slope_ns >= WALK_MIN_SLOPE_NS
     )
     share = _walk_share(t, m) if m is not None and control_ok else None
+    status, first = _threaded_finding(t, share, control_ok, walk_ns)
+    second = _control_finding(m, control_ok, noisy)
+    if disturbed and s is not None:
+        status = VerdictStatus.INCONCLUSIVE
+        first = (
+            f"single-threaded writes, which never walk, changed {s.growth:+.0%} over the sweep "
+            f"({s.slope_text()}): the device was busy while the population grew, re-run it "
+            "quiet; " + first
+        )
+    disturbed = disturbed or noisy
+    both_flat = all(f is not None and f.complexity == Complexity.O1 for f in (t, m))
+    consistent, third = kernel_note(status, release, both_flat)
+    return Verdict(
+        device, status, mode, t, m, control_ok, release, kernel_expectation(release),
+        consistent, f"{first}; {second}; {third}", s, disturbed,
+    )  # fmt: skip
+
+
+def _disturbed(s: Fit | None, walk_ns: float | None) -> bool:
+    """Single-threaded writes skip the walk on every kernel: when they grow with the
+    population too, something else did (CPU contention, another writer holding the global
+    oom_adj_mutex, a busy phone), and neither a flat nor a rising threaded curve is evidence.
+    A change beyond O(1)'s tolerance is enough (CI-free): the control only has to be flat.
+    `walk_ns`: the walking control's ns/process (None when the control does not walk)."""
+    disturbed = s is not None and (
+        s.complexity == Complexity.ON or (np.isfinite(s.growth) and abs(s.growth) > O1_MAX_GROWTH)
+    )
+    if disturbed and s is not None and walk_ns is not None:
+        # the drift is small next to what a walk costs here: it cannot fake or hide one
+        disturbed = not abs(s.slope_ns) < FIXED_MAX_SHARE * walk_ns
+    return disturbed
+
+
+def _threaded_finding(
+    t: Fit | None, share: str | None, control_ok: bool, walk_ns: float
+) -> tuple[VerdictStatus, str]:
+    """The status the threaded fit supports and the sentence that says why."""
+    status = VerdictStatus.INCONCLUSIVE
     if t is not None and share == "walks":
         status = VerdictStatus.REGRESSED
         first = (
@@ -277,6 +305,11 @@ def _verdict_one(
         first = f"threaded writes are inconclusive ({t.slope_text()}; {t.reason})"
         if t.n_populations < MIN_POPULATIONS:
             first = f"threaded writes cannot be fitted ({t.reason})"
+    return status, first
+
+
+def _control_finding(m: Fit | None, control_ok: bool, noisy: bool) -> str:
+    """What the multiprocess fit (the positive control) shows about this run."""
     if m is None:
         second = (
             "no multiprocess writes (left out of --kinds, or not spawnable here, e.g. under "
@@ -298,20 +331,7 @@ def _verdict_one(
             f"multiprocess is {m.complexity} ({m.slope_text()}), so this run could not show "
             f"the walk (populations up to {m.pop_max} too small, or a kernel without the walk)"
         )
-    if disturbed and s is not None:
-        status = VerdictStatus.INCONCLUSIVE
-        first = (
-            f"single-threaded writes, which never walk, changed {s.growth:+.0%} over the sweep "
-            f"({s.slope_text()}): the device was busy while the population grew, re-run it "
-            "quiet; " + first
-        )
-    disturbed = disturbed or noisy
-    both_flat = all(f is not None and f.complexity == Complexity.O1 for f in (t, m))
-    consistent, third = kernel_note(status, release, both_flat)
-    return Verdict(
-        device, status, mode, t, m, control_ok, release, kernel_expectation(release),
-        consistent, f"{first}; {second}; {third}", s, disturbed,
-    )  # fmt: skip
+    return second
 
 
 def verdict(
