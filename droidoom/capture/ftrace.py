@@ -141,8 +141,8 @@ class FtraceSource(CaptureSource):
 
     # --- arm / wrap -------------------------------------------------------------------
 
-    def arm(self, target: Target, ctx: CaptureContext) -> None:
-        self._ctx = ctx
+    def _mount_probe(self, target: Target) -> tuple[dict[str, str], str]:
+        """The probe's facts and the tracefs path, mounting tracefs when it is not."""
         p = self._probe or self._run_probe(target)  # unavailable() just probed: reuse it
         tracefs = p.get("tracefs")
         if not tracefs:
@@ -157,6 +157,11 @@ class FtraceSource(CaptureSource):
             tracefs = p.get("tracefs")
             if not tracefs:
                 raise CaptureError("ftrace: mounted tracefs but found no available_events")
+        return p, tracefs
+
+    def arm(self, target: Target, ctx: CaptureContext) -> None:
+        self._ctx = ctx
+        p, tracefs = self._mount_probe(target)
         self.tracefs = tracefs
         clocks = _clocks(p.get("clocks", ""))
         clock = "mono" if "mono" in clocks else "boot"

@@ -189,11 +189,7 @@ def compare(
         raise DataError("BASE and NEW measured different things (" + "; ".join(diffs) + "): "
                         "profile both with the same options, or pass --ignore-spec")  # fmt: skip
     by = ("device", "kind", "mode") if pooled else analysis.GROUP_KEYS
-    bdev, ndev = ({r.device for r in infos} for infos in (binfo, ninfo))
-    vms = all((r.meta.get("target") or {}).get("transport") == "qemu" for r in binfo + ninfo)
-    if not pair and vms and len(bdev) == len(ndev) == 1 and bdev != ndev:
-        pair = True  # two kernel images booted alike (`profile --kernel`): builds to compare
-        err_console.print(f"[dim]comparing {bdev.pop()} (BASE) with {ndev.pop()} (NEW)[/]")
+    pair = pair or _two_vm_builds(binfo, ninfo)
     result = analysis.compare(bdf, ndf, max_ratio, by=by, pair_devices=pair)
     missing = len(analysis.summary(bdf, by=by)) - len(result.table)
     if missing > 0:
@@ -205,6 +201,17 @@ def compare(
         result.table.to_csv(csv, index=False)
     if result.has_regression:
         raise typer.Exit(1)
+
+
+def _two_vm_builds(binfo: list[RunInfo], ninfo: list[RunInfo]) -> bool:
+    """Both sides are one kernel image booted alike (`profile --kernel`), under different
+    names: builds to compare with each other (as --pair does)."""
+    bdev, ndev = ({r.device for r in infos} for infos in (binfo, ninfo))
+    vms = all((r.meta.get("target") or {}).get("transport") == "qemu" for r in binfo + ninfo)
+    if vms and len(bdev) == len(ndev) == 1 and bdev != ndev:
+        err_console.print(f"[dim]comparing {bdev.pop()} (BASE) with {ndev.pop()} (NEW)[/]")
+        return True
+    return False
 
 
 def _slopes(result: Comparison) -> None:
