@@ -110,7 +110,8 @@ def profile(
 
 
 def _select(local: bool, serial: str | None, server: AdbServer) -> Target:
-    """The target --local / --serial name (else the one phone, else this host), with why."""
+    """The target --local / --serial names (else the one phone, else this host); prints
+    the notice on how it was chosen, if any."""
     from ..targets.select import select_target
 
     target, notice = select_target(local=local, serial=serial, server=server)
