@@ -5,7 +5,8 @@ device) come from one script, the helper push is skipped when its hash matches, 
 every command runs over shell protocol v2, whose exit packet cannot be lost silently
 (plain `shell:` returns whatever arrived when a device drops). Devices without shell
 v2 (Android < 7) get a sentinel line carrying the exit code instead. The plumbing
-(no-spawn client, errors, streamed process) is in adb_conn.py.
+(no-spawn client, errors, streamed process) is in adb_conn.py, and what it relies on
+inside adbutils in adbutils_seam.py.
 """
 
 from __future__ import annotations
@@ -18,17 +19,9 @@ from adbutils.errors import AdbTimeout
 
 from .. import native
 from ..errors import PermanentTargetError, TargetError, TransientTargetError
-from .adb_conn import (
-    SENTINEL,
-    WIRE_ERRORS,
-    AdbClient,
-    AdbProcess,
-    client,
-    list_devices,
-    translate,
-    v1_command,
-)
+from .adb_conn import SENTINEL, AdbClient, AdbProcess, client, list_devices, translate, v1_command
 from .adb_facts import facts_script, parse_facts
+from .adbutils_seam import WIRE_ERRORS, device_state, pull_missing, push_refused
 from .base import CommandResult, Process, Target, TargetFacts
 from .select import AdbServer
 
@@ -108,9 +101,10 @@ class AdbTarget(Target):
         try:
             state = AdbClient(self.server, timeout=3).device(self.serial).get_state()
         except WIRE_ERRORS as e:
-            state = "offline" if "offline" in str(e) else "gone" if "not found" in str(e) else ""
-            if not state:
+            gone = device_state(e)
+            if gone not in ("offline", "gone"):
                 return f"the adb server does not answer ({e})"
+            state = gone
         if state in ("offline", "gone"):
             return f"the device disconnected (unplugged, or its link dropped; now {state})"
         if state != "device":
@@ -177,7 +171,7 @@ class AdbTarget(Target):
         try:
             self._device.sync.push(Path(local), remote, mode=mode)
         except WIRE_ERRORS as e:
-            if str(e) == "FAIL":  # adbutils drops the device's reason; say what it means
+            if push_refused(e):  # adbutils drops the device's reason; say what it means
                 raise PermanentTargetError(
                     f"{self.name}: the device refused to write {remote} (permissions or full)"
                 ) from e
@@ -187,7 +181,7 @@ class AdbTarget(Target):
         try:
             self._device.sync.pull_file(remote, Path(local))
         except WIRE_ERRORS as e:
-            if "No such file" in str(e) or "open failed" in str(e):
+            if pull_missing(e):
                 raise PermanentTargetError(f"{self.name}: {remote} is not on the device") from e
             raise self._error(e) from e
 
