@@ -141,7 +141,7 @@ def _plan(target: Target, spec: ProfileSpec, notices: _Notices) -> _Setup:
             f"this user may not lower oom_score_adj below {adj_min} (oom_score_adj_min); "
             f"{plan.clamped} moves were raised to {adj_min}. Run as root for the full range."
         )
-    if risk := suspend_risk(facts.extra.get("power")):
+    if risk := suspend_risk(asdict(facts.phone.power) if facts.phone else None):
         notices(risk)
     if "multiprocess" in spec.kinds and probed.facts.fields.get("clone_vm") == "0":
         notices(
@@ -163,7 +163,7 @@ def _run_meta(
         "device": facts.device,
         "droidoom_version": __version__,
         "spec": spec.as_dict(),
-        "target": asdict(facts),
+        "target": facts.to_json(),
         "helper": {"path": setup.helper, "pushed": target.helper_pushed, **probed.hello.fields},
         "helper_facts": probed.facts.fields,
         "calibration": {k: int(v) for k, v in probed.calib.fields.items()},

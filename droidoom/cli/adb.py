@@ -10,6 +10,8 @@ import typer
 from rich.table import Table
 
 from ..errors import DroidoomError, UsageError
+from ..targets.base import TargetFacts
+from ..targets.phone_facts import PhoneFacts
 from .app import app, console, err_console
 from .options import DEFAULT_OUT, AdbHost, AdbPort, Serial
 
@@ -36,13 +38,17 @@ def _adb_target(serial, host, port):
     return target
 
 
-def _root_label(facts) -> str:
-    e = facts.extra
-    if e.get("uid") == 0:
+def _root_label(facts: TargetFacts) -> str:
+    p = facts.phone or PhoneFacts()
+    if p.uid == 0:
         return "adbd"
-    if e.get("su"):
+    if p.su:
         return "su"
-    return "adb root" if e.get("debuggable") else "no"  # `doctor` says how
+    return "adb root" if p.debuggable else "no"  # `doctor` says how
+
+
+def _release(facts: TargetFacts) -> str:
+    return facts.phone.android_release if facts.phone else ""
 
 
 @app.command()
@@ -73,7 +79,7 @@ def devices(
             f = t.facts()
         except DroidoomError as e:
             return [serial, "error", str(e), "", "", "", ""]
-        android = f"{f.extra.get('android_release', '')} (SDK {f.sdk})" if f.sdk else ""
+        android = f"{_release(f)} (SDK {f.sdk})" if f.sdk else ""
         return [serial, state, f.model, android, f.kernel_release, f.abi, _root_label(f)]
 
     with ThreadPoolExecutor(max_workers=8) as pool:  # one facts round trip per device
@@ -127,7 +133,7 @@ def doctor(
         checks = diagnose(target)
     console.print(
         f"[bold]{target.name}[/]: {f.model}, kernel {f.kernel_release}, {f.abi}, {f.cpus} CPUs"
-        + (f", Android {f.extra.get('android_release')} (SDK {f.sdk})" if f.sdk else "")
+        + (f", Android {_release(f)} (SDK {f.sdk})" if f.sdk else "")
     )
     _doctor_table(checks, OK, MISSING)
 

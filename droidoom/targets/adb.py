@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import shlex
+from dataclasses import replace
 from pathlib import Path
 
 from adbutils.errors import AdbTimeout
@@ -22,7 +23,8 @@ from ..errors import PermanentTargetError, TargetError, TransientTargetError
 from .adb_conn import SENTINEL, AdbClient, AdbProcess, client, list_devices, translate, v1_command
 from .adb_facts import facts_script, parse_facts
 from .adbutils_seam import WIRE_ERRORS, device_state, pull_missing, push_refused
-from .base import CommandResult, Process, Target, TargetFacts
+from .base import CommandResult, Process, Target, TargetFacts, find_files_sh
+from .phone_facts import PhoneFacts
 from .select import AdbServer
 
 __all__ = ["AdbClient", "AdbTarget", "client", "list_devices"]
@@ -116,16 +118,15 @@ class AdbTarget(Target):
     def _wrap_root(self, script: str, root: bool) -> str:
         if not root:
             return script
-        raw = self.facts().extra
-        if raw.get("uid") == 0:
+        phone = self.phone()
+        if phone.uid == 0:
             return script
-        su = raw.get("su")
-        if su == "aosp":
+        if phone.su == "aosp":
             return f"su 0 sh -c {shlex.quote(script)}"
-        if su == "magisk":
+        if phone.su == "magisk":
             return f"su -c {shlex.quote(script)}"
         raise PermanentTargetError(
-            f"{self.name}: this needs root and the device has none ({raw.get('adb_root')}; "
+            f"{self.name}: this needs root and the device has none ({phone.adb_root}; "
             "no working su); use a userdebug/eng build (`adb root`) or drop the root-only option"
         )
 
@@ -252,9 +253,7 @@ class AdbTarget(Target):
 
     def find_files(self, pattern: str) -> list[str]:
         """Paths matching `pattern` (a glob like "records-*.bin") in every candidate dir."""
-        globs = " ".join(f"{shlex.quote(d)}/{pattern}" for d in self.workdirs)
-        res = self.sh(f'for f in {globs}; do [ -f "$f" ] && echo "$f"; done; true')
-        return sorted(set(res.stdout.split()))
+        return find_files_sh(self, self.workdirs, pattern)
 
     def claim_run(self, run_id: str) -> None:
         """List the files run `run_id` may create in the workdir in its manifest, before
@@ -293,7 +292,15 @@ class AdbTarget(Target):
                     f"{self.name}: reading device facts failed (exit {res.exit_code}): "
                     f"{res.stderr.strip()[:200]}"
                 )
-            self._facts, self._helper_hashes = parse_facts(res.stdout, self.serial)
-            self._facts.extra["adb_server"] = str(self.server)
-            self._facts.extra["adb_features"] = sorted(self.features - {""})
+            facts, self._helper_hashes = parse_facts(res.stdout, self.serial)
+            phone = replace(
+                facts.phone or PhoneFacts(),
+                adb_server=str(self.server),
+                adb_features=tuple(sorted(self.features - {""})),
+            )
+            self._facts = replace(facts, phone=phone)
         return self._facts
+
+    def phone(self) -> PhoneFacts:
+        """The facts only phones have (read with facts())."""
+        return self.facts().phone or PhoneFacts()

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ..errors import PermanentTargetError, TransientTargetError
 from ..native import abi_for_machine
-from .base import CommandResult, Process, QueuedProcess, Target, TargetFacts
+from .base import CommandResult, Process, QueuedProcess, Target, TargetFacts, file_glob
 
 
 def _read(path: str, default: str = "") -> str:
@@ -157,6 +157,13 @@ class LocalTarget(Target):
             self._workdir = self._tmp.name
         os.makedirs(self._workdir, exist_ok=True)
         return self._workdir
+
+    def find_files(self, pattern: str) -> list[str]:
+        """Files matching `pattern` in this target's workdir (none before it has one:
+        `recover --local` finds earlier runs' leftovers through droidoom.leftovers)."""
+        if self._workdir is None:
+            return []
+        return sorted(str(p) for p in Path(self._workdir).glob(file_glob(pattern)) if p.is_file())
 
     def keep_workdir(self) -> None:
         """Leave the workdir in place at close(): it holds records `recover --local`

@@ -29,7 +29,7 @@ from ..errors import PermanentTargetError, TransientTargetError
 from ..lab import cache_dir
 from ..lab.initramfs import GUEST_HELPER, MISSING_MARK, initramfs
 from ..lab.qemu import Machine, VmSpec, check_image, kvm_usable, qemu_version, sha256
-from .base import CommandResult, Process, Target, TargetFacts
+from .base import CommandResult, Process, Target, TargetFacts, find_files_sh
 
 #: Seconds a KVM boot may take before we call KVM unusable and fall back to TCG.
 KVM_PROBE_TIMEOUT = 8.0
@@ -303,6 +303,9 @@ class VmTarget(Target):
 
     def workdir(self) -> str:
         return "/tmp"
+
+    def find_files(self, pattern: str) -> list[str]:
+        return find_files_sh(self, [self.workdir()], pattern)
 
     def install_helper(self) -> str:
         self.helper_pushed = False  # it is part of the initramfs
