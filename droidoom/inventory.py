@@ -31,7 +31,7 @@ from adbutils.errors import AdbError
 
 from .errors import DroidoomError, TargetError, UsageError
 from .spec import ProfileSpec
-from .targets.select import AdbServer
+from .targets.adb_server import AdbServer
 
 #: ProfileSpec fields an inventory may set (farm-wide `[profile]` or per device).
 PROFILE_KEYS = tuple(ProfileSpec.__dataclass_fields__)

@@ -19,7 +19,7 @@ from .options import DEFAULT_OUT, AdbHost, AdbPort, Serial
 def _server(host, port, *, required: bool = True):
     """The adb server from options/environment; with `required`, it must be up (we never
     start one: a fresh server scans USB and multicasts mDNS)."""
-    from ..targets.select import AdbServer
+    from ..targets.adb_server import AdbServer
 
     server = AdbServer.from_env(host, port)
     return server.require_up(UsageError) if required else server

@@ -22,10 +22,10 @@ from .. import native
 from ..errors import PermanentTargetError, TargetError, TransientTargetError
 from .adb_conn import SENTINEL, AdbClient, AdbProcess, client, list_devices, translate, v1_command
 from .adb_facts import facts_script, parse_facts
+from .adb_server import AdbServer
 from .adbutils_seam import WIRE_ERRORS, device_state, pull_missing, push_refused
 from .base import CommandResult, Process, Target, TargetFacts, find_files_sh
 from .phone_facts import PhoneFacts
-from .select import AdbServer
 
 __all__ = ["AdbClient", "AdbTarget", "client", "list_devices"]
 

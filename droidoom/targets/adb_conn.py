@@ -16,9 +16,9 @@ import adbutils
 from adbutils.errors import AdbConnectionError, AdbError, AdbTimeout
 
 from ..errors import PermanentTargetError, TargetError, TransientTargetError
+from .adb_server import AdbServer
 from .adbutils_seam import WIRE_ERRORS, NoSpawnConnection, device_state, server_unreachable
 from .base import QueuedProcess
-from .select import AdbServer
 
 #: Socket timeout of adb server calls that have no timeout of their own (push, pull,
 #: host queries); a stalled device or server ends in an error, never a hang.
