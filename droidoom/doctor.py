@@ -9,6 +9,7 @@ perf/simpleperf would arm.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 
 from .capture.ftrace import FtraceSource
@@ -17,7 +18,7 @@ from .errors import DroidoomError
 from .helper_io import probe
 from .leftovers import summary
 from .power import suspend_risk
-from .spec import DEFAULT
+from .spec import DEFAULT, ProfileSpec
 from .targets.base import Target, TargetFacts
 
 OK, MISSING, LIMITED = "ok", "missing", "limited"
@@ -40,7 +41,9 @@ def _split(message: str) -> tuple[str, str]:
     return reason, fix
 
 
-def max_population(hf: dict, threads: int = DEFAULT.threads, spec=DEFAULT) -> int:
+def max_population(
+    hf: Mapping[str, str], threads: int = DEFAULT.threads, spec: ProfileSpec = DEFAULT
+) -> int:
     """Largest population the helper would accept with `threads` per process (its own
     safety rules, PROTOCOL.md: tasks + need <= 0.8 x min(pid_max, threads-max) over the
     limits it could read; this uid's tasks + need <= 0.9 x RLIMIT_NPROC without
@@ -68,7 +71,7 @@ def max_population(hf: dict, threads: int = DEFAULT.threads, spec=DEFAULT) -> in
     return out
 
 
-def _helper_checks(target: Target) -> tuple[list[Check], dict]:
+def _helper_checks(target: Target) -> tuple[list[Check], dict[str, str]]:
     try:
         helper = target.install_helper()
         probed = probe(target, helper)
@@ -85,7 +88,7 @@ def _helper_checks(target: Target) -> tuple[list[Check], dict]:
     ], dict(probed.facts.fields)
 
 
-def _write_checks(hf: dict, facts) -> list[Check]:
+def _write_checks(hf: Mapping[str, str], facts: TargetFacts) -> list[Check]:
     adj_min = int(hf.get("adj_min", 1001))
     uid = hf.get("uid", "?")
     out = []
@@ -174,7 +177,7 @@ def _capture_checks(target: Target) -> list[Check]:
     return out
 
 
-def _limit_checks(hf: dict) -> list[Check]:
+def _limit_checks(hf: Mapping[str, str]) -> list[Check]:
     if not hf:
         return []
     n = max_population(hf)

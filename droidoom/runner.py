@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from contextlib import suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Generic, TypeVar
 
 import pandas as pd
 
@@ -37,11 +38,14 @@ __all__ = ["Interrupted", "Progress", "RunResult", "make_run_id", "profile"]
 LINE_TIMEOUT = 60.0
 
 
-class Interrupted(KeyboardInterrupt):
-    """Ctrl-C (or SIGTERM/SIGHUP, see droidoom.signals) during a profile; `.result` is
-    the partial run that was saved."""
+_R = TypeVar("_R")
 
-    def __init__(self, result: RunResult):
+
+class Interrupted(KeyboardInterrupt, Generic[_R]):
+    """Ctrl-C (or SIGTERM/SIGHUP, see droidoom.signals) during a profile; `.result` is
+    the partial run that was saved (farm.FarmInterrupted: the farm's outcome)."""
+
+    def __init__(self, result: _R):
         super().__init__("interrupted")
         self.result = result
 

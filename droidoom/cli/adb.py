@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
@@ -12,27 +12,32 @@ from rich.table import Table
 from ..errors import DroidoomError, UsageError
 from ..targets.base import TargetFacts
 from ..targets.phone_facts import PhoneFacts
+
+if TYPE_CHECKING:
+    from ..doctor import Check
+    from ..targets.adb import AdbTarget
+    from ..targets.adb_server import AdbServer
 from .app import app, console, err_console
 from .options import DEFAULT_OUT, AdbHost, AdbPort, Serial
 
 
-def _server(host, port, *, required: bool = True):
+def _server(host: str | None, port: int | None, *, required: bool = True) -> AdbServer:
     """The adb server from options/environment; with `required`, it must be up (we never
     start one: a fresh server scans USB and multicasts mDNS)."""
     from ..targets.adb_server import AdbServer
 
-    server = AdbServer.from_env(host, port)
+    server: AdbServer = AdbServer.from_env(host, port)
     return server.require_up(UsageError) if required else server
 
 
-def _adb_target(serial, host, port):
+def _adb_target(serial: str | None, host: str | None, port: int | None) -> AdbTarget:
     """The phone named by --serial/ANDROID_SERIAL, or the single attached one."""
-    from ..targets.local import LocalTarget
+    from ..targets.adb import AdbTarget
     from ..targets.select import select_target
 
     server = _server(host, port, required=serial is None)
     target, _ = select_target(serial=serial, server=server)
-    if isinstance(target, LocalTarget):
+    if not isinstance(target, AdbTarget):  # the host: select_target found no device
         raise UsageError(f"no device attached to the adb server at {server}; plug one in or "
                          "`adb connect HOST:PORT`")  # fmt: skip
     return target
@@ -70,7 +75,7 @@ def devices(
     server = _server(adb_host, adb_port)
     found = list_devices(server)
 
-    def row(item):
+    def row(item: tuple[str, str]) -> list[str]:
         serial, state = item
         if state != "device":
             return [serial, state, "", "", "", "", ""]
@@ -138,7 +143,7 @@ def doctor(
     _doctor_table(checks, OK, MISSING)
 
 
-def _doctor_table(checks, ok: str, missing: str) -> None:
+def _doctor_table(checks: list[Check], ok: str, missing: str) -> None:
     """Checks as a table that reads in 80 columns: no vertical rules, each area named
     once, fixes numbered below the table instead of squeezed into a cell."""
     from rich import box
@@ -249,7 +254,9 @@ def recover(
         console.print(f"{target.name} holds no records of cut-short runs")
 
 
-def _to_recover(target, run_dir: Path | None, out: Path) -> dict[str, tuple[Path, str | None]]:
+def _to_recover(
+    target: AdbTarget, run_dir: Path | None, out: Path
+) -> dict[str, tuple[Path, str | None]]:
     """{run id: (run dir, records path on the device)}: RUN_DIR alone (path None: the
     run's own), else every run the device holds records of with its dir under `out`,
     plus this device's partial runs under `out` (path "?": the device may hold nothing)."""
@@ -263,7 +270,7 @@ def _to_recover(target, run_dir: Path | None, out: Path) -> dict[str, tuple[Path
     for run_id in sorted(set(held) - set(dirs)):
         err_console.print(f"[yellow]note:[/] {held[run_id]} has no run dir under {out}; "
                           "pass its RUN_DIR")  # fmt: skip
-    todo = {run_id: (dirs[run_id], held[run_id]) for run_id in dirs}
+    todo: dict[str, tuple[Path, str | None]] = {r: (dirs[r], held[r]) for r in dirs}
     # Farm runs may have used an inventory workdir: try this device's partial runs.
     for run_id, path in rec.partial_runs_of(out, target.serial).items():
         todo.setdefault(run_id, (path, "?"))

@@ -95,9 +95,9 @@ class AdbTarget(Target):
     def _error(self, e: BaseException) -> TargetError:
         return translate(e, self.name, self.server)
 
-    def diagnose(self, silent: bool = False) -> str:
+    def why_ended(self, silent: bool = False) -> str:
         """One phrase on why a stream ended (or, `silent`, went quiet): server gone,
-        device gone, or neither."""
+        device gone, or neither. (`droidoom doctor`'s checks are doctor.diagnose.)"""
         if not self.server.listening():
             return f"the adb server at {self.server} stopped (killed or restarting)"
         try:
@@ -148,7 +148,7 @@ class AdbTarget(Target):
         text = out.decode(errors="replace")
         head, sep, code = text.rpartition("\n" + SENTINEL)
         if not sep or not code.strip().isdigit():
-            raise TransientTargetError(f"{self.name}: output cut short: {self.diagnose()}")
+            raise TransientTargetError(f"{self.name}: output cut short: {self.why_ended()}")
         return CommandResult(int(code.strip()), head)
 
     def spawn(self, script: str, *, root: bool = False) -> Process:
@@ -166,7 +166,7 @@ class AdbTarget(Target):
             conn.conn.settimeout(None)
         except WIRE_ERRORS as e:
             raise self._error(e) from e
-        return AdbProcess(conn, self.name, self.shell_v2, self.diagnose)
+        return AdbProcess(conn, self.name, self.shell_v2, self.why_ended)
 
     def push(self, local: Path, remote: str, mode: int = 0o644) -> None:
         try:

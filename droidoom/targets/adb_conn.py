@@ -97,13 +97,13 @@ class AdbProcess(QueuedProcess):
     shell v2 exit packet (or the sentinel line on v1 devices)."""
 
     def __init__(
-        self, conn: adbutils.AdbConnection, name: str, v2: bool, diagnose: Callable[[bool], str]
+        self, conn: adbutils.AdbConnection, name: str, v2: bool, why_ended: Callable[[bool], str]
     ):
         super().__init__()
         self._conn = conn
         self._name = name
         self._v2 = v2
-        self._diagnose = diagnose
+        self._why_ended = why_ended
         self._rc: int | None = None
         self._thread = threading.Thread(target=self._read, daemon=True)
         self._thread.start()
@@ -142,10 +142,10 @@ class AdbProcess(QueuedProcess):
         self._q.put(None)
 
     def _stalled(self, timeout: float) -> str:
-        return f"{self._name}: no output for {timeout:.0f} s; {self._diagnose(True)}"
+        return f"{self._name}: no output for {timeout:.0f} s; {self._why_ended(True)}"
 
     def _broken(self, exc: BaseException) -> str:
-        return f"{self._name}: {self._diagnose(False)} ({exc or type(exc).__name__})"
+        return f"{self._name}: {self._why_ended(False)} ({exc or type(exc).__name__})"
 
     def close(self, grace: float = 5.0) -> int | None:
         sock = None

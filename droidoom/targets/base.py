@@ -93,7 +93,7 @@ class QueuedProcess(Process):
     break mean on their transport."""
 
     def __init__(self) -> None:
-        self._q: queue.Queue = queue.Queue()
+        self._q: queue.Queue[str | BaseException | None] = queue.Queue()
         self.stderr_tail: list[str] = []
 
     def _stalled(self, timeout: float) -> str:
