@@ -32,9 +32,7 @@ import re
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from typing import Any
-
-from adbutils import AdbDevice
+from typing import TYPE_CHECKING, Any
 
 from .errors import DroidoomError, TargetError, UsageError
 from .inventory_file import (
@@ -48,6 +46,9 @@ from .inventory_file import (
     parse_address,
 )
 from .targets.adbutils_seam import WIRE_ERRORS
+
+if TYPE_CHECKING:
+    from adbutils import AdbDevice
 
 __all__ = [
     "PROFILE_KEYS", "FarmDevice", "Inventory", "Resolution", "Seen", "Selector", "ServerEntry",
