@@ -23,8 +23,7 @@ pytest_plugins = ["adb_fixtures"]
 
 
 def test_installed_adbutils_has_the_layout_we_rely_on():
-    assert seam.layout_problems() == []
-    assert seam.installed_version().startswith(seam.SUPPORTED), seam.installed_version()
+    assert seam.layout_problems() == [], seam.installed_version()
     cls = adbutils.AdbConnection
     assert callable(cls.__dict__["_safe_connect"]) and callable(cls._create_socket)
     assert {"_safe_connect", "_AdbConnection__conn"} <= set(cls.__init__.__code__.co_names)

@@ -1,8 +1,8 @@
 """The one place droidoom relies on adbutils internals, and on the text of its errors.
 
-Checked against adbutils 2.12.0 (the version pyproject.toml pins a floor for, and the
-one CI installs); tests/test_adbutils_seam.py fails loudly when the installed adbutils
-no longer has the layout below.
+Checked against adbutils 2.12.0 (pyproject.toml asks for >=2.12,<3). What is checked
+at run time is the layout below, not the version number: tests/test_adbutils_seam.py
+and `check_layout()` fail loudly when the installed adbutils no longer has it.
 
 Why private parts at all:
 
