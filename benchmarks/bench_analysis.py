@@ -20,7 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -93,7 +93,7 @@ def synthetic_run(out: Path, rows: int, seed: int = 0) -> Path:
     meta = {
         "format": store.FORMAT, "run_id": run_id, "device": device, "status": "complete",
         "started": "2026-01-01T00:00:00+00:00", "finished": "2026-01-01T00:01:00+00:00",
-        "spec": spec.as_dict(), "target": asdict(facts), "writes_planned": rows,
+        "spec": spec.as_dict(), "target": facts.to_json(), "writes_planned": rows,
         "synthetic": "benchmarks/bench_analysis.py",
     }  # fmt: skip
     store.write_json(run / store.RUN_JSON, meta)

@@ -26,6 +26,7 @@ import time
 from dataclasses import dataclass
 
 from .errors import DeviceBusyError, TargetError
+from .targets.base import Target
 
 LOCK_DIR_ENV = "DROIDOOM_LOCK_DIR"
 #: A lock whose run never started its helper is stale after this long (s).
@@ -76,10 +77,10 @@ class Owner:
 class DeviceLock:
     """A held lock; `release()` is idempotent and never raises."""
 
-    target: object
+    target: Target
     path: str
     run_id: str
-    before: dict  # device activity when the lock was taken
+    before: dict[str, int | str]  # device activity when the lock was taken
     stale: Owner | None = None  # the previous owner, if its lock was stale and taken over
     held: bool = True
 
@@ -91,7 +92,7 @@ class DeviceLock:
         """`command` recording its own pid (the helper's, after exec) in the lock."""
         return f"echo $$ > {shlex.quote(self.pid_file)}; {command}"
 
-    def activity(self) -> dict:
+    def activity(self) -> dict[str, int | str]:
         """What runs on the device now (process count, load, droidoom helpers)."""
         try:
             res = self.target.sh(_ACTIVITY, timeout=30)
@@ -121,7 +122,7 @@ class DeviceLock:
 
 
 def _kv(text: str) -> dict[str, str]:
-    out = {}
+    out: dict[str, str] = {}
     for line in text.splitlines():
         key, sep, value = line.partition("=")
         if sep:
@@ -129,8 +130,8 @@ def _kv(text: str) -> dict[str, str]:
     return out
 
 
-def _activity(kv: dict[str, str]) -> dict:
-    out: dict = {}
+def _activity(kv: dict[str, str]) -> dict[str, int | str]:
+    out: dict[str, int | str] = {}
     for key in ("procs", "helpers"):
         if kv.get(key, "").isdigit():
             out[key] = int(kv[key])
@@ -147,7 +148,7 @@ def _proc_start(pid: int) -> str:
         return ""
 
 
-def lock_home(target) -> str:
+def lock_home(target: Target) -> str:
     """Where the lock lives: the device workdir, or for this host a fixed directory."""
     if target.facts().transport == "local":
         return os.environ.get(LOCK_DIR_ENV) or tempfile.gettempdir()
@@ -183,7 +184,7 @@ def _is_stale(prev: Owner, kv: dict[str, str]) -> bool:
     return bool(now and since) and now - since > STALE_SETUP_S
 
 
-def acquire(target, run_id: str, run_dir: str) -> DeviceLock:
+def acquire(target: Target, run_id: str, run_dir: str) -> DeviceLock:
     """Take `target`'s lock for `run_id`, taking over a stale one; DeviceBusyError if a
     live run holds it."""
     serial = ""
@@ -215,7 +216,7 @@ def acquire(target, run_id: str, run_dir: str) -> DeviceLock:
     raise DeviceBusyError(_busy(target, path, stale or Owner()))
 
 
-def _busy(target, path: str, prev: Owner) -> str:
+def _busy(target: Target, path: str, prev: Owner) -> str:
     where = "this host" if target.facts().transport == "local" else target.name
     rm = f"rm -r {path}"
     if target.facts().transport != "local":

@@ -9,7 +9,8 @@ perf/simpleperf would arm.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
 
 from .capture.ftrace import FtraceSource
 from .capture.perf import PerfSource
@@ -17,8 +18,8 @@ from .errors import DroidoomError
 from .helper_io import probe
 from .leftovers import summary
 from .power import suspend_risk
-from .spec import DEFAULT
-from .targets.base import Target
+from .spec import DEFAULT, ProfileSpec
+from .targets.base import Target, TargetFacts
 
 OK, MISSING, LIMITED = "ok", "missing", "limited"
 
@@ -40,7 +41,9 @@ def _split(message: str) -> tuple[str, str]:
     return reason, fix
 
 
-def max_population(hf: dict, threads: int = DEFAULT.threads, spec=DEFAULT) -> int:
+def max_population(
+    hf: Mapping[str, str], threads: int = DEFAULT.threads, spec: ProfileSpec = DEFAULT
+) -> int:
     """Largest population the helper would accept with `threads` per process (its own
     safety rules, PROTOCOL.md: tasks + need <= 0.8 x min(pid_max, threads-max) over the
     limits it could read; this uid's tasks + need <= 0.9 x RLIMIT_NPROC without
@@ -68,7 +71,7 @@ def max_population(hf: dict, threads: int = DEFAULT.threads, spec=DEFAULT) -> in
     return out
 
 
-def _helper_checks(target: Target) -> tuple[list[Check], dict]:
+def _helper_checks(target: Target) -> tuple[list[Check], dict[str, str]]:
     try:
         helper = target.install_helper()
         probed = probe(target, helper)
@@ -85,7 +88,7 @@ def _helper_checks(target: Target) -> tuple[list[Check], dict]:
     ], dict(probed.facts.fields)
 
 
-def _write_checks(hf: dict, facts) -> list[Check]:
+def _write_checks(hf: Mapping[str, str], facts: TargetFacts) -> list[Check]:
     adj_min = int(hf.get("adj_min", 1001))
     uid = hf.get("uid", "?")
     out = []
@@ -128,23 +131,22 @@ def _write_checks(hf: dict, facts) -> list[Check]:
     return out
 
 
-def _root_check(facts) -> Check:
-    extra = facts.extra
-    if facts.transport != "adb":
+def _root_check(facts: TargetFacts) -> Check:
+    phone = facts.phone
+    if facts.transport != "adb" or phone is None:
         if facts.root:
             return Check("root", "root", OK, "running as root")
         return Check("root", "root", MISSING, "not root", "run droidoom as root (sudo)")
-    if extra.get("uid") == 0:
-        return Check("root", "root", OK, extra.get("adb_root", "adbd runs as root"))
-    if extra.get("su"):
-        return Check("root", "root", OK, f"su works ({extra['su']}); adb root: "
-                     f"{extra.get('adb_root')}")  # fmt: skip
-    why = f"adb root {extra.get('adb_root')}"
-    if extra.get("su_denied"):
+    if phone.uid == 0:
+        return Check("root", "root", OK, phone.adb_root or "adbd runs as root")
+    if phone.su:
+        return Check("root", "root", OK, f"su works ({phone.su}); adb root: {phone.adb_root}")
+    why = f"adb root {phone.adb_root}"
+    if phone.su_denied:
         why += "; su exists but was denied"
     fix = (
         "`adb root` (this build allows it)"
-        if extra.get("debuggable")
+        if phone.debuggable
         else "use a userdebug/eng build or a rooted phone; everything else runs without root"
     )
     return Check("root", "root", MISSING, why, fix)
@@ -166,17 +168,16 @@ def _capture_checks(target: Target) -> list[Check]:
             reason, fix = _split(why)
             out.append(Check(area, name, MISSING, reason, fix))
     facts = target.facts()
-    if facts.transport == "adb":
-        e = facts.extra
-        seen = e.get("tracefs") or "not visible to this user"
-        out.append(Check("tracing", "tracefs", OK if e.get("tracefs_rw") else LIMITED,
-                         f"{seen}; oom event {'present' if e.get('oom_event') else 'not seen'}",
-                         "" if e.get("tracefs_rw") else "needs root; without root perfetto "
+    if facts.transport == "adb" and (p := facts.phone) is not None:
+        seen = p.tracefs or "not visible to this user"
+        out.append(Check("tracing", "tracefs", OK if p.tracefs_rw else LIMITED,
+                         f"{seen}; oom event {'present' if p.oom_event else 'not seen'}",
+                         "" if p.tracefs_rw else "needs root; without root perfetto "
                          "can record oom/oom_score_adj_update"))  # fmt: skip
     return out
 
 
-def _limit_checks(hf: dict) -> list[Check]:
+def _limit_checks(hf: Mapping[str, str]) -> list[Check]:
     if not hf:
         return []
     n = max_population(hf)
@@ -199,14 +200,16 @@ def _limit_checks(hf: dict) -> list[Check]:
                   f"use --population up to {n} (or fewer --threads)")]  # fmt: skip
 
 
-def _power_check(facts) -> list[Check]:
+def _power_check(facts: TargetFacts) -> list[Check]:
     """Whether the phone stays awake for a run (`dumpsys power`); nothing off Android."""
-    power = facts.extra.get("power") or {}
-    if facts.transport != "adb" or power.get("wakefulness") is None:
+    if facts.transport != "adb" or facts.phone is None:
         return []
-    risk = suspend_risk(power)
-    state = (f"{power.get('wakefulness')}, {'powered' if power.get('powered') else 'on battery'}"
-             f"{', kept on' if power.get('stay_on') else ''}")  # fmt: skip
+    power = facts.phone.power
+    if power.wakefulness is None:
+        return []
+    risk = suspend_risk(asdict(power))
+    state = (f"{power.wakefulness}, {'powered' if power.powered else 'on battery'}"
+             f"{', kept on' if power.stay_on else ''}")  # fmt: skip
     if risk is None:
         return [Check("power", "stays awake", OK, state)]
     reason, _, fix = risk.partition("; ")

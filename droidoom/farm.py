@@ -19,26 +19,39 @@ sets a shared cancel event: every run stops its helper and saves what it has.
 
 from __future__ import annotations
 
-import datetime as dt
-import json
-import secrets
 import shutil
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, wait
 from contextlib import suppress
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
+from typing import Any, Protocol, TypeVar
 
-from . import __version__, analysis, runner, signals, store, vocab
+from . import runner, signals, store, vocab
 from .errors import DroidoomError, PermanentTargetError, TransientTargetError, UsageError
+from .farm_results import (
+    FARM_JSON,
+    DeviceOutcome,
+    FarmInterrupted,
+    FarmResult,
+    farm_doc,
+    make_farm_id,
+    note_recovered,
+    on_device,
+    summarize,
+)
 from .inventory import FarmDevice, Resolution
 from .spec import ProfileSpec
 from .targets.adb import AdbTarget
 from .targets.base import Target, TargetFacts
 from .vocab import DeviceStatus, FarmStatus, RunStatus
 
-FARM_JSON = "farm.json"
+__all__ = [
+    "FARM_JSON", "DeviceOutcome", "FarmInterrupted", "FarmObserver", "FarmResult", "Observer",
+    "FarmTarget", "make_farm_id", "note_recovered", "on_device", "run_farm", "summarize",
+]  # fmt: skip
+
 DEFAULT_CONCURRENCY = 8
 DEFAULT_RETRIES = 2
 DEFAULT_BACKOFF = 1.0  # s before the first retry; doubles each time
@@ -65,6 +78,15 @@ class FarmTarget(AdbTarget):
         return facts
 
 
+class Observer(Protocol):
+    """What a farm reports its progress to: FarmObserver (every hook a no-op, to
+    subclass) or anything with these methods (the CLI's live rows)."""
+
+    def progress(self, dev: FarmDevice) -> runner.Progress: ...
+    def status(self, dev: FarmDevice, text: str) -> None: ...
+    def notice(self, text: str) -> None: ...
+
+
 class FarmObserver:
     """Per-device progress hooks (the CLI draws rich bars); every method is optional."""
 
@@ -79,134 +101,12 @@ class FarmObserver:
         """A farm-wide message."""
 
 
-@dataclass
-class DeviceOutcome:
-    """What happened to one device; kept in farm.json."""
-
-    device: FarmDevice
-    spec: ProfileSpec
-    status: DeviceStatus = DeviceStatus.PENDING
-    run_id: str | None = None
-    result: runner.RunResult | None = None
-    attempts: int = 0
-    errors: list[str] = field(default_factory=list)  # one line per failed attempt
-    summary: dict = field(default_factory=dict)  # verdict and medians, see summarize()
-
-    @property
-    def error(self) -> str | None:
-        ended_early = (DeviceStatus.PARTIAL, DeviceStatus.CANCELLED)
-        if self.status in ended_early and self.result is not None:
-            return self.result.meta.get("reason")
-        return self.errors[-1] if self.errors and self.status != DeviceStatus.COMPLETE else None
-
-    def as_dict(self, farm_dir: Path) -> dict:
-        d = self.device
-        path = self.result.path if self.result is not None else None
-        return {
-            "label": d.label,
-            "serial": d.serial,
-            "server": d.server.name,
-            "server_address": str(d.server.server),
-            "model": d.seen.model,
-            "adb_state": d.seen.state,
-            "required": d.required,
-            "workdir": d.workdir,
-            "status": self.status,
-            "attempts": self.attempts,
-            "run_id": path.name if path is not None else None,
-            "run_dir": str(path.relative_to(farm_dir)) if path is not None else None,
-            "writes_recorded": len(self.result.samples) if self.result is not None else 0,
-            "writes_on_device": on_device(self.result),
-            "error": self.error,
-            "errors": self.errors,
-            "spec_overrides": dict(d.profile),
-            **self.summary,
-        }
-
-
-@dataclass(frozen=True)
-class FarmResult:
-    """What `run_farm` produced."""
-
-    path: Path  # the farm directory
-    farm_id: str
-    status: FarmStatus  # complete | partial | interrupted
-    outcomes: tuple[DeviceOutcome, ...]
-    server_errors: tuple[tuple[str, str], ...] = ()  # (server name, why unreachable)
-
-    @property
-    def ok(self) -> bool:
-        """Every required device complete and at least one device complete."""
-        done = [o for o in self.outcomes if o.status == DeviceStatus.COMPLETE]
-        return bool(done) and all(
-            o.status == DeviceStatus.COMPLETE for o in self.outcomes if o.device.required
-        )
-
-
-class FarmInterrupted(KeyboardInterrupt):
-    """Ctrl-C during a farm; `.result` holds every device's saved outcome."""
-
-    def __init__(self, result: FarmResult):
-        super().__init__("interrupted")
-        self.result = result
-
-
-def on_device(result: runner.RunResult | None) -> int:
-    """Writes the device reported recording in `result` (pulled to the host or not)."""
-    if result is None:
-        return 0
-    return max(len(result.samples), int(result.meta.get("writes_on_device") or 0))
-
-
-def note_recovered(run_dir: Path, writes: int) -> None:
-    """After `droidoom recover` filled a farm's run: update that device in farm.json."""
-    doc_path = Path(run_dir).parent / FARM_JSON
-    if not doc_path.is_file():
-        return
-    try:
-        doc = json.loads(doc_path.read_text())
-    except (OSError, ValueError):
-        return
-    for d in doc.get("devices", []) if isinstance(doc, dict) else []:
-        if d.get("run_id") == Path(run_dir).name:
-            d.update(writes_recorded=writes, recovered=True)
-            if d.get("status") == DeviceStatus.FAILED:
-                d["status"] = DeviceStatus.PARTIAL
-    store.write_json(doc_path, doc)
-
-
-def make_farm_id(now: dt.datetime | None = None) -> str:
-    now = now or dt.datetime.now(dt.UTC)
-    return f"farm-{now:%Y%m%dT%H%M%SZ}-{secrets.token_hex(2)}"
-
-
 def device_spec(base: ProfileSpec, dev: FarmDevice) -> ProfileSpec:
     """The farm spec with the device's inventory overrides applied."""
     try:
         return replace(base, **dict(dev.profile)).validate()
     except UsageError as e:
         raise UsageError(f"{dev.label}: inventory profile override: {e}") from None
-
-
-def summarize(result: runner.RunResult) -> dict:
-    """Verdict and median latency per kind at each population (reopen mode if present)."""
-    df = result.samples
-    if df.empty:
-        return {}
-    out: dict = {}
-    with suppress(Exception):  # a summary must never cost the farm its results
-        stats = analysis.summary(df)
-        modes = set(stats["mode"].astype(str))
-        stats = stats[stats["mode"].astype(str) == ("reopen" if "reopen" in modes else min(modes))]
-        out["medians_ns"] = {
-            str(kind): {int(r.population): float(r.median_ns) for r in g.itertuples()}
-            for kind, g in stats.groupby("kind", observed=True)
-        }
-        verdicts = analysis.verdict(df, [result.meta])
-        if verdicts:
-            out["verdict"] = verdicts[0].status
-            out["verdict_sentence"] = verdicts[0].sentence
-    return out
 
 
 class Farm:
@@ -222,7 +122,7 @@ class Farm:
         retries: int,
         backoff: float,
         cancel: threading.Event,
-        observer: FarmObserver,
+        observer: Observer,
         target_factory: Callable[[FarmDevice], Target],
         farm_id: str,
     ):
@@ -248,33 +148,12 @@ class Farm:
         with self._lock:  # workers finish concurrently: one consistent snapshot at a time
             store.write_json(self.path / FARM_JSON, self._doc(status, finished))
 
-    def _doc(self, status: FarmStatus, finished: str | None) -> dict:
-        inv = self.resolution.inventory
-        return {
-            "format": store.FORMAT,
-            "kind": "farm",
-            "farm_id": self.farm_id,
-            "status": status,
-            "started": self.started,
-            "finished": finished,
-            "droidoom_version": __version__,
-            "inventory": {
-                "name": inv.name,
-                "path": str(inv.path) if inv.path else None,
-                "content": dict(inv.raw),
-            },
-            "servers": [
-                {"name": s.entry.name, "address": str(s.entry.server), "error": s.error}
-                for s in self.resolution.servers
-            ],
-            "spec": self.spec.as_dict(),
-            "settings": {
-                "concurrency": self.concurrency,
-                "retries": self.retries,
-                "backoff": self.backoff,
-            },
-            "devices": [o.as_dict(self.path) for o in self.outcomes],
-        }
+    def _doc(self, status: FarmStatus, finished: str | None) -> dict[str, Any]:
+        settings = {"concurrency": self.concurrency, "retries": self.retries,
+                    "backoff": self.backoff}  # fmt: skip
+        return farm_doc(self.resolution, self.farm_id, self.spec, settings, self.outcomes,
+                        status=status, started=self.started, finished=finished,
+                        farm_dir=self.path)  # fmt: skip
 
     # --- one device ---------------------------------------------------------------
 
@@ -288,6 +167,8 @@ class Farm:
     def _discard(self, out: DeviceOutcome) -> None:
         """Remove this device's run directory if it holds no samples (before a retry,
         or when the device failed): farm.json keeps the error."""
+        if out.run_id is None:
+            return
         run_dir = self.path / out.run_id
         if run_dir.is_dir() and not (run_dir / store.SAMPLES).exists():
             shutil.rmtree(run_dir, ignore_errors=True)
@@ -300,7 +181,26 @@ class Farm:
             out.errors.append(f"{why}: check the cable / authorization prompt on the phone")
             return self._finish(out, DeviceStatus.FAILED, f"failed: {why}")
         out.run_id = runner.make_run_id(dev.label)
-        meta = {
+        for attempt in range(1, self.retries + 2):
+            if self.cancel.is_set():
+                return self._finish(out, DeviceStatus.CANCELLED, "cancelled")
+            out.attempts, out.status = attempt, DeviceStatus.RUNNING
+            self.observer.status(dev, "connecting" if attempt == 1 else f"attempt {attempt}")
+            error = self._attempt(out, attempt)
+            if error is None:  # finished: complete, partial, cancelled or failed for good
+                return None
+            out.errors.append(f"attempt {attempt}: {error}")
+            self._discard(out)
+            if attempt <= self.retries:
+                delay = min(MAX_BACKOFF, self.backoff * 2 ** (attempt - 1))
+                self.observer.status(dev, f"retry in {delay:.0f} s: {error}")
+                if self.cancel.wait(delay):
+                    return self._finish(out, DeviceStatus.CANCELLED, "cancelled")
+        self._finish(out, DeviceStatus.FAILED, f"failed: {out.errors[-1]}")
+
+    def _run_meta(self, dev: FarmDevice, attempt: int) -> dict[str, Any]:
+        """What a device's run.json says about the farm it ran in."""
+        return {
             "farm_id": self.farm_id,
             "inventory_name": self.resolution.inventory.name,
             "farm": {
@@ -310,70 +210,73 @@ class Farm:
                 "server_address": str(dev.server.server),
                 "required": dev.required,
             },
+            "farm_attempt": attempt,
         }
-        for attempt in range(1, self.retries + 2):
-            if self.cancel.is_set():
-                return self._finish(out, DeviceStatus.CANCELLED, "cancelled")
-            out.attempts, out.status = attempt, DeviceStatus.RUNNING
-            self.observer.status(dev, "connecting" if attempt == 1 else f"attempt {attempt}")
-            target = None
-            try:
-                target = self.factory(dev)
-                res = runner.profile(
-                    target,
-                    out.spec,
-                    self.path,
-                    progress=self.observer.progress(dev),
-                    run_id=out.run_id,
-                    extra_meta={**meta, "farm_attempt": attempt},
-                    cancel=self.cancel,
+
+    def _attempt(self, out: DeviceOutcome, attempt: int) -> str | None:
+        """One attempt at profiling `out`'s device: None once the device is finished
+        (its outcome set), else why the attempt failed in a way worth a retry."""
+        target = None
+        try:
+            target = self.factory(out.device)
+            res = runner.profile(
+                target,
+                out.spec,
+                self.path,
+                progress=self.observer.progress(out.device),
+                run_id=out.run_id,
+                extra_meta=self._run_meta(out.device, attempt),
+                cancel=self.cancel,
+            )
+        except TransientTargetError as e:
+            return str(e)
+        except DroidoomError as e:  # permanent: retrying will not help
+            self._fail(out, f"attempt {attempt}: {e}", f"failed: {e}")
+            return None
+        except Exception as e:  # a bug on one device must not take the farm down
+            what = f"{type(e).__name__}: {e}"
+            self._fail(out, f"attempt {attempt}: internal error {what}", f"failed: {what}")
+            return None
+        finally:
+            if target is not None:
+                with suppress(Exception):
+                    target.close()
+        out.result = res
+        if res.status == RunStatus.COMPLETE:
+            self._finish(out, DeviceStatus.COMPLETE, "complete")
+            return None
+        return self._ended_early(out, res)
+
+    def _fail(self, out: DeviceOutcome, error: str, status_text: str) -> None:
+        out.errors.append(error)
+        self._discard(out)
+        self._finish(out, DeviceStatus.FAILED, status_text)
+
+    def _ended_early(self, out: DeviceOutcome, res: runner.RunResult) -> str | None:
+        """A run that did not complete: kept as partial if it measured anything, else
+        dropped (cancelled, or the reason to retry)."""
+        reason = str(res.meta.get("reason") or "ended early")
+        # Never retry (or delete) a run that measured something, even if its samples are
+        # still on the device: `droidoom recover` brings them home. Once the helper
+        # started a point its records file exists on the device (progress lines may not
+        # have reached us): a retry would overwrite it.
+        if len(res.samples) or on_device(res) or res.meta.get("points"):
+            if not len(res.samples):
+                held = on_device(res)
+                reason += (
+                    f"; the device keeps {held or 'the'} writes it recorded: once it is "
+                    f"back, `droidoom recover --serial {out.device.serial} {res.path}`"
                 )
-            except TransientTargetError as e:
-                error = str(e)
-            except DroidoomError as e:  # permanent: retrying will not help
-                out.errors.append(f"attempt {attempt}: {e}")
-                self._discard(out)
-                return self._finish(out, DeviceStatus.FAILED, f"failed: {e}")
-            except Exception as e:  # a bug on one device must not take the farm down
-                out.errors.append(f"attempt {attempt}: internal error {type(e).__name__}: {e}")
-                self._discard(out)
-                return self._finish(out, DeviceStatus.FAILED, f"failed: {type(e).__name__}: {e}")
-            else:
-                out.result = res
-                if res.status == RunStatus.COMPLETE:
-                    return self._finish(out, DeviceStatus.COMPLETE, "complete")
-                reason = res.meta.get("reason") or "ended early"
-                # Never retry (or delete) a run that measured something, even if its
-                # samples are still on the device: `droidoom recover` brings them home.
-                # Once the helper started a point its records file exists on the device
-                # (progress lines may not have reached us): a retry would overwrite it.
-                if len(res.samples) or on_device(res) or res.meta.get("points"):
-                    if not len(res.samples):
-                        held = on_device(res)
-                        reason += (
-                            f"; the device keeps {held or 'the'} writes it recorded: once it "
-                            f"is back, `droidoom recover --serial {dev.serial} {res.path}`"
-                        )
-                        res.meta["reason"] = reason
-                        store.write_json(res.path / store.RUN_JSON, res.meta)
-                    return self._finish(out, DeviceStatus.PARTIAL, f"partial: {reason}")
-                if self.cancel.is_set():
-                    self._discard(out)
-                    out.result = None
-                    return self._finish(out, DeviceStatus.CANCELLED, "cancelled")
-                error, out.result = reason, None  # no sample taken: worth a retry
-            finally:
-                if target is not None:
-                    with suppress(Exception):
-                        target.close()
-            out.errors.append(f"attempt {attempt}: {error}")
+                res.meta["reason"] = reason
+                store.write_json(res.path / store.RUN_JSON, res.meta)
+            self._finish(out, DeviceStatus.PARTIAL, f"partial: {reason}")
+            return None
+        out.result = None
+        if self.cancel.is_set():
             self._discard(out)
-            if attempt <= self.retries:
-                delay = min(MAX_BACKOFF, self.backoff * 2 ** (attempt - 1))
-                self.observer.status(dev, f"retry in {delay:.0f} s: {error}")
-                if self.cancel.wait(delay):
-                    return self._finish(out, DeviceStatus.CANCELLED, "cancelled")
-        self._finish(out, DeviceStatus.FAILED, f"failed: {out.errors[-1]}")
+            self._finish(out, DeviceStatus.CANCELLED, "cancelled")
+            return None
+        return reason  # no sample taken: worth a retry
 
     # --- all devices --------------------------------------------------------------
 
@@ -439,7 +342,7 @@ def run_farm(
     retries: int | None = None,
     backoff: float | None = None,
     cancel: threading.Event | None = None,
-    observer: FarmObserver | None = None,
+    observer: Observer | None = None,
     target_factory: Callable[[FarmDevice], Target] = FarmTarget,
     farm_id: str | None = None,
 ) -> FarmResult:
@@ -475,5 +378,8 @@ def run_farm(
     return farm.run()
 
 
-def _first(*values):
+_T = TypeVar("_T")
+
+
+def _first(*values: _T | None) -> _T:
     return next(v for v in values if v is not None)

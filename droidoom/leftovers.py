@@ -22,6 +22,7 @@ from . import store
 from .devlock import LOCK_DIR_ENV, Owner, _is_stale, _kv, acquire
 from .errors import DroidoomError
 from .recover import find_run_dirs, pending, recover_run
+from .targets.base import Target
 from .targets.local import LocalTarget
 from .vocab import RunStatus
 
@@ -33,7 +34,7 @@ def instance_name(run_id: str) -> str:
     return "droidoom-" + re.sub(r"[^A-Za-z0-9_.-]", "_", run_id)[:80]
 
 
-def remove_instance(target, run_id: str) -> bool:
+def remove_instance(target: Target, run_id: str) -> bool:
     """Stop and remove `run_id`'s tracefs instance if it exists (root only)."""
     if not target.facts().root:
         return False
@@ -52,7 +53,7 @@ def remove_instance(target, run_id: str) -> bool:
     return "removed" in res.stdout
 
 
-def finish(target, owner: Owner) -> list[str]:
+def finish(target: Target, owner: Owner) -> list[str]:
     """Finish what the dead run `owner` left on `target`; return one line per action."""
     done = []
     if owner.run_id and remove_instance(target, owner.run_id):
@@ -162,7 +163,7 @@ def finish_local(out: Path, run_dir: Path | None = None) -> list[str]:
     return lines
 
 
-def summary(target) -> list[str]:
+def summary(target: Target) -> list[str]:
     """What `doctor` reports: a stale lock and records left by cut-short runs."""
     lines = []
     if target.facts().transport == "local":

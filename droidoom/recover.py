@@ -15,15 +15,20 @@ import posixpath
 import re
 import shlex
 import tempfile
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import pandas as pd
 
 from . import store
 from .errors import DataError, PermanentTargetError
 from .helper_io import records_to_frame
 from .protocol import render_plan
-from .scenario import build_plan
+from .scenario import Plan, build_plan
 from .spec import ProfileSpec
+from .targets.base import Target
 from .vocab import RunStatus
 
 _RECORDS = re.compile(r"records-(?P<run_id>.+)\.bin$")
@@ -40,7 +45,7 @@ class Recovered:
     removed: bool  # device files deleted after a verified write
 
 
-def pending(target) -> dict[str, str]:
+def pending(target: Target) -> dict[str, str]:
     """{run_id: records path} of every records file left on the device."""
     out = {}
     for path in target.find_files("records-*.bin"):
@@ -50,7 +55,9 @@ def pending(target) -> dict[str, str]:
     return out
 
 
-def recover_run(target, run_dir: Path, remote: str | None = None, *, keep: bool = False):
+def recover_run(
+    target: Target, run_dir: Path, remote: str | None = None, *, keep: bool = False
+) -> Recovered:
     """Pull `run_dir`'s records from `target`, rebuild its samples, update run.json.
 
     `remote` defaults to the records file named after the run in any workdir. Device
@@ -66,29 +73,9 @@ def recover_run(target, run_dir: Path, remote: str | None = None, *, keep: bool 
             f"{target.name} holds no records-{run_id}.bin (already recovered, cleaned, "
             "or the run was on another device)"
         )
-    try:
-        spec = ProfileSpec.from_dict(meta["spec"])
-        plan = build_plan(spec, int(meta["adj_min"]))
-    except (KeyError, TypeError, ValueError) as e:
-        raise DataError(
-            f"{run_dir}/run.json lacks the spec or adj_min to rebuild the plan: {e}"
-        ) from None
+    plan = _rebuild_plan(meta, run_dir)
     remote_plan = posixpath.join(posixpath.dirname(remote), f"plan-{run_id}.txt")
-    with tempfile.TemporaryDirectory(prefix="droidoom-recover-") as tmp:
-        local_rec, local_plan = Path(tmp) / "records.bin", Path(tmp) / "plan.txt"
-        target.pull(remote, local_rec)
-        try:
-            target.pull(remote_plan, local_plan)
-        except PermanentTargetError:
-            local_plan = None  # the records alone suffice: the plan is rebuilt anyway
-        if local_plan is not None and local_plan.read_text() != render_plan(
-            plan.targets, plan.points, plan.writer
-        ):
-            raise DataError(
-                f"the plan on the device ({remote_plan}) differs from the one rebuilt from "
-                f"{run_dir}/run.json; not labelling records with a plan that may be wrong"
-            )
-        samples = records_to_frame(local_rec.read_bytes(), plan, run_id, meta["device"])
+    samples = _pull_records(target, remote, remote_plan, plan, run_dir, run_id, meta["device"])
     previous = int(meta.get("writes_recorded") or 0)
     samples_path = info.path / store.SAMPLES
     if samples_path.exists() and len(samples) <= previous:  # e.g. Ctrl-C: pulled already
@@ -114,7 +101,43 @@ def recover_run(target, run_dir: Path, remote: str | None = None, *, keep: bool 
     return Recovered(info.path, remote, len(samples), previous, not keep)
 
 
-def _in_helper_dir(target, meta: dict, run_id: str) -> str | None:
+def _rebuild_plan(meta: dict[str, Any], run_dir: Path) -> Plan:
+    """The run's plan, rebuilt from its spec and adj_min (build_plan is deterministic)."""
+    try:
+        spec = ProfileSpec.from_dict(meta["spec"])
+        return build_plan(spec, int(meta["adj_min"]))
+    except (KeyError, TypeError, ValueError) as e:
+        raise DataError(
+            f"{run_dir}/run.json lacks the spec or adj_min to rebuild the plan: {e}"
+        ) from None
+
+
+def _pull_records(
+    target: Target, remote: str, remote_plan: str, plan: Plan, run_dir: Path, run_id: str,
+    device: str,
+) -> pd.DataFrame:
+    """The samples in the device's records file, labelled with `plan` once the plan file
+    the device kept (if any) is checked to be the same."""
+    with tempfile.TemporaryDirectory(prefix="droidoom-recover-") as tmp:
+        local_rec, plan_file = Path(tmp) / "records.bin", Path(tmp) / "plan.txt"
+        local_plan: Path | None = plan_file
+        target.pull(remote, local_rec)
+        try:
+            target.pull(remote_plan, plan_file)
+        except PermanentTargetError:
+            local_plan = None  # the records alone suffice: the plan is rebuilt anyway
+        if local_plan is not None and local_plan.read_text() != render_plan(
+            plan.targets, plan.points, plan.writer
+        ):
+            raise DataError(
+                f"the plan on the device ({remote_plan}) differs from the one rebuilt from "
+                f"{run_dir}/run.json; not labelling records with a plan that may be wrong"
+            )
+        data = local_rec.read_bytes()
+    return records_to_frame(data, plan, run_id, device)
+
+
+def _in_helper_dir(target: Target, meta: dict[str, Any], run_id: str) -> str | None:
     """The records path next to the run's helper (the run may have used another
     workdir than this target's, e.g. via DROIDOOM_DEVICE_WORKDIR), if it exists."""
     helper = (meta.get("helper") or {}).get("path")
@@ -124,14 +147,14 @@ def _in_helper_dir(target, meta: dict, run_id: str) -> str | None:
     return path if target.sh(f"[ -f {shlex.quote(path)} ]", timeout=30).ok else None
 
 
-def _remove(target, *paths: str) -> None:
+def _remove(target: Target, *paths: str) -> None:
     target.sh("rm -f " + " ".join(shlex.quote(p) for p in paths), timeout=30)
 
 
-def find_run_dirs(out: Path, run_ids) -> dict[str, Path]:
+def find_run_dirs(out: Path, run_ids: Iterable[str]) -> dict[str, Path]:
     """{run_id: run dir} for the given ids among the runs under `out` (recursive)."""
     wanted = set(run_ids)
-    found = {}
+    found: dict[str, Path] = {}
     if not Path(out).is_dir():
         return found
     for r in store.find_runs(out) if any(Path(out).glob(f"**/{store.RUN_JSON}")) else []:
@@ -143,7 +166,7 @@ def find_run_dirs(out: Path, run_ids) -> dict[str, Path]:
 def partial_runs_of(out: Path, serial: str) -> dict[str, Path]:
     """{run_id: run dir} of the partial runs under `out` taken on adb serial `serial`
     (farm runs name the device by label and keep the serial in meta["farm"])."""
-    found = {}
+    found: dict[str, Path] = {}
     if not Path(out).is_dir() or not any(Path(out).glob(f"**/{store.RUN_JSON}")):
         return found
     for r in store.find_runs(out):

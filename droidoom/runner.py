@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from contextlib import suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import pandas as pd
 
@@ -38,11 +38,14 @@ __all__ = ["Interrupted", "Progress", "RunResult", "make_run_id", "profile"]
 LINE_TIMEOUT = 60.0
 
 
-class Interrupted(KeyboardInterrupt):
-    """Ctrl-C (or SIGTERM/SIGHUP, see droidoom.signals) during a profile; `.result` is
-    the partial run that was saved."""
+_R = TypeVar("_R")
 
-    def __init__(self, result: RunResult):
+
+class Interrupted(KeyboardInterrupt, Generic[_R]):
+    """Ctrl-C (or SIGTERM/SIGHUP, see droidoom.signals) during a profile; `.result` is
+    the partial run that was saved (farm.FarmInterrupted: the farm's outcome)."""
+
+    def __init__(self, result: _R):
         super().__init__("interrupted")
         self.result = result
 
@@ -142,7 +145,7 @@ def _plan(target: Target, spec: ProfileSpec, notices: _Notices) -> _Setup:
             f"this user may not lower oom_score_adj below {adj_min} (oom_score_adj_min); "
             f"{plan.clamped} moves were raised to {adj_min}. Run as root for the full range."
         )
-    if risk := suspend_risk(facts.extra.get("power")):
+    if risk := suspend_risk(asdict(facts.phone.power) if facts.phone else None):
         notices(risk)
     if "multiprocess" in spec.kinds and probed.facts.fields.get("clone_vm") == "0":
         notices(
@@ -164,7 +167,7 @@ def _run_meta(
         "device": facts.device,
         "droidoom_version": __version__,
         "spec": spec.as_dict(),
-        "target": asdict(facts),
+        "target": facts.to_json(),
         "helper": {"path": setup.helper, "pushed": target.helper_pushed, **probed.hello.fields},
         "helper_facts": probed.facts.fields,
         "calibration": {k: int(v) for k, v in probed.calib.fields.items()},

@@ -30,6 +30,8 @@ import adbutils
 from adbd_peer import PeerSubprocess, pdeathsig_preexec
 from adbutils.errors import AdbError, AdbTimeout
 
+from droidoom.targets.adbutils_seam import NoSpawnConnection
+
 DEBIAN_ADB = "/usr/bin/adb"
 BUNDLED_ADB = os.path.join(os.path.dirname(adbutils.__file__), "binaries", "adb")
 _RESERVED_PORTS = {5037, *range(5554, 5586)}  # default server, emulator console/adb ports
@@ -84,11 +86,6 @@ def free_port(host: str = "127.0.0.1") -> int:
             return port
 
 
-class _NoSpawnConnection(adbutils.AdbConnection):
-    def _safe_connect(self):
-        return self._create_socket()  # no "adb start-server" fallback
-
-
 class IsolatedAdbClient(adbutils.AdbClient):
     """``adbutils.AdbClient`` that fails instead of starting a default adb server."""
 
@@ -99,7 +96,7 @@ class IsolatedAdbClient(adbutils.AdbClient):
     def make_connection(self, timeout: float | None = None) -> adbutils.AdbConnection:
         timeout = timeout or self._timeout
         try:
-            conn = _NoSpawnConnection(self.host, self.port)
+            conn = NoSpawnConnection(self.host, self.port)  # no `adb start-server`
         except TimeoutError as e:
             raise AdbTimeout("connect to adb server timeout") from e
         if timeout:

@@ -71,7 +71,8 @@ def test_facts_come_from_the_device_in_one_script(adb_peer_factory, device_dir):
     assert f.kernel_release == os.uname().release
     assert f.pid_max == int(Path("/proc/sys/kernel/pid_max").read_text())
     assert f.cpus == len(os.sched_getaffinity(0))
-    e = f.extra
+    assert f.phone is not None and (f.phone.device_name, f.phone.uid) == ("flame", 0)
+    e = f.to_json()["extra"]  # run.json keeps the phone facts flat, under the same keys
     assert (e["device_name"], e["android_release"]) == ("flame", "11")
     assert e["uid"] == 0 and f.root and e["adb_root"].startswith("active")
     assert isinstance(e["shell_oom_score_adj"], int)
@@ -325,8 +326,8 @@ def test_production_phone_without_root(shell_peer, device_dir, tmp_path):
         t = AdbTarget(shell_peer.serial, server=server_of(shell_peer),
                       workdirs=(f"{device_dir}/droidoom", ours))  # fmt: skip
         f = t.facts()
-        assert f.extra["uid"] == SHELL_UID and not f.root
-        assert f.extra["adb_root"].startswith("refused: production build")
+        assert f.phone is not None and f.phone.uid == SHELL_UID and not f.root
+        assert f.phone.adb_root.startswith("refused: production build")
         assert t.install_helper() == f"{ours}/droidoom-helper"  # root-owned dir refused
         assert os.stat(f"{ours}/droidoom-helper").st_uid == SHELL_UID
         spec = ProfileSpec(populations=(0, 50), writes=200, threads=2, target_threads=4,

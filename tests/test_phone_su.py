@@ -47,8 +47,8 @@ def test_facts_ask_su_for_root_once(shell_peer_env, flavour):
     """Magisk prompts (or toasts) per request: facts() asks once, in the flavour's syntax."""
     peer, log = shell_peer_env(flavour)
     t = AdbTarget(peer.serial, server=server_of(peer), workdirs=("/data/local/tmp",))
-    e = t.facts().extra
-    assert e["su"] is None and e["su_denied"]
+    e = t.phone()
+    assert e.su is None and e.su_denied
     asked = [" ".join(json.loads(a)) for a in Path(log).read_text().splitlines()]
     assert asked == (["0 id -u"] if flavour == "aosp" else ["-c id -u"])
 
@@ -92,7 +92,7 @@ def test_profile_through_su_with_ftrace(adb_peer_factory, monkeypatch, flavour, 
         monkeypatch.setenv("DROIDOOM_PEER_SU_LOG", str(log))
         peer = adb_peer_factory(ANDROID14, peer_class=ShellUidPeer, grant_su=True)
         t = AdbTarget(peer.serial, server=server_of(peer), workdirs=(d,))
-        assert t.facts().root and t.facts().extra["su"] == flavour
+        assert t.facts().root and t.phone().su == flavour
         assert t.sh("id -u", root=True).stdout.strip() == "0"
         spec = ProfileSpec(populations=(0, 10), writes=40, warmup=2)
         res = runner.profile(t, spec, tmp_path, captures=build_sources(["ftrace"]))

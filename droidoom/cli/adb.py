@@ -4,45 +4,56 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
 
 from ..errors import DroidoomError, UsageError
+from ..targets.base import TargetFacts
+from ..targets.phone_facts import PhoneFacts
+
+if TYPE_CHECKING:
+    from ..doctor import Check
+    from ..targets.adb import AdbTarget
+    from ..targets.adb_server import AdbServer
 from .app import app, console, err_console
 from .options import DEFAULT_OUT, AdbHost, AdbPort, Serial
 
 
-def _server(host, port, *, required: bool = True):
+def _server(host: str | None, port: int | None, *, required: bool = True) -> AdbServer:
     """The adb server from options/environment; with `required`, it must be up (we never
     start one: a fresh server scans USB and multicasts mDNS)."""
-    from ..targets.select import AdbServer
+    from ..targets.adb_server import AdbServer
 
-    server = AdbServer.from_env(host, port)
+    server: AdbServer = AdbServer.from_env(host, port)
     return server.require_up(UsageError) if required else server
 
 
-def _adb_target(serial, host, port):
+def _adb_target(serial: str | None, host: str | None, port: int | None) -> AdbTarget:
     """The phone named by --serial/ANDROID_SERIAL, or the single attached one."""
-    from ..targets.local import LocalTarget
+    from ..targets.adb import AdbTarget
     from ..targets.select import select_target
 
     server = _server(host, port, required=serial is None)
     target, _ = select_target(serial=serial, server=server)
-    if isinstance(target, LocalTarget):
+    if not isinstance(target, AdbTarget):  # the host: select_target found no device
         raise UsageError(f"no device attached to the adb server at {server}; plug one in or "
                          "`adb connect HOST:PORT`")  # fmt: skip
     return target
 
 
-def _root_label(facts) -> str:
-    e = facts.extra
-    if e.get("uid") == 0:
+def _root_label(facts: TargetFacts) -> str:
+    p = facts.phone or PhoneFacts()
+    if p.uid == 0:
         return "adbd"
-    if e.get("su"):
+    if p.su:
         return "su"
-    return "adb root" if e.get("debuggable") else "no"  # `doctor` says how
+    return "adb root" if p.debuggable else "no"  # `doctor` says how
+
+
+def _release(facts: TargetFacts) -> str:
+    return facts.phone.android_release if facts.phone else ""
 
 
 @app.command()
@@ -64,7 +75,7 @@ def devices(
     server = _server(adb_host, adb_port)
     found = list_devices(server)
 
-    def row(item):
+    def row(item: tuple[str, str]) -> list[str]:
         serial, state = item
         if state != "device":
             return [serial, state, "", "", "", "", ""]
@@ -73,7 +84,7 @@ def devices(
             f = t.facts()
         except DroidoomError as e:
             return [serial, "error", str(e), "", "", "", ""]
-        android = f"{f.extra.get('android_release', '')} (SDK {f.sdk})" if f.sdk else ""
+        android = f"{_release(f)} (SDK {f.sdk})" if f.sdk else ""
         return [serial, state, f.model, android, f.kernel_release, f.abi, _root_label(f)]
 
     with ThreadPoolExecutor(max_workers=8) as pool:  # one facts round trip per device
@@ -127,12 +138,12 @@ def doctor(
         checks = diagnose(target)
     console.print(
         f"[bold]{target.name}[/]: {f.model}, kernel {f.kernel_release}, {f.abi}, {f.cpus} CPUs"
-        + (f", Android {f.extra.get('android_release')} (SDK {f.sdk})" if f.sdk else "")
+        + (f", Android {_release(f)} (SDK {f.sdk})" if f.sdk else "")
     )
     _doctor_table(checks, OK, MISSING)
 
 
-def _doctor_table(checks, ok: str, missing: str) -> None:
+def _doctor_table(checks: list[Check], ok: str, missing: str) -> None:
     """Checks as a table that reads in 80 columns: no vertical rules, each area named
     once, fixes numbered below the table instead of squeezed into a cell."""
     from rich import box
@@ -243,7 +254,9 @@ def recover(
         console.print(f"{target.name} holds no records of cut-short runs")
 
 
-def _to_recover(target, run_dir: Path | None, out: Path) -> dict[str, tuple[Path, str | None]]:
+def _to_recover(
+    target: AdbTarget, run_dir: Path | None, out: Path
+) -> dict[str, tuple[Path, str | None]]:
     """{run id: (run dir, records path on the device)}: RUN_DIR alone (path None: the
     run's own), else every run the device holds records of with its dir under `out`,
     plus this device's partial runs under `out` (path "?": the device may hold nothing)."""
@@ -257,7 +270,7 @@ def _to_recover(target, run_dir: Path | None, out: Path) -> dict[str, tuple[Path
     for run_id in sorted(set(held) - set(dirs)):
         err_console.print(f"[yellow]note:[/] {held[run_id]} has no run dir under {out}; "
                           "pass its RUN_DIR")  # fmt: skip
-    todo = {run_id: (dirs[run_id], held[run_id]) for run_id in dirs}
+    todo: dict[str, tuple[Path, str | None]] = {r: (dirs[r], held[r]) for r in dirs}
     # Farm runs may have used an inventory workdir: try this device's partial runs.
     for run_id, path in rec.partial_runs_of(out, target.serial).items():
         todo.setdefault(run_id, (path, "?"))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.markup import escape as _e
@@ -17,14 +17,18 @@ from rich.table import Table
 from .. import signals, units
 from .. import spec as specs
 from ..errors import UsageError
-from ..targets.select import AdbServer
+from ..schema import KINDS
+from ..targets.adb_server import AdbServer
 from .app import app, console, err_console
 from .options import DEFAULT_OUT, SPEC_OPTIONS, Out, SpecOptions, spec_options
 from .progress import LiveProgress
 
 if TYPE_CHECKING:
     from ..farm import FarmResult
+    from ..farm_results import DeviceOutcome
     from ..inventory import FarmDevice, Inventory, Resolution
+    from ..runner import Progress
+    from ..spec import ProfileSpec
 
 # farm/inventory/report pull in pandas and adbutils: imported where used, so that
 # `droidoom --help` stays fast.
@@ -59,8 +63,9 @@ class _Rows:
     def __init__(self, devices: tuple[FarmDevice, ...]):
         self.live = LiveProgress(d.label for d in devices)
 
-    def progress(self, dev: FarmDevice):
-        return self.live.callbacks(dev.label)
+    def progress(self, dev: FarmDevice) -> Progress:
+        callbacks: Progress = self.live.callbacks(dev.label)
+        return callbacks
 
     def status(self, dev: FarmDevice, text: str) -> None:
         self.live.state(dev.label, text)
@@ -82,7 +87,14 @@ def _resolve(inv: Inventory) -> Resolution:
         return resolve(inv)
 
 
-def run_and_print(res: Resolution, spec, out: Path, jobs=None, retries=None, backoff=None) -> int:
+def run_and_print(
+    res: Resolution,
+    spec: ProfileSpec,
+    out: Path,
+    jobs: int | None = None,
+    retries: int | None = None,
+    backoff: float | None = None,
+) -> int:
     """Run the farm with live per-device progress, print the table; return the exit code."""
     if jobs is not None and jobs < 1:
         raise UsageError("--jobs must be at least 1")
@@ -103,7 +115,7 @@ def run_and_print(res: Resolution, spec, out: Path, jobs=None, retries=None, bac
     return 0 if result.ok else 1
 
 
-def _medians(summary: dict, kind: str) -> str:
+def _medians(summary: dict[str, Any], kind: str) -> str:
     by_pop = (summary.get("medians_ns") or {}).get(kind)
     if not by_pop:
         return "-"
@@ -116,7 +128,7 @@ def _medians(summary: dict, kind: str) -> str:
 _KIND_HEAD = {"single": "single µs", "threaded": "threaded µs", "multiprocess": "multi µs"}
 
 
-def _writes(o) -> str:
+def _writes(o: DeviceOutcome) -> str:
     from ..farm import on_device
 
     kept = len(o.result.samples) if o.result is not None else 0
@@ -135,7 +147,7 @@ def print_farm(result: FarmResult) -> None:
     outcomes = result.outcomes
     measured = {k for o in outcomes for k in o.summary.get("medians_ns") or {}}
     wide = console.width >= 110
-    kinds = [k for k in specs.KINDS if k in measured and (wide or k != "single")]
+    kinds = [k for k in KINDS if k in measured and (wide or k != "single")]
     done = sum(o.status == "complete" for o in outcomes)
     servers = len({o.device.server.name for o in outcomes}) > 1
     t = Table(
@@ -192,7 +204,8 @@ def show_inventory(path: Path) -> int:
 
     res = _resolve(load_inventory(path))
     for s in res.servers:
-        status = "[green]reachable[/]" if s.reachable else f"[red]unreachable[/]: {_e(s.error)}"
+        down = f"[red]unreachable[/]: {_e(s.error or '')}"
+        status = "[green]reachable[/]" if s.reachable else down
         n = sum(d.server == s.entry for d in res.seen)
         console.print(
             f"server [bold]{_e(s.entry.name)}[/] ({s.entry.server}): {status}, {n} device(s)"
@@ -257,7 +270,7 @@ def farm_devices(inventory: InventoryPath) -> None:
     raise typer.Exit(show_inventory(inventory))
 
 
-def profile_all(server: AdbServer, spec, out: Path, capture: str = "clock") -> int:
+def profile_all(server: AdbServer, spec: ProfileSpec, out: Path, capture: str = "clock") -> int:
     """`droidoom profile --all`: every device on one adb server, as a one-server farm."""
     if any(c.strip() not in ("", "clock") for c in capture.split(",")):
         raise UsageError("--capture ftrace/perf is per device: use --serial for captures")

@@ -5,32 +5,27 @@ device) come from one script, the helper push is skipped when its hash matches, 
 every command runs over shell protocol v2, whose exit packet cannot be lost silently
 (plain `shell:` returns whatever arrived when a device drops). Devices without shell
 v2 (Android < 7) get a sentinel line carrying the exit code instead. The plumbing
-(no-spawn client, errors, streamed process) is in adb_conn.py.
+(no-spawn client, errors, streamed process) is in adb_conn.py, and what it relies on
+inside adbutils in adbutils_seam.py.
 """
 
 from __future__ import annotations
 
 import os
 import shlex
+from dataclasses import replace
 from pathlib import Path
 
 from adbutils.errors import AdbTimeout
 
 from .. import native
 from ..errors import PermanentTargetError, TargetError, TransientTargetError
-from .adb_conn import (
-    SENTINEL,
-    WIRE_ERRORS,
-    AdbClient,
-    AdbProcess,
-    client,
-    list_devices,
-    translate,
-    v1_command,
-)
+from .adb_conn import SENTINEL, AdbClient, AdbProcess, client, list_devices, translate, v1_command
 from .adb_facts import facts_script, parse_facts
-from .base import CommandResult, Process, Target, TargetFacts
-from .select import AdbServer
+from .adb_server import AdbServer
+from .adbutils_seam import WIRE_ERRORS, device_state, pull_missing, push_refused
+from .base import CommandResult, Process, Target, TargetFacts, find_files_sh
+from .phone_facts import PhoneFacts
 
 __all__ = ["AdbClient", "AdbTarget", "client", "list_devices"]
 
@@ -100,17 +95,18 @@ class AdbTarget(Target):
     def _error(self, e: BaseException) -> TargetError:
         return translate(e, self.name, self.server)
 
-    def diagnose(self, silent: bool = False) -> str:
+    def why_ended(self, silent: bool = False) -> str:
         """One phrase on why a stream ended (or, `silent`, went quiet): server gone,
-        device gone, or neither."""
+        device gone, or neither. (`droidoom doctor`'s checks are doctor.diagnose.)"""
         if not self.server.listening():
             return f"the adb server at {self.server} stopped (killed or restarting)"
         try:
             state = AdbClient(self.server, timeout=3).device(self.serial).get_state()
         except WIRE_ERRORS as e:
-            state = "offline" if "offline" in str(e) else "gone" if "not found" in str(e) else ""
-            if not state:
+            gone = device_state(e)
+            if gone not in ("offline", "gone"):
                 return f"the adb server does not answer ({e})"
+            state = gone
         if state in ("offline", "gone"):
             return f"the device disconnected (unplugged, or its link dropped; now {state})"
         if state != "device":
@@ -122,16 +118,15 @@ class AdbTarget(Target):
     def _wrap_root(self, script: str, root: bool) -> str:
         if not root:
             return script
-        raw = self.facts().extra
-        if raw.get("uid") == 0:
+        phone = self.phone()
+        if phone.uid == 0:
             return script
-        su = raw.get("su")
-        if su == "aosp":
+        if phone.su == "aosp":
             return f"su 0 sh -c {shlex.quote(script)}"
-        if su == "magisk":
+        if phone.su == "magisk":
             return f"su -c {shlex.quote(script)}"
         raise PermanentTargetError(
-            f"{self.name}: this needs root and the device has none ({raw.get('adb_root')}; "
+            f"{self.name}: this needs root and the device has none ({phone.adb_root}; "
             "no working su); use a userdebug/eng build (`adb root`) or drop the root-only option"
         )
 
@@ -153,7 +148,7 @@ class AdbTarget(Target):
         text = out.decode(errors="replace")
         head, sep, code = text.rpartition("\n" + SENTINEL)
         if not sep or not code.strip().isdigit():
-            raise TransientTargetError(f"{self.name}: output cut short: {self.diagnose()}")
+            raise TransientTargetError(f"{self.name}: output cut short: {self.why_ended()}")
         return CommandResult(int(code.strip()), head)
 
     def spawn(self, script: str, *, root: bool = False) -> Process:
@@ -171,13 +166,13 @@ class AdbTarget(Target):
             conn.conn.settimeout(None)
         except WIRE_ERRORS as e:
             raise self._error(e) from e
-        return AdbProcess(conn, self.name, self.shell_v2, self.diagnose)
+        return AdbProcess(conn, self.name, self.shell_v2, self.why_ended)
 
     def push(self, local: Path, remote: str, mode: int = 0o644) -> None:
         try:
             self._device.sync.push(Path(local), remote, mode=mode)
         except WIRE_ERRORS as e:
-            if str(e) == "FAIL":  # adbutils drops the device's reason; say what it means
+            if push_refused(e):  # adbutils drops the device's reason; say what it means
                 raise PermanentTargetError(
                     f"{self.name}: the device refused to write {remote} (permissions or full)"
                 ) from e
@@ -187,7 +182,7 @@ class AdbTarget(Target):
         try:
             self._device.sync.pull_file(remote, Path(local))
         except WIRE_ERRORS as e:
-            if "No such file" in str(e) or "open failed" in str(e):
+            if pull_missing(e):
                 raise PermanentTargetError(f"{self.name}: {remote} is not on the device") from e
             raise self._error(e) from e
 
@@ -258,9 +253,7 @@ class AdbTarget(Target):
 
     def find_files(self, pattern: str) -> list[str]:
         """Paths matching `pattern` (a glob like "records-*.bin") in every candidate dir."""
-        globs = " ".join(f"{shlex.quote(d)}/{pattern}" for d in self.workdirs)
-        res = self.sh(f'for f in {globs}; do [ -f "$f" ] && echo "$f"; done; true')
-        return sorted(set(res.stdout.split()))
+        return find_files_sh(self, self.workdirs, pattern)
 
     def claim_run(self, run_id: str) -> None:
         """List the files run `run_id` may create in the workdir in its manifest, before
@@ -299,7 +292,15 @@ class AdbTarget(Target):
                     f"{self.name}: reading device facts failed (exit {res.exit_code}): "
                     f"{res.stderr.strip()[:200]}"
                 )
-            self._facts, self._helper_hashes = parse_facts(res.stdout, self.serial)
-            self._facts.extra["adb_server"] = str(self.server)
-            self._facts.extra["adb_features"] = sorted(self.features - {""})
+            facts, self._helper_hashes = parse_facts(res.stdout, self.serial)
+            phone = replace(
+                facts.phone or PhoneFacts(),
+                adb_server=str(self.server),
+                adb_features=tuple(sorted(self.features - {""})),
+            )
+            self._facts = replace(facts, phone=phone)
         return self._facts
+
+    def phone(self) -> PhoneFacts:
+        """The facts only phones have (read with facts())."""
+        return self.facts().phone or PhoneFacts()

@@ -16,16 +16,16 @@ import adbutils
 from adbutils.errors import AdbConnectionError, AdbError, AdbTimeout
 
 from ..errors import PermanentTargetError, TargetError, TransientTargetError
+from .adb_server import AdbServer
+from .adbutils_seam import WIRE_ERRORS, NoSpawnConnection, device_state, server_unreachable
 from .base import QueuedProcess
-from .select import AdbServer
 
 #: Socket timeout of adb server calls that have no timeout of their own (push, pull,
 #: host queries); a stalled device or server ends in an error, never a hang.
 CALL_TIMEOUT = 30.0
 SENTINEL = "__droidoom_exit="
 _STDIN, _STDOUT, _STDERR, _EXIT, _CLOSE_STDIN = 0, 1, 2, 3, 4  # shell v2 packet ids
-#: What adbutils lets escape when a connection breaks (it asserts and unpacks freely).
-WIRE_ERRORS = (AdbError, EOFError, OSError, AssertionError, ValueError)
+__all__ = ["WIRE_ERRORS", "AdbClient", "AdbProcess", "client", "list_devices", "translate"]
 
 
 def v1_command(script: str) -> str:
@@ -33,25 +33,7 @@ def v1_command(script: str) -> str:
     return f"sh -c {shlex.quote(script)}; r=$?; echo; echo {SENTINEL}$r"
 
 
-class _Connection(adbutils.AdbConnection):
-    def _safe_connect(self):
-        return self._create_socket()  # fail; never fall back to `adb start-server`
-
-    def close(self):
-        # adbutils sleeps 10 ms after shutdown() on every close; the server needs no such
-        # grace, and a profile makes ~10 connections, so the sleep was a third of our cost.
-        if not hasattr(self, "_AdbConnection__conn"):  # another adbutils layout
-            return super().close()
-        sock, self._AdbConnection__conn = self._AdbConnection__conn, None
-        if sock is not None:
-            try:
-                sock.shutdown(socket.SHUT_WR)
-            except OSError:
-                pass
-            sock.close()
-
-
-class AdbClient(adbutils.AdbClient):
+class AdbClient(adbutils.AdbClient):  # type: ignore[misc]  # adbutils ships no types
     """adbutils client that never starts a server and asks its version only once."""
 
     def __init__(self, server: AdbServer, timeout: float | None = None):
@@ -63,9 +45,9 @@ class AdbClient(adbutils.AdbClient):
 
     def make_connection(self, timeout: float | None = None) -> adbutils.AdbConnection:
         try:
-            c = _Connection(self.host, self.port)
+            c = NoSpawnConnection(self.host, self.port)
         except TimeoutError as e:
-            raise AdbTimeout("connect to adb server timeout") from e
+            raise AdbConnectionError(f"connect to adb server timed out: {e}") from e
         c.conn.settimeout(timeout or self._default_timeout)
         return c
 
@@ -90,14 +72,17 @@ def list_devices(server: AdbServer) -> list[tuple[str, str]]:
 
 
 def translate(e: BaseException, name: str, server: AdbServer) -> TargetError:
+    """The droidoom error for adbutils' `e` on device `name`: by type where adbutils
+    gives one, else by what the server said (see adbutils_seam.device_state)."""
     text = str(e).strip() or type(e).__name__
-    if isinstance(e, AdbConnectionError) or "connect to adb server" in text:
+    if server_unreachable(e):
         return TransientTargetError(f"{name}: the adb server at {server} went away ({text})")
-    if "unauthorized" in text:
+    state = device_state(e)
+    if state == "unauthorized":
         return PermanentTargetError(
             f"{name}: unauthorized; accept the USB debugging prompt on the phone, then retry"
         )
-    if "not found" in text:
+    if state == "gone":
         return PermanentTargetError(
             f"{name}: not attached to the adb server at {server}; see `droidoom devices` "
             "(for a TCP device: `adb connect HOST:PORT`)"
@@ -111,12 +96,14 @@ class AdbProcess(QueuedProcess):
     """A streamed shell command: stdout lines via a reader thread, exit code from the
     shell v2 exit packet (or the sentinel line on v1 devices)."""
 
-    def __init__(self, conn, name: str, v2: bool, diagnose: Callable[[bool], str]):
+    def __init__(
+        self, conn: adbutils.AdbConnection, name: str, v2: bool, why_ended: Callable[[bool], str]
+    ):
         super().__init__()
         self._conn = conn
         self._name = name
         self._v2 = v2
-        self._diagnose = diagnose
+        self._why_ended = why_ended
         self._rc: int | None = None
         self._thread = threading.Thread(target=self._read, daemon=True)
         self._thread.start()
@@ -155,10 +142,10 @@ class AdbProcess(QueuedProcess):
         self._q.put(None)
 
     def _stalled(self, timeout: float) -> str:
-        return f"{self._name}: no output for {timeout:.0f} s; {self._diagnose(True)}"
+        return f"{self._name}: no output for {timeout:.0f} s; {self._why_ended(True)}"
 
     def _broken(self, exc: BaseException) -> str:
-        return f"{self._name}: {self._diagnose(False)} ({exc or type(exc).__name__})"
+        return f"{self._name}: {self._why_ended(False)} ({exc or type(exc).__name__})"
 
     def close(self, grace: float = 5.0) -> int | None:
         sock = None

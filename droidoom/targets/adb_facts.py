@@ -12,6 +12,7 @@ import shlex
 from ..errors import PermanentTargetError
 from ..native import ABIS
 from .base import TargetFacts
+from .phone_facts import PhoneFacts, PowerState, SuKind
 
 _PROPS = (
     r"ro\.product\.(model|device|brand|manufacturer|cpu\.abi|cpu\.abilist)|ro\.build\."
@@ -109,109 +110,143 @@ def _adb_root(uid: int | None, debuggable: bool) -> str:
     return "refused: production build (ro.debuggable=0)"
 
 
-def parse_power(kv: dict[str, list[str]]) -> dict:
-    """PowerManagerService's `dumpsys power` state (None values: not reported, e.g. no
-    dumpsys): wakefulness (Awake, Asleep, Dozing, Dreaming), powered, plug type, stay_on
-    (the screen is being kept on), the stay-awake-while-plugged bitmask (1 AC, 2 USB, 4
-    wireless) and the screen-off timeout."""
+class _Output:
+    """The facts script's output: `[prop]: [value]` lines (getprop) and `key=value`
+    lines (a key may repeat, e.g. one `governor=` per CPU policy)."""
 
-    def one(key: str) -> str | None:
-        v = kv.get(f"power.{key}")
-        return v[-1] if v else None
+    def __init__(self, stdout: str):
+        self.props: dict[str, str] = {}
+        self.kv: dict[str, list[str]] = {}
+        for line in stdout.splitlines():
+            if line.startswith("[") and "]: [" in line:
+                k, _, v = line.partition("]: [")
+                self.props[k[1:]] = v.rstrip().removesuffix("]")
+            elif "=" in line:
+                k, _, v = line.partition("=")
+                self.kv.setdefault(k, []).append(v.strip())
+
+    def one(self, key: str) -> str:
+        """The last value of `key` ("" if absent)."""
+        return self.kv.get(key, [""])[-1]
+
+    def last(self, key: str) -> str | None:
+        """The last value of `key`, None if absent."""
+        return self.kv[key][-1] if key in self.kv else None
+
+    def all(self, key: str) -> list[str]:
+        return self.kv.get(key, [])
+
+    def prop(self, name: str) -> str:
+        return self.props.get(name, "")
+
+
+def parse_power(out: _Output) -> PowerState:
+    """PowerManagerService's `dumpsys power` state (see PowerState)."""
 
     def flag(key: str) -> bool | None:
-        v = one(key)
+        v = out.last(f"power.{key}")
         return None if v is None else v == "true"
 
-    return {
-        "wakefulness": one("mWakefulness"),
-        "powered": flag("mIsPowered"),
-        "plug_type": _int(one("mPlugType")),
-        "stay_on": flag("mStayOn"),
-        "stay_on_while_plugged": _int(one("mStayOnWhilePluggedInSetting")),
-        "screen_off_timeout_ms": _int(one("screen_off_ms")),
-    }
+    return PowerState(
+        wakefulness=out.last("power.mWakefulness"),
+        powered=flag("mIsPowered"),
+        plug_type=_int(out.one("power.mPlugType")),
+        stay_on=flag("mStayOn"),
+        stay_on_while_plugged=_int(out.one("power.mStayOnWhilePluggedInSetting")),
+        screen_off_timeout_ms=_int(out.one("power.screen_off_ms")),
+    )
 
 
-def parse_facts(stdout: str, serial: str) -> tuple[TargetFacts, dict[str, str]]:
-    """(facts, {workdir: sha256 of the helper already there}) from the script output."""
-    props: dict[str, str] = {}
-    kv: dict[str, list[str]] = {}
-    for line in stdout.splitlines():
-        if line.startswith("[") and "]: [" in line:
-            k, _, v = line.partition("]: [")
-            props[k[1:]] = v.rstrip().removesuffix("]")
-        elif "=" in line:
-            k, _, v = line.partition("=")
-            kv.setdefault(k, []).append(v.strip())
-
-    def one(key: str) -> str:
-        return kv.get(key, [""])[-1]
-
-    abis = [props.get("ro.product.cpu.abi", "")]
-    abis += props.get("ro.product.cpu.abilist", "").split(",")
+def parse_abi(out: _Output, serial: str) -> str:
+    """The best ABI droidoom has a helper for, from the primary ABI and the ABI list."""
+    abis = [out.prop("ro.product.cpu.abi"), *out.prop("ro.product.cpu.abilist").split(",")]
     abi = next((a for a in abis if a in ABIS), None)
     if abi is None:
         raise PermanentTargetError(
             f"{serial}: ABI {abis[0]!r} has no droidoom helper (have {', '.join(ABIS)})"
         )
-    uid = _int(one("uid"))
-    su = one("su") or None
-    debuggable = props.get("ro.debuggable") == "1"
-    batt = _int(one("battery_temp"))
-    thermal = {}
-    for entry in kv.get("thermal", []):
+    return abi
+
+
+def parse_thermal(out: _Output) -> dict[str, float]:
+    """{thermal zone type: °C} from `thermal=TYPE:MILLIDEGREES` lines."""
+    thermal: dict[str, float] = {}
+    for entry in out.all("thermal"):
         name, _, milli = entry.rpartition(":")
-        if _int(milli) is not None:
-            thermal[name or f"zone{len(thermal)}"] = _int(milli) / 1000
+        value = _int(milli)
+        if value is not None:
+            thermal[name or f"zone{len(thermal)}"] = value / 1000
+    return thermal
+
+
+def parse_helper_hashes(out: _Output) -> dict[str, str]:
+    """{workdir: sha256} of the helpers already on the device."""
     hashes = {}
-    for entry in kv.get("helper", []):
+    for entry in out.all("helper"):
         d, _, sha = entry.rpartition(":")
         if len(sha) == 64:
             hashes[d] = sha
-    sdk = _int(props.get("ro.build.version.sdk"))
-    extra = {
-        "device_name": props.get("ro.product.device", ""),
-        "brand": props.get("ro.product.brand", ""),
-        "manufacturer": props.get("ro.product.manufacturer", ""),
-        "android_release": props.get("ro.build.version.release", ""),
-        "build_type": props.get("ro.build.type", ""),
-        "debuggable": debuggable,
-        "abilist": props.get("ro.product.cpu.abilist", ""),
-        "machine": one("machine"),
-        "cpus_online": one("cpus_online"),
-        "cpus_possible": one("cpus_possible"),
-        "cpu_governors": sorted(set(kv.get("governor", [])) - {""}),
-        "battery_temp_c": batt / 10 if batt is not None else None,
-        "thermal_c": thermal,
-        "uid": uid,
-        "shell_oom_score_adj": _int(one("shell_oom_score_adj")),
-        "su": su,
-        "su_denied": one("su_tried") == "1" and su is None,
-        "adb_root": _adb_root(uid, debuggable),
-        "selinux": one("selinux"),
-        "tracefs": one("tracefs"),
-        "tracefs_supported": one("tracefs_fs") == "1" or bool(one("tracefs")),
-        "tracefs_rw": one("tracefs_rw") == "1",
-        "oom_event": one("oom_event") == "1",
-        "simpleperf": one("simpleperf"),
-        "perf": one("perf"),
-        "perf_event_paranoid": _int(one("perf_event_paranoid")),
-        "perf_harden": props.get("security.perf_harden", ""),
-        "power": parse_power(kv),
-    }
+    return hashes
+
+
+def _su_kind(text: str) -> SuKind | None:
+    return "aosp" if text == "aosp" else "magisk" if text == "magisk" else None
+
+
+def parse_phone(out: _Output) -> PhoneFacts:
+    """The facts only phones have (see PhoneFacts)."""
+    uid = _int(out.one("uid"))
+    su = _su_kind(out.one("su"))
+    debuggable = out.prop("ro.debuggable") == "1"
+    batt = _int(out.one("battery_temp"))
+    return PhoneFacts(
+        device_name=out.prop("ro.product.device"),
+        brand=out.prop("ro.product.brand"),
+        manufacturer=out.prop("ro.product.manufacturer"),
+        android_release=out.prop("ro.build.version.release"),
+        build_type=out.prop("ro.build.type"),
+        debuggable=debuggable,
+        abilist=out.prop("ro.product.cpu.abilist"),
+        machine=out.one("machine"),
+        cpus_online=out.one("cpus_online"),
+        cpus_possible=out.one("cpus_possible"),
+        cpu_governors=tuple(sorted(set(out.all("governor")) - {""})),
+        battery_temp_c=batt / 10 if batt is not None else None,
+        thermal_c=parse_thermal(out),
+        uid=uid,
+        shell_oom_score_adj=_int(out.one("shell_oom_score_adj")),
+        su=su,
+        su_denied=out.one("su_tried") == "1" and su is None,
+        adb_root=_adb_root(uid, debuggable),
+        selinux=out.one("selinux"),
+        tracefs=out.one("tracefs"),
+        tracefs_supported=out.one("tracefs_fs") == "1" or bool(out.one("tracefs")),
+        tracefs_rw=out.one("tracefs_rw") == "1",
+        oom_event=out.one("oom_event") == "1",
+        simpleperf=out.one("simpleperf"),
+        perf=out.one("perf"),
+        perf_event_paranoid=_int(out.one("perf_event_paranoid")),
+        perf_harden=out.prop("security.perf_harden"),
+        power=parse_power(out),
+    )
+
+
+def parse_facts(stdout: str, serial: str) -> tuple[TargetFacts, dict[str, str]]:
+    """(facts, {workdir: sha256 of the helper already there}) from the script output."""
+    out = _Output(stdout)
+    phone = parse_phone(out)
     facts = TargetFacts(
         device=serial,
         transport="adb",
-        model=props.get("ro.product.model", ""),
-        abi=abi,
-        kernel_release=one("kernel"),
-        cpus=count_cpus(one("cpus_online")),
-        root=uid == 0 or su is not None,
-        pid_max=_int(one("pid_max")) or 0,
-        threads_max=_int(one("threads_max")) or 0,
-        fingerprint=props.get("ro.build.fingerprint", ""),
-        sdk=sdk,
-        extra=extra,
+        model=out.prop("ro.product.model"),
+        abi=parse_abi(out, serial),
+        kernel_release=out.one("kernel"),
+        cpus=count_cpus(out.one("cpus_online")),
+        root=phone.uid == 0 or phone.su is not None,
+        pid_max=_int(out.one("pid_max")) or 0,
+        threads_max=_int(out.one("threads_max")) or 0,
+        fingerprint=out.prop("ro.build.fingerprint"),
+        sdk=_int(out.prop("ro.build.version.sdk")),
+        phone=phone,
     )
-    return facts, hashes
+    return facts, parse_helper_hashes(out)

@@ -7,13 +7,20 @@ shell script, move files, stream output, what facts to gather) lives behind it.
 from __future__ import annotations
 
 import queue
+import re
+import shlex
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Self
 
 from ..errors import TransientTargetError
+from .phone_facts import PhoneFacts
+
+#: What a find_files() pattern may hold: a file name glob, no path, nothing the shell
+#: would expand beyond the glob itself.
+_FILE_GLOB = re.compile(r"[A-Za-z0-9._*?\-]+")
 
 
 @dataclass(frozen=True)
@@ -45,6 +52,16 @@ class TargetFacts:
     fingerprint: str = ""  # ro.build.fingerprint (phones) or /etc/os-release PRETTY_NAME
     sdk: int | None = None  # ro.build.version.sdk
     extra: dict[str, Any] = field(default_factory=dict)  # everything else worth keeping
+    phone: PhoneFacts | None = None  # what only phones (adb devices) report
+
+    def to_json(self) -> dict[str, Any]:
+        """run.json["target"]: the fields, with the phone facts flat in "extra" (first,
+        under their field names) as run.json has always had them."""
+        out = asdict(self)
+        phone = out.pop("phone")
+        if phone is not None:
+            out["extra"] = {**phone, **out["extra"]}
+        return out
 
 
 class Process(ABC):
@@ -76,7 +93,7 @@ class QueuedProcess(Process):
     break mean on their transport."""
 
     def __init__(self) -> None:
-        self._q: queue.Queue = queue.Queue()
+        self._q: queue.Queue[str | BaseException | None] = queue.Queue()
         self.stderr_tail: list[str] = []
 
     def _stalled(self, timeout: float) -> str:
@@ -133,6 +150,12 @@ class Target(ABC):
     def workdir(self) -> str:
         """A writable, executable directory on the target for droidoom's files."""
 
+    @abstractmethod
+    def find_files(self, pattern: str) -> list[str]:
+        """Sorted paths of the files matching `pattern` (a file name glob such as
+        "records-*.bin", checked by `file_glob`) in the directories droidoom uses on the
+        target; `droidoom recover` looks for what a cut-short run left with it."""
+
     def claim_run(self, run_id: str) -> None:  # noqa: B027 - optional hook
         """Record that run `run_id` may create files in the workdir (so `clean` can
         remove exactly those); a no-op where nothing is cleaned."""
@@ -156,3 +179,18 @@ class Target(ABC):
         SHA-256 was already in place)."""
 
     helper_pushed: bool = False
+
+
+def file_glob(pattern: str) -> str:
+    """`pattern` if it is a plain file name glob, else ValueError (it goes into a shell
+    command unquoted, so that the shell expands it)."""
+    if not _FILE_GLOB.fullmatch(pattern):
+        raise ValueError(f"not a file name glob: {pattern!r}")
+    return pattern
+
+
+def find_files_sh(target: Target, dirs: Iterable[str], pattern: str) -> list[str]:
+    """find_files() for targets reached through a shell: one `sh` round trip."""
+    globs = " ".join(f"{shlex.quote(d)}/{file_glob(pattern)}" for d in dirs)
+    res = target.sh(f'for f in {globs}; do [ -f "$f" ] && echo "$f"; done; true', timeout=60)
+    return sorted(set(res.stdout.split()))

@@ -9,11 +9,12 @@ import signal
 import subprocess
 import tempfile
 import threading
+import weakref
 from pathlib import Path
 
 from ..errors import PermanentTargetError, TransientTargetError
 from ..native import abi_for_machine
-from .base import CommandResult, Process, QueuedProcess, Target, TargetFacts
+from .base import CommandResult, Process, QueuedProcess, Target, TargetFacts, file_glob
 
 
 def _read(path: str, default: str = "") -> str:
@@ -26,7 +27,7 @@ def _read(path: str, default: str = "") -> str:
 class LocalProcess(QueuedProcess):
     """A child /bin/sh in its own session, stdout pumped into a queue by a thread."""
 
-    def __init__(self, script: str, env: dict | None = None):
+    def __init__(self, script: str, env: dict[str, str] | None = None):
         super().__init__()
         self._popen = subprocess.Popen(
             ["/bin/sh", "-c", script],
@@ -88,7 +89,8 @@ class LocalTarget(Target):
     def __init__(self, workdir: str | None = None):
         self.name = f"local:{platform.node() or 'localhost'}"
         self._workdir = workdir
-        self._tmp: tempfile.TemporaryDirectory | None = None
+        #: removes the temporary workdir at close() or, failing that, when collected
+        self._tmp: weakref.finalize[[str, bool], LocalTarget] | None = None
         self._facts: TargetFacts | None = None
 
     def facts(self) -> TargetFacts:
@@ -153,21 +155,28 @@ class LocalTarget(Target):
 
     def workdir(self) -> str:
         if self._workdir is None:
-            self._tmp = tempfile.TemporaryDirectory(prefix="droidoom-")
-            self._workdir = self._tmp.name
+            self._workdir = tempfile.mkdtemp(prefix="droidoom-")
+            self._tmp = weakref.finalize(self, shutil.rmtree, self._workdir, True)
         os.makedirs(self._workdir, exist_ok=True)
         return self._workdir
+
+    def find_files(self, pattern: str) -> list[str]:
+        """Files matching `pattern` in this target's workdir (none before it has one:
+        `recover --local` finds earlier runs' leftovers through droidoom.leftovers)."""
+        if self._workdir is None:
+            return []
+        return sorted(str(p) for p in Path(self._workdir).glob(file_glob(pattern)) if p.is_file())
 
     def keep_workdir(self) -> None:
         """Leave the workdir in place at close(): it holds records `recover --local`
         still needs (e.g. the output disk was full)."""
         if self._tmp is not None:
-            self._tmp._finalizer.detach()  # else it still deletes the dir when collected
+            self._tmp.detach()  # else it still deletes the dir when collected
             self._tmp = None
 
     def close(self) -> None:
         if self._tmp is not None:
-            self._tmp.cleanup()
+            self._tmp()
             self._tmp = None
             self._workdir = None
 

@@ -30,7 +30,7 @@ from ..errors import PermanentTargetError, TransientTargetError
 from ..lab import cache_dir
 from ..lab.initramfs import GUEST_HELPER, MISSING_MARK, initramfs
 from ..lab.qemu import Machine, VmSpec, check_image, kvm_usable, qemu_version, sha256
-from .base import CommandResult, Process, Target, TargetFacts
+from .base import CommandResult, Process, Target, TargetFacts, find_files_sh
 
 _T = TypeVar("_T")
 
@@ -307,6 +307,9 @@ class VmTarget(Target):
 
     def workdir(self) -> str:
         return "/tmp"
+
+    def find_files(self, pattern: str) -> list[str]:
+        return find_files_sh(self, [self.workdir()], pattern)
 
     def install_helper(self) -> str:
         self.helper_pushed = False  # it is part of the initramfs
