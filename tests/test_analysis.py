@@ -92,7 +92,15 @@ def test_scaling_threaded_flat_multiprocess_walks(local_run_df):
     assert 0 < m["ci_low"] <= m["slope_ns"] <= m["ci_high"]
     # a walk over task structs: tens of ns per process on x86, never sub-ns or microseconds
     assert analysis.WALK_MIN_SLOPE_NS <= m["slope_ns"] < 1000
-    assert m["r2"] > 0.9  # the walk is linear in the number of processes
+    # The walk is linear in the number of processes: the lower and upper halves of the sweep
+    # climb alike (a step or a curve would not). Per-population medians pool the up and down
+    # visits, so one block slowed by host load moves this little (r2 over 5 points would).
+    df = local_run_df[(local_run_df["kind"] == "multiprocess")
+                      & (local_run_df["mode"] == lmkd_mode(local_run_df))]  # fmt: skip
+    med = df.groupby("population", observed=True)["latency_ns"].median().sort_index()
+    lo, mid, hi = med.index[0], med.index[len(med) // 2], med.index[-1]
+    lower, upper = ((med[b] - med[a]) / (b - a) for a, b in ((lo, mid), (mid, hi)))
+    assert 1 / 3 < lower / upper < 3, med.to_dict()
 
 
 def test_scaling_needs_three_populations(local_run_df):
