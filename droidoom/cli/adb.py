@@ -80,8 +80,8 @@ def devices(
         if state != "device":
             return [serial, state, "", "", "", "", ""]
         try:
-            t = AdbTarget(serial, server=server)
-            f = t.facts()
+            with AdbTarget(serial, server=server) as t:
+                f = t.facts()
         except DroidoomError as e:
             return [serial, "error", str(e), "", "", "", ""]
         android = f"{_release(f)} (SDK {f.sdk})" if f.sdk else ""
