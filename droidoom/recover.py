@@ -22,7 +22,7 @@ from . import store
 from .errors import DataError, PermanentTargetError
 from .helper_io import records_to_frame
 from .protocol import render_plan
-from .scenario import build_plan
+from .plans import build_plan
 from .spec import ProfileSpec
 from .vocab import RunStatus
 

@@ -15,7 +15,8 @@ from conftest import run_cli
 import droidoom
 from droidoom import replay
 from droidoom.errors import DataError
-from droidoom.scenario import ROLES, build_plan
+from droidoom.plans import build_plan
+from droidoom.scenario import ROLES
 from droidoom.spec import ProfileSpec
 from droidoom.synth_trace import SynthSpec, generate
 
