@@ -23,6 +23,7 @@ and `bursts` say where a trace's cost concentrates.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -135,43 +136,70 @@ def estimate(fit: MeanFit, x: np.ndarray, duration_ns: int) -> Estimate:
 
 @dataclass(frozen=True)
 class Measured:
-    """A replay run's own total for one kind x mode x population."""
+    """Replays' own total for one kind x mode x population: one play of the trace."""
 
     kind: str
     mode: str
     population: int
-    writes: int
-    total_ns: float
+    writes: int  # of one play
+    total_ns: float  # mean over the plays
     total_lo: float
     total_hi: float
+    plays: int = 1
+    ci: str = "blocks"  # "plays": t interval over the plays; "blocks": within the plays
 
 
-#: Time blocks of a replay's writes for the measured total's CI.
+#: Time blocks of a replay's writes for the measured total's CI (fewer than MIN_PLAYS).
 BLOCKS = 10
+#: Plays of a population from which their spread gives the measured total's CI.
+MIN_PLAYS = 3
+
+
+def _t_half(values: np.ndarray) -> float:
+    """Half width of the 95% Student t interval of the mean of `values`."""
+    if len(values) < 2:
+        return float("inf")
+    sem = float(values.std(ddof=1)) / np.sqrt(len(values))
+    return float(stats.t.ppf(0.975, len(values) - 1)) * sem
 
 
 def measured(df: pd.DataFrame, blocks: int = BLOCKS, trim: float = TRIM) -> list[Measured]:
-    """One replay of the trace's total per kind x mode x population (the mean over its
-    visits; successful writes), with a 95% CI from `blocks` consecutive time blocks of its
-    writes: block-to-block spread holds drift and the machine's changing load during the
-    run, which write-to-write noise alone (a CLT interval) would hide. Each block's mean
-    leaves out its slowest `trim` share, as `mean_fits` does."""
+    """The total of one play of the trace per kind x mode x population (the mean over the
+    plays: the points of `df`, successful writes; each play's mean leaves out its slowest
+    `trim` share, as `mean_fits` does), with a 95% CI.
+
+    With at least `MIN_PLAYS` plays (`--repeat`, several replay runs pooled) the CI is the
+    Student t interval over the plays' totals: their spread holds everything that varies
+    between plays (drift, the machine's load, another run's conditions). With fewer, it
+    comes from `blocks` consecutive time blocks of the writes (within-run noise only).
+    """
     ok = df[df["err"] == 0].sort_values("t_ns", kind="stable")
     out = []
     for (kind, mode, pop), g in ok.groupby(["kind", "mode", "population"], observed=True):
-        lat = g["latency_ns"].to_numpy(float)
-        visits = max(int(g["point"].nunique()), 1)
-        n = len(lat) // visits  # writes of one replay
-        parts = np.array_split(lat, min(blocks, len(lat)))
-        means = np.array([trimmed(p, trim).mean() for p in parts])
-        tot = float(means.mean()) * n
-        if len(parts) > 1:  # per-write block means, scaled to one replay's n writes
-            half = float(stats.t.ppf(0.975, len(parts) - 1) * means.std(ddof=1)
-                         / np.sqrt(len(parts)) * n)  # fmt: skip
-        else:
-            half = float("inf")
-        out.append(Measured(str(kind), str(mode), int(pop), n, tot, tot - half, tot + half))
+        plays = [p.to_numpy(float) for _, p in g.groupby("point", observed=True)["latency_ns"]]
+        n = int(round(len(g) / len(plays)))  # writes of one play
+        if len(plays) >= MIN_PLAYS:
+            tots = np.array([trimmed(p, trim).mean() for p in plays]) * n
+            tot, half, ci = float(tots.mean()), _t_half(tots), "plays"
+        else:  # per-write block means, scaled to one play's n writes
+            lat = g["latency_ns"].to_numpy(float)
+            means = np.array([trimmed(b, trim).mean()
+                              for b in np.array_split(lat, min(blocks, len(lat)))])  # fmt: skip
+            tot, half, ci = float(means.mean()) * n, _t_half(means) * n, "blocks"
+        out.append(Measured(str(kind), str(mode), int(pop), n, tot, tot - half, tot + half,
+                            len(plays), ci))  # fmt: skip
     return out
+
+
+def split_sweep(df: pd.DataFrame, meta: dict[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(the points a run's fit comes from, its plays of the trace). A `--repeat` replay
+    run's sweep points (run.json `replay.sweep_points`) price, its plays are checked; any
+    other run's points do both (a plain replay is priced by its own line)."""
+    sweep = (meta.get("replay") or {}).get("sweep_points") or []
+    if not sweep:
+        return df, df
+    mask = df["point"].isin(sweep)
+    return df[mask], df[~mask]
 
 
 def per_write_cost(fit: MeanFit, x: np.ndarray) -> np.ndarray:

@@ -21,8 +21,8 @@ from pathlib import Path
 from . import store
 from .errors import DataError, PermanentTargetError
 from .helper_io import records_to_frame
-from .protocol import render_plan
 from .plans import build_plan
+from .protocol import render_plan
 from .spec import ProfileSpec
 from .vocab import RunStatus
 
