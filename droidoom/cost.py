@@ -55,7 +55,7 @@ class MeanFit:
     intercept_ns: float
     slope_ns: float
     cov: tuple[tuple[float, float], tuple[float, float]]  # of (intercept, slope)
-    dof: int  # degrees of freedom of the CI (points - 2; writes - 1 with one population)
+    dof: int  # of the CI: points - 2; with one population points - 1 (one point: writes - 1)
     n_points: int
     pop_min: int
     pop_max: int
@@ -87,7 +87,10 @@ def mean_fits(df: pd.DataFrame, trim: float = TRIM, offset: int = 0) -> list[Mea
             mean=("latency_ns", lambda v: trimmed(v.to_numpy(), trim).mean()),
         )  # fmt: skip
         x, y = pts["pop"].to_numpy(float) + offset, pts["mean"].to_numpy(float)
-        if len(np.unique(x)) < 2:  # no slope: the mean at that population, its SE
+        if len(np.unique(x)) < 2 and len(y) > 1:  # no slope: the points' mean, their SE
+            var = float(y.var(ddof=1)) / len(y)
+            cov, slope, icpt, dof = ((var, 0.0), (0.0, 0.0)), 0.0, float(y.mean()), len(y) - 1
+        elif len(np.unique(x)) < 2:  # one point: its writes' mean, their SE
             lat = trimmed(g["latency_ns"].to_numpy(float), trim)
             var = lat.var(ddof=1) / len(lat) if len(lat) > 1 else np.inf
             cov, slope, icpt, dof = ((var, 0.0), (0.0, 0.0)), 0.0, float(lat.mean()), len(lat) - 1

@@ -185,17 +185,33 @@ def _replay_writes(rt: ReplayTrace, kinds: int, adj_min: int) -> tuple[Writes, i
     return writes, int((adj < adj_min).sum()) * kinds
 
 
+def _changing_moves(rng: random.Random, count: int) -> list[tuple[int, int]]:
+    """`count` lmkd-model moves of one process, each to a new value: ActivityManager sends
+    lmkd an update only when a process's adj changes (OomAdjuster compares the new adj
+    with the one it last set), and a write of the value already set costs more here
+    (~1 us), so the model's repeats at the bottom of the cache are skipped."""
+    chain, out, last = Chain(), [], None
+    while len(out) < count:
+        for adj, role in lmkd_moves(rng, count - len(out), chain):
+            if adj != last:
+                out.append((adj, role))
+            last = adj
+    return out
+
+
 def _sweep_writes(rt: ReplayTrace, kinds: int, adj_min: int, seed: int) -> tuple[Writes, int]:
-    """A profile point's writes to the replay's own targets: as many as the trace's, the
-    processes in turn, each moving by the lmkd role model (droidoom/scenario.py)."""
-    n, w = len(rt.pids), len(rt.events)
+    """A sweep point's writes: the trace's targets in the trace's order (the same access
+    pattern as a play), each process's values from the lmkd role model
+    (droidoom/scenario.py) instead of the trace's."""
+    n = len(rt.pids)
+    proc = rt.events["proc"].to_numpy(np.int64)
     rng = random.Random(seed)
-    moves = [lmkd_moves(rng, (w - j + n - 1) // n, Chain()) for j in range(n)]
+    moves = [iter(_changing_moves(rng, int(c))) for c in np.bincount(proc, minlength=n)]
     out, clamped = [], 0
-    for i in range(w):
-        a, r = moves[i % n][i // n]
+    for j in proc:
+        a, r = next(moves[j])
         clamped += (a < adj_min) * kinds
-        out += [(k * n + i % n, max(a, adj_min), r) for k in range(kinds)]
+        out += [(k * n + int(j), max(a, adj_min), r) for k in range(kinds)]
     return tuple(out), clamped
 
 
