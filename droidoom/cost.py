@@ -6,7 +6,10 @@ A write's latency is wall-clock time, which also holds time the writer was not r
 (preempted, an interrupt, a vCPU descheduled: on a loaded host or under QEMU TCG the
 slowest 1% of writes can outweigh all others); so the mean is taken over all but the
 slowest `trim` share of each point's writes (default `TRIM` = 5%; 0 = the plain mean,
-i.e. wall time). `mean_fits` fits the line per device x kind x mode of a run by least
+i.e. wall time). A whole point can be slowed the same way (another job's burst on the
+other core): with one population and at least `MIN_PLAYS` points (`--repeat`'s sweep
+points) the line's base is the median of the points' means, so one disturbed point does
+not move the estimate, and its CI is still the points' spread. `mean_fits` fits the line per device x kind x mode of a run by least
 squares on its per-point (trimmed) means, with the coefficients' covariance; a run's x is
 its population plus the helper's own target processes (`helper_processes`), the
 machine's own processes stay in the base. A trace with W writes
@@ -15,8 +18,12 @@ mean(x)), with a 95% CI
 from the fit's covariance (Student t on the fit's degrees of freedom); per hour it is
 scaled by 3600 s / the trace's duration.
 
-`measured` sums a replay run's own latencies per population (a CLT CI over its writes),
-so an estimate can be checked against a real replay of the same trace. `transitions`
+`measured` is the total of one play of the trace per population (the mean over the
+plays; CI: Student t over the plays' totals, so it holds what varies between plays, or
+time blocks with fewer than `MIN_PLAYS` plays), so an estimate can be checked against a
+real replay of the same trace. `droidoom profile --scenario replay:T --repeat N` measures
+both in one run, alternately (a sweep point, a play, a sweep point, ...), so the estimate
+and the plays see the same drift and load. `transitions`
 and `bursts` say where a trace's cost concentrates.
 """
 
@@ -35,6 +42,11 @@ from .replay import ReplayTrace, role_of
 HOUR_NS = 3600e9
 #: Share of each point's slowest writes left out of its mean (preemption, not the write).
 TRIM = 0.05
+#: Plays of a population from which their spread gives the measured total's CI (and
+#: sweep points from which their median is a one-population line's base).
+MIN_PLAYS = 3
+#: Time blocks of a replay's writes for the measured total's CI (fewer than MIN_PLAYS).
+BLOCKS = 10
 
 
 def trimmed(lat: np.ndarray, trim: float = TRIM) -> np.ndarray:
@@ -87,9 +99,10 @@ def mean_fits(df: pd.DataFrame, trim: float = TRIM, offset: int = 0) -> list[Mea
             mean=("latency_ns", lambda v: trimmed(v.to_numpy(), trim).mean()),
         )  # fmt: skip
         x, y = pts["pop"].to_numpy(float) + offset, pts["mean"].to_numpy(float)
-        if len(np.unique(x)) < 2 and len(y) > 1:  # no slope: the points' mean, their SE
+        if len(np.unique(x)) < 2 and len(y) > 1:  # no slope: the points' centre, their SE
             var = float(y.var(ddof=1)) / len(y)
-            cov, slope, icpt, dof = ((var, 0.0), (0.0, 0.0)), 0.0, float(y.mean()), len(y) - 1
+            icpt = float(np.median(y) if len(y) >= MIN_PLAYS else y.mean())
+            cov, slope, dof = ((var, 0.0), (0.0, 0.0)), 0.0, len(y) - 1
         elif len(np.unique(x)) < 2:  # one point: its writes' mean, their SE
             lat = trimmed(g["latency_ns"].to_numpy(float), trim)
             var = lat.var(ddof=1) / len(lat) if len(lat) > 1 else np.inf
@@ -152,10 +165,6 @@ class Measured:
     ci: str = "blocks"  # "plays": t interval over the plays; "blocks": within the plays
 
 
-#: Time blocks of a replay's writes for the measured total's CI (fewer than MIN_PLAYS).
-BLOCKS = 10
-#: Plays of a population from which their spread gives the measured total's CI.
-MIN_PLAYS = 3
 
 
 def _t_half(values: np.ndarray) -> float:
