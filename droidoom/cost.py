@@ -9,7 +9,8 @@ slowest `trim` share of each point's writes (default `TRIM` = 5%; 0 = the plain 
 i.e. wall time). A whole point can be slowed the same way (another job's burst on the
 other core): with one population and at least `MIN_PLAYS` points (`--repeat`'s sweep
 points) the line's base is the median of the points' means, so one disturbed point does
-not move the estimate, and its CI is still the points' spread. `mean_fits` fits the line per device x kind x mode of a run by least
+not move the estimate, and its CI is still the points' spread. `mean_fits` fits the line
+per device x kind x mode of a run by least
 squares on its per-point (trimmed) means, with the coefficients' covariance; a run's x is
 its population plus the helper's own target processes (`helper_processes`), the
 machine's own processes stay in the base. A trace with W writes
@@ -34,12 +35,14 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy import stats
+from scipy import stats  # type: ignore[import-untyped, unused-ignore]  # no stubs installed
 
 from .errors import DataError
 from .replay import ReplayTrace, role_of
 
 HOUR_NS = 3600e9
+#: Covariance matrix of (intercept, slope).
+Cov = tuple[tuple[float, float], tuple[float, float]]
 #: Share of each point's slowest writes left out of its mean (preemption, not the write).
 TRIM = 0.05
 #: Plays of a population from which their spread gives the measured total's CI (and
@@ -66,7 +69,7 @@ class MeanFit:
     mode: str
     intercept_ns: float
     slope_ns: float
-    cov: tuple[tuple[float, float], tuple[float, float]]  # of (intercept, slope)
+    cov: Cov  # of (intercept, slope)
     dof: int  # of the CI: points - 2; with one population points - 1 (one point: writes - 1)
     n_points: int
     pop_min: int
@@ -79,11 +82,30 @@ class MeanFit:
         return self.intercept_ns + self.slope_ns * x, se
 
 
-def helper_processes(meta: dict) -> int:
+def helper_processes(meta: dict[str, Any]) -> int:
     """Processes a run's helper kept alive besides the population: its targets and each
     multiprocess target's CLONE_VM child (a replay has dozens; the walk visits them too)."""
     ok = [t for t in meta.get("targets", []) if t.get("status") == "ok"]
-    return len(ok) + sum(t.get("kind") == "multiprocess" for t in ok)
+    return len(ok) + sum(int(t.get("kind") == "multiprocess") for t in ok)
+
+
+def _line(x: np.ndarray, y: np.ndarray, lat: np.ndarray) -> tuple[float, float, Cov, int]:
+    """(intercept, slope, their covariance, dof) of per-point means `y` at `x`; `lat`
+    (the trimmed writes) when there is a single point."""
+    if len(np.unique(x)) < 2 and len(y) > 1:  # no slope: the points' centre, their SE
+        var = float(y.var(ddof=1)) / len(y)
+        icpt = float(np.median(y) if len(y) >= MIN_PLAYS else y.mean())
+        return icpt, 0.0, ((var, 0.0), (0.0, 0.0)), len(y) - 1
+    if len(np.unique(x)) < 2:  # one point: its writes' mean, their SE
+        var = float(lat.var(ddof=1)) / len(lat) if len(lat) > 1 else float("inf")
+        return float(lat.mean()), 0.0, ((var, 0.0), (0.0, 0.0)), len(lat) - 1
+    X = np.column_stack([np.ones_like(x), x])
+    beta, *_ = np.linalg.lstsq(X, y, rcond=None)
+    dof = len(x) - 2
+    s2 = float(np.sum((y - X @ beta) ** 2)) / dof if dof > 0 else float("inf")
+    c = s2 * np.linalg.inv(X.T @ X)
+    cov = ((float(c[0, 0]), float(c[0, 1])), (float(c[1, 0]), float(c[1, 1])))
+    return float(beta[0]), float(beta[1]), cov, dof
 
 
 def mean_fits(df: pd.DataFrame, trim: float = TRIM, offset: int = 0) -> list[MeanFit]:
@@ -91,33 +113,18 @@ def mean_fits(df: pd.DataFrame, trim: float = TRIM, offset: int = 0) -> list[Mea
     x = population + `offset` (the run's `helper_processes`): processes the writes saw
     beyond the machine's own, which stay in the line's base."""
     ok = df[df["err"] == 0]
-    keys = ["device", "kind", "mode"]
     out = []
-    for key, g in ok.groupby(keys, observed=True, sort=True):
+    for (device, kind, mode), g in ok.groupby(["device", "kind", "mode"], observed=True,
+                                              sort=True):  # fmt: skip
         pts = g.groupby("point", observed=True).agg(
             pop=("population", "first"),
             mean=("latency_ns", lambda v: trimmed(v.to_numpy(), trim).mean()),
         )  # fmt: skip
         x, y = pts["pop"].to_numpy(float) + offset, pts["mean"].to_numpy(float)
-        if len(np.unique(x)) < 2 and len(y) > 1:  # no slope: the points' centre, their SE
-            var = float(y.var(ddof=1)) / len(y)
-            icpt = float(np.median(y) if len(y) >= MIN_PLAYS else y.mean())
-            cov, slope, dof = ((var, 0.0), (0.0, 0.0)), 0.0, len(y) - 1
-        elif len(np.unique(x)) < 2:  # one point: its writes' mean, their SE
-            lat = trimmed(g["latency_ns"].to_numpy(float), trim)
-            var = lat.var(ddof=1) / len(lat) if len(lat) > 1 else np.inf
-            cov, slope, icpt, dof = ((var, 0.0), (0.0, 0.0)), 0.0, float(lat.mean()), len(lat) - 1
-        else:
-            X = np.column_stack([np.ones_like(x), x])
-            beta, *_ = np.linalg.lstsq(X, y, rcond=None)
-            dof = len(x) - 2
-            rss = float(np.sum((y - X @ beta) ** 2))
-            s2 = rss / dof if dof > 0 else np.inf
-            c = s2 * np.linalg.inv(X.T @ X)
-            icpt, slope = map(float, beta)
-            cov = ((float(c[0, 0]), float(c[0, 1])), (float(c[1, 0]), float(c[1, 1])))
-        out.append(MeanFit(*map(str, key), icpt, slope, cov, max(dof, 0), len(pts),
-                           int(x.min()), int(x.max())))  # fmt: skip
+        lat = trimmed(g["latency_ns"].to_numpy(float), trim)
+        icpt, slope, cov, dof = _line(x, y, lat)
+        out.append(MeanFit(str(device), str(kind), str(mode), icpt, slope, cov, max(dof, 0),
+                           len(pts), int(x.min()), int(x.max())))  # fmt: skip
     return out
 
 
@@ -171,7 +178,7 @@ def _t_half(values: np.ndarray) -> float:
     """Half width of the 95% Student t interval of the mean of `values`."""
     if len(values) < 2:
         return float("inf")
-    sem = float(values.std(ddof=1)) / np.sqrt(len(values))
+    sem = float(values.std(ddof=1)) / float(np.sqrt(len(values)))
     return float(stats.t.ppf(0.975, len(values) - 1)) * sem
 
 
@@ -187,7 +194,8 @@ def measured(df: pd.DataFrame, blocks: int = BLOCKS, trim: float = TRIM) -> list
     """
     ok = df[df["err"] == 0].sort_values("t_ns", kind="stable")
     out = []
-    for (kind, mode, pop), g in ok.groupby(["kind", "mode", "population"], observed=True):
+    for (kind, mode, _), g in ok.groupby(["kind", "mode", "population"], observed=True):
+        pop = int(g["population"].iloc[0])
         plays = [p.to_numpy(float) for _, p in g.groupby("point", observed=True)["latency_ns"]]
         n = int(round(len(g) / len(plays)))  # writes of one play
         if len(plays) >= MIN_PLAYS:
@@ -198,7 +206,7 @@ def measured(df: pd.DataFrame, blocks: int = BLOCKS, trim: float = TRIM) -> list
             means = np.array([trimmed(b, trim).mean()
                               for b in np.array_split(lat, min(blocks, len(lat)))])  # fmt: skip
             tot, half, ci = float(means.mean()) * n, _t_half(means) * n, "blocks"
-        out.append(Measured(str(kind), str(mode), int(pop), n, tot, tot - half, tot + half,
+        out.append(Measured(str(kind), str(mode), pop, n, tot, tot - half, tot + half,
                             len(plays), ci))  # fmt: skip
     return out
 

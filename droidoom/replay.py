@@ -21,12 +21,14 @@ import hashlib
 import random
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import pandas as pd
 
 from .errors import DataError, UsageError
-from .perfetto_trace import read_any, read_bytes, require_oom_events
+from .perfetto_trace import TraceData, read_any, read_bytes, require_oom_events
 from .protocol import PlanPoint, PlanTarget
 from .scenario import ROLE_CODE, Chain, Plan, lmkd_moves
 from .spec import ProfileSpec
@@ -73,9 +75,10 @@ class ReplayTrace:
     duration_ns: int  # first to last update
 
     @property
-    def extra(self) -> np.ndarray:
+    def extra(self) -> npt.NDArray[np.int64]:
         """Per replayed write: processes alive beyond the replayed ones (>= 0)."""
-        return np.maximum(self.events["alive"].to_numpy(np.int64) - len(self.pids), 0)
+        alive: npt.NDArray[np.int64] = self.events["alive"].to_numpy(np.int64)
+        return np.maximum(alive - len(self.pids), 0)
 
     def population(self) -> int:
         """Extra processes a replay spawns: the writes' mean `extra` (cost is linear in it)."""
@@ -101,7 +104,7 @@ class ReplayTrace:
                        "as alive until the end of the trace (an overcount)")
         return out
 
-    def summary(self) -> dict:
+    def summary(self) -> dict[str, Any]:
         """For run.json."""
         return {
             "trace": self.path, "sha256": self.sha256, "updates": int(len(self.events)),
@@ -118,7 +121,7 @@ def _alive_at(ts: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarra
     return np.searchsorted(s, ts, side="right") - np.searchsorted(e, ts, side="right")
 
 
-def _lifetimes(trace, ev: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+def _lifetimes(trace: TraceData, ev: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     first = ev.groupby("pid", sort=True)["ts_ns"].min()
     procs = trace.processes
     start = pd.concat([procs.set_index("pid")["ts_ns"], first]).groupby(level=0).min()
@@ -169,7 +172,8 @@ def gaps_us(ts_ns: np.ndarray, compress: float) -> np.ndarray | None:
     if compress == 0 or len(ts_ns) == 0:
         return None
     at = np.round((ts_ns - ts_ns[0]) / (1000.0 * compress)).astype(np.int64)
-    return np.clip(np.diff(at, prepend=at[0]), 0, MAX_GAP_US)
+    gaps: npt.NDArray[np.int64] = np.clip(np.diff(at, prepend=at[0]), 0, MAX_GAP_US)
+    return gaps
 
 
 def _replay_writes(rt: ReplayTrace, kinds: int, adj_min: int) -> tuple[Writes, int]:
@@ -190,7 +194,8 @@ def _changing_moves(rng: random.Random, count: int) -> list[tuple[int, int]]:
     lmkd an update only when a process's adj changes (OomAdjuster compares the new adj
     with the one it last set), and a write of the value already set costs more here
     (~1 us), so the model's repeats at the bottom of the cache are skipped."""
-    chain, out, last = Chain(), [], None
+    chain, last = Chain(), None
+    out: list[tuple[int, int]] = []
     while len(out) < count:
         for adj, role in lmkd_moves(rng, count - len(out), chain):
             if adj != last:
@@ -207,7 +212,8 @@ def _sweep_writes(rt: ReplayTrace, kinds: int, adj_min: int, seed: int) -> tuple
     proc = rt.events["proc"].to_numpy(np.int64)
     rng = random.Random(seed)
     moves = [iter(_changing_moves(rng, int(c))) for c in np.bincount(proc, minlength=n)]
-    out, clamped = [], 0
+    out: list[tuple[int, int, int]] = []
+    clamped = 0
     for j in proc:
         a, r = next(moves[j])
         clamped += (a < adj_min) * kinds
