@@ -244,19 +244,22 @@ def build_replay_plan(spec: ProfileSpec, adj_min: int = -1000) -> Plan:
     clamped = 0
     for population in visits:
         for mode in spec.modes:
-            for _ in range(spec.repeat if spec.repeat > 1 else 0):  # a sweep point first
-                sw, c = _sweep_writes(rt, nk, adj_min, spec.seed * 1009 + len(points))
-                sweep_idx.append(len(points))
-                points.append(PlanPoint(len(points), population, spec.threads, mode, 0.0,
-                                        spec.warmup, sw))  # fmt: skip
+            # --repeat: rounds of a sweep point and a play, in turn first (ABBA), so a
+            # drift during the visit touches both alike; the visit's first point warms up
+            order = [(True, False), (False, True)] * spec.repeat if spec.repeat > 1 else [
+                (False,)]  # fmt: skip
+            for r, is_sweep in enumerate(x for pair in order[: spec.repeat] for x in pair):
+                warm = spec.warmup if r == 0 else 0
+                if is_sweep:
+                    sw, c = _sweep_writes(rt, nk, adj_min, spec.seed * 1009 + len(points))
+                    sweep_idx.append(len(points))
+                    point = PlanPoint(len(points), population, spec.threads, mode, 0.0, warm, sw)
+                else:
+                    point = PlanPoint(len(points), population, spec.threads, mode, 0.0, warm,
+                                      writes, gaps)  # fmt: skip
+                    c = clamped_per_play
+                points.append(point)
                 clamped += c
-                points.append(PlanPoint(len(points), population, spec.threads, mode, 0.0, 0,
-                                        writes, gaps))  # fmt: skip
-                clamped += clamped_per_play
-            if spec.repeat == 1:
-                points.append(PlanPoint(len(points), population, spec.threads, mode, 0.0,
-                                        spec.warmup, writes, gaps))  # fmt: skip
-                clamped += clamped_per_play
     notes = rt.notes()
     if g is not None and (g >= MAX_GAP_US).any():
         notes.append("pauses longer than 35 min were shortened to 35 min")
