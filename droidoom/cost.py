@@ -174,40 +174,57 @@ class Measured:
 
 
 
-def _t_half(values: np.ndarray) -> float:
-    """Half width of the 95% Student t interval of the mean of `values`."""
-    if len(values) < 2:
+def _t_half(values: np.ndarray, alongside: np.ndarray | None = None) -> float:
+    """Half width of the 95% Student t interval of the mean of `values`; with `alongside`
+    (measurements of the same quantity taken in turn with them), the variance is pooled
+    from both groups' spreads about their own means (len(values) + len(alongside) - 2 dof)."""
+    groups = [values] + ([alongside] if alongside is not None and len(alongside) > 1 else [])
+    dof = sum(len(g) - 1 for g in groups)
+    if len(values) < 2 or dof < 1:
         return float("inf")
-    sem = float(values.std(ddof=1)) / float(np.sqrt(len(values)))
-    return float(stats.t.ppf(0.975, len(values) - 1)) * sem
+    var = sum(float(((g - g.mean()) ** 2).sum()) for g in groups) / dof
+    return float(stats.t.ppf(0.975, dof)) * float(np.sqrt(var / len(values)))
 
 
-def measured(df: pd.DataFrame, blocks: int = BLOCKS, trim: float = TRIM) -> list[Measured]:
+def _point_means(g: pd.DataFrame, trim: float) -> np.ndarray:
+    """Each point's mean latency without its slowest `trim` share."""
+    return np.array([trimmed(p.to_numpy(float), trim).mean()
+                     for _, p in g.groupby("point", observed=True)["latency_ns"]])  # fmt: skip
+
+
+def measured(df: pd.DataFrame, blocks: int = BLOCKS, trim: float = TRIM,
+             sweeps: pd.DataFrame | None = None) -> list[Measured]:  # fmt: skip
     """The total of one play of the trace per kind x mode x population (the mean over the
     plays: the points of `df`, successful writes; each play's mean leaves out its slowest
     `trim` share, as `mean_fits` does), with a 95% CI.
 
     With at least `MIN_PLAYS` plays (`--repeat`, several replay runs pooled) the CI is the
     Student t interval over the plays' totals: their spread holds everything that varies
-    between plays (drift, the machine's load, another run's conditions). With fewer, it
-    comes from `blocks` consecutive time blocks of the writes (within-run noise only).
+    between plays (drift, the machine's load, another run's conditions). The `sweeps`
+    points measured in turn with the plays (`--repeat`: the same targets, order and count
+    of writes) vary the same way: their spread is pooled in, so a few plays that happened
+    to agree do not make the interval narrower than the machine is steady. With fewer
+    plays, the CI comes from `blocks` consecutive time blocks of the writes (within-run
+    noise only).
     """
     ok = df[df["err"] == 0].sort_values("t_ns", kind="stable")
+    sw = sweeps[sweeps["err"] == 0] if sweeps is not None else ok.iloc[:0]
     out = []
     for (kind, mode, _), g in ok.groupby(["kind", "mode", "population"], observed=True):
         pop = int(g["population"].iloc[0])
-        plays = [p.to_numpy(float) for _, p in g.groupby("point", observed=True)["latency_ns"]]
-        n = int(round(len(g) / len(plays)))  # writes of one play
-        if len(plays) >= MIN_PLAYS:
-            tots = np.array([trimmed(p, trim).mean() for p in plays]) * n
-            tot, half, ci = float(tots.mean()), _t_half(tots), "plays"
+        k = int(g["point"].nunique())
+        n = int(round(len(g) / k))  # writes of one play
+        if k >= MIN_PLAYS:
+            tots = _point_means(g, trim) * n
+            mates = sw[(sw["kind"] == kind) & (sw["mode"] == mode) & (sw["population"] == pop)]
+            along = _point_means(mates, trim) * n if len(mates) else None
+            tot, half, ci = float(tots.mean()), _t_half(tots, along), "plays"
         else:  # per-write block means, scaled to one play's n writes
             lat = g["latency_ns"].to_numpy(float)
             means = np.array([trimmed(b, trim).mean()
                               for b in np.array_split(lat, min(blocks, len(lat)))])  # fmt: skip
             tot, half, ci = float(means.mean()) * n, _t_half(means) * n, "blocks"
-        out.append(Measured(str(kind), str(mode), pop, n, tot, tot - half, tot + half,
-                            len(plays), ci))  # fmt: skip
+        out.append(Measured(str(kind), str(mode), pop, n, tot, tot - half, tot + half, k, ci))
     return out
 
 

@@ -58,13 +58,17 @@ def _pool(runs: list[_Run], trim: float) -> dict[str, _Plays]:
             by_device.setdefault(r.device, []).append(r)
     out = {}
     for device, rs in by_device.items():
-        frames = []
+        frames: tuple[list[pd.DataFrame], list[pd.DataFrame]] = ([], [])
         for i, r in enumerate(rs):
-            plays = c.split_sweep(r.df, r.meta)[1].copy()
-            plays["point"] = plays["point"].astype("int64") + i * 1_000_000
-            frames.append(plays)
+            has_sweeps = bool((r.meta.get("replay") or {}).get("sweep_points"))
+            for part, frame in zip(c.split_sweep(r.df, r.meta), frames, strict=True):
+                if has_sweeps or frame is frames[1]:
+                    part = part.assign(point=part["point"].astype("int64") + i * 1_000_000)
+                    frame.append(part)
+        sweeps = pd.concat(frames[0]) if frames[0] else None
         out[device] = _Plays(tuple(r.path for r in rs), c.helper_processes(rs[0].meta),
-                             tuple(c.measured(pd.concat(frames), trim=trim)))  # fmt: skip
+                             tuple(c.measured(pd.concat(frames[1]), trim=trim,
+                                              sweeps=sweeps)))  # fmt: skip
     return out
 
 
