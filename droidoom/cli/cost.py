@@ -208,9 +208,13 @@ def cost(
 
     Each --run's writes give a mean latency line per kind (base + ns per process);
     the trace gives the writes per hour and the processes alive at each write. Replays of
-    this trace among the runs (`profile --scenario replay:TRACE`) check every estimate of
-    the same device: their measured totals are shown next to it. Also: which role
-    transitions and bursts cost most.
+    this trace among the runs (`profile --scenario replay:TRACE`, pooled per device) check
+    every estimate of the same device: the measured total of one play is shown next to
+    it, with a 95% t interval over the plays when there are 3 or more (else within-run
+    time blocks). To check an estimate against replays that saw the same drift, replay
+    with `--repeat N`: the run alternates sweep points (lmkd model values, same targets
+    and order) with plays of the trace; the sweep points price it, the plays check it.
+    Also: which role transitions and bursts cost most.
     """
     if not 0 <= trim < 1:
         raise UsageError(f"--trim must be a share in 0..1 (got {trim})")
