@@ -38,7 +38,8 @@ class _Run:
 
     @property
     def device(self) -> str:
-        return str(self.meta.get("device"))
+        """Replays pool by device and kernel (a lab's fixed and regressed VMs apart)."""
+        return _label(self.meta)
 
 
 @dataclass(frozen=True)
