@@ -6,7 +6,11 @@ A write's latency is wall-clock time, which also holds time the writer was not r
 (preempted, an interrupt, a vCPU descheduled: on a loaded host or under QEMU TCG the
 slowest 1% of writes can outweigh all others); so the mean is taken over all but the
 slowest `trim` share of each point's writes (default `TRIM` = 5%; 0 = the plain mean,
-i.e. wall time). `mean_fits` fits the line per device x kind x mode of a run by least
+i.e. wall time). A whole point can be slowed the same way (another job's burst on the
+other core): with one population and at least `MIN_PLAYS` points (`--repeat`'s sweep
+points) the line's base is the median of the points' means, so one disturbed point does
+not move the estimate, and its CI is still the points' spread. `mean_fits` fits the line
+per device x kind x mode of a run by least
 squares on its per-point (trimmed) means, with the coefficients' covariance; a run's x is
 its population plus the helper's own target processes (`helper_processes`), the
 machine's own processes stay in the base. A trace with W writes
@@ -15,25 +19,37 @@ mean(x)), with a 95% CI
 from the fit's covariance (Student t on the fit's degrees of freedom); per hour it is
 scaled by 3600 s / the trace's duration.
 
-`measured` sums a replay run's own latencies per population (a CLT CI over its writes),
-so an estimate can be checked against a real replay of the same trace. `transitions`
+`measured` is the total of one play of the trace per population (the mean over the
+plays; CI: Student t over the plays' totals, so it holds what varies between plays, or
+time blocks with fewer than `MIN_PLAYS` plays), so an estimate can be checked against a
+real replay of the same trace. `droidoom profile --scenario replay:T --repeat N` measures
+both in one run, alternately (a sweep point, a play, a sweep point, ...), so the estimate
+and the plays see the same drift and load. `transitions`
 and `bursts` say where a trace's cost concentrates.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy import stats
+from scipy import stats  # type: ignore[import-untyped, unused-ignore]  # no stubs installed
 
 from .errors import DataError
 from .replay import ReplayTrace, role_of
 
 HOUR_NS = 3600e9
+#: Covariance matrix of (intercept, slope).
+Cov = tuple[tuple[float, float], tuple[float, float]]
 #: Share of each point's slowest writes left out of its mean (preemption, not the write).
 TRIM = 0.05
+#: Plays of a population from which their spread gives the measured total's CI (and
+#: sweep points from which their median is a one-population line's base).
+MIN_PLAYS = 3
+#: Time blocks of a replay's writes for the measured total's CI (fewer than MIN_PLAYS).
+BLOCKS = 10
 
 
 def trimmed(lat: np.ndarray, trim: float = TRIM) -> np.ndarray:
@@ -53,8 +69,8 @@ class MeanFit:
     mode: str
     intercept_ns: float
     slope_ns: float
-    cov: tuple[tuple[float, float], tuple[float, float]]  # of (intercept, slope)
-    dof: int  # degrees of freedom of the CI (points - 2; writes - 1 with one population)
+    cov: Cov  # of (intercept, slope)
+    dof: int  # of the CI: points - 2; with one population points - 1 (one point: writes - 1)
     n_points: int
     pop_min: int
     pop_max: int
@@ -66,11 +82,30 @@ class MeanFit:
         return self.intercept_ns + self.slope_ns * x, se
 
 
-def helper_processes(meta: dict) -> int:
+def helper_processes(meta: dict[str, Any]) -> int:
     """Processes a run's helper kept alive besides the population: its targets and each
     multiprocess target's CLONE_VM child (a replay has dozens; the walk visits them too)."""
     ok = [t for t in meta.get("targets", []) if t.get("status") == "ok"]
-    return len(ok) + sum(t.get("kind") == "multiprocess" for t in ok)
+    return len(ok) + sum(int(t.get("kind") == "multiprocess") for t in ok)
+
+
+def _line(x: np.ndarray, y: np.ndarray, lat: np.ndarray) -> tuple[float, float, Cov, int]:
+    """(intercept, slope, their covariance, dof) of per-point means `y` at `x`; `lat`
+    (the trimmed writes) when there is a single point."""
+    if len(np.unique(x)) < 2 and len(y) > 1:  # no slope: the points' centre, their SE
+        var = float(y.var(ddof=1)) / len(y)
+        icpt = float(np.median(y) if len(y) >= MIN_PLAYS else y.mean())
+        return icpt, 0.0, ((var, 0.0), (0.0, 0.0)), len(y) - 1
+    if len(np.unique(x)) < 2:  # one point: its writes' mean, their SE
+        var = float(lat.var(ddof=1)) / len(lat) if len(lat) > 1 else float("inf")
+        return float(lat.mean()), 0.0, ((var, 0.0), (0.0, 0.0)), len(lat) - 1
+    X = np.column_stack([np.ones_like(x), x])
+    beta, *_ = np.linalg.lstsq(X, y, rcond=None)
+    dof = len(x) - 2
+    s2 = float(np.sum((y - X @ beta) ** 2)) / dof if dof > 0 else float("inf")
+    c = s2 * np.linalg.inv(X.T @ X)
+    cov = ((float(c[0, 0]), float(c[0, 1])), (float(c[1, 0]), float(c[1, 1])))
+    return float(beta[0]), float(beta[1]), cov, dof
 
 
 def mean_fits(df: pd.DataFrame, trim: float = TRIM, offset: int = 0) -> list[MeanFit]:
@@ -78,29 +113,18 @@ def mean_fits(df: pd.DataFrame, trim: float = TRIM, offset: int = 0) -> list[Mea
     x = population + `offset` (the run's `helper_processes`): processes the writes saw
     beyond the machine's own, which stay in the line's base."""
     ok = df[df["err"] == 0]
-    keys = ["device", "kind", "mode"]
     out = []
-    for key, g in ok.groupby(keys, observed=True, sort=True):
+    for (device, kind, mode), g in ok.groupby(["device", "kind", "mode"], observed=True,
+                                              sort=True):  # fmt: skip
         pts = g.groupby("point", observed=True).agg(
             pop=("population", "first"),
             mean=("latency_ns", lambda v: trimmed(v.to_numpy(), trim).mean()),
         )  # fmt: skip
         x, y = pts["pop"].to_numpy(float) + offset, pts["mean"].to_numpy(float)
-        if len(np.unique(x)) < 2:  # no slope: the mean at that population, its SE
-            lat = trimmed(g["latency_ns"].to_numpy(float), trim)
-            var = lat.var(ddof=1) / len(lat) if len(lat) > 1 else np.inf
-            cov, slope, icpt, dof = ((var, 0.0), (0.0, 0.0)), 0.0, float(lat.mean()), len(lat) - 1
-        else:
-            X = np.column_stack([np.ones_like(x), x])
-            beta, *_ = np.linalg.lstsq(X, y, rcond=None)
-            dof = len(x) - 2
-            rss = float(np.sum((y - X @ beta) ** 2))
-            s2 = rss / dof if dof > 0 else np.inf
-            c = s2 * np.linalg.inv(X.T @ X)
-            icpt, slope = map(float, beta)
-            cov = ((float(c[0, 0]), float(c[0, 1])), (float(c[1, 0]), float(c[1, 1])))
-        out.append(MeanFit(*map(str, key), icpt, slope, cov, max(dof, 0), len(pts),
-                           int(x.min()), int(x.max())))  # fmt: skip
+        lat = trimmed(g["latency_ns"].to_numpy(float), trim)
+        icpt, slope, cov, dof = _line(x, y, lat)
+        out.append(MeanFit(str(device), str(kind), str(mode), icpt, slope, cov, max(dof, 0),
+                           len(pts), int(x.min()), int(x.max())))  # fmt: skip
     return out
 
 
@@ -135,43 +159,84 @@ def estimate(fit: MeanFit, x: np.ndarray, duration_ns: int) -> Estimate:
 
 @dataclass(frozen=True)
 class Measured:
-    """A replay run's own total for one kind x mode x population."""
+    """Replays' own total for one kind x mode x population: one play of the trace."""
 
     kind: str
     mode: str
     population: int
-    writes: int
-    total_ns: float
+    writes: int  # of one play
+    total_ns: float  # mean over the plays
     total_lo: float
     total_hi: float
+    plays: int = 1
+    ci: str = "blocks"  # "plays": t interval over the plays; "blocks": within the plays
 
 
-#: Time blocks of a replay's writes for the measured total's CI.
-BLOCKS = 10
 
 
-def measured(df: pd.DataFrame, blocks: int = BLOCKS, trim: float = TRIM) -> list[Measured]:
-    """One replay of the trace's total per kind x mode x population (the mean over its
-    visits; successful writes), with a 95% CI from `blocks` consecutive time blocks of its
-    writes: block-to-block spread holds drift and the machine's changing load during the
-    run, which write-to-write noise alone (a CLT interval) would hide. Each block's mean
-    leaves out its slowest `trim` share, as `mean_fits` does."""
+def _t_half(values: np.ndarray, alongside: np.ndarray | None = None) -> float:
+    """Half width of the 95% Student t interval of the mean of `values`; with `alongside`
+    (measurements of the same quantity taken in turn with them), the variance is pooled
+    from both groups' spreads about their own means (len(values) + len(alongside) - 2 dof)."""
+    groups = [values] + ([alongside] if alongside is not None and len(alongside) > 1 else [])
+    dof = sum(len(g) - 1 for g in groups)
+    if len(values) < 2 or dof < 1:
+        return float("inf")
+    var = sum(float(((g - g.mean()) ** 2).sum()) for g in groups) / dof
+    return float(stats.t.ppf(0.975, dof)) * float(np.sqrt(var / len(values)))
+
+
+def _point_means(g: pd.DataFrame, trim: float) -> np.ndarray:
+    """Each point's mean latency without its slowest `trim` share."""
+    return np.array([trimmed(p.to_numpy(float), trim).mean()
+                     for _, p in g.groupby("point", observed=True)["latency_ns"]])  # fmt: skip
+
+
+def measured(df: pd.DataFrame, blocks: int = BLOCKS, trim: float = TRIM,
+             sweeps: pd.DataFrame | None = None) -> list[Measured]:  # fmt: skip
+    """The total of one play of the trace per kind x mode x population (the mean over the
+    plays: the points of `df`, successful writes; each play's mean leaves out its slowest
+    `trim` share, as `mean_fits` does), with a 95% CI.
+
+    With at least `MIN_PLAYS` plays (`--repeat`, several replay runs pooled) the CI is the
+    Student t interval over the plays' totals: their spread holds everything that varies
+    between plays (drift, the machine's load, another run's conditions). The `sweeps`
+    points measured in turn with the plays (`--repeat`: the same targets, order and count
+    of writes) vary the same way: their spread is pooled in, so a few plays that happened
+    to agree do not make the interval narrower than the machine is steady. With fewer
+    plays, the CI comes from `blocks` consecutive time blocks of the writes (within-run
+    noise only).
+    """
     ok = df[df["err"] == 0].sort_values("t_ns", kind="stable")
+    sw = sweeps[sweeps["err"] == 0] if sweeps is not None else ok.iloc[:0]
     out = []
-    for (kind, mode, pop), g in ok.groupby(["kind", "mode", "population"], observed=True):
-        lat = g["latency_ns"].to_numpy(float)
-        visits = max(int(g["point"].nunique()), 1)
-        n = len(lat) // visits  # writes of one replay
-        parts = np.array_split(lat, min(blocks, len(lat)))
-        means = np.array([trimmed(p, trim).mean() for p in parts])
-        tot = float(means.mean()) * n
-        if len(parts) > 1:  # per-write block means, scaled to one replay's n writes
-            half = float(stats.t.ppf(0.975, len(parts) - 1) * means.std(ddof=1)
-                         / np.sqrt(len(parts)) * n)  # fmt: skip
-        else:
-            half = float("inf")
-        out.append(Measured(str(kind), str(mode), int(pop), n, tot, tot - half, tot + half))
+    for (kind, mode, _), g in ok.groupby(["kind", "mode", "population"], observed=True):
+        pop = int(g["population"].iloc[0])
+        k = int(g["point"].nunique())
+        n = int(round(len(g) / k))  # writes of one play
+        if k >= MIN_PLAYS:
+            tots = _point_means(g, trim) * n
+            mates = sw[(sw["kind"] == kind) & (sw["mode"] == mode) & (sw["population"] == pop)]
+            along = _point_means(mates, trim) * n if len(mates) else None
+            tot, half, ci = float(tots.mean()), _t_half(tots, along), "plays"
+        else:  # per-write block means, scaled to one play's n writes
+            lat = g["latency_ns"].to_numpy(float)
+            means = np.array([trimmed(b, trim).mean()
+                              for b in np.array_split(lat, min(blocks, len(lat)))])  # fmt: skip
+            tot, half, ci = float(means.mean()) * n, _t_half(means) * n, "blocks"
+        out.append(Measured(str(kind), str(mode), pop, n, tot, tot - half, tot + half, k, ci))
     return out
+
+
+def split_sweep(df: pd.DataFrame, meta: dict[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(the points a run's fit comes from, its plays of the trace). A `--repeat` replay
+    run's sweep points (run.json `replay.sweep_points`) price, its plays are checked; any
+    other run's points do both (a plain replay is priced by its own line)."""
+    sweep = (meta.get("replay") or {}).get("sweep_points") or []
+    if not sweep:
+        return df, df
+    mask = df["point"].isin(sweep)
+    return df[mask], df[~mask]
 
 
 def per_write_cost(fit: MeanFit, x: np.ndarray) -> np.ndarray:

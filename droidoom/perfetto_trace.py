@@ -31,11 +31,15 @@ import gzip
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from .errors import DataError
+from .trace_wire import iter_packet_bytes, looks_like_trace
+
+__all__ = ["iter_packet_bytes"]  # re-exported: the wire framing lives in trace_wire.py
 
 #: Builtin clock ids (perfetto's BuiltinClock enum).
 CLOCK_REALTIME, CLOCK_MONOTONIC, CLOCK_BOOTTIME = 1, 3, 6
@@ -64,68 +68,18 @@ PROCESS_COLUMNS: dict[str, str] = {
 }
 
 
-def _import_pb():
+def _import_pb() -> Any:  # the generated protobuf module (untyped: a boundary)
     try:
-        from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
+        # the perfetto wheel ships no type information
+        from perfetto.protos.perfetto.trace import (  # type: ignore[import-untyped, unused-ignore]
+            perfetto_trace_pb2 as pb,
+        )
     except ImportError as e:  # pragma: no cover - a core dependency
         raise DataError(
             f"cannot read Perfetto traces: {e}; install droidoom's dependencies "
             "(pip install perfetto)"
         ) from None
     return pb
-
-
-def _varint(buf: bytes | memoryview, pos: int) -> tuple[int, int]:
-    result = shift = 0
-    n = len(buf)
-    while True:
-        if pos >= n:
-            raise IndexError(pos)
-        b = buf[pos]
-        pos += 1
-        result |= (b & 0x7F) << shift
-        if b < 0x80:
-            return result, pos
-        shift += 7
-        if shift > 63:
-            raise ValueError("varint too long")
-
-
-def iter_packet_bytes(data: bytes) -> tuple[list[memoryview], int | None]:
-    """Split a serialized `Trace` into its TracePacket payloads.
-
-    Returns (payloads, truncated_at): `truncated_at` is the byte offset of the first
-    incomplete record, None when the file ends cleanly. Records other than field 1
-    (e.g. padding written by some tools) are skipped."""
-    view = memoryview(data)
-    out: list[memoryview] = []
-    pos, n = 0, len(data)
-    while pos < n:
-        start = pos
-        try:
-            tag, pos = _varint(view, pos)
-            wire = tag & 7
-            if wire == 2:
-                length, pos = _varint(view, pos)
-                if pos + length > n:
-                    return out, start
-                if tag >> 3 == 1:
-                    out.append(view[pos : pos + length])
-                pos += length
-            elif wire == 0:
-                _, pos = _varint(view, pos)
-            elif wire in (1, 5):
-                pos += 8 if wire == 1 else 4
-            else:
-                raise ValueError(f"wire type {wire}")
-        except (IndexError, ValueError):
-            return out, start
-    return out, None
-
-
-def _looks_like_trace(data: bytes) -> bool:
-    # The first record of every Perfetto trace is a `packet` (tag 0x0a = field 1, LEN).
-    return len(data) > 1 and data[0] == 0x0A
 
 
 @dataclass
@@ -183,7 +137,7 @@ class TraceData:
         """Anything lost between the kernel and the file (0 means a complete record)."""
         return self.lost_events + self.ftrace_overrun + self.ftrace_dropped + self.chunks_discarded
 
-    def summary(self) -> dict:
+    def summary(self) -> dict[str, Any]:
         """Counts for run.json."""
         return {
             "packets": self.packets,
@@ -204,9 +158,9 @@ class _Collector:
     """Accumulates rows from packets (plain lists: one DataFrame build at the end)."""
 
     def __init__(self) -> None:
-        self.oom: dict[str, list] = {c: [] for c in OOM_EVENT_COLUMNS if c != "writer_tgid"}
-        self.procs: dict[int, tuple] = {}
-        self.threads: dict[int, tuple] = {}
+        self.oom: dict[str, list[Any]] = {c: [] for c in OOM_EVENT_COLUMNS if c != "writer_tgid"}
+        self.procs: dict[int, tuple[Any, ...]] = {}
+        self.threads: dict[int, tuple[Any, ...]] = {}
         self.clocks: list[dict[str, int]] = []
         self.exits: list[tuple[int, int]] = []
         self.packets = 0
@@ -215,7 +169,7 @@ class _Collector:
         self.errors: list[str] = []
         self.started: int | None = None
 
-    def packet(self, pkt, pb) -> None:
+    def packet(self, pkt: Any, pb: Any) -> None:  # protobuf messages: untyped
         self.packets += 1
         which = pkt.WhichOneof("data")
         if which == "ftrace_events":
@@ -245,7 +199,7 @@ class _Collector:
         elif which == "service_event" and pkt.service_event.all_data_sources_started:
             self.started = pkt.timestamp if self.started is None else self.started
 
-    def compressed(self, blob: bytes, pb) -> None:
+    def compressed(self, blob: bytes, pb: Any) -> None:
         try:
             inner = zlib.decompress(blob)
         except zlib.error as e:
@@ -255,7 +209,7 @@ class _Collector:
         for p in payloads:
             self.packet(pb.TracePacket.FromString(p), pb)
 
-    def _bundle(self, bundle) -> None:
+    def _bundle(self, bundle: Any) -> None:
         if bundle.lost_events:
             self.lost += 1
         cpu = bundle.cpu
@@ -273,7 +227,7 @@ class _Collector:
             o["comm"].append(u.comm)
             o["adj"].append(u.oom_score_adj)
 
-    def _tree(self, tree, ts: int) -> None:
+    def _tree(self, tree: Any, ts: int) -> None:
         for p in tree.processes:
             if p.pid in self.procs:
                 continue
@@ -322,7 +276,7 @@ def parse_trace(data: bytes, what: str = "trace", *, allow_truncated: bool = Tru
     pb = _import_pb()
     if not data:
         raise DataError(f"{what} is empty: was perfetto stopped before it wrote anything?")
-    if not _looks_like_trace(data):
+    if not looks_like_trace(data):
         head = bytes(data[:16])
         hint = ""
         if head.lstrip().startswith((b"#", b"<", b"{", b"[")) or b"tracer:" in head:
@@ -338,7 +292,9 @@ def parse_trace(data: bytes, what: str = "trace", *, allow_truncated: bool = Tru
             f"{len(payloads)} packets; pull it again after perfetto has exited"
         )
     col = _Collector()
-    from google.protobuf.message import DecodeError
+    from google.protobuf.message import (  # type: ignore[import-untyped, unused-ignore]
+        DecodeError,  # no stubs installed
+    )
 
     for i, p in enumerate(payloads):
         try:
@@ -396,7 +352,7 @@ def read_any(path: str | Path, *, allow_truncated: bool = True) -> TraceData:
     """A Perfetto protobuf trace or ftrace/atrace text (plain or gzip'd), told apart by
     content. DataError names the file and what it looks like when it is neither."""
     data = read_bytes(path)
-    if _looks_like_trace(data):
+    if looks_like_trace(data):
         return parse_trace(data, str(path), allow_truncated=allow_truncated)
     head = data[:65536].decode("utf-8", errors="replace")
     if "oom_score_adj_update:" in head or head.lstrip().startswith("# tracer:"):

@@ -25,8 +25,9 @@ import pandas as pd
 from . import store
 from .errors import DataError, PermanentTargetError
 from .helper_io import records_to_frame
+from .plans import build_plan
 from .protocol import render_plan
-from .scenario import Plan, build_plan
+from .scenario import Plan
 from .spec import ProfileSpec
 from .targets.base import Target
 from .vocab import RunStatus

@@ -18,14 +18,23 @@ themselves (`population_of`): the extra processes the trace's writes saw on aver
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+import random
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import pandas as pd
 
 from .errors import DataError, UsageError
+from .perfetto_trace import TraceData, read_any, read_bytes, require_oom_events
 from .protocol import PlanPoint, PlanTarget
+from .scenario import ROLE_CODE, Chain, Plan, lmkd_moves
+from .spec import ProfileSpec
+
+#: (target idx, adj, role code) per write, as in PlanPoint.writes.
+Writes = tuple[tuple[int, int, int], ...]
 
 PREFIX = "replay:"
 #: The helper's target index is a u8: at most 256 targets (processes x kinds).
@@ -66,9 +75,10 @@ class ReplayTrace:
     duration_ns: int  # first to last update
 
     @property
-    def extra(self) -> np.ndarray:
+    def extra(self) -> npt.NDArray[np.int64]:
         """Per replayed write: processes alive beyond the replayed ones (>= 0)."""
-        return np.maximum(self.events["alive"].to_numpy(np.int64) - len(self.pids), 0)
+        alive: npt.NDArray[np.int64] = self.events["alive"].to_numpy(np.int64)
+        return np.maximum(alive - len(self.pids), 0)
 
     def population(self) -> int:
         """Extra processes a replay spawns: the writes' mean `extra` (cost is linear in it)."""
@@ -94,7 +104,7 @@ class ReplayTrace:
                        "as alive until the end of the trace (an overcount)")
         return out
 
-    def summary(self) -> dict:
+    def summary(self) -> dict[str, Any]:
         """For run.json."""
         return {
             "trace": self.path, "sha256": self.sha256, "updates": int(len(self.events)),
@@ -111,7 +121,7 @@ def _alive_at(ts: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarra
     return np.searchsorted(s, ts, side="right") - np.searchsorted(e, ts, side="right")
 
 
-def _lifetimes(trace, ev: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+def _lifetimes(trace: TraceData, ev: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     first = ev.groupby("pid", sort=True)["ts_ns"].min()
     procs = trace.processes
     start = pd.concat([procs.set_index("pid")["ts_ns"], first]).groupby(level=0).min()
@@ -129,8 +139,6 @@ def _lifetimes(trace, ev: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
 def load(path: str | Path, n_kinds: int = 1) -> ReplayTrace:
     """Read TRACE for replay. DataError (naming what is missing) for an unreadable,
     truncated or unknown-format file or one without oom_score_adj_update events."""
-    from .perfetto_trace import read_any, read_bytes, require_oom_events
-
     path = str(path)
     sha = hashlib.sha256(read_bytes(path)).hexdigest()
     trace = read_any(path, allow_truncated=False)
@@ -164,66 +172,123 @@ def gaps_us(ts_ns: np.ndarray, compress: float) -> np.ndarray | None:
     if compress == 0 or len(ts_ns) == 0:
         return None
     at = np.round((ts_ns - ts_ns[0]) / (1000.0 * compress)).astype(np.int64)
-    return np.clip(np.diff(at, prepend=at[0]), 0, MAX_GAP_US)
+    gaps: npt.NDArray[np.int64] = np.clip(np.diff(at, prepend=at[0]), 0, MAX_GAP_US)
+    return gaps
 
 
-def build_replay_plan(spec, adj_min: int = -1000):
-    """The helper plan that replays spec's trace (see the module docstring)."""
-    from .scenario import ROLE_CODE, Plan
-
-    rt = load(trace_path(spec.scenario), len(spec.kinds))
+def _replay_writes(rt: ReplayTrace, kinds: int, adj_min: int) -> tuple[Writes, int]:
+    """The trace's updates as writes (kinds taking turns), and how many were clamped."""
     n = len(rt.pids)
+    adj = rt.events["adj"].to_numpy(np.int64)
+    roles = [ROLE_CODE[role_of(int(a))] for a in adj]
+    proc = rt.events["proc"].to_numpy(np.int64)
+    writes = tuple(
+        (k * n + int(p), int(max(a, adj_min)), r)
+        for p, a, r in zip(proc, adj, roles, strict=True) for k in range(kinds)
+    )  # fmt: skip
+    return writes, int((adj < adj_min).sum()) * kinds
+
+
+def _changing_moves(rng: random.Random, count: int) -> list[tuple[int, int]]:
+    """`count` lmkd-model moves of one process, each to a new value: ActivityManager sends
+    lmkd an update only when a process's adj changes (OomAdjuster compares the new adj
+    with the one it last set), and a write of the value already set costs more here
+    (~1 us), so the model's repeats at the bottom of the cache are skipped."""
+    chain, last = Chain(), None
+    out: list[tuple[int, int]] = []
+    while len(out) < count:
+        for adj, role in lmkd_moves(rng, count - len(out), chain):
+            if adj != last:
+                out.append((adj, role))
+            last = adj
+    return out
+
+
+def _sweep_writes(rt: ReplayTrace, kinds: int, adj_min: int, seed: int) -> tuple[Writes, int]:
+    """A sweep point's writes: the trace's targets in the trace's order (the same access
+    pattern as a play), each process's values from the lmkd role model
+    (droidoom/scenario.py) instead of the trace's."""
+    n = len(rt.pids)
+    proc = rt.events["proc"].to_numpy(np.int64)
+    rng = random.Random(seed)
+    moves = [iter(_changing_moves(rng, int(c))) for c in np.bincount(proc, minlength=n)]
+    out: list[tuple[int, int, int]] = []
+    clamped = 0
+    for j in proc:
+        a, r = next(moves[j])
+        clamped += (a < adj_min) * kinds
+        out += [(k * n + int(j), max(a, adj_min), r) for k in range(kinds)]
+    return tuple(out), clamped
+
+
+def build_replay_plan(spec: ProfileSpec, adj_min: int = -1000) -> Plan:
+    """The helper plan that replays spec's trace (see the module docstring)."""
+    path = trace_path(spec.scenario)
+    if path is None:
+        raise UsageError(f"scenario {spec.scenario!r} is not replay:TRACE")
+    rt = load(path, len(spec.kinds))
+    n, nk = len(rt.pids), len(spec.kinds)
     targets = tuple(
         PlanTarget(k * n + j, kind, spec.target_threads if kind == "threaded" else 1)
         for k, kind in enumerate(spec.kinds) for j in range(n)
     )  # fmt: skip
-    adj = rt.events["adj"].to_numpy(np.int64)
-    clamped_mask = adj < adj_min
-    adj = np.maximum(adj, adj_min)
-    roles = [ROLE_CODE[role_of(int(a))] for a in rt.events["adj"]]
-    proc = rt.events["proc"].to_numpy(np.int64)
-    nk = len(spec.kinds)
-    writes = tuple(
-        (k * n + int(p), int(a), r)
-        for p, a, r in zip(proc, adj, roles, strict=True) for k in range(nk)
-    )  # fmt: skip
+    writes, clamped_per_play = _replay_writes(rt, nk, adj_min)
     g = gaps_us(rt.events["ts_ns"].to_numpy(np.int64), spec.compress)
     gaps = None if g is None else tuple(int(x) for i in g for x in (i, *([0] * (nk - 1))))
-    points, idx = [], 0
     # updown: up and back down, the top too (no respawn), so every population has two
     # replays far apart in time and drift shows in their difference (cf. scenario.sweep)
     pops = sorted(spec.populations)
     visits = pops + pops[::-1] if spec.order == "updown" and len(pops) > 1 else pops
+    points: list[PlanPoint] = []
+    sweep_idx: list[int] = []
+    clamped = 0
     for population in visits:
         for mode in spec.modes:
-            points.append(PlanPoint(idx, population, spec.threads, mode, 0.0, spec.warmup,
-                                    writes, gaps))  # fmt: skip
-            idx += 1
-    clamped = int(clamped_mask.sum()) * nk * len(points)
+            # --repeat: rounds of a sweep point and a play, in turn first (ABBA), so a
+            # drift during the visit touches both alike; the visit's first point warms up
+            order = [(True, False), (False, True)] * spec.repeat if spec.repeat > 1 else [
+                (False,)]  # fmt: skip
+            for r, is_sweep in enumerate(x for pair in order[: spec.repeat] for x in pair):
+                warm = spec.warmup if r == 0 else 0
+                if is_sweep:
+                    sw, c = _sweep_writes(rt, nk, adj_min, spec.seed * 1009 + len(points))
+                    sweep_idx.append(len(points))
+                    point = PlanPoint(len(points), population, spec.threads, mode, 0.0, warm, sw)
+                else:
+                    point = PlanPoint(len(points), population, spec.threads, mode, 0.0, warm,
+                                      writes, gaps)  # fmt: skip
+                    c = clamped_per_play
+                points.append(point)
+                clamped += c
     notes = rt.notes()
     if g is not None and (g >= MAX_GAP_US).any():
         notes.append("pauses longer than 35 min were shortened to 35 min")
+    info = {**rt.summary(), "repeat": spec.repeat, "sweep_points": sweep_idx}
     return Plan(targets, tuple(points), clamped, adj_min, (spec.cpu, spec.fifo),
-                info={"replay": rt.summary()}, notes=tuple(notes))  # fmt: skip
+                info={"replay": info}, notes=tuple(notes))  # fmt: skip
 
 
-def spec_for_replay(spec, *, population_given: bool, kinds_given: bool,
-                    replay_kinds: tuple[str, ...] | None = None, compress: float | None = None):
-    """A profile spec adjusted for `replay:TRACE`: kinds `--replay-kinds` (else --kinds,
-    else threaded: nearly every app process is multi-threaded), population from the trace
-    unless given. Other scenarios: unchanged (--replay-kinds/--compress are usage errors)."""
-    from dataclasses import replace
-
-
+def spec_for_replay(
+    spec: ProfileSpec, *, population_given: bool, kinds_given: bool,
+    replay_kinds: tuple[str, ...] | None = None, compress: float | None = None,
+    repeat: int | None = None,
+) -> ProfileSpec:  # fmt: skip
+    """A spec adjusted for `replay:TRACE`, for every command that profiles (`profile`,
+    `profile --all`, `farm run`): kinds `--replay-kinds` (else --kinds, else threaded:
+    nearly every app process is multi-threaded), the population sized from the trace
+    (`ReplayTrace.population`) unless given. Other scenarios: unchanged (the replay-only
+    options are usage errors)."""
     path = trace_path(spec.scenario)
     if path is None:
-        if replay_kinds or compress is not None:
-            raise UsageError("--replay-kinds and --compress go with --scenario replay:TRACE")
+        if replay_kinds or compress is not None or repeat is not None:
+            raise UsageError("--replay-kinds, --compress and --repeat go with "
+                             "--scenario replay:TRACE")  # fmt: skip
         return spec
     kinds = replay_kinds or (spec.kinds if kinds_given else ("threaded",))
-    extra = {} if compress is None else {"compress": compress}
     scenario = PREFIX + str(Path(path).expanduser().resolve())  # run.json names the file
-    spec = replace(spec, kinds=tuple(kinds), scenario=scenario, **extra)
+    spec = replace(spec, kinds=tuple(kinds), scenario=scenario)
+    spec = spec if compress is None else replace(spec, compress=compress)
+    spec = spec if repeat is None else replace(spec, repeat=repeat)
     spec.validate()
     if not population_given:
         spec = replace(spec, populations=(load(path, len(kinds)).population(),))

@@ -22,10 +22,11 @@ from . import __version__, runsave, schema, store
 from .capture.base import CaptureContext, CaptureSource
 from .errors import DroidoomError, HelperError, TargetError
 from .helper_io import Probe, probe
+from .plans import build_plan
 from .power import suspend_risk
 from .protocol import render_plan
 from .rundir import RunDir, make_run_id, open_run, writable_dir
-from .scenario import Plan, build_plan
+from .scenario import Plan
 from .session import Progress, Session, classify_end, stream, wrapper_failure
 from .spec import ProfileSpec
 from .targets.base import Target, TargetFacts

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
+from typing import Any
 
+from .errors import UsageError
 from .protocol import PlanPoint, PlanTarget
 from .spec import ProfileSpec
 
@@ -69,13 +71,21 @@ class Plan:
     clamped: int  # writes raised to adj_min because this user may not go lower
     adj_min: int
     writer: tuple[int, bool] = (-1, False)  # (cpu, fifo) for the plan's `writer` line
-    info: dict = field(default_factory=dict)  # extra run.json entries (e.g. the replayed trace)
+    info: dict[str, Any] = field(default_factory=dict)  # run.json extras (e.g. the trace)
     notes: tuple[str, ...] = ()  # what the user should know about this plan
 
 
-def _lmkd_moves(rng: random.Random, n: int, state: list) -> list[tuple[int, int]]:
-    """n (adj, role code) moves continuing the chain in `state` = [role, adj]."""
-    role, adj = state
+@dataclass
+class Chain:
+    """Where one app is in the lmkd role model: its role and adj (advanced by lmkd_moves)."""
+
+    role: str = "cached"
+    adj: int = CACHED_APP_MIN
+
+
+def lmkd_moves(rng: random.Random, n: int, chain: Chain) -> list[tuple[int, int]]:
+    """n (adj, role code) moves continuing `chain` (which ends where the moves end)."""
+    role, adj = chain.role, chain.adj
     out = []
     for _ in range(n):
         names, weights = zip(*_TRANSITIONS[role], strict=True)
@@ -86,7 +96,7 @@ def _lmkd_moves(rng: random.Random, n: int, state: list) -> list[tuple[int, int]
             adj = _ROLE_ADJ[nxt]
         role = nxt
         out.append((adj, ROLE_CODE[role]))
-    state[:] = [role, adj]
+    chain.role, chain.adj = role, adj
     return out
 
 
@@ -119,17 +129,15 @@ def build_plan(spec: ProfileSpec, adj_min: int = -1000) -> Plan:
     Points follow `sweep()`; within a point the kinds take turns write by write
     (round robin), so a slow drift touches every kind alike. Moves below `adj_min` (what
     this user may write) are raised to it and counted. `replay:TRACE` scenarios are
-    built by `droidoom.replay.build_replay_plan`.
+    built by `droidoom.replay.build_replay_plan` (`droidoom.plans.build_plan` picks).
     """
     if spec.scenario.startswith("replay:"):
-        from .replay import build_replay_plan
-
-        return build_replay_plan(spec, adj_min)
+        raise UsageError("replay:TRACE plans come from droidoom.plans.build_plan")
     targets = tuple(
         PlanTarget(i, kind, spec.target_threads if kind == "threaded" else 1)
         for i, kind in enumerate(spec.kinds)
     )
-    chains = {t.idx: ["cached", CACHED_APP_MIN] for t in targets}
+    chains = {t.idx: Chain() for t in targets}
     rngs = {t.idx: random.Random(spec.seed * 1009 + t.idx) for t in targets}
     points, clamped, idx = [], 0, 0
     for population, n in sweep(spec):
@@ -139,7 +147,7 @@ def build_plan(spec: ProfileSpec, adj_min: int = -1000) -> Plan:
                 if spec.scenario == "alternate":
                     moves = _alternate_moves(spec.levels, n, idx)
                 else:
-                    moves = _lmkd_moves(rngs[t.idx], n, chains[t.idx])
+                    moves = lmkd_moves(rngs[t.idx], n, chains[t.idx])
                 per_target.append([(t.idx, adj, role) for adj, role in moves])
             writes = []
             for turn in zip(*per_target, strict=True):

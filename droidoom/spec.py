@@ -39,6 +39,7 @@ class ProfileSpec:
     cpu: int = -2  # pin the writer: a CPU number, -2 = the core it starts on, -1 = unpinned
     fifo: bool = True  # writer at SCHED_FIFO like lmkd, where permitted (root)
     compress: float = 1.0  # replay:TRACE: the trace's gaps divided by this; 0 = back to back
+    repeat: int = 1  # replay:TRACE: plays per population visit, each after a sweep point
 
     def validate(self) -> ProfileSpec:
         """Raise UsageError with a one-line, actionable message on bad input."""
@@ -69,6 +70,8 @@ class ProfileSpec:
                 raise UsageError("--scenario replay:TRACE needs a file, e.g. replay:t.pftrace")
             if not math.isfinite(self.compress) or self.compress < 0:
                 raise UsageError(f"--compress must be a finite factor >= 0 (got {self.compress})")
+            if not 1 <= self.repeat <= 100:
+                raise UsageError(f"--repeat must be 1..100 plays (got {self.repeat})")
         elif self.scenario not in SCENARIOS:
             raise UsageError(
                 f"unknown scenario {self.scenario!r}: use {', '.join(SCENARIOS)} or replay:TRACE"

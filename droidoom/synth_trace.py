@@ -170,7 +170,10 @@ class _Phone:
 def generate(spec: SynthSpec = SynthSpec()) -> tuple[bytes, pd.DataFrame]:
     """(serialized Perfetto trace, ground truth per event: ts_ns, pid, comm, adj, and
     alive = processes alive when it was written, this one included)."""
-    from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
+    # the perfetto wheel ships no type information
+    from perfetto.protos.perfetto.trace import (  # type: ignore[import-untyped, unused-ignore]
+        perfetto_trace_pb2 as pb,
+    )
 
     phone = _Phone(spec)
     rng, end = phone.rng, int(spec.duration_s * 1e9)
@@ -203,10 +206,13 @@ def generate(spec: SynthSpec = SynthSpec()) -> tuple[bytes, pd.DataFrame]:
     for start in range(0, len(truth), 1000):
         b = trace.packet.add(timestamp=boot0).ftrace_events
         b.cpu = rng.randrange(spec.cpus)
-        for r in truth.iloc[start : start + 1000].itertuples(index=False):
-            ev = b.event.add(timestamp=int(r.ts_ns), pid=LMKD_PID)
+        part = truth.iloc[start : start + 1000]
+        for t_ns, pid, comm, adj in zip(part["ts_ns"].tolist(), part["pid"].tolist(),
+                                        part["comm"].tolist(), part["adj"].tolist(),
+                                        strict=True):  # fmt: skip
+            ev = b.event.add(timestamp=int(t_ns), pid=LMKD_PID)
             u = ev.oom_score_adj_update
-            u.pid, u.comm, u.oom_score_adj = int(r.pid), r.comm, int(r.adj)
+            u.pid, u.comm, u.oom_score_adj = int(pid), comm, int(adj)
     if phone.kills:
         b = trace.packet.add(timestamp=boot0).ftrace_events
         b.cpu = rng.randrange(spec.cpus)

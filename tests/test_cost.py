@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from conftest import run_cli
 
@@ -74,6 +75,51 @@ def test_estimate_matches_a_real_replay_on_this_host(trace, tmp_path):
     tr = r["where"]["transitions"]
     assert tr[0]["share"] >= tr[-1]["share"] and sum(t["share"] for t in tr) <= 1 + 1e-9
     assert r["where"]["bursts"][0]["writes"] > 1
+
+
+def test_estimate_lies_in_the_replay_ci_measured_alongside(trace, tmp_path):
+    """`--repeat 5` at the trace's own population: five plays of the trace, each right after
+    a sweep point of the lmkd role model on the same targets. The sweep points' mean prices
+    the trace (the estimate); the plays' spread is the measured total's CI (Student t, 4
+    degrees of freedom), so drift and load changes count. Measured alongside, both see the
+    same machine, and the estimate lies in the measured CI, for the O(1) threaded writes
+    and the multiprocess ones that walk every process."""
+    run = _replay(trace, tmp_path / "runs", "--local", "--repeat", "5",
+                  "--replay-kinds", "threaded,multiprocess")  # fmt: skip
+    rep = _cost(trace, [run], tmp_path)
+    (r,) = rep["runs"]
+    assert r["replay_of_this_trace"] and r["sweep_points"] == 5
+    n, pop = rep["trace"]["updates"], rep["trace"]["population"]
+    for e in r["estimates"]:
+        (p,) = e["replays"]
+        assert (p["population"], p["writes"], p["plays"], p["ci"]) == (pop, n, 5, "plays"), p
+        lo, hi = p["measured_ci_ns"]
+        assert 0 < lo < p["measured_ns"] < hi, p
+        assert p["estimate_in_measured_ci"], (e["kind"], p)
+    df = droidoom.load(run)  # the plays wrote the trace's own values, the sweeps did not
+    sweep = df["point"].isin(json.loads((run / "run.json").read_text())["replay"]["sweep_points"])
+    want = replay.load(trace).events["adj"].to_numpy()
+    for _, g in df[~sweep & (df["kind"] == "threaded")].groupby("point"):
+        assert (g.sort_values("seq")["adj_to"].to_numpy() == want).all()
+    assert df[sweep & (df["kind"] == "threaded")].groupby("point").size().eq(n).all()
+
+
+def test_measured_ci_is_the_spread_of_the_plays():
+    """With >= 3 plays the CI is the t interval over the plays' totals; with fewer it comes
+    from time blocks of the writes (within-run only)."""
+    rows = []
+    for point, ns in enumerate((1000, 1100, 1300)):  # three plays of 40 writes
+        rows += [dict(kind="threaded", mode="reopen", population=0, point=point, err=0,
+                      t_ns=point * 100 + i, latency_ns=ns) for i in range(40)]  # fmt: skip
+    df = pd.DataFrame(rows)
+    (m,) = c.measured(df)
+    tots = np.array([1000, 1100, 1300]) * 40.0
+    half = 4.3027 * tots.std(ddof=1) / np.sqrt(3)  # t(2, 0.975)
+    assert (m.plays, m.ci, m.writes) == (3, "plays", 40)
+    assert (m.total_lo, m.total_hi) == pytest.approx((tots.mean() - half, tots.mean() + half),
+                                                     rel=1e-4)
+    (m2,) = c.measured(df[df["point"] < 2])
+    assert (m2.plays, m2.ci) == (2, "blocks")
 
 
 def test_cost_model_sums_per_write_costs(trace):

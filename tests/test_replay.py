@@ -14,8 +14,9 @@ from conftest import run_cli
 
 import droidoom
 from droidoom import replay
-from droidoom.errors import DataError
-from droidoom.scenario import ROLES, build_plan
+from droidoom.errors import DataError, UsageError
+from droidoom.plans import build_plan
+from droidoom.scenario import ROLES
 from droidoom.spec import ProfileSpec
 from droidoom.synth_trace import SynthSpec, generate
 
@@ -197,3 +198,30 @@ def test_more_processes_than_targets_are_capped_and_said(tmp_path):
     assert any("172 least-updated processes" in n for n in rt.notes())
     with pytest.raises(DataError):
         replay.load(tmp_path / "absent.pftrace")
+
+
+def test_repeat_alternates_sweep_points_and_plays(long_trace):
+    """--repeat 4: per population visit, rounds of a sweep point and a play, in turn first
+    (ABBA); a sweep point writes the play's targets in the play's order with lmkd-model
+    values that always change; run.json names the sweep points."""
+    path, _ = long_trace
+    rt = replay.load(path, 2)
+    plan = build_plan(_spec(path, kinds=("single", "threaded"), populations=(0, 50), repeat=4))
+    sweep = plan.info["replay"]["sweep_points"]
+    assert plan.info["replay"]["repeat"] == 4 and len(sweep) == 4 * 4  # visits 0, 50, 50, 0
+    is_sweep = [p.idx in sweep for p in plan.points]
+    assert is_sweep == [True, False, False, True, True, False, False, True] * 4
+    plays = [p for p in plan.points if p.idx not in sweep]
+    assert len({p.writes for p in plays}) == 1
+    for p in plan.points:
+        if p.idx in sweep:
+            assert [t for t, _, _ in p.writes] == [t for t, _, _ in plays[0].writes]
+            assert [a for _, a, _ in p.writes] != [a for _, a, _ in plays[0].writes]
+            last: dict[int, int] = {}
+            for t, a, _ in p.writes:
+                assert last.get(t) != a
+                last[t] = a
+    assert [p.warmup > 0 for p in plan.points[:2]] == [True, False]
+    assert len(rt.pids) * 2 == len(plan.targets)
+    with pytest.raises(UsageError, match="--repeat must be 1..100"):
+        _spec(path, repeat=0)

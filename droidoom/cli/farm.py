@@ -75,9 +75,14 @@ class _Rows:
 
 
 def farm_spec(inv: Inventory, options: SpecOptions) -> specs.ProfileSpec:
-    """--quick or the default, then the inventory's [profile], then explicit CLI options."""
+    """--quick or the default, then the inventory's [profile], then explicit CLI options;
+    a replay:TRACE sized from its trace, as `profile` does (droidoom/replay.py)."""
+    from ..replay import spec_for_replay
+
     base = replace(specs.QUICK if options.quick else specs.DEFAULT, **dict(inv.profile))
-    return options.spec(base=base)
+    given = set(inv.profile) | {k for k in ("population", "kinds") if getattr(options, k)}
+    return spec_for_replay(options.spec(base=base), kinds_given="kinds" in given,
+                           population_given=bool({"population", "populations"} & given))
 
 
 def _resolve(inv: Inventory) -> Resolution:

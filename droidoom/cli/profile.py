@@ -77,6 +77,13 @@ def profile(
         typer.Option(help="replay:TRACE: play the trace N times faster (default 1: its own "
                      "pace; 0: back to back)."),
     ] = None,
+    repeat: Annotated[
+        int | None,
+        typer.Option(help="replay:TRACE: play the trace N times at each population, each "
+                     "play right after a sweep point of the lmkd role model on the same "
+                     "targets, so `droidoom cost` prices it and checks the estimate against "
+                     "the plays' spread (default 1: one play, no sweep points)."),
+    ] = None,
 ) -> None:
     """Time oom_score_adj writes across populations; say if this kernel has the O(N) path.
 
@@ -91,6 +98,7 @@ def profile(
     sweep = spec_for_replay(
         given.spec(cpu=cpu, fifo=fifo, order=order), population_given=given.population is not None,
         kinds_given=given.kinds is not None, replay_kinds=words(replay_kinds), compress=compress,
+        repeat=repeat,
     )  # fmt: skip
     if all_devices:  # a one-server farm (droidoom/cli/farm.py)
         if local or serial:
