@@ -148,51 +148,46 @@ def lab_kernels() -> dict[str, Path]:
 @pytest.mark.lab
 @needs_qemu
 def test_regressed_kernel_estimate_and_replay_grow_as_the_slope_says(lab_kernels, tmp_path):
-    """On the lab's regressed kernel the trace's threaded writes walk every process: a
-    profile's fitted slope predicts how much a replay's total grows from 0 to 400
-    extra processes, and the replay grows that much; on the fixed kernel it stays flat."""
+    """On the lab's regressed kernel the trace's threaded writes walk every process: the
+    slope fitted to the sweep points predicts how much a play of the trace grows from 0 to
+    400 extra processes, and the plays grow that much; on the fixed kernel they stay flat.
+    `--repeat` measures the sweep points and the plays in turn in one run, so the slope and
+    the plays see the same emulated machine (TCG's speed follows the host's load, which
+    differs between separate runs)."""
     data, _ = generate(SynthSpec(seed=5, duration_s=600))
     trace = tmp_path / "phone.pftrace"
     trace.write_bytes(data)
     vm = ("--accel", "tcg")
-    # profiled over the range it prices (under TCG the walk's means bend up by 800)
-    p = run_cli("profile", "--kernel", str(lab_kernels["regressed"]), *vm, "--population",
-                "0,200,400", "--kinds", "threaded", "--out", str(tmp_path / "prof"),
-                timeout=600)  # fmt: skip
-    assert p.returncode == 0, p.stderr + p.stdout
-    prof = _one_run(tmp_path / "prof")
+    # over the range it prices (under TCG the walk's means bend up by 800)
     runs = {
         v: _replay(trace, tmp_path / v, "--kernel", str(lab_kernels[v]), *vm,
-                   "--population", "0,200,400", timeout=600)
+                   "--population", "0,200,400", "--repeat", "3", timeout=900)
         for v in ("regressed", "fixed")
     }  # fmt: skip
-    (fit,) = c.mean_fits(droidoom.load(prof))
-    assert fit.slope_ns > 20  # the walk, under TCG ~100+ ns per process
     n = len(replay.load(trace).events)
-    growth, base = {}, {}
+    growth, fits = {}, {}
     for v, run in runs.items():
-        m = {x.population: x for x in c.measured(droidoom.load(run))}
+        meta = json.loads((run / "run.json").read_text())
+        sweeps, plays = c.split_sweep(droidoom.load(run), meta)
+        (fits[v],) = c.mean_fits(sweeps)
+        m = {x.population: x for x in c.measured(plays, sweeps=sweeps)}
+        assert min(x.plays for x in m.values()) >= 3, m  # 3 per visit (up and down)
         growth[v] = (m[400].total_ns - m[0].total_ns) / n  # ns per write, 0 -> 400
-        base[v] = m[0].total_ns / n
+    fit = fits["regressed"]
+    assert fit.slope_ns > 20  # the walk, under TCG ~100+ ns per process
     predicted = fit.slope_ns * 400
-    # Each VM run's speed follows the host's load (TCG), so compare growth relative to
-    # the run's own cost at population 0, not in absolute ns across separate runs.
-    prof0 = {x.population: x for x in c.measured(droidoom.load(prof))}[0]
-    prof_base = prof0.total_ns / prof0.writes  # the profile's measured cost per write at 0
-    ratio = (growth["regressed"] / base["regressed"]) / (predicted / prof_base)
-    assert 0.5 < ratio < 2, (growth, base, predicted, prof0)
+    assert 0.5 < growth["regressed"] / predicted < 2, (growth, predicted)
     assert growth["fixed"] < 0.25 * growth["regressed"], growth
+    assert fits["fixed"].slope_ns < 0.25 * fit.slope_ns, fits
     # the estimate grows the same way: cost at 400 - cost at 0 = slope x 400 per write
     e0, e400 = (c.estimate(fit, np.full(n, x), 1).total_ns / n for x in (0, 400))
     assert e400 - e0 == pytest.approx(predicted)
-    # one command prices the trace on both kernels (and checks each against its replay)
-    rep = _cost(trace, [prof, runs["fixed"], runs["regressed"]], tmp_path)
+    # one command prices the trace on both kernels (and checks each against its plays)
+    rep = _cost(trace, [runs["fixed"], runs["regressed"]], tmp_path)
     est = [r["estimates"][0] for r in rep["runs"]]
-    assert est[2]["cpu_ms_per_hour"] > est[1]["cpu_ms_per_hour"], est
-    assert est[1]["slope_ns"] < 0.25 * est[2]["slope_ns"], est  # the replays' own lines
-    # the same walk, measured in two separate VM runs (absolute: a loaded host slows TCG)
-    assert 1 / 3 < est[2]["slope_ns"] / fit.slope_ns < 3, est
-    assert [r["replay_of_this_trace"] for r in rep["runs"]] == [False, True, True]
+    assert est[1]["cpu_ms_per_hour"] > est[0]["cpu_ms_per_hour"], est
+    assert est[0]["slope_ns"] < 0.25 * est[1]["slope_ns"], est
+    assert [r["replay_of_this_trace"] for r in rep["runs"]] == [True, True]
 
 
 def test_cost_bad_options_are_one_line_exit_2(trace, tmp_path):
