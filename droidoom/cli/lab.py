@@ -145,6 +145,10 @@ def build(
     build_kernels(names, jobs)
 
 
+#: Runs per kernel in `lab demo` while the verdict says the host disturbed the sweep.
+DEMO_ATTEMPTS = 3
+
+
 @lab.command("demo")
 def demo(
     quick: Annotated[
@@ -158,8 +162,10 @@ def demo(
 
     Builds them first if needed (`droidoom lab build`), boots each in QEMU, runs
     `profile --quick` against it, prints both verdicts with the ns/process of each target
-    kind and writes one HTML report comparing them. Then try
-    `droidoom compare FIXED-RUN REGRESSED-RUN` (exit 1: threaded writes regressed).
+    kind and writes one HTML report comparing them. A kernel whose run the host disturbed
+    (the verdict says "busy": TCG slows with the host's load) is measured again, up to
+    three runs. Then try `droidoom compare FIXED-RUN REGRESSED-RUN` (exit 1: threaded
+    writes regressed).
     """
     from .. import analysis, report, store
     from ..runner import profile as run_profile
@@ -170,7 +176,17 @@ def demo(
     for v, k in kernels.items():
         with open_vm(k.image, accel, label=v) as target:
             meta = {"vm": target.vm_info(), "lab_variant": v}
-            results[v] = run_profile(target, spec, out, extra_meta=meta)
+            for attempt in range(1, DEMO_ATTEMPTS + 1):
+                results[v] = run_profile(target, spec, out, extra_meta=meta)
+                (vd,) = analysis.verdict(store.load(results[v].path), results[v].meta)
+                if not vd.disturbed or attempt == DEMO_ATTEMPTS:
+                    break
+                console.print(
+                    f"{v}: the host was busy during the sweep (an emulated guest slows with "
+                    f"it); measuring again ({attempt + 1}/{DEMO_ATTEMPTS}), "
+                    f"{results[v].path} is kept",
+                    soft_wrap=True,
+                )
     df = store.load([r.path for r in results.values()])
     metas = [r.meta for r in results.values()]
     verdicts = {vd.device: vd for vd in analysis.verdict(df, metas)}
