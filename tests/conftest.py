@@ -205,11 +205,17 @@ def runs_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def local_run(runs_dir) -> Path:
-    """A real quick profile of this host, through the CLI."""
-    out = runs_dir / "local"
-    p = run_cli("profile", "--local", "--quick", "--out", str(out))
-    assert p.returncode == 0, p.stderr + p.stdout
-    (run,) = [d for d in out.iterdir() if d.is_dir()]
+    """A real quick profile of this host, through the CLI. Many tests read it as this
+    host's typical run, so a run the host disturbed (the verdict says so: another job
+    slowed part of the sweep) is measured again, up to three times, as a user would."""
+    for attempt in range(3):
+        out = runs_dir / f"local{attempt or ''}"
+        p = run_cli("profile", "--local", "--quick", "--out", str(out))
+        assert p.returncode == 0, p.stderr + p.stdout
+        (run,) = [d for d in out.iterdir() if d.is_dir()]
+        (v,) = droidoom.analysis.verdict(droidoom.load(run), droidoom.analysis.load_meta(run))
+        if not v.disturbed:
+            break
     return run
 
 

