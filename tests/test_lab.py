@@ -51,10 +51,20 @@ def profile_kernel(image: Path, out: Path, *args: str) -> tuple[Path, subprocess
 
 @pytest.fixture(scope="session")
 def lab_runs(kernels, tmp_path_factory) -> dict[str, Path]:
-    """`profile --kernel --quick` on each reference kernel, plus a rerun of "fixed"."""
+    """`profile --kernel --quick` on each reference kernel, plus a rerun of "fixed". A run
+    the host disturbed (its verdict says so: TCG slows with the host's load) is measured
+    again, up to three times, as a user would."""
     out = tmp_path_factory.mktemp("lab")
-    runs = {v: profile_kernel(kernels[v], out / v)[0] for v in build.VARIANTS}
-    runs["fixed2"] = profile_kernel(kernels["fixed"], out / "fixed2")[0]
+
+    def quiet_run(image: Path, name: str) -> Path:
+        for attempt in range(3):
+            run, _ = profile_kernel(image, out / f"{name}-try{attempt}")
+            if not verdict_of(run).disturbed:
+                break
+        return run
+
+    runs = {v: quiet_run(kernels[v], v) for v in build.VARIANTS}
+    runs["fixed2"] = quiet_run(kernels["fixed"], "fixed2")
     return runs
 
 
@@ -177,14 +187,24 @@ def test_quick_verdict_regressed_kernel(lab_runs):
 @needs_qemu
 @pytest.mark.parametrize("variant", build.VARIANTS)
 def test_quick_verdict_with_a_cpu_hog_beside(kernels, tmp_path, variant):
-    hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
-    try:
-        run, _ = profile_kernel(kernels[variant], tmp_path)
-    finally:
-        hog.kill()
-        hog.wait()
-    v = verdict_of(run)
-    assert v.status == variant, v.sentence
+    """A busy loop beside the emulated guest never yields the wrong verdict: the right one,
+    or (when the load slowed part of the sweep) "inconclusive" flagged as disturbed, and
+    then measuring again gives the right one (up to three runs, as a user would)."""
+    sentences = []
+    for attempt in range(3):
+        hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+        try:
+            run, _ = profile_kernel(kernels[variant], tmp_path / f"try{attempt}")
+        finally:
+            hog.kill()
+            hog.wait()
+        v = verdict_of(run)
+        if v.status == variant:
+            break
+        assert v.status == "inconclusive" and v.disturbed, v.sentence  # never the wrong one
+        sentences.append(v.sentence)
+    else:
+        raise AssertionError(f"disturbed in 3 runs: {sentences}")
 
 
 @needs_qemu
