@@ -12,7 +12,7 @@ import os
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import HOST_VERDICT, profile_with_background
+from conftest import HOST_VERDICT, profile_with_background, require_slow_premise
 
 import droidoom
 from droidoom import analysis
@@ -220,7 +220,8 @@ def test_verdict_says_when_the_control_is_too_noisy(local_run, local_run_df):
 # --------------------------------------------------------------------------- compare
 
 
-def test_compare_flags_the_slow_run(local_run_df, slow_run):
+def test_compare_flags_the_slow_run(local_run, local_run_df, slow_run):
+    require_slow_premise(local_run, slow_run)
     slow = droidoom.load(slow_run)
     c = analysis.compare(local_run_df, slow)
     assert c.has_regression
@@ -237,7 +238,8 @@ def test_compare_flags_the_slow_run(local_run_df, slow_run):
     assert back.improvements["kind"].astype(str).eq("multiprocess").sum() == len(mp)
 
 
-def test_compare_pooled_over_populations(local_run_df, slow_run):
+def test_compare_pooled_over_populations(local_run, local_run_df, slow_run):
+    require_slow_premise(local_run, slow_run)
     c = analysis.compare(local_run_df, droidoom.load(slow_run), by=("device", "kind", "mode"))
     assert "population" not in c.table.columns
     assert set(c.regressions["kind"].astype(str)) >= {"multiprocess"}

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import HOST_VERDICT, run_cli
+from conftest import HOST_VERDICT, require_slow_premise, run_cli
 
 import droidoom
 from droidoom import store
@@ -126,6 +126,7 @@ def test_compare_run_with_itself_exits_0(local_run):
 
 
 def test_compare_slow_run_exits_1(local_run, slow_run, tmp_path, cli_here):
+    require_slow_premise(local_run, slow_run)
     table = tmp_path / "ratios.csv"
     rc, out, err = cli("compare", local_run, slow_run, "--csv", table)
     assert rc == EXIT_REGRESSION, out + err
