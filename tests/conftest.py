@@ -210,7 +210,7 @@ def local_run(runs_dir) -> Path:
     slowed part of the sweep) is measured again, up to three times, as a user would."""
     for attempt in range(3):
         out = runs_dir / f"local{attempt or ''}"
-        _wait_for_no_helpers(180)  # another session's population would be walked too
+        wait_quiet_host(180)  # another session's population would be walked too
         p = run_cli("profile", "--local", "--quick", "--out", str(out))
         assert p.returncode == 0, p.stderr + p.stdout
         (run,) = [d for d in out.iterdir() if d.is_dir()]
@@ -231,22 +231,30 @@ def require_slow_premise(local_run: Path, slow_run: Path) -> None:
                     "slow one: another session's population ran meanwhile")  # fmt: skip
 
 
-def _wait_for_no_helpers(timeout: float) -> None:
-    """Wait (up to `timeout`) until no droidoom-helper runs on this host: called where this
-    session runs none, so any is another session's (its population inflates our walks)."""
+def foreign_helpers() -> list[int]:
+    """droidoom-helper processes on this host: other sessions' when called where this
+    session runs none."""
+    out = []
+    for d in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{d}/comm") as f:
+                if f.read().strip() == "droidoom-helper":
+                    out.append(int(d))
+        except (OSError, ValueError):
+            pass
+    return out
+
+
+def wait_quiet_host(timeout: float = 20.0) -> bool:
+    """True once no other session's helper runs (waits up to `timeout`). Timing
+    comparisons need that: every oom_score_adj write takes the global oom_adj_mutex,
+    so another session's slow multiprocess writes make ours spin or sleep on it."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not any(_comm(d) == "droidoom-helper" for d in os.listdir("/proc") if d.isdigit()):
-            return
+    while foreign_helpers():
+        if time.monotonic() > deadline:
+            return False
         time.sleep(0.5)
-
-
-def _comm(pid: str) -> str:
-    try:
-        with open(f"/proc/{pid}/comm") as f:
-            return f.read().strip()
-    except OSError:
-        return ""
+    return True
 
 
 def crowd_changed(meta: dict, limit: int = 200) -> bool:

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import foreign_helpers, wait_quiet_host
 
 from droidoom import native
 from droidoom.capture import CaptureContext, CaptureRunInfo, build_sources
@@ -154,31 +155,6 @@ def assert_gone(sid: int, timeout: float = 5.0) -> None:
     while (left := session_members(sid)) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not left, f"processes left behind: {left[:10]}"
-
-
-def foreign_helpers() -> list[int]:
-    """droidoom-helper processes of other sessions (not started by this test)."""
-    out = []
-    for d in os.listdir("/proc"):
-        try:
-            with open(f"/proc/{d}/comm") as f:
-                if f.read().strip() == "droidoom-helper":
-                    out.append(int(d))
-        except (OSError, ValueError):
-            pass
-    return out
-
-
-def wait_quiet_host(timeout: float = 20.0) -> bool:
-    """True once no other session's helper runs (waits up to `timeout`). Timing
-    comparisons need that: every oom_score_adj write takes the global oom_adj_mutex,
-    so another session's slow multiprocess writes make ours spin or sleep on it."""
-    deadline = time.monotonic() + timeout
-    while foreign_helpers():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.5)
-    return True
 
 
 def samples_frame(records: bytes, populations) -> pd.DataFrame:
