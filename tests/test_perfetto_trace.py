@@ -211,3 +211,45 @@ def test_writes_before_the_trace_started_are_counted_apart():
     del t.packet[-1]
     _, s2, _ = join_trace(samples, parse_trace(t.SerializeToString()), info)
     assert s2["writes_before_trace"] == 0 and s2["matched_fraction"] == 2 / 5
+
+
+def test_back_to_back_writes_with_a_skewed_clock_snapshot():
+    """Writes 30 ns apart, one clock snapshot skewed by 3.3 us (its reader was preempted
+    between two clock reads) and a warmup event just before the first write: each write
+    still gets its own event. (Matching within snapshot-spread tolerance let the first
+    write take the warmup's event and every later write its predecessor's.)"""
+    import pandas as pd
+
+    from droidoom.capture.base import CaptureRunInfo
+    from droidoom.capture.perfetto import join_trace
+
+    off, pids, n, lat, gap = BOOT_MINUS_MONO, (700, 701, 702), 60, 1000, 30
+    t0 = 100_000
+    starts = [t0 + i * (lat + gap) for i in range(n)]
+    err = [13 if i == 20 else 0 for i in range(n)]  # EACCES: no kernel event
+    events = [(off + t0 - 10, 0, 50, 700, "t", 900)]  # the warmup
+    events += [(off + s + 500, i % 2, 50, pids[i % 3], "t", i)
+               for i, s in enumerate(starts) if not err[i]]  # fmt: skip
+    t = _trace(events)
+    del t.packet[0]  # replace the snapshot by two that disagree by 3.3 us
+    for d in (3000, -300):
+        snap = t.packet.add().clock_snapshot
+        snap.clocks.add(clock_id=6, timestamp=t0 + off + d)
+        snap.clocks.add(clock_id=3, timestamp=t0)
+    tr = parse_trace(t.SerializeToString())
+    assert tr.clock_offset_ns() == off + 1350  # the median is 1.35 us off
+    samples = pd.DataFrame({
+        "t_ns": starts, "latency_ns": [lat] * n, "adj_to": list(range(n)), "err": err,
+        "target": [i % 3 for i in range(n)], "kind": ["single"] * n,
+        "point": [0] * n, "population": [0] * n, "mode": ["reopen"] * n,
+    })  # fmt: skip
+    info = CaptureRunInfo(helper_pid=50, targets={i: {"pid": p} for i, p in enumerate(pids)})
+    out, stats, _ = join_trace(samples, tr, info)
+    assert stats["matched"] == n - 1 and stats["matched_fraction"] == 1.0, stats
+    assert stats["pid_mismatch"] == 0 and stats["adj_mismatch"] == 0, stats
+    assert stats["inside_write_fraction"] == 1.0, stats
+    fitted, snapped = stats["boot_minus_mono_ns"], stats["snapshot_boot_minus_mono_ns"]
+    assert abs(fitted - off) <= 500 < abs(snapped - off), stats
+    assert "moved -" in stats["clock"]
+    assert out["trace_offset_ns"].isna().tolist() == [e != 0 for e in err]
+    assert (out["trace_adj"].dropna().astype(int) == out["adj_to"][out["err"] == 0]).all()

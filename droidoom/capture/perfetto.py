@@ -14,8 +14,9 @@ docs use that event). droidoom:
    classes (droidoom.perfetto_trace; never TraceProcessor, which downloads a binary).
 4. joins the helper's oom events (writer tid = helper pid) to its timed writes: event
    time is BOOTTIME, turned into the helper's CLOCK_MONOTONIC with the trace's clock
-   snapshots; a write matches the first unused event inside [t_ns - tol, t_ns + latency
-   + tol] with the target's pid and the written adj. Adds `trace_offset_ns` (event time
+   snapshots (the offset fitted to the writes within the snapshots' bracket); a write
+   matches the event of its target's pid inside [t_ns, t_ns + latency], else a free one
+   within a tolerance (capture.trace_match). Adds `trace_offset_ns` (event time
    minus write start) and `trace_adj` to the samples, a `perfetto_validation` table per
    point and kind, and run.json counts (matched fraction, lost events, offsets).
 
@@ -37,6 +38,7 @@ import pandas as pd
 from ..errors import CaptureError, DataError
 from ..schema import PERFETTO_COLUMNS
 from .base import CaptureContext, CaptureResult, CaptureRunInfo, CaptureSource, parse_kv_block, q
+from .trace_match import MATCH_TOL_NS, fit_offset, match_events
 
 if TYPE_CHECKING:  # typing only: no import of the target modules at run time
     from ..perfetto_trace import TraceData
@@ -242,50 +244,42 @@ def _clock(trace: TraceData) -> tuple[int, str, int]:
     return off, "boottime->monotonic from clock snapshots", spread
 
 
-def _match(
-    e_ts: I64, e_pid: I64, t: I64, lat: I64, want_pid: I64, tol: int
-) -> tuple[I64, int]:
-    """Index of the matched event per write (-1: none) and the pid mismatches. Events
-    and writes are both in time order (one writer thread), so one forward sweep."""
-    idx = np.full(len(t), -1, dtype=np.int64)
-    pid_mismatch, j, n_ev = 0, 0, len(e_ts)
-    for i in np.argsort(t, kind="stable"):
-        while j < n_ev and e_ts[j] < t[i] - tol:
-            j += 1
-        if j >= n_ev or e_ts[j] > t[i] + lat[i] + tol:
-            continue
-        if want_pid[i] > 0 and e_pid[j] != want_pid[i]:
-            pid_mismatch += 1
-            continue
-        idx[i] = j
-        j += 1
-    return idx, pid_mismatch
-
-
 def join_trace(
     samples: pd.DataFrame, trace: TraceData, info: CaptureRunInfo
 ) -> tuple[pd.DataFrame, dict[str, Any], pd.DataFrame]:
     """(samples + PERFETTO_COLUMNS, run.json stats, per-point validation table).
 
-    Events of the helper's writer thread, in CLOCK_MONOTONIC via the clock snapshots,
-    are matched in time order: each write takes the first unused event at or after
-    t_ns - tol, kept if it is before t_ns + latency + tol and carries the target's pid
-    (a different adj is counted, not dropped). tol covers the snapshots' uncertainty.
+    Events of the helper's writer thread are put in CLOCK_MONOTONIC with the clock
+    snapshots' offset, moved within their bracket as little as puts the most events
+    inside their writes (`fit_offset`; a snapshot's reader can be preempted), then
+    paired one to one with the target's pid (`match_events`; a different adj is counted,
+    not dropped). Without a fit the tolerance widens by the snapshots' spread.
     Unmatched writes from before the trace's data sources started are counted apart
     (`writes_before_trace`) and left out of matched_fraction."""
     ev = trace.oom_events
     if info.helper_pid > 0:
         ev = ev[ev["writer_tid"] == info.helper_pid]
     off, clock, spread = _clock(trace)
-    tol = 1000 + min(spread, 1_000_000)
-    e_ts = ev["ts_ns"].to_numpy(np.int64) - off
+    raw_ts = ev["ts_ns"].to_numpy(np.int64)
+    e_pid = ev["pid"].to_numpy(np.int64)
     e_adj = ev["adj"].to_numpy(np.int64)
     t = samples["t_ns"].to_numpy(np.int64)
     lat = samples["latency_ns"].to_numpy(np.int64)
     adj = samples["adj_to"].to_numpy(np.int64)
     ok = samples["err"].to_numpy() == 0 if "err" in samples else np.ones(len(t), bool)
-    idx, pid_mismatch = _match(e_ts, ev["pid"].to_numpy(np.int64), t, lat,
-                               _expected_pids(samples, info), tol)  # fmt: skip
+    want = _expected_pids(samples, info)
+    snap_off = off
+    fitted = None
+    if not clock.startswith("none"):
+        fitted = fit_offset(raw_ts, e_pid, t[ok], lat[ok], want[ok], off, spread)
+    if fitted is not None:
+        off, tol = fitted, MATCH_TOL_NS
+        if fitted != snap_off:
+            clock += f", moved {fitted - snap_off:+d} ns to fit the writes"
+    else:
+        tol = MATCH_TOL_NS + min(spread, 1_000_000)
+    e_ts = raw_ts - off
+    idx, pid_mismatch = match_events(e_ts, e_pid, e_adj, t, lat, want, adj, ok, tol)
     matched = idx >= 0
     # Writes that began before traced's data sources had started cannot be in the trace
     # (`--background` returns early): counted apart, not as misses.
@@ -304,6 +298,7 @@ def join_trace(
     stats = {
         "clock": clock,
         "boot_minus_mono_ns": int(off),
+        "snapshot_boot_minus_mono_ns": int(snap_off),
         "snapshot_spread_ns": spread,
         "tolerance_ns": tol,
         "helper_oom_events": int(n_ev),
