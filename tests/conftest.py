@@ -4,7 +4,8 @@
 - `slow_run`: the same profile while 1600 extra processes exist on the host, so
   multiprocess writes (which walk every process) are really slower: a genuine
   regression for `compare`, not edited numbers.
-- an autouse guard: no droidoom-helper process may outlive a test.
+- an autouse guard: no droidoom-helper process may outlive a test, and no adbd peer or
+  stand-in daemon the session.
 """
 
 from __future__ import annotations
@@ -90,6 +91,32 @@ def wait_no_helpers(before: set[int] = frozenset(), timeout: float = 5.0) -> set
         if not left or time.monotonic() > deadline:
             return left
         time.sleep(0.05)
+
+
+def peer_daemon_pids() -> set[int]:
+    """Pids of the test daemons this session started (adbd peers and their root-side
+    stand-ins: `su`'s daemon, traced), alive or orphaned."""
+    pids = set()
+    for d in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{d}/cmdline", "rb") as f:
+                cmd = f.read()
+        except OSError:
+            continue
+        if (b"adbd_peer.py" in cmd or b"peer_tools/_" in cmd) and _ours(int(d)):
+            pids.add(int(d))
+    return pids
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_peer_daemon_left_behind():
+    """After the last test: every adbd peer and stand-in daemon of this session is gone
+    (set up first, torn down last: after every other fixture has stopped its peers)."""
+    yield
+    deadline = time.monotonic() + 10
+    while (left := peer_daemon_pids()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not left, f"test daemons outlived the session: {sorted(left)[:10]}"
 
 
 @pytest.fixture(autouse=True)

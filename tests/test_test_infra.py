@@ -30,6 +30,38 @@ def test_shell_uid_peer_runs_from_a_checkout_uid_2000_cannot_read(tmp_path):
     assert p.returncode == 0 and "listening" in p.stdout, p.stderr
 
 
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"), reason="needs root")
+@pytest.mark.parametrize("end", ["stop", "kill"])
+def test_su_daemon_ends_with_its_peer(end):
+    """The root daemon behind a shell-uid peer's `su` leaves with the peer, whether it is
+    stopped or unplugged (SIGKILL): the peer's death signal cannot reach it (uid 2000 may
+    not signal root), so it watches its parent."""
+    import time
+
+    from adb_env import ShellUidPeer
+    from conftest import peer_daemon_pids
+
+    peer = ShellUidPeer(grant_su=True).start()
+    try:
+        sud = [p for p in peer_daemon_pids() if peer.workdir.encode() in _cmdline(p)
+               and b"_sud.py" in _cmdline(p)]  # fmt: skip
+        assert len(sud) == 1, sud
+    finally:
+        peer.stop() if end == "stop" else peer.kill()
+    deadline = time.monotonic() + 10
+    while os.path.exists(f"/proc/{sud[0]}") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not os.path.exists(f"/proc/{sud[0]}"), "su's root daemon outlived its peer"
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read()
+    except OSError:
+        return b""
+
+
 def test_leak_guard_counts_only_this_sessions_helpers(tmp_path):
     """An orphaned helper of another session (no SESSION_MARK) is not ours to judge; one
     this session started is, even once orphaned."""

@@ -6,7 +6,8 @@ Started as root by a ShellUidPeer's setup before it drops to the shell uid:
 sends one JSON line {"argv": [...]} with its stdin/stdout/stderr attached (SCM_RIGHTS); the
 command runs as root on exactly those fds, in its own session. The client may then send
 "signal N" lines (it relays SIGHUP/SIGINT/SIGTERM); the daemon answers "exit N" when the
-command ends. The daemon dies with its parent (PR_SET_PDEATHSIG), and so do its commands.
+command ends. The daemon exits when its parent (the peer) does, and its commands die with
+it (PR_SET_PDEATHSIG).
 """
 
 import array
@@ -18,6 +19,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 
 _libc = ctypes.CDLL(None, use_errno=True)
 PR_SET_PDEATHSIG = 1
@@ -27,6 +29,15 @@ def _die_with_parent(parent: int) -> None:
     _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     if os.getppid() != parent:
         os._exit(137)
+
+
+def _watch_parent(parent: int) -> None:
+    """Exit once the peer is gone. Its death signal alone is not enough: the peer drops
+    to the shell uid, and the kernel's permission check on that signal then stops it
+    reaching this root daemon. (Our commands die with us: root to root.)"""
+    while os.getppid() == parent:
+        time.sleep(0.1)
+    os._exit(137)
 
 
 def serve(conn: socket.socket) -> None:
@@ -64,7 +75,9 @@ def serve(conn: socket.socket) -> None:
 
 
 def main(path: str) -> int:
-    _die_with_parent(int(os.environ.get("SUD_PARENT", os.getppid())))
+    parent = int(os.environ.get("SUD_PARENT", os.getppid()))
+    _die_with_parent(parent)
+    threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
     srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     srv.bind(path)
     os.chmod(path, 0o666)  # the shell user connects; whether to grant is the test's choice
