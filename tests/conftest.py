@@ -93,19 +93,21 @@ def wait_no_helpers(before: set[int] = frozenset(), timeout: float = 5.0) -> set
         time.sleep(0.05)
 
 
+def cmdline(pid: int | str) -> bytes:
+    """A process's NUL-separated command line (b"" once it has gone)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read()
+    except OSError:
+        return b""
+
+
 def peer_daemon_pids() -> set[int]:
     """Pids of the test daemons this session started (adbd peers and their root-side
     stand-ins: `su`'s daemon, traced), alive or orphaned."""
-    pids = set()
-    for d in os.listdir("/proc"):
-        try:
-            with open(f"/proc/{d}/cmdline", "rb") as f:
-                cmd = f.read()
-        except OSError:
-            continue
-        if (b"adbd_peer.py" in cmd or b"peer_tools/_" in cmd) and _ours(int(d)):
-            pids.add(int(d))
-    return pids
+    return {int(d) for d in os.listdir("/proc") if d.isdigit()
+            and (b"adbd_peer.py" in (c := cmdline(d)) or b"peer_tools/_" in c)
+            and _ours(int(d))}  # fmt: skip
 
 
 @pytest.fixture(scope="session", autouse=True)

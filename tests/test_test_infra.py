@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO, SESSION_MARK, helper_pids
+from conftest import REPO, SESSION_MARK, cmdline, helper_pids
 
 from droidoom.native import abi_for_machine, binary_path
 from droidoom.protocol import PlanPoint, PlanTarget, render_plan
@@ -43,8 +43,8 @@ def test_su_daemon_ends_with_its_peer(end):
 
     peer = ShellUidPeer(grant_su=True).start()
     try:
-        sud = [p for p in peer_daemon_pids() if peer.workdir.encode() in _cmdline(p)
-               and b"_sud.py" in _cmdline(p)]  # fmt: skip
+        sud = [p for p in peer_daemon_pids()
+           if peer.workdir.encode() in cmdline(p) and b"_sud.py" in cmdline(p)]
         assert len(sud) == 1, sud
     finally:
         peer.stop() if end == "stop" else peer.kill()
@@ -52,14 +52,6 @@ def test_su_daemon_ends_with_its_peer(end):
     while os.path.exists(f"/proc/{sud[0]}") and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not os.path.exists(f"/proc/{sud[0]}"), "su's root daemon outlived its peer"
-
-
-def _cmdline(pid: int) -> bytes:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return f.read()
-    except OSError:
-        return b""
 
 
 def test_leak_guard_counts_only_this_sessions_helpers(tmp_path):
@@ -103,21 +95,27 @@ def test_leak_guard_counts_only_this_sessions_helpers(tmp_path):
 
 
 def _helpers(tmp_path) -> list[int]:
-    """Helpers whose command line names `tmp_path` (this test's), once both run."""
+    """Helpers whose command line names `tmp_path` (this test's), once both run. (The
+    `sh -c` that starts one names it too, and its forked child keeps sh's name until it
+    execs the helper: only a process already called droidoom-helper counts.)"""
     import time
 
     deadline = time.monotonic() + 10
     while True:
         pids, names = [], set()
-        for d in os.listdir("/proc"):
-            try:
-                with open(f"/proc/{d}/cmdline", "rb") as f:
-                    cmd = f.read()
-            except OSError:
-                continue
-            if str(tmp_path).encode() in cmd and b"droidoom-helper" in cmd:
+        for d in filter(str.isdigit, os.listdir("/proc")):
+            cmd = cmdline(d)
+            if str(tmp_path).encode() in cmd and _comm(d) == "droidoom-helper":
                 pids.append(int(d))
                 names |= {n for n in (b"ours", b"foreign") if n + b".bin" in cmd}
         if len(names) == 2 or time.monotonic() > deadline:
             return pids
         time.sleep(0.05)
+
+
+def _comm(pid: str) -> str:
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
