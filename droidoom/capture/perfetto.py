@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -234,14 +235,33 @@ def _expected_pids(samples: pd.DataFrame, info: CaptureRunInfo) -> np.ndarray:
     return s.fillna(0).to_numpy(np.int64)
 
 
-def _clock(trace: TraceData) -> tuple[int, str, int]:
-    """(boot - monotonic offset, how it was found, spread over the snapshots)."""
+@dataclass(frozen=True)
+class _Clock:
+    """The trace-to-helper clock: boot - monotonic offset used, the snapshots' own offset
+    and spread, the matching tolerance, and how it was found (run.json's `clock`)."""
+
+    off: int
+    snapshot_off: int
+    spread: int
+    tol: int
+    how: str
+
+
+def _clock(trace: TraceData, e_ts: I64, e_pid: I64, t: I64, lat: I64, want: I64) -> _Clock:
+    """The snapshots' offset, moved within their bracket to fit the writes (`fit_offset`);
+    without snapshots the trace clock is taken as CLOCK_MONOTONIC."""
     off = trace.clock_offset_ns()
     if off is None:
-        return 0, "none: assumed trace clock = CLOCK_MONOTONIC", 0
+        return _Clock(0, 0, 0, MATCH_TOL_NS, "none: assumed trace clock = CLOCK_MONOTONIC")
     d = (trace.clocks["boottime"] - trace.clocks["monotonic"]).dropna().astype(np.int64)
     spread = int(d.max() - d.min()) if len(d) else 0
-    return off, "boottime->monotonic from clock snapshots", spread
+    how = "boottime->monotonic from clock snapshots"
+    fitted = fit_offset(e_ts, e_pid, t, lat, want, off, spread)
+    if fitted is None:  # nothing to fit: the tolerance covers the snapshots' spread
+        return _Clock(off, off, spread, MATCH_TOL_NS + min(spread, 1_000_000), how)
+    if fitted != off:
+        how += f", moved {fitted - off:+d} ns to fit the writes"
+    return _Clock(fitted, off, spread, MATCH_TOL_NS, how)
 
 
 def join_trace(
@@ -259,7 +279,6 @@ def join_trace(
     ev = trace.oom_events
     if info.helper_pid > 0:
         ev = ev[ev["writer_tid"] == info.helper_pid]
-    off, clock, spread = _clock(trace)
     raw_ts = ev["ts_ns"].to_numpy(np.int64)
     e_pid = ev["pid"].to_numpy(np.int64)
     e_adj = ev["adj"].to_numpy(np.int64)
@@ -268,18 +287,10 @@ def join_trace(
     adj = samples["adj_to"].to_numpy(np.int64)
     ok = samples["err"].to_numpy() == 0 if "err" in samples else np.ones(len(t), bool)
     want = _expected_pids(samples, info)
-    snap_off = off
-    fitted = None
-    if not clock.startswith("none"):
-        fitted = fit_offset(raw_ts, e_pid, t[ok], lat[ok], want[ok], off, spread)
-    if fitted is not None:
-        off, tol = fitted, MATCH_TOL_NS
-        if fitted != snap_off:
-            clock += f", moved {fitted - snap_off:+d} ns to fit the writes"
-    else:
-        tol = MATCH_TOL_NS + min(spread, 1_000_000)
+    clk = _clock(trace, raw_ts, e_pid, t[ok], lat[ok], want[ok])
+    off = clk.off
     e_ts = raw_ts - off
-    idx, pid_mismatch = match_events(e_ts, e_pid, e_adj, t, lat, want, adj, ok, tol)
+    idx, pid_mismatch = match_events(e_ts, e_pid, e_adj, t, lat, want, adj, ok, clk.tol)
     matched = idx >= 0
     # Writes that began before traced's data sources had started cannot be in the trace
     # (`--background` returns early): counted apart, not as misses.
@@ -296,11 +307,11 @@ def join_trace(
     out = out.astype(PERFETTO_COLUMNS)
     inside = matched & (offset >= 0) & (offset <= lat)
     stats = {
-        "clock": clock,
+        "clock": clk.how,
         "boot_minus_mono_ns": int(off),
-        "snapshot_boot_minus_mono_ns": int(snap_off),
-        "snapshot_spread_ns": spread,
-        "tolerance_ns": tol,
+        "snapshot_boot_minus_mono_ns": clk.snapshot_off,
+        "snapshot_spread_ns": clk.spread,
+        "tolerance_ns": clk.tol,
         "helper_oom_events": int(n_ev),
         "writes": int(len(t)),
         "writes_ok": int(ok.sum()),

@@ -45,6 +45,13 @@ VM_MIN_WRITES = 2000
 Accel = Annotated[
     str, typer.Option("--accel", help="auto (KVM when a boot probe works, else TCG), kvm, tcg.")
 ]
+KernelImage = Annotated[
+    Path | None,
+    typer.Option("--kernel", help="Boot this x86_64 bzImage in QEMU and profile it (needs: "
+                 "`droidoom lab config`)."),
+]  # fmt: skip
+VmCpus = Annotated[int, typer.Option(help="--kernel: vCPUs of the guest.")]
+VmMemory = Annotated[int, typer.Option(help="--kernel: guest RAM in MiB.")]
 
 
 def open_vm(image: Path, accel: str = "auto", cpus: int = 2, memory: int = 1024,

@@ -57,6 +57,23 @@ Scenario = Annotated[
         "phone's recorded oom_score_adj changes: Perfetto trace or ftrace text)."
     ),
 ]
+ReplayKinds = Annotated[
+    str | None,
+    typer.Option(help="replay:TRACE: target kinds each traced process is replayed on "
+                 "(default threaded, like an app)."),
+]  # fmt: skip
+Compress = Annotated[
+    float | None,
+    typer.Option(help="replay:TRACE: play the trace N times faster (default 1: its own "
+                 "pace; 0: back to back)."),
+]  # fmt: skip
+Repeat = Annotated[
+    int | None,
+    typer.Option(help="replay:TRACE: play the trace N times at each population, each "
+                 "play right after a sweep point of the lmkd role model on the same "
+                 "targets, so `droidoom cost` prices it and checks the estimate against "
+                 "the plays' spread (default 1: one play, no sweep points)."),
+]  # fmt: skip
 Adj = Annotated[
     str | None, typer.Option("--adj", help="The two levels of `alternate`, e.g. 0,900.")
 ]

@@ -20,10 +20,13 @@ from .options import (
     AdbHost,
     AdbPort,
     Capture,
+    Compress,
     Cpu,
     Fifo,
     Order,
     Out,
+    Repeat,
+    ReplayKinds,
     Serial,
     SpecOptions,
     spec_options,
@@ -55,35 +58,13 @@ def profile(
     all_devices: Annotated[
         bool, typer.Option("--all", help="Every device on the adb server, in parallel (a farm).")
     ] = False,
-    kernel: Annotated[
-        Path | None,
-        typer.Option(
-            "--kernel", help="Boot this x86_64 bzImage in QEMU and profile it (needs: `droidoom "
-            "lab config`)."
-        ),
-    ] = None,
-    accel: Annotated[str, typer.Option(help="--kernel: auto (KVM if it boots), kvm, tcg.")] = (
-        "auto"
-    ),
-    vm_cpus: Annotated[int, typer.Option(help="--kernel: vCPUs of the guest.")] = 2,
-    vm_memory: Annotated[int, typer.Option(help="--kernel: guest RAM in MiB.")] = 1024,
-    replay_kinds: Annotated[
-        str | None,
-        typer.Option(help="replay:TRACE: target kinds each traced process is replayed on "
-                     "(default threaded, like an app)."),
-    ] = None,
-    compress: Annotated[
-        float | None,
-        typer.Option(help="replay:TRACE: play the trace N times faster (default 1: its own "
-                     "pace; 0: back to back)."),
-    ] = None,
-    repeat: Annotated[
-        int | None,
-        typer.Option(help="replay:TRACE: play the trace N times at each population, each "
-                     "play right after a sweep point of the lmkd role model on the same "
-                     "targets, so `droidoom cost` prices it and checks the estimate against "
-                     "the plays' spread (default 1: one play, no sweep points)."),
-    ] = None,
+    kernel: cli_lab.KernelImage = None,
+    accel: cli_lab.Accel = "auto",
+    vm_cpus: cli_lab.VmCpus = 2,
+    vm_memory: cli_lab.VmMemory = 1024,
+    replay_kinds: ReplayKinds = None,
+    compress: Compress = None,
+    repeat: Repeat = None,
 ) -> None:
     """Time oom_score_adj writes across populations; say if this kernel has the O(N) path.
 
