@@ -16,7 +16,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
@@ -34,6 +36,9 @@ HOST_VERDICT = {"fixed": "fixed", "regressed": "regressed"}.get(
 )
 
 pytest_plugins = ["adb_fixtures"] if (Path(__file__).parent / "adb_fixtures.py").exists() else []
+
+
+T = TypeVar("T")
 
 
 def _stat(pid: str) -> tuple[str, int] | None:
@@ -232,22 +237,44 @@ def runs_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("runs")
 
 
+def measure_again(
+    measure: Callable[[int], T], settled: Callable[[T], bool], attempts: int = 3
+) -> tuple[T, bool]:
+    """`measure(attempt)` until `settled(result)`, up to `attempts` times, as a user runs
+    again a measurement the host disturbed (a timing verdict on a shared machine says when
+    another job slowed part of it). Returns the last result and whether it settled."""
+    for attempt in range(attempts):
+        result = measure(attempt)
+        if settled(result):
+            return result, True
+    return result, False
+
+
+def verdict_of(run: Path) -> droidoom.analysis.Verdict:
+    """The verdict of a one-device run."""
+    (v,) = droidoom.analysis.verdict(droidoom.load(run), droidoom.analysis.load_meta(run))
+    return v
+
+
 @pytest.fixture(scope="session")
 def local_run(runs_dir) -> Path:
     """A real quick profile of this host, through the CLI. Many tests read it as this
-    host's typical run, so a run the host disturbed (the verdict says so: another job
-    slowed part of the sweep) is measured again, up to three times, as a user would."""
-    for attempt in range(3):
+    host's typical run, so a run the host disturbed (the verdict says so, or another
+    session's population came or went meanwhile) is measured again."""
+
+    def measure(attempt: int) -> Path:
         out = runs_dir / f"local{attempt or ''}"
         wait_quiet_host(180)  # another session's population would be walked too
         p = run_cli("profile", "--local", "--quick", "--out", str(out))
         assert p.returncode == 0, p.stderr + p.stdout
         (run,) = [d for d in out.iterdir() if d.is_dir()]
+        return run
+
+    def settled(run: Path) -> bool:
         meta = droidoom.analysis.load_meta(run)
-        (v,) = droidoom.analysis.verdict(droidoom.load(run), meta)
-        if not v.disturbed and not crowd_changed(meta):
-            break
-    return run
+        return not verdict_of(run).disturbed and not crowd_changed(meta)
+
+    return measure_again(measure, settled)[0]
 
 
 def require_slow_premise(local_run: Path, slow_run: Path) -> None:

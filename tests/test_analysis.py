@@ -8,11 +8,18 @@ exist (`slow_run`) has genuinely slower multiprocess writes.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import HOST_VERDICT, profile_with_background, require_slow_premise
+from conftest import (
+    HOST_VERDICT,
+    measure_again,
+    profile_with_background,
+    require_slow_premise,
+    verdict_of,
+)
 
 import droidoom
 from droidoom import analysis
@@ -142,15 +149,19 @@ def test_verdict_of_slow_run_still_fixed(slow_run, tmp_path):
     """1600 background processes raise every multiprocess write; the slope is unchanged.
     Their walk only grows ~50% over the quick sweep, so one block of writes slowed by a
     busy host hides it (the verdict then says `disturbed`): measure again, as a user would."""
-    run, sentences = slow_run, []
-    for attempt in range(3):
-        (v,) = analysis.verdict(droidoom.load(run), analysis.load_meta(run))
-        if not v.disturbed:
-            break
-        sentences.append(v.sentence)
-        run = profile_with_background(tmp_path / f"again{attempt}", tmp_path)
-    else:
-        pytest.skip(f"the host stayed busy over three slow runs: {sentences}")
+    verdicts: list[analysis.Verdict] = []
+
+    def settled(run: Path) -> bool:
+        verdicts.append(verdict_of(run))
+        return not verdicts[-1].disturbed
+
+    _, quiet = measure_again(
+        lambda a: profile_with_background(tmp_path / f"again{a}", tmp_path) if a else slow_run,
+        settled,
+    )
+    if not quiet:
+        pytest.skip(f"the host stayed busy over three slow runs: {[v.sentence for v in verdicts]}")
+    v = verdicts[-1]
     assert v.status == HOST_VERDICT, v.sentence
     assert v.multiprocess.ci_low >= analysis.WALK_MIN_SLOPE_NS
 

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import run_cli
+from conftest import measure_again, run_cli, verdict_of
 
 import droidoom
 from droidoom import analysis
@@ -57,20 +57,12 @@ def lab_runs(kernels, tmp_path_factory) -> dict[str, Path]:
     out = tmp_path_factory.mktemp("lab")
 
     def quiet_run(image: Path, name: str) -> Path:
-        for attempt in range(3):
-            run, _ = profile_kernel(image, out / f"{name}-try{attempt}")
-            if not verdict_of(run).disturbed:
-                break
-        return run
+        return measure_again(lambda a: profile_kernel(image, out / f"{name}-try{a}")[0],
+                             lambda run: not verdict_of(run).disturbed)[0]  # fmt: skip
 
     runs = {v: quiet_run(kernels[v], v) for v in build.VARIANTS}
     runs["fixed2"] = quiet_run(kernels["fixed"], "fixed2")
     return runs
-
-
-def verdict_of(run: Path) -> analysis.Verdict:
-    (v,) = analysis.verdict(droidoom.load(run), analysis.load_meta(run))
-    return v
 
 
 # --------------------------------------------------------------------------- the guest
@@ -190,21 +182,26 @@ def test_quick_verdict_with_a_cpu_hog_beside(kernels, tmp_path, variant):
     """A busy loop beside the emulated guest never yields the wrong verdict: the right one,
     or (when the load slowed part of the sweep) "inconclusive" flagged as disturbed, and
     then measuring again gives the right one (up to three runs, as a user would)."""
-    sentences = []
-    for attempt in range(3):
+
+    def measure(attempt: int) -> Path:
         hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
         try:
-            run, _ = profile_kernel(kernels[variant], tmp_path / f"try{attempt}")
+            return profile_kernel(kernels[variant], tmp_path / f"try{attempt}")[0]
         finally:
             hog.kill()
             hog.wait()
+
+    sentences = []
+
+    def right(run: Path) -> bool:
         v = verdict_of(run)
         if v.status == variant:
-            break
+            return True
         assert v.status == "inconclusive" and v.disturbed, v.sentence  # never the wrong one
         sentences.append(v.sentence)
-    else:
-        raise AssertionError(f"disturbed in 3 runs: {sentences}")
+        return False
+
+    assert measure_again(measure, right)[1], f"disturbed in 3 runs: {sentences}"
 
 
 @needs_qemu
