@@ -122,6 +122,17 @@ def test_bad_profile_options_are_refused_by_the_cli(tmp_path, args, expect):
     assert not any(tmp_path.iterdir())  # refused before anything ran
 
 
+def test_kernel_with_all_is_refused_not_sent_to_the_farm(tmp_path):
+    """`--kernel IMAGE --all` names two targets: refused, never a farm run of the adb
+    server's devices (which ignored --kernel)."""
+    image = tmp_path / "bzImage"
+    image.write_bytes(b"\0" * 512)
+    p = run_cli("profile", "--kernel", str(image), "--all", "--quick", "-o", str(tmp_path / "o"),
+                env={**WIDE, "ANDROID_ADB_SERVER_PORT": "1"})  # fmt: skip
+    assert p.returncode == 2 and "--kernel profiles a VM" in p.stderr, p.stdout + p.stderr
+    assert not (tmp_path / "o").exists()
+
+
 @pytest.mark.parametrize(
     "toml, expect",
     [

@@ -81,6 +81,8 @@ def profile(
         kinds_given=given.kinds is not None, replay_kinds=words(replay_kinds), compress=compress,
         repeat=repeat,
     )  # fmt: skip
+    if kernel is not None and (local or serial or all_devices):
+        raise UsageError("--kernel profiles a VM: drop --local/--serial/--all")
     if all_devices:  # a one-server farm (droidoom/cli/farm.py)
         if local or serial:
             raise UsageError("--all profiles every device on the server: drop --local/--serial")
@@ -88,8 +90,6 @@ def profile(
         raise typer.Exit(cli_farm.profile_all(server, sweep, out, capture))
     sources = _captures(capture)
     if kernel is not None:  # droidoom/cli/lab.py: a kernel image booted in QEMU
-        if local or serial or all_devices:
-            raise UsageError("--kernel profiles a VM: drop --local/--serial/--all")
         sweep = cli_lab.vm_spec_defaults(sweep, given.threads is not None, given.writes is not None)
         vm = cli_lab.open_vm(kernel, accel, vm_cpus, vm_memory)
         _run_and_print(vm, sweep, out, sources, {"vm": vm.vm_info()})
