@@ -67,14 +67,13 @@ class FarmTarget(AdbTarget):
 
     def __init__(self, dev: FarmDevice):
         super().__init__(dev.serial, server=dev.server.server, workdir=dev.workdir)
-        self.name = dev.label
-        self.label = dev.label
+        self.name = dev.label  # Target.name: what tables and run ids call it
 
     def facts(self) -> TargetFacts:
         facts = super().facts()
-        if facts.device != self.label:
+        if facts.device != self.name:
             extra = {**facts.extra, "serial": self.serial}
-            self._facts = facts = replace(facts, device=self.label, extra=extra)
+            self._facts = facts = replace(facts, device=self.name, extra=extra)
         return facts
 
 

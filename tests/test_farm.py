@@ -262,9 +262,9 @@ class _FlakyFirstAttempt(farm.FarmTarget):
     error = TransientTargetError
 
     def facts(self):
-        n = self.calls[self.label] = self.calls.get(self.label, 0) + 1
+        n = self.calls[self.name] = self.calls.get(self.name, 0) + 1
         if n == 1:
-            raise self.error(f"{self.label}: connection lost (injected)")
+            raise self.error(f"{self.name}: connection lost (injected)")
         return super().facts()
 
 
