@@ -101,9 +101,21 @@ class FarmObserver:
 
 
 def device_spec(base: ProfileSpec, dev: FarmDevice) -> ProfileSpec:
-    """The farm spec with the device's inventory overrides applied."""
+    """The farm spec with the device's inventory overrides applied. An override that
+    names another `replay:TRACE` sizes that replay from its trace, as `profile` does,
+    unless the overrides also give its populations or kinds."""
+    from .replay import spec_for_replay, trace_path
+
+    def trace(spec: ProfileSpec) -> Path | None:
+        path = trace_path(spec.scenario)
+        return None if path is None else Path(path).expanduser().resolve()
+
     try:
-        return replace(base, **dict(dev.profile)).validate()
+        spec = replace(base, **dict(dev.profile)).validate()
+        if trace(spec) not in (None, trace(base)):
+            spec = spec_for_replay(spec, population_given="populations" in dev.profile,
+                                   kinds_given="kinds" in dev.profile)  # fmt: skip
+        return spec
     except UsageError as e:
         raise UsageError(f"{dev.label}: inventory profile override: {e}") from None
 

@@ -58,6 +58,26 @@ def test_farm_run_sizes_a_replay_from_its_trace(adb_server, adb_peer_factory, tr
     _check_replays(farm_dir, trace, {p.serial for p in peers})
 
 
+def test_a_device_override_to_a_replay_is_sized_from_its_trace(trace):
+    """One device of a farm switched to `replay:TRACE` in the inventory: its spec is sized
+    from the trace like a farm-wide replay (population, threaded targets), unless the
+    override gives them; the other devices keep the farm's spec."""
+    from droidoom.farm import device_spec
+    from droidoom.inventory import FarmDevice, Seen
+    from droidoom.inventory_file import ServerEntry
+    from droidoom.spec import ProfileSpec
+
+    base = ProfileSpec(populations=(0, 400, 800), writes=400)
+    seen = Seen(ServerEntry(AdbServer("127.0.0.1", 5037), "lab"), "emulator-5554", "device")
+    pop = replay.load(trace).population()
+    dev = FarmDevice(seen, "a", profile={"scenario": f"replay:{trace}"})
+    spec = device_spec(base, dev)
+    assert spec.populations == (pop,) and spec.kinds == ("threaded",), spec
+    given = FarmDevice(seen, "b", profile={"scenario": f"replay:{trace}", "populations": (0,)})
+    assert device_spec(base, given).populations == (0,)
+    assert device_spec(base, FarmDevice(seen, "c")) == base
+
+
 def test_profile_all_sizes_a_replay_from_its_trace(adb_server, adb_peer_factory, trace,
                                                    tmp_path):  # fmt: skip
     peers = [adb_peer_factory({"ro.product.model": m}) for m in ("Pixel 4", "Pixel 8")]
