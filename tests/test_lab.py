@@ -231,6 +231,20 @@ def test_build_key_changes_with_each_input(monkeypatch):
     assert build.key("fixed") != keys["fixed"]
 
 
+def test_a_pinned_source_the_archive_dropped_falls_back_to_an_offered_one(monkeypatch):
+    """Debian drops superseded kernel sources from its archive: a pinned version neither
+    cached nor offered by apt any more gives way to the newest 6.1 apt offers (a CI
+    machine's fresh clone still builds); DROIDOOM_LAB_SOURCE_VERSION always wins."""
+    offered = build.apt_versions()
+    if not offered:
+        pytest.skip("apt offers no linux-source-6.1 here (no bookworm sources)")
+    assert all(v.startswith("6.1.") for v in offered)
+    monkeypatch.setattr(build, "VERSION", "6.1.0-0")  # never in the archive
+    assert build.version() == offered[0]
+    monkeypatch.setenv("DROIDOOM_LAB_SOURCE_VERSION", "6.1.0-0")
+    assert build.version() == "6.1.0-0"
+
+
 @needs_qemu
 def test_reference_kernels_are_cached(kernels):
     for v, image in kernels.items():

@@ -60,7 +60,27 @@ class Kernel:
 
 
 def version() -> str:
-    return os.environ.get("DROIDOOM_LAB_SOURCE_VERSION") or VERSION
+    """The Debian source version to build: DROIDOOM_LAB_SOURCE_VERSION, else the pinned
+    VERSION while it is cached or apt still offers it, else the newest 6.1 apt offers
+    (Debian drops superseded versions from its archive; the revert applies to any 6.1)."""
+    pinned = os.environ.get("DROIDOOM_LAB_SOURCE_VERSION")
+    if pinned:
+        return pinned
+    if (cache_dir() / "src" / f"{PACKAGE}_{VERSION}_all.deb").is_file():
+        return VERSION
+    offered = apt_versions()
+    return VERSION if not offered or VERSION in offered else offered[0]
+
+
+def apt_versions() -> list[str]:
+    """The versions of PACKAGE apt's sources offer, newest first ([] without apt)."""
+    try:
+        out = subprocess.run(["apt-cache", "madison", PACKAGE], capture_output=True,
+                             text=True, timeout=60).stdout  # fmt: skip
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    rows = [ln.split("|") for ln in out.splitlines()]
+    return list(dict.fromkeys(r[1].strip() for r in rows if len(r) >= 3))
 
 
 def compiler() -> str:
