@@ -248,15 +248,15 @@ class _Clock:
 
 
 def _clock(trace: TraceData, e_ts: I64, e_pid: I64, t: I64, lat: I64, want: I64) -> _Clock:
-    """The snapshots' offset, moved within their bracket to fit the writes (`fit_offset`);
-    without snapshots the trace clock is taken as CLOCK_MONOTONIC."""
+    """The snapshots' offset, moved to fit the writes (`fit_offset`); without snapshots
+    the trace clock is taken as CLOCK_MONOTONIC."""
     off = trace.clock_offset_ns()
     if off is None:
         return _Clock(0, 0, 0, MATCH_TOL_NS, "none: assumed trace clock = CLOCK_MONOTONIC")
     d = (trace.clocks["boottime"] - trace.clocks["monotonic"]).dropna().astype(np.int64)
     spread = int(d.max() - d.min()) if len(d) else 0
     how = "boottime->monotonic from clock snapshots"
-    fitted = fit_offset(e_ts, e_pid, t, lat, want, off, spread)
+    fitted = fit_offset(e_ts, e_pid, t, lat, want, d.tolist())
     if fitted is None:  # nothing to fit: the tolerance covers the snapshots' spread
         return _Clock(off, off, spread, MATCH_TOL_NS + min(spread, 1_000_000), how)
     if fitted != off:

@@ -5,12 +5,14 @@ CLOCK_MONOTONIC. The trace's clock snapshots give the offset between the two, bu
 snapshot is a few clock reads in a row: a reader preempted between them (a busy phone,
 traced_probes at low priority) skews it by microseconds, while the helper's writes are
 only tens of nanoseconds apart. An offset off by more than that gap shifts every event
-into its neighbour's window. So the offset is fitted, within the snapshots' bracket, to
-where the most events fall inside their write (`fit_offset`), and events are paired
+into its neighbour's window. So the offset is fitted, near the snapshots, to where the
+most events fall inside their write (`fit_offset`), and events are paired
 first by that containment, then by a small tolerance (`match_events`).
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import numpy as np
 import numpy.typing as npt
@@ -25,15 +27,32 @@ MATCH_TOL_NS = 1000  # after a fit: the trace clock's and the helper clock's dis
 
 
 def fit_offset(
-    e_ts: I64, e_pid: I64, t: I64, lat: I64, want_pid: I64, ref: int, spread: int
+    e_ts: I64, e_pid: I64, t: I64, lat: I64, want_pid: I64, snapshots: Sequence[int]
 ) -> int | None:
-    """The trace-minus-helper clock offset nearest `ref` (the snapshots' offset) among
-    those within the snapshots' bracket (ref +- spread + jitter) that put the most events
-    of the right pid inside their write's [t, t + latency]. None when no offset puts any,
-    or the bracket is too wide to weigh. `e_ts` sorted, in the trace clock."""
-    lo, hi = ref - spread - SNAPSHOT_JITTER_NS, ref + spread + SNAPSHOT_JITTER_NS
-    if not len(e_ts) or not len(t) or spread > FIT_MAX_SPREAD_NS:
+    """The trace-minus-helper clock offset that puts the most events of the right pid
+    inside their write's [t, t + latency], searched near the clock snapshots' offsets
+    (`snapshots`: boot - monotonic of each): within their bracket when they agree to
+    FIT_MAX_SPREAD_NS, else near each one on its own (a snapshot whose reader was
+    preempted for milliseconds, or clocks that moved). None when no offset puts any event
+    inside a write. `e_ts` sorted, in the trace clock."""
+    snaps = np.unique(np.asarray(snapshots, dtype=np.int64))
+    if not len(snaps) or not len(e_ts) or not len(t):
         return None
+    spread = int(snaps[-1] - snaps[0])
+    if spread <= FIT_MAX_SPREAD_NS:
+        brackets = [(int(np.median(np.asarray(snapshots))), spread + SNAPSHOT_JITTER_NS)]
+    else:
+        brackets = [(int(c), SNAPSHOT_JITTER_NS) for c in snaps]
+    fits = [f for c, half in brackets if (f := _fit(e_ts, e_pid, t, lat, want_pid, c, half))]
+    return max(fits)[1] if fits else None
+
+
+def _fit(
+    e_ts: I64, e_pid: I64, t: I64, lat: I64, want_pid: I64, ref: int, half: int
+) -> tuple[int, int] | None:
+    """(events inside their write, offset) for the offset in ref +- half that puts the
+    most inside, nearest `ref`; None when none does or there are too many pairs to weigh."""
+    lo, hi = ref - half, ref + half
     a = np.searchsorted(e_ts, t + lo, "left")
     b = np.searchsorted(e_ts, t + lat + hi, "right")
     n = b - a
@@ -54,14 +73,14 @@ def fit_offset(
     same = np.r_[False, w[1:] == w[:-1]]
     starts[same] = np.maximum(starts[same], ends[np.flatnonzero(same) - 1] + 1)
     starts, ends = np.sort(starts[starts <= ends]), np.sort(ends[starts <= ends])
+    if not len(starts):
+        return None
     cover = np.searchsorted(starts, starts, "right") - np.searchsorted(ends, starts, "left")
     best = int(cover.max())
-    if best <= 0:
-        return None
     # Coverage peaks at a start s and holds until the first end at or after it.
     s = starts[cover == best]
     near = np.clip(ref, s, ends[np.searchsorted(ends, s, "left")])
-    return int(near[np.argmin(np.abs(near - ref))])
+    return best, int(near[np.argmin(np.abs(near - ref))])
 
 
 def match_events(
