@@ -246,6 +246,12 @@ class _Clock:
     tol: int
     how: str
 
+    def stats(self) -> dict[str, Any]:
+        """run.json's clock entries."""
+        return {"clock": self.how, "boot_minus_mono_ns": self.off,
+                "snapshot_boot_minus_mono_ns": self.snapshot_off,
+                "snapshot_spread_ns": self.spread, "tolerance_ns": self.tol}  # fmt: skip
+
 
 def _clock(trace: TraceData, e_ts: I64, e_pid: I64, t: I64, lat: I64, want: I64) -> _Clock:
     """The snapshots' offset, moved to fit the writes (`fit_offset`); without snapshots
@@ -269,12 +275,10 @@ def join_trace(
 ) -> tuple[pd.DataFrame, dict[str, Any], pd.DataFrame]:
     """(samples + PERFETTO_COLUMNS, run.json stats, per-point validation table).
 
-    Events of the helper's writer thread are put in CLOCK_MONOTONIC with the clock
-    snapshots' offset, moved within their bracket as little as puts the most events
-    inside their writes (`fit_offset`; a snapshot's reader can be preempted), then
-    paired one to one with the target's pid (`match_events`; a different adj is counted,
-    not dropped). Without a fit the tolerance widens by the snapshots' spread.
-    Unmatched writes from before the trace's data sources started are counted apart
+    Events of the helper's writer thread are put in CLOCK_MONOTONIC with an offset fitted
+    near the clock snapshots (`_clock`), then paired one to one with the writes by the
+    target's pid (`match_events`; a different adj is counted, not dropped). Unmatched
+    writes from before the trace's data sources started are counted apart
     (`writes_before_trace`) and left out of matched_fraction."""
     ev = trace.oom_events
     if info.helper_pid > 0:
@@ -307,11 +311,7 @@ def join_trace(
     out = out.astype(PERFETTO_COLUMNS)
     inside = matched & (offset >= 0) & (offset <= lat)
     stats = {
-        "clock": clk.how,
-        "boot_minus_mono_ns": int(off),
-        "snapshot_boot_minus_mono_ns": clk.snapshot_off,
-        "snapshot_spread_ns": clk.spread,
-        "tolerance_ns": clk.tol,
+        **clk.stats(),
         "helper_oom_events": int(n_ev),
         "writes": int(len(t)),
         "writes_ok": int(ok.sum()),

@@ -212,27 +212,14 @@ def recover(
     records left in /tmp/droidoom-*) or could not save every write (disk full).
     """
     from .. import recover as rec
-    from .. import store
+    from ..farm import note_recovered
 
     if local:
-        from ..leftovers import finish_local
-
-        lines = finish_local(out, run_dir)
-        for line in lines:
-            console.print(line)
-        if not lines:
-            console.print("this host holds nothing of a cut-short run")
+        _recover_local(out, run_dir)
         return
-
     if run_dir is not None:
-        meta = store.read_run(run_dir).meta
-        farm = meta.get("farm") or {}  # a farm run is labelled; its serial is kept apart
-        serial = serial or farm.get("serial") or meta.get("device") or None
-        if adb_host is None and adb_port is None and farm.get("server_address"):
-            adb_host, _, port = farm["server_address"].rpartition(":")
-            adb_port = int(port)
+        serial, adb_host, adb_port = _recorded_on(run_dir, serial, adb_host, adb_port)
     target = _adb_target(serial, adb_host, adb_port)
-    from ..farm import note_recovered
 
     done = 0
     for path, remote in _to_recover(target, run_dir, out).values():
@@ -252,6 +239,34 @@ def recover(
                           + ("" if r.removed else f"; {r.remote} kept"))  # fmt: skip
     if not done:
         console.print(f"{target.name} holds no records of cut-short runs")
+
+
+def _recover_local(out: Path, run_dir: Path | None) -> None:
+    """`recover --local`: finish this host's cut-short runs, a line for each."""
+    from ..leftovers import finish_local
+
+    lines = finish_local(out, run_dir)
+    for line in lines:
+        console.print(line)
+    if not lines:
+        console.print("this host holds nothing of a cut-short run")
+
+
+def _recorded_on(
+    run_dir: Path, serial: str | None, host: str | None, port: int | None
+) -> tuple[str | None, str | None, int | None]:
+    """(serial, adb host, adb port) of the device and server `run_dir` was recorded on,
+    where the user named none: a farm run keeps its serial and server apart from its
+    label."""
+    from .. import store
+
+    meta = store.read_run(run_dir).meta
+    farm = meta.get("farm") or {}
+    serial = serial or farm.get("serial") or meta.get("device") or None
+    if host is None and port is None and farm.get("server_address"):
+        host, _, p = farm["server_address"].rpartition(":")
+        port = int(p)
+    return serial, host, port
 
 
 def _to_recover(

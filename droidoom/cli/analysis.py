@@ -123,6 +123,19 @@ def report(
         console.print(f"html report: {path}", soft_wrap=True)
 
 
+def _load_pair(
+    base: Path, new: Path, complete_only: bool, ignore_spec: bool
+) -> tuple[tuple[pd.DataFrame, list[RunInfo]], tuple[pd.DataFrame, list[RunInfo]]]:
+    """BASE's and NEW's samples and runs; DataError when they measured different things
+    (unless `ignore_spec`)."""
+    b, n = _load([base], complete_only, "BASE"), _load([new], complete_only, "NEW")
+    diffs = _spec_differences(b[1], n[1])
+    if diffs and not ignore_spec:
+        raise DataError("BASE and NEW measured different things (" + "; ".join(diffs) + "): "
+                        "profile both with the same options, or pass --ignore-spec")  # fmt: skip
+    return b, n
+
+
 def _spec_differences(base: list[RunInfo], new: list[RunInfo]) -> list[str]:
     """Measurement-changing spec fields whose values differ between the two sides."""
 
@@ -182,12 +195,7 @@ def compare(
         from ..store import check_writable
 
         check_writable(csv, "--csv")
-    bdf, binfo = _load([base], complete_only, "BASE")
-    ndf, ninfo = _load([new], complete_only, "NEW")
-    diffs = _spec_differences(binfo, ninfo)
-    if diffs and not ignore_spec:
-        raise DataError("BASE and NEW measured different things (" + "; ".join(diffs) + "): "
-                        "profile both with the same options, or pass --ignore-spec")  # fmt: skip
+    (bdf, binfo), (ndf, ninfo) = _load_pair(base, new, complete_only, ignore_spec)
     by = ("device", "kind", "mode") if pooled else analysis.GROUP_KEYS
     pair = pair or _two_vm_builds(binfo, ninfo)
     result = analysis.compare(bdf, ndf, max_ratio, by=by, pair_devices=pair)
