@@ -6,8 +6,8 @@ snapshot is a few clock reads in a row: a reader preempted between them (a busy 
 traced_probes at low priority) skews it by microseconds, while the helper's writes are
 only tens of nanoseconds apart. An offset off by more than that gap shifts every event
 into its neighbour's window. So the offset is fitted, near the snapshots, to where the
-most events fall inside their write (`fit_offset`), and events are paired
-first by that containment, then by a small tolerance (`match_events`).
+most events fall inside their write (`fit_offset`), and events are paired first by that
+containment, then within a small tolerance (`match_events`).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ I64 = npt.NDArray[np.int64]
 B = npt.NDArray[np.bool_]
 
 SNAPSHOT_JITTER_NS = 1000  # how far outside its snapshots' range the offset may lie
-FIT_MAX_SPREAD_NS = 100_000  # snapshots further apart: the clocks really moved (suspend)
+FIT_MAX_SPREAD_NS = 100_000  # snapshots further apart (preempted reader, suspend): each alone
 FIT_MAX_PAIRS = 4_000_000  # candidate (write, event) pairs the fit may weigh
 MATCH_TOL_NS = 1000  # after a fit: the trace clock's and the helper clock's disagreement
 
