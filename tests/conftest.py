@@ -107,6 +107,15 @@ def cmdline(pid: int | str) -> bytes:
         return b""
 
 
+def comm(pid: int | str) -> str:
+    """A process's name (`/proc/PID/comm`; "" once it has gone)."""
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
 def peer_daemon_pids() -> set[int]:
     """Pids of the test daemons this session started (adbd peers and their root-side
     stand-ins: `su`'s daemon, traced), alive or orphaned."""
@@ -290,15 +299,7 @@ def require_slow_premise(local_run: Path, slow_run: Path) -> None:
 def foreign_helpers() -> list[int]:
     """droidoom-helper processes on this host: other sessions' when called where this
     session runs none."""
-    out = []
-    for d in os.listdir("/proc"):
-        try:
-            with open(f"/proc/{d}/comm") as f:
-                if f.read().strip() == "droidoom-helper":
-                    out.append(int(d))
-        except (OSError, ValueError):
-            pass
-    return out
+    return [int(d) for d in os.listdir("/proc") if d.isdigit() and comm(d) == "droidoom-helper"]
 
 
 def wait_quiet_host(timeout: float = 20.0) -> bool:

@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO, SESSION_MARK, cmdline, helper_pids
+from conftest import REPO, SESSION_MARK, cmdline, comm, helper_pids
 
 from droidoom.native import abi_for_machine, binary_path
 from droidoom.protocol import PlanPoint, PlanTarget, render_plan
@@ -105,17 +105,9 @@ def _helpers(tmp_path) -> list[int]:
         pids, names = [], set()
         for d in filter(str.isdigit, os.listdir("/proc")):
             cmd = cmdline(d)
-            if str(tmp_path).encode() in cmd and _comm(d) == "droidoom-helper":
+            if str(tmp_path).encode() in cmd and comm(d) == "droidoom-helper":
                 pids.append(int(d))
                 names |= {n for n in (b"ours", b"foreign") if n + b".bin" in cmd}
         if len(names) == 2 or time.monotonic() > deadline:
             return pids
         time.sleep(0.05)
-
-
-def _comm(pid: str) -> str:
-    try:
-        with open(f"/proc/{pid}/comm") as f:
-            return f.read().strip()
-    except OSError:
-        return ""
