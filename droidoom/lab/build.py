@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import hashlib
 import json
 import os
@@ -72,15 +73,17 @@ def version() -> str:
     return VERSION if not offered or VERSION in offered else offered[0]
 
 
-def apt_versions() -> list[str]:
-    """The versions of PACKAGE apt's sources offer, newest first ([] without apt)."""
+@functools.lru_cache(maxsize=1)
+def apt_versions() -> tuple[str, ...]:
+    """The versions of PACKAGE apt's sources offer, newest first (() without apt). Asked
+    once per process: version() is called for every key and file name of a build."""
     try:
         out = subprocess.run(["apt-cache", "madison", PACKAGE], capture_output=True,
                              text=True, timeout=60).stdout  # fmt: skip
     except (OSError, subprocess.TimeoutExpired):
-        return []
+        return ()
     rows = [ln.split("|") for ln in out.splitlines()]
-    return list(dict.fromkeys(r[1].strip() for r in rows if len(r) >= 3))
+    return tuple(dict.fromkeys(r[1].strip() for r in rows if len(r) >= 3))
 
 
 def compiler() -> str:
