@@ -14,7 +14,7 @@ docs use that event). droidoom:
    classes (droidoom.perfetto_trace; never TraceProcessor, which downloads a binary).
 4. joins the helper's oom events (writer tid = helper pid) to its timed writes: event
    time is BOOTTIME, turned into the helper's CLOCK_MONOTONIC with the trace's clock
-   snapshots (the offset fitted to the writes within the snapshots' bracket); a write
+   snapshots (the offset fitted to the writes near the snapshots); a write
    matches the event of its target's pid inside [t_ns, t_ns + latency], else a free one
    within a tolerance (capture.trace_match). Adds `trace_offset_ns` (event time
    minus write start) and `trace_adj` to the samples, a `perfetto_validation` table per

@@ -91,10 +91,9 @@ def match_events(
     candidate events named another pid. `e_ts` sorted and already in the helper's clock.
 
     A write first takes an event of its target's pid inside [t, t + latency] (the first
-    one carrying the adj it wrote, else the first); a
-    write left without one then takes a free event of that pid within `tol` of its window
-    that lies inside no other write. Errored writes (`ok` false) change nothing in the
-    kernel, so they take no event."""
+    one carrying the adj it wrote, else the first); a write left without one then takes a
+    free event of that pid within `tol` of its window that lies inside no other write.
+    Errored writes (`ok` false) change nothing in the kernel, so they take no event."""
     idx = np.full(len(t), -1, dtype=np.int64)
     if not len(e_ts) or not len(t):
         return idx, 0
