@@ -8,11 +8,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-#: Target kinds, in display order. See device_scripts/PROTOCOL.md.
-KINDS: tuple[str, ...] = ("single", "threaded", "multiprocess")
-
-#: Write modes: lmkd's open+write+close per update, or one persistent fd.
-MODES: tuple[str, ...] = ("reopen", "persistent")
+from .vocab import KINDS, MODES  # the specs need them without pandas
 
 #: column -> dtype. Categoricals for low-cardinality labels, fixed-width ints elsewhere.
 SAMPLE_COLUMNS: dict[str, str] = {

@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from .errors import UsageError
-from .schema import KINDS, MODES
+from .vocab import KINDS, MODES
 
 ADJ_MIN, ADJ_MAX = -1000, 1000
 SCENARIOS = ("lmkd", "alternate")

@@ -11,6 +11,12 @@ import datetime as dt
 import re
 from enum import StrEnum
 
+#: Target kinds, in display order. See device_scripts/PROTOCOL.md.
+KINDS: tuple[str, ...] = ("single", "threaded", "multiprocess")
+
+#: Write modes: lmkd's open+write+close per update, or one persistent fd.
+MODES: tuple[str, ...] = ("reopen", "persistent")
+
 
 class RunStatus(StrEnum):
     """run.json `status` of one profile run."""

@@ -65,3 +65,27 @@ def test_version_flag_prints_the_package_version():
         [sys.executable, "-m", "droidoom", "--version"], capture_output=True, text=True
     )
     assert p.returncode == 0 and p.stdout.strip() == f"droidoom {droidoom.__version__}"
+
+
+HEAVY = ("pandas", "numpy", "scipy", "matplotlib", "pyarrow", "adbutils")
+
+
+@pytest.mark.parametrize("argv", [["--version"], ["--help"], ["profile", "--help"],
+                                  ["cost", "--help"], ["farm", "run", "--help"]])  # fmt: skip
+def test_help_and_version_import_no_heavy_module(argv):
+    """`--version` and `--help` start in a blink: what they print needs typer and rich only
+    (scipy via cost and pandas via the specs cost 1.5 s per start before). Timed side by
+    side in benchmarks/bench_startup.py; here the cause is checked, not the clock."""
+    code = ("import sys; from droidoom.cli import main; sys.argv = ['droidoom', *sys.argv[1:]]\n"
+            "try:\n    main()\nexcept SystemExit:\n    pass\n"
+            f"print(sorted(m for m in {HEAVY!r} if m in sys.modules), file=sys.stderr)")
+    p = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True,
+                       timeout=60)  # fmt: skip
+    assert p.stdout and p.stderr.strip().splitlines()[-1] == "[]", p.stderr[-2000:]
+
+
+def test_cost_help_default_trim_is_the_models():
+    from droidoom import cost
+    from droidoom.cli import cost as cli_cost
+
+    assert cli_cost.TRIM == cost.TRIM

@@ -6,145 +6,18 @@ Registered on droidoom.cli.app. The model and its CI are droidoom/cost.py's.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
-import numpy as np
-import pandas as pd
 import typer
 from rich.table import Table
 
-from .. import cost as c
-from .. import replay
-from ..errors import DataError, UsageError
+from ..errors import UsageError
 from ..units import ms
 from .app import app, console, err_console
 
-
-def _label(meta: dict[str, Any]) -> str:
-    t = meta.get("target", {})
-    vm = meta.get("vm") or {}
-    image = Path(str(vm.get("kernel") or vm.get("image") or "")).name
-    return f"{meta.get('device')} {t.get('kernel_release', '?')}" + (f" ({image})" if image else "")
-
-
-@dataclass(frozen=True)
-class _Run:
-    path: Path
-    meta: dict[str, Any]
-    df: pd.DataFrame
-    is_replay: bool  # a replay of this trace
-
-    @property
-    def device(self) -> str:
-        """Replays pool by device and kernel (a lab's fixed and regressed VMs apart)."""
-        return _label(self.meta)
-
-
-@dataclass(frozen=True)
-class _Plays:
-    """Every play of the trace on one device, pooled over its replay runs."""
-
-    runs: tuple[Path, ...]
-    offset: int  # the replays' helper processes (same trace and kinds: same targets)
-    measured: tuple[c.Measured, ...]
-
-
-def _pool(runs: list[_Run], trim: float) -> dict[str, _Plays]:
-    """Per device: its replay runs' plays as one sample (each run's points kept apart)."""
-    by_device: dict[str, list[_Run]] = {}
-    for r in runs:
-        if r.is_replay:
-            by_device.setdefault(r.device, []).append(r)
-    out = {}
-    for device, rs in by_device.items():
-        frames: tuple[list[pd.DataFrame], list[pd.DataFrame]] = ([], [])
-        for i, r in enumerate(rs):
-            has_sweeps = bool((r.meta.get("replay") or {}).get("sweep_points"))
-            for part, frame in zip(c.split_sweep(r.df, r.meta), frames, strict=True):
-                if has_sweeps or frame is frames[1]:
-                    part = part.assign(point=part["point"].astype("int64") + i * 1_000_000)
-                    frame.append(part)
-        sweeps = pd.concat(frames[0]) if frames[0] else None
-        out[device] = _Plays(tuple(r.path for r in rs), c.helper_processes(rs[0].meta),
-                             tuple(c.measured(pd.concat(frames[1]), trim=trim,
-                                              sweeps=sweeps)))  # fmt: skip
-    return out
-
-
-def _checks(f: c.MeanFit, plays: _Plays | None, path: Path,
-            duration_ns: int) -> list[dict[str, Any]]:  # fmt: skip
-    """The estimate of each pooled replay total (same kind, mode and population) by `f`."""
-    out: list[dict[str, Any]] = []
-    for m in plays.measured if plays is not None else ():
-        assert plays is not None
-        if (m.kind, m.mode) != (f.kind, f.mode):
-            continue
-        est = c.estimate(f, np.full(m.writes, m.population + plays.offset), duration_ns)
-        out.append({
-            "replay_runs": [str(p) for p in plays.runs], "same_run": path in plays.runs,
-            "population": m.population, "writes": m.writes, "plays": m.plays, "ci": m.ci,
-            "measured_ns": m.total_ns, "measured_ci_ns": [m.total_lo, m.total_hi],
-            "estimate_ns": est.total_ns, "estimate_ci_ns": [est.total_lo, est.total_hi],
-            # the estimate inside the replay's CI, the replay inside the estimate's
-            "estimate_in_measured_ci": bool(m.total_lo <= est.total_ns <= m.total_hi),
-            "measured_in_estimate_ci": bool(est.total_lo <= m.total_ns <= est.total_hi),
-        })  # fmt: skip
-    return out
-
-
-def _report_run(r: _Run, rt: replay.ReplayTrace, plays: _Plays | None, kind: str | None,
-                trim: float) -> dict[str, Any]:  # fmt: skip
-    """One run's estimates (and their checks against the replays), and where it goes."""
-    priced = c.split_sweep(r.df, r.meta)[0]
-    fits = [f for f in c.mean_fits(priced, trim, c.helper_processes(r.meta))
-            if kind is None or f.kind == kind]  # fmt: skip
-    if not fits:
-        raise UsageError(f"{r.path}: no {kind} writes in this run; pick --kind from "
-                         f"{', '.join(sorted(set(r.df['kind'].astype(str))))}")  # fmt: skip
-    alive = rt.events["alive"].to_numpy(np.int64)  # the phone's processes at each write
-    rows = []
-    for f in fits:
-        e = c.estimate(f, alive, rt.duration_ns)
-        rows.append({
-            "kind": f.kind, "mode": f.mode, "intercept_ns": f.intercept_ns,
-            "slope_ns": f.slope_ns, "per_write_ns": e.per_write_ns,
-            "alive_mean": e.x_mean, "total_ns": e.total_ns,
-            "cpu_ms_per_hour": e.per_hour(e.total_ns) / 1e6,
-            "ci_ms_per_hour": [e.per_hour(e.total_lo) / 1e6, e.per_hour(e.total_hi) / 1e6],
-            "replays": _checks(f, plays, r.path, rt.duration_ns),
-        })  # fmt: skip
-    first = fits[0] if kind else next((f for f in fits if f.kind == "threaded"), fits[0])
-    w = c.per_write_cost(first, alive)
-    return {
-        "run": str(r.path), "label": _label(r.meta), "replay_of_this_trace": r.is_replay,
-        "sweep_points": len((r.meta.get("replay") or {}).get("sweep_points") or []),
-        "estimates": rows, "where": {"kind": first.kind, "mode": first.mode,
-        "transitions": c.transitions(rt, w).to_dict("records"),
-        "bursts": c.bursts(rt, w).head(5).to_dict("records")},
-    }  # fmt: skip
-
-
-def analyse(trace: Path, runs: list[Path], kind: str | None = None,
-            trim: float = c.TRIM) -> dict[str, Any]:  # fmt: skip
-    """The whole cost report as a dict (what `--json` writes)."""
-    from .. import store
-
-    rt = replay.load(trace)
-    hours = rt.duration_ns / c.HOUR_NS
-    out: dict[str, Any] = {"trace": rt.summary(), "notes": rt.notes(), "trim": trim}
-    out["trace"]["writes_per_hour"] = len(rt.events) / hours if hours > 0 else None
-    loaded = []
-    for path in runs:
-        info, df = store.read_run(path), store.load(path)
-        if df.empty:
-            raise DataError(f"{path}: the run holds no samples")
-        is_replay = (info.meta.get("replay") or {}).get("sha256") == rt.sha256
-        loaded.append(_Run(path, info.meta, df, is_replay))
-    pooled = _pool(loaded, trim)  # every estimate of a device is checked against these
-    out["runs"] = [_report_run(r, rt, pooled.get(r.device), kind, trim) for r in loaded]
-    return out
+#: cost.TRIM, here so that `--help` needs no scipy (a test keeps the two equal).
+TRIM = 0.05
 
 
 def _print(rep: dict[str, Any]) -> None:
@@ -201,7 +74,7 @@ def cost(
     kind: Annotated[str | None, typer.Option(help="Only this target kind.")] = None,
     trim: Annotated[float, typer.Option(help="Share of each point's slowest writes left out "
                     "of its mean: wall-clock latency also holds time the writer was "
-                    "preempted. 0 = the plain mean (wall time).")] = c.TRIM,
+                    "preempted. 0 = the plain mean (wall time).")] = TRIM,
     json_out: Annotated[Path | None, typer.Option("--json", help="Also write the report "
                         "here as JSON.")] = None,
 ) -> None:
@@ -219,6 +92,8 @@ def cost(
     """
     if not 0 <= trim < 1:
         raise UsageError(f"--trim must be a share in 0..1 (got {trim})")
+    from ..cost import analyse  # scipy and pandas: only when a trace is priced
+
     rep = analyse(trace, run, kind, trim)
     _print(rep)
     if json_out is not None:

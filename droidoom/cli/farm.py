@@ -17,8 +17,8 @@ from rich.table import Table
 from .. import signals, units
 from .. import spec as specs
 from ..errors import UsageError
-from ..schema import KINDS
 from ..targets.adb_server import AdbServer
+from ..vocab import KINDS
 from .app import app, console, err_console
 from .options import DEFAULT_OUT, SPEC_OPTIONS, Out, SpecOptions, spec_options
 from .progress import LiveProgress
