@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import pandas as pd
 
-from .vocab import KINDS, MODES  # the specs need them without pandas
+from .vocab import KINDS as KINDS  # re-exported; the specs need them without pandas
+from .vocab import MODES as MODES
 
 #: column -> dtype. Categoricals for low-cardinality labels, fixed-width ints elsewhere.
 SAMPLE_COLUMNS: dict[str, str] = {
