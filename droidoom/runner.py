@@ -20,7 +20,7 @@ import pandas as pd
 
 from . import __version__, runsave, schema, store
 from .capture.base import CaptureContext, CaptureSource
-from .errors import DroidoomError, HelperError, TargetError
+from .errors import DroidoomError, HelperError, TargetError, UsageError
 from .helper_io import Probe, probe
 from .plans import build_plan
 from .power import suspend_risk
@@ -135,6 +135,7 @@ def profile(
 def _plan(target: Target, spec: ProfileSpec, notices: _Notices) -> _Setup:
     """spec -> plan: the target's facts, its helper's probe, the plan they allow."""
     facts = target.facts()
+    _check_cpu(target, spec.cpu, facts.cpus)
     helper = target.install_helper()
     probed = probe(target, helper)
     adj_min = probed.adj_min
@@ -153,6 +154,43 @@ def _plan(target: Target, spec: ProfileSpec, notices: _Notices) -> _Setup:
             "clone(CLONE_VM) without CLONE_THREAD fails here (qemu-user?): no multiprocess data"
         )
     return _Setup(facts, helper, probed, plan)
+
+
+def online_cpus(text: str) -> list[int]:
+    """/sys/devices/system/cpu/online ("0-3,6") -> [0, 1, 2, 3, 6]; [] if unreadable."""
+    cpus: list[int] = []
+    for part in text.strip().split(","):
+        lo, _, hi = part.partition("-")
+        if not lo.isdigit() or (hi and not hi.isdigit()):
+            return []
+        cpus.extend(range(int(lo), int(hi or lo) + 1))
+    return cpus
+
+
+def _check_cpu(target: Target, cpu: int, count: int) -> None:
+    """`--cpu N` names an online CPU of the target, or the run is refused up front (an
+    unpinned run would otherwise pass for a pinned one)."""
+    if cpu < 0:
+        return
+    res = target.sh("cat /sys/devices/system/cpu/online", timeout=30)
+    online = (online_cpus(res.stdout) if res.ok else []) or list(range(count))
+    if cpu not in online:
+        said = res.stdout.strip() if res.ok and res.stdout.strip() else f"0-{count - 1}"
+        raise UsageError(
+            f"--cpu {cpu}: {target.name} has CPUs {said} "
+            f"online; pick one of them (or leave --cpu out: the writer stays on the CPU it "
+            "starts on)"
+        )
+
+
+def _writer_notice(
+    writer: dict[str, str] | None, cpu: int, notices: Callable[[str], None]
+) -> None:
+    """A pin the helper could not make (a cpuset, a CPU gone offline) is said, not only
+    recorded as pin_errno in run.json."""
+    if writer and cpu >= 0 and writer.get("pinned") == "0":
+        notices(f"the writer could not be pinned to CPU {cpu} (errno {writer.get('pin_errno')}):"
+                " it ran unpinned")
 
 
 def _run_meta(
@@ -318,6 +356,8 @@ def _save(
         captures=out.captures,
         notices=notices.texts,
     )
+    _writer_notice(meta["writer"], setup.plan.writer[0], notices)
+    meta["notices"] = notices.texts
     kept = runsave.save(run.path, samples, meta, setup.facts.transport)
     if kept < len(samples):
         if setup.facts.transport == "local":

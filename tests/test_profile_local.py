@@ -120,3 +120,28 @@ def test_unsafe_population_is_refused_before_spawning(tmp_path):
     assert "threads-max" in p.stderr or "pid_max" in p.stderr
     assert "Traceback" not in p.stderr
     assert not list(tmp_path.iterdir())  # no run directory for a run that never started
+
+
+def test_cpu_not_online_is_refused_up_front(tmp_path):
+    """`--cpu 99` on a 2-CPU host ran unpinned with exit 0 (pin_errno 22 only in run.json):
+    refused before anything is spawned, naming the CPUs that are online."""
+    import os
+
+    online = open("/sys/devices/system/cpu/online").read().strip()
+    bad = max(os.sched_getaffinity(0)) + 97
+    p = run_cli("profile", "--local", "--quick", "--cpu", str(bad), "--out", str(tmp_path))
+    err = " ".join(p.stderr.split())
+    assert p.returncode == 2 and f"--cpu {bad}" in err and f"CPUs {online} online" in err, err
+    assert not list(tmp_path.glob("*/run.json")) and "Traceback" not in p.stderr
+
+
+def test_online_cpu_lists_and_a_failed_pin_is_a_notice():
+    from droidoom.runner import _writer_notice, online_cpus
+
+    assert online_cpus("0-3,6\n") == [0, 1, 2, 3, 6] and online_cpus("5") == [5]
+    assert online_cpus("") == [] and online_cpus("garbage") == []
+    said: list[str] = []
+    _writer_notice({"pinned": "0", "pin_errno": "22"}, 3, said.append)
+    _writer_notice({"pinned": "1", "pin_errno": "0"}, 3, said.append)
+    _writer_notice({"pinned": "0", "pin_errno": "0"}, -2, said.append)  # not asked to pin
+    assert len(said) == 1 and "CPU 3 (errno 22)" in said[0] and "unpinned" in said[0]
