@@ -32,6 +32,7 @@ class Drift:
     freq_range_khz: dict[str, tuple[int, int]]  # cpufreq policy -> (min, max) over points
     temp_rise_c: float | None  # hottest zone, last point minus first point
     detected: bool
+    phone: bool = True  # an Android device (it has an SDK level): it may heat and throttle
 
     def text(self) -> str:
         """One clause for the verdict, or "" when the run was steady."""
@@ -47,7 +48,8 @@ class Drift:
             parts.append("CPU frequency changed between points (" + ", ".join(moved) + ")")
         if self.temp_rise_c is not None and abs(self.temp_rise_c) >= 2:
             parts.append(f"temperature {self.temp_rise_c:+.0f} °C over the run")
-        return "; ".join(parts) + "; pin a core (--cpu), let the phone cool and re-run"
+        settle = "let the phone cool" if self.phone else "let the host settle (other jobs?)"
+        return "; ".join(parts) + f"; pin a core (--cpu), {settle} and re-run"
 
 
 def _states(points: list[Mapping[str, Any]], key: str) -> list[dict[str, int]]:
@@ -91,4 +93,5 @@ def drift(samples: pd.DataFrame, meta: Mapping[str, Any] | None = None) -> Drift
     temps = [max(d.values()) / 1000 for d in _states(points, "temp_mc") if d]
     rise = temps[-1] - temps[0] if len(temps) >= 2 else None
     detected = bool(np.isfinite(change) and abs(change) >= DRIFT_MIN)
-    return Drift(change, per_kind, pairs, freqs, rise, detected)
+    phone = bool(((meta or {}).get("target") or {}).get("sdk")) if meta else True
+    return Drift(change, per_kind, pairs, freqs, rise, detected, phone)

@@ -221,7 +221,8 @@ def _walk_share(t: Fit | None, m: Fit) -> str | None:
 
 
 def _verdict_one(
-    device: str, mode: str, t: Fit | None, m: Fit | None, s: Fit | None, release: str | None
+    device: str, mode: str, t: Fit | None, m: Fit | None, s: Fit | None, release: str | None,
+    kinds_flag: str = "--kinds",
 ) -> Verdict:
     control_ok = m is not None and m.complexity == Complexity.ON
     walk_ns = m.slope_ns if m is not None else float("nan")  # the control's ns/process
@@ -236,7 +237,7 @@ def _verdict_one(
     )
     share = _walk_share(t, m) if m is not None and control_ok else None
     status, first = _threaded_finding(t, share, control_ok, walk_ns)
-    second = _control_finding(m, control_ok, noisy)
+    second = _control_finding(m, control_ok, noisy, kinds_flag)
     if disturbed and s is not None:
         status = VerdictStatus.INCONCLUSIVE
         first = (
@@ -308,11 +309,11 @@ def _threaded_finding(
     return status, first
 
 
-def _control_finding(m: Fit | None, control_ok: bool, noisy: bool) -> str:
+def _control_finding(m: Fit | None, control_ok: bool, noisy: bool, kinds_flag: str) -> str:
     """What the multiprocess fit (the positive control) shows about this run."""
     if m is None:
         second = (
-            "no multiprocess writes (left out of --kinds, or not spawnable here, e.g. under "
+            f"no multiprocess writes (left out of {kinds_flag}, or not spawnable here, e.g. under "
             "qemu-user), so no positive "
             "control: the run cannot show that the walk is measurable here"
         )
@@ -371,7 +372,9 @@ def verdict(
         m = metas.get(device, only) or {}
         release = (m.get("target") or {}).get("kernel_release")
         t, mp, single = (by_kind.get(k) for k in ("threaded", "multiprocess", "single"))
-        v = _verdict_one(device, use, t, mp, single, release)
+        replay = str((m.get("spec") or {}).get("scenario", "")).startswith("replay")
+        flag = "--replay-kinds" if replay else "--kinds"  # the option that left a kind out
+        v = _verdict_one(device, use, t, mp, single, release, flag)
         # drift over time (droidoom/drift.py) joins the sentence; needs the samples
         if df is not None and "device" in df.columns:
             note = drift(df[df["device"].astype(str) == device], m).text()

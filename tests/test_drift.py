@@ -44,6 +44,10 @@ def test_way_down_slower_is_drift_in_verdict_and_report(local_run, tmp_path):
     hot.to_parquet(run / "samples.parquet")
     (v,) = analysis.verdict(droidoom.load(run), meta)
     assert re.search(r"drift: the same kind and population ran \+(5[0-9]|6[0-9])%", v.sentence)
+    # this host is no phone: no advice to let it cool (a phone's run.json has its SDK level)
+    assert "phone" not in v.sentence and "let the host settle" in v.sentence, v.sentence
+    phone = {**meta, "target": {**meta["target"], "sdk": 34}}
+    assert "let the phone cool" in drift(hot, phone).text()
     p = run_cli("report", str(run))
     assert p.returncode == 0, p.stderr
     assert "drift:" in " ".join(p.stdout.split())

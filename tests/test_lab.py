@@ -283,3 +283,12 @@ def test_one_build_at_a_time_per_cache(tmp_path, monkeypatch):
         held = subprocess.run([sys.executable, "-c", probe, str(lock)])
     free = subprocess.run([sys.executable, "-c", probe, str(lock)])
     assert (held.returncode, free.returncode) == (3, 0)
+
+
+def test_lab_config_redirected_is_a_valid_fragment():
+    """`droidoom lab config > frag.config` is the fragment byte for byte (rich wrapped its
+    comments at 80 columns onto lines without "#")."""
+    p = run_cli("lab", "config")
+    assert p.returncode == 0 and p.stdout == build.FRAGMENT.read_text()
+    for line in p.stdout.splitlines():
+        assert not line or line.startswith(("#", "CONFIG_")), line

@@ -95,3 +95,15 @@ def test_compare_tolerates_one_disturbed_block(local_run_df):
         c = analysis.compare(base, new)
         assert not c.table["regression"].any(), c.table[c.table["regression"]]
         assert (c.table["floor"] >= spread - 1e-9).all(), (c.table["floor"], spread)
+
+
+def test_a_replay_without_multiprocess_names_the_replay_option(local_run_df, local_run):
+    """A replay run leaves kinds out with --replay-kinds, not --kinds: the verdict names the
+    option the user can change."""
+    meta = analysis.load_meta(local_run)
+    df = local_run_df[local_run_df["kind"] != "multiprocess"]
+    (plain,) = analysis.verdict(df, meta)
+    assert "left out of --kinds" in plain.sentence, plain.sentence
+    replay = {**meta, "spec": {**meta["spec"], "scenario": "replay:trace.pftrace"}}
+    (v,) = analysis.verdict(df, replay)
+    assert "left out of --replay-kinds" in v.sentence, v.sentence

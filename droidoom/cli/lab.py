@@ -7,6 +7,7 @@ config any image given to `droidoom profile --kernel` needs.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -89,7 +90,9 @@ def config() -> None:
     """Print the kernel config an image for `profile --kernel` needs (merge onto tinyconfig)."""
     from ..lab.build import FRAGMENT
 
-    console.print(FRAGMENT.read_text(), highlight=False, markup=False)
+    # As is, never through rich: its wrap at 80 columns cut comments onto lines without
+    # their "#", and `lab config > frag.config` broke the fragment.
+    sys.stdout.write(FRAGMENT.read_text())
 
 
 def _stepper(prog: Progress, task: TaskID) -> Callable[[int], None]:
