@@ -18,6 +18,7 @@ import pandas as pd
 
 from .errors import DataError, UsageError
 from .kernels import FIX_BACKPORTS, FIX_MAINLINE, WALK_INTRODUCED, kernel_expectation, parse_release
+from .schema import timed
 from .stats import GROUP_KEYS, QUANTILES, Sorted, point_medians, quantile_grid, sort_groups, summary
 from .verdict import (
     FIXED_MAX_SHARE,
@@ -308,7 +309,7 @@ def compare_slopes(base: pd.DataFrame, new: pd.DataFrame) -> pd.DataFrame:
 
 def _control_level(df: pd.DataFrame) -> dict[tuple[str, str], float]:
     """(device, mode) -> median latency of the run's `CONTROL_KIND` writes (all points)."""
-    ok = df[(df["kind"].astype(str) == CONTROL_KIND) & (df["err"] == 0)]
+    ok = timed(df[df["kind"].astype(str) == CONTROL_KIND])
     if ok.empty:
         return {}
     med = ok.groupby([ok["device"].astype(str), ok["mode"].astype(str)])["latency_ns"].median()

@@ -18,6 +18,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from .schema import timed
+
 #: |late / early - 1| of the median over revisited populations that counts as drift.
 DRIFT_MIN = 0.15
 
@@ -69,6 +71,7 @@ def drift(samples: pd.DataFrame, meta: Mapping[str, Any] | None = None) -> Drift
     per_kind: dict[str, float] = {}
     pairs = 0
     if len(samples) and {"point", "population", "kind", "latency_ns"} <= set(samples.columns):
+        samples = timed(samples) if "err" in samples.columns else samples
         run = ["run_id"] if "run_id" in samples.columns else []  # point numbers are per run
         by_point = samples.groupby([*run, "kind", "population", "point"], observed=True)
         med = by_point["latency_ns"].median().reset_index()

@@ -13,7 +13,7 @@ import pandas as pd
 from . import schema
 from .errors import HelperError
 from .protocol import Event, decode_records, parse_line
-from .scenario import ROLES, Plan
+from .scenario import ROLES, Plan, warmup_flags
 from .targets.base import Target
 
 
@@ -78,4 +78,7 @@ def records_to_frame(data: bytes, plan: Plan, run_id: str, device: str) -> pd.Da
             "err": rec["err"],
         }
     )
+    flags = np.array(warmup_flags(plan), dtype=bool)
+    if flags.any():  # blocks: the first writes after a switch of kind (scenario.in_blocks)
+        df["warmup"] = flags[rec["seq"]]
     return schema.coerce(df)

@@ -62,6 +62,10 @@ _TRANSITIONS: dict[str, tuple[tuple[str, int], ...]] = {
 _CACHED_STEP = 10  # each aging step pushes a cached app further down the LRU
 
 
+#: (target index, adj, role code): one write of a point.
+Move = tuple[int, int, int]
+
+
 @dataclass(frozen=True)
 class Plan:
     """The helper's input plus what the host needs to label its records."""
@@ -150,15 +154,54 @@ def build_plan(spec: ProfileSpec, adj_min: int = -1000) -> Plan:
                     moves = lmkd_moves(rngs[t.idx], n, chains[t.idx])
                 per_target.append([(t.idx, adj, role) for adj, role in moves])
             writes = []
-            for turn in zip(*per_target, strict=True):
-                for tidx, adj, role in turn:
-                    if adj < adj_min:
-                        adj, clamped = adj_min, clamped + 1
-                    writes.append((tidx, adj, role))
+            for tidx, adj, role in in_blocks(per_target, spec.block):
+                if adj < adj_min:
+                    adj, clamped = adj_min, clamped + 1
+                writes.append((tidx, adj, role))
             points.append(
                 PlanPoint(
                     idx, population, spec.threads, mode, spec.rate, spec.warmup, tuple(writes)
                 )
             )
             idx += 1
-    return Plan(targets, tuple(points), clamped, adj_min, (spec.cpu, spec.fifo))
+    return Plan(targets, tuple(points), clamped, adj_min, (spec.cpu, spec.fifo),
+                info={"blocks": block_layout(spec)})  # fmt: skip
+
+
+def in_blocks(per_target: list[list[Move]], block: int) -> list[Move]:
+    """One point's writes: each target's moves cut into blocks of `block`, the targets
+    taking turns block by block. The order of the turns changes every round, ABBA-style
+    (ABC, CBA, BCA, ACB, CAB, BAC, ...): each target goes first, middle and last alike, so a
+    drift in time touches every kind alike. `block` 1 is the old write-by-write round robin."""
+    rounds = max((len(m) + block - 1) // block for m in per_target) if per_target else 0
+    order = list(range(len(per_target)))
+    out: list[Move] = []
+    for r in range(rounds):
+        k = 0 if block == 1 else r // 2 % len(order)
+        turn = order[k:] + order[:k]
+        for t in turn if r % 2 == 0 or block == 1 else reversed(turn):
+            out.extend(per_target[t][r * block : (r + 1) * block])
+    return out
+
+
+def warmup_flags(plan: Plan) -> list[bool]:
+    """Per write of the plan, in seq order: is it one of the first `settle` writes after a
+    switch of target (or a point's start, after the helper's untimed warm-up of every
+    target)? Such a write pays for the caches the previous kind's writes left behind."""
+    settle = int((plan.info.get("blocks") or {}).get("settle", 0))
+    flags: list[bool] = []
+    for p in plan.points:
+        prev, since = -1, 0
+        for tidx, _adj, _role in p.writes:
+            since = since + 1 if tidx == prev else 0
+            prev = tidx
+            flags.append(since < settle)
+    return flags
+
+
+def block_layout(spec: ProfileSpec) -> dict[str, Any]:
+    """run.json's record of how the kinds took turns."""
+    if spec.block == 1:
+        return {"block": 1, "settle": 0, "order": "round robin, write by write"}
+    return {"block": spec.block, "settle": spec.settle,
+            "order": "blocks per kind, turn order rotated ABBA-style each round"}  # fmt: skip

@@ -42,6 +42,11 @@ PERFETTO_COLUMNS: dict[str, str] = {
     "trace_adj": "Int16",  # oom_score_adj the trace recorded for this write
 }
 
+#: Columns a run with blocked kinds adds (older runs lack it: every write counted).
+BLOCK_COLUMNS: dict[str, str] = {
+    "warmup": "bool",  # one of the first writes after a switch of kind: not in medians or fits
+}
+
 #: Category orders that make tables and plots read naturally.
 CATEGORY_ORDERS: dict[str, tuple[str, ...]] = {"kind": KINDS, "mode": MODES}
 
@@ -57,7 +62,8 @@ def coerce(df: pd.DataFrame) -> pd.DataFrame:
         raise KeyError(f"samples frame lacks columns {missing}")
     out = {}
     for col in df.columns:
-        dtype = SAMPLE_COLUMNS.get(col) or KERNEL_COLUMNS.get(col) or PERFETTO_COLUMNS.get(col)
+        dtype = (SAMPLE_COLUMNS.get(col) or KERNEL_COLUMNS.get(col)
+                 or PERFETTO_COLUMNS.get(col) or BLOCK_COLUMNS.get(col))  # fmt: skip
         s = df[col]
         if dtype == "category":
             if not isinstance(s.dtype, pd.CategoricalDtype):
@@ -67,6 +73,8 @@ def coerce(df: pd.DataFrame) -> pd.DataFrame:
                 present = [str(c) for c in s.cat.categories]
                 extra = sorted(set(present) - set(order))
                 s = s.cat.set_categories(list(order) + extra)
+        elif col in BLOCK_COLUMNS:  # pooled with an older run: its rows were all timed
+            s = s.astype("boolean").fillna(False).astype(bool)
         elif dtype is not None:
             s = s.astype(pd.api.types.pandas_dtype(dtype))  # the name as astype reads it
         out[col] = s
@@ -75,6 +83,15 @@ def coerce(df: pd.DataFrame) -> pd.DataFrame:
     # 10M rows that copy was up to a second of page faults. The result may share buffers
     # with `df`: fine, callers pass temporaries (and pandas 3's copy-on-write isolates edits).
     return pd.DataFrame(out, index=df.index, copy=False)
+
+
+def timed(df: pd.DataFrame) -> pd.DataFrame:
+    """The rows that count in a statistic: successful writes that are not the warm-up after
+    a switch of kind (stats.sort_groups does the same in its bands)."""
+    keep = df["err"] == 0
+    if "warmup" in df.columns:
+        keep &= ~df["warmup"].astype(bool)
+    return df[keep]
 
 
 def empty() -> pd.DataFrame:

@@ -35,6 +35,12 @@ class ProfileSpec:
     rate: float = 0.0  # updates per second; 0 = back to back
     modes: tuple[str, ...] = ("reopen",)  # reopen = lmkd's open+write+close; persistent fd
     warmup: int = 20  # untimed writes per target before each point's timed ones
+    # Kinds take turns in blocks of `block` consecutive writes (1 = write by write): a
+    # multiprocess write walks every process and evicts caches and TLB entries, so a control
+    # write right after it pays for that. The first `settle` writes after a switch are
+    # flagged as warm-up: kept in the samples, left out of medians and fits.
+    block: int = 50
+    settle: int = 2
     order: str = "updown"  # sweep order: up and back down (drift shows), or ascending
     cpu: int = -2  # pin the writer: a CPU number, -2 = the core it starts on, -1 = unpinned
     fifo: bool = True  # writer at SCHED_FIFO like lmkd, where permitted (root)
@@ -97,6 +103,13 @@ class ProfileSpec:
             raise UsageError(f"--cpu must be a CPU number >= 0 (got {self.cpu})")
         if not 0 <= self.warmup <= 10000:
             raise UsageError(f"--warmup must be 0..10000 (got {self.warmup})")
+        if not 1 <= self.block <= MAX_WRITES:
+            raise UsageError(f"--block must be 1..{MAX_WRITES} writes (got {self.block})")
+        if not 0 <= self.settle <= 1000 or 1 < self.block <= self.settle:
+            raise UsageError(
+                f"--settle must be 0..1000 and fewer than --block's {self.block} writes "
+                f"(got {self.settle})"
+            )
         return self
 
     def as_dict(self) -> dict[str, Any]:
@@ -107,6 +120,8 @@ class ProfileSpec:
         known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
         if "order" not in d:  # recorded before these existed: what that run did
             known.update(order="ascending", cpu=-1, fifo=False)
+        if "block" not in d:  # before blocks: kinds took turns write by write
+            known.update(block=1, settle=0)
         for k in ("populations", "kinds", "levels", "modes"):
             if k in known:
                 known[k] = tuple(known[k])

@@ -109,9 +109,15 @@ def sort_groups(df: pd.DataFrame, by: Sequence[str], column: str = "latency_ns")
     err = df["err"].to_numpy() != 0
     combined[err] += n_codes
     vals = df[column]
-    if vals.hasnans:  # successful rows without a value (e.g. no ftrace event): band 2
-        combined[vals.isna().to_numpy() & ~err] += 2 * n_codes
+    # Band 2, out of the statistics: successful rows without a value (e.g. no ftrace
+    # event), and the warm-up writes right after a switch of kind (scenario.in_blocks).
+    skip = df["warmup"].to_numpy(dtype=bool) if "warmup" in df.columns else None
+    if vals.hasnans:
+        nan = vals.isna().to_numpy()
+        skip = nan if skip is None else skip | nan
         vals = vals.fillna(0)
+    if skip is not None:
+        combined[skip & ~err] += 2 * n_codes
     v = vals.to_numpy(dtype=np.int64)
     if len(v) and (v.min() < 0 or v.max() > _U32):  # the helper saturates at 2^32-1 anyway
         v = np.clip(v, 0, _U32)

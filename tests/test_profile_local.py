@@ -42,7 +42,7 @@ def test_cli_output_has_table_and_verdict(tmp_path):
     assert "run complete" in out
 
 
-def test_loaded_frame_is_typed_and_complete(local_run_df):
+def test_loaded_frame_is_typed_and_complete(local_run, local_run_df):
     df = local_run_df
     assert list(schema.SAMPLE_COLUMNS) == [c for c in df.columns if c in schema.SAMPLE_COLUMNS]
     for col, dtype in schema.SAMPLE_COLUMNS.items():
@@ -53,6 +53,15 @@ def test_loaded_frame_is_typed_and_complete(local_run_df):
     assert set(df["role"].unique()) <= {"foreground", "visible", "perceptible", "service",
                                         "previous", "cached"}  # fmt: skip
     assert df["seq"].is_unique
+    # Kinds take turns in blocks (run.json says how); the first writes after each switch
+    # are kept, flagged, and left out of the statistics.
+    blocks = json.loads((local_run / "run.json").read_text())["blocks"]
+    assert (blocks["block"], blocks["settle"]) == (50, 2)
+    assert str(df["warmup"].dtype) == "bool" and 0 < df["warmup"].mean() < 0.1
+    first = df.sort_values("seq").groupby("point", observed=True).head(1)
+    assert first["warmup"].all()  # a point starts after the helper's untimed warm-ups
+    s = droidoom.analysis.summary(df)
+    assert s["count"].sum() == (~df["warmup"]).sum() and s["errors"].sum() == 0
     # Every write's adj_from is the previous value written to the same target.
     for _, g in df.sort_values("seq").groupby("kind", observed=True):
         assert (g["adj_from"].to_numpy()[1:] == g["adj_to"].to_numpy()[:-1]).mean() > 0.99

@@ -45,13 +45,40 @@ def test_sweep_goes_up_and_back_down_with_kinds_interleaved():
     assert [p.population for p in plan.points] == [0, 400, 800, 400, 0]
     assert [len(p.writes) for p in plan.points] == [15, 15, 30, 15, 15]  # 10 per kind per pop
     targets = [t for t, _, _ in plan.points[0].writes]
-    assert targets[:6] == [0, 1, 2, 0, 1, 2]  # round robin, not one block per kind
+    assert targets == [0] * 5 + [1] * 5 + [2] * 5  # 5 writes per kind fit one block
     assert plan.writer == (-2, True)  # same core for every write, SCHED_FIFO when allowed
     old = sc.build_plan(replace(specs.QUICK, populations=(800, 0, 400), order="ascending"))
     assert [p.population for p in old.points] == [0, 400, 800]
     # a run recorded before `order` existed is rebuilt (recover) the way it ran
     legacy = specs.ProfileSpec.from_dict({"populations": [0, 400], "writes": 4})
     assert (legacy.order, legacy.cpu, legacy.fifo) == ("ascending", -1, False)
+
+
+def test_kinds_take_turns_in_blocks_in_abba_order_with_warmups_flagged():
+    """Write by write, each control write followed a multiprocess write that had just walked
+    every process (single +70% at population 800 on this host): kinds now take turns in
+    blocks, the turn order rotating ABBA-style so drift still touches every kind alike, and
+    the first writes after a switch are flagged as warm-up."""
+    spec = replace(specs.QUICK, populations=(0,), writes=12, block=4, settle=2)
+    plan = sc.build_plan(spec)
+    (point,) = plan.points
+    blocks = [t for i, (t, _, _) in enumerate(point.writes) if i % 4 == 0]
+    assert blocks == [0, 1, 2, 2, 1, 0, 1, 2, 0]  # ABC CBA BCA
+    assert [len(point.writes)] == [3 * 12]
+    assert sorted(t for t, _, _ in point.writes) == [0] * 12 + [1] * 12 + [2] * 12
+    flags = sc.warmup_flags(plan)
+    # a switch starts a run of 2 warm-ups; C then C (a round's end and the next's start)
+    # is no switch, so the second C block is all timed
+    runs = [flags[i : i + 4] for i in range(0, 36, 4)]
+    assert runs[:4] == [[True, True, False, False]] * 3 + [[False] * 4]
+    assert plan.info["blocks"] == {"block": 4, "settle": 2, "order": sc.block_layout(spec)["order"]}
+    # --block 1 is the old round robin, nothing flagged; a run recorded before blocks is
+    # rebuilt (recover) that way
+    rr = sc.build_plan(replace(spec, block=1, settle=0))
+    assert [t for t, _, _ in rr.points[0].writes][:6] == [0, 1, 2, 0, 1, 2]
+    assert not any(sc.warmup_flags(rr))
+    legacy = specs.ProfileSpec.from_dict({"populations": [0, 400], "writes": 4, "order": "updown"})
+    assert (legacy.block, legacy.settle) == (1, 0)
 
 
 def test_alternate_and_adj_min_clamp():
@@ -75,6 +102,9 @@ def test_alternate_and_adj_min_clamp():
         {"scenario": "chaos"},
         {"order": "sideways"},
         {"cpu": -3},
+        {"block": 0},
+        {"block": 4, "settle": 4},
+        {"settle": -1},
     ],
 )
 def test_spec_rejects_bad_values(change):

@@ -85,6 +85,17 @@ Mode = Annotated[
     typer.Option(help="reopen (open+write+close, as lmkd) and/or persistent (one fd)."),
 ]
 Seed = Annotated[int | None, typer.Option(help="Scenario seed: same seed, same schedule.")]
+Block = Annotated[
+    int | None,
+    typer.Option(help="Kinds take turns in blocks of N writes (default 50; 1: write by write). "
+                 "A multiprocess write walks every process and evicts caches: in blocks, the "
+                 "controls are not measured right after it."),
+]  # fmt: skip
+Settle = Annotated[
+    int | None,
+    typer.Option(help="First writes after a switch of kind kept as warm-up, out of medians "
+                 "and fits (default 2)."),
+]  # fmt: skip
 Out = Annotated[Path, typer.Option("--out", "-o", help="Directory that receives run directories.")]
 TargetThreads = Annotated[int | None, typer.Option(help="Threads in the `threaded` target.")]
 Serial = Annotated[
@@ -122,7 +133,8 @@ def build_spec(
     quick: bool = False, population: str | None = None, kinds: str | None = None,
     writes: int | None = None, threads: int | None = None, target_threads: int | None = None,
     scenario: str | None = None, adj: str | None = None, rate: float | None = None,
-    mode: str | None = None, seed: int | None = None, base: specs.ProfileSpec | None = None, *,
+    mode: str | None = None, seed: int | None = None, base: specs.ProfileSpec | None = None,
+    block: int | None = None, settle: int | None = None, *,
     cpu: int | None = None, fifo: bool | None = None, order: str | None = None,
 ) -> specs.ProfileSpec:  # fmt: skip
     """Spec from CLI options: `base` (else --quick or the default), explicit options on top."""
@@ -138,6 +150,8 @@ def build_spec(
         "rate": rate,
         "modes": words(mode),
         "seed": seed,
+        "block": block,
+        "settle": settle,
         "cpu": cpu,
         "fifo": fifo,
         "order": order,
@@ -161,6 +175,8 @@ class SpecOptions:
     rate: Rate = None
     mode: Mode = None
     seed: Seed = None
+    block: Block = None
+    settle: Settle = None
 
     def spec(self, base: specs.ProfileSpec | None = None, **more: Any) -> specs.ProfileSpec:
         """The spec: `base` (else --quick or the default), these options on top, then `more`."""
