@@ -14,6 +14,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from . import analysis, plots, units
+from .fingerprint import describe, fingerprint
 from .report_rows import STAT_COLS, run_facts, run_metas, scaling_rows
 from .schema import KINDS
 from .store import atomic_write
@@ -111,10 +112,8 @@ def render_html(
     and figure), scaling fits, latency summary, figures. `figures` defaults to
     `plots.standard_figures(df, logy=logy)` (pass them to reuse figures already drawn).
     """
-    figs = list(figures) if figures is not None else plots.standard_figures(df, logy=logy)
     metas, path = run_metas(metas), Path(path)
-    fits = analysis.fits(df)
-    verdicts = analysis.verdict(df, metas, fitted=fits)
+    groups = _fingerprint_groups(df)
     devices = sorted(df["device"].astype(str).unique())
     parts = [
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
@@ -123,22 +122,51 @@ def render_html(
         f"<p class='sub'>{units.count(len(df))} timed writes, {len(devices)} device(s), "
         f"{df['run_id'].nunique()} run(s); generated "
         f"{datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}</p>",
-        "<h2>Verdict</h2>",
-        *map(_verdict_html, verdicts),
     ]
     if metas:
         parts += _runs_html(metas)
-    if len(devices) > 1:
-        parts += _overview_html(verdicts)
-        parts += [_figure_html(*f) for f in figs if f[0].startswith("devices_")]
-    parts += _scaling_html(fits)
-    parts += _summary_html(df)
-    parts.append("<h2>Figures</h2>")
-    parts += [_figure_html(*f) for f in figs if not f[0].startswith("devices_")]
+    if len(groups) > 1:  # unlike runs never pool: a section per group
+        parts.append(f"<p class='warn'>These runs measured {len(groups)} different things "
+                     "(schedule, captures or kernel differ): each group is reported apart.</p>")
+        for fp, gdf in groups:
+            mine = [m for m in metas if fingerprint(m) == fp]
+            parts.append(f"<h2>Group {_e(fp)}</h2><p class='sub'>"
+                         f"{_e(describe(mine[0]) if mine else fp)}</p>")  # fmt: skip
+            parts += _group_html(gdf, mine, plots.standard_figures(gdf, logy=logy), level=3)
+    else:
+        figs = list(figures) if figures is not None else plots.standard_figures(df, logy=logy)
+        parts += _group_html(df, metas, figs, level=2)
     parts.append("</body></html>")
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, "\n".join(parts).encode("utf-8"))  # a CI artifact is never half a file
     return path
+
+
+def _fingerprint_groups(df: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+    """(fingerprint, rows) per group of runs that measured alike, in order of appearance."""
+    if "fingerprint" not in df.columns:
+        return [("", df)]
+    codes = df["fingerprint"].astype(str)
+    return [(str(k), g) for k, g in df.groupby(codes, sort=False, observed=True)]
+
+
+def _group_html(
+    df: pd.DataFrame, metas: Sequence[Mapping[str, Any]],
+    figs: Sequence[tuple[str, str, Figure]], level: int,
+) -> list[str]:  # fmt: skip
+    """Verdict, overview, scaling, summary and figures of runs that may be pooled."""
+    h = f"h{level}"
+    fits = analysis.fits(df)
+    verdicts = analysis.verdict(df, metas, fitted=fits)
+    parts = [f"<{h}>Verdict</{h}>", *map(_verdict_html, verdicts)]
+    if df["device"].nunique() > 1:
+        parts += _overview_html(verdicts)
+        parts += [_figure_html(*f) for f in figs if f[0].startswith("devices_")]
+    parts += _scaling_html(fits)
+    parts += _summary_html(df)
+    parts.append(f"<{h}>Figures</{h}>")
+    parts += [_figure_html(*f) for f in figs if not f[0].startswith("devices_")]
+    return parts
 
 
 def _runs_html(metas: Sequence[Mapping[str, Any]]) -> list[str]:

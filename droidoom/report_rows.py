@@ -8,6 +8,7 @@ from typing import Any
 import pandas as pd
 
 from . import analysis, units
+from .fingerprint import fingerprint
 
 #: Latency statistics shown per kind x population: summary column -> label.
 STAT_COLS = (("median_ns", "median"), ("p90_ns", "p90"), ("p99_ns", "p99"))
@@ -37,6 +38,11 @@ def run_facts(meta: Mapping[str, Any]) -> dict[str, str]:
         "populations": ", ".join(map(str, pops)) if pops else "-",
         "kinds": ", ".join(spec.get("kinds") or []) or "-",
         "modes": ", ".join(spec.get("modes") or []) or "-",
+        "scenario": str(spec.get("scenario", "?")),
+        "rate": f"{rate:g}/s" if isinstance(rate := spec.get("rate"), int | float) and rate
+        else "back to back",
+        "captures": ", ".join(sorted(meta.get("captures") or {})) or "clock",
+        "group": fingerprint(meta),
         "writes / threads": f"{spec.get('writes', '?')} / {spec.get('target_threads', '?')}",
         "started": str(meta.get("started", "?")),
         "farm": str(meta.get("farm_id") or "-"),

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -28,11 +29,14 @@ from pandas.api.types import union_categoricals
 
 from . import schema
 from .errors import DataError, UsageError
+from .fingerprint import fingerprint
 from .vocab import RunStatus
 
 FORMAT = 1
 RUN_JSON = "run.json"
 SAMPLES = "samples.parquet"
+#: The column `load` adds: which runs measured alike (equal values may be pooled).
+FINGERPRINT = "fingerprint"
 
 
 def _umask() -> int:
@@ -207,12 +211,15 @@ def load(
 
     Args:
         paths: run directories, or folders containing them (searched recursively).
-        columns: read only these columns (faster on big runs); schema columns only.
+        columns: read only these columns (faster on big runs); schema columns only,
+            plus "fingerprint".
         include_partial: also load runs that were interrupted (status "partial").
 
     Returns:
         A DataFrame typed by `droidoom.schema` (categoricals for run_id, device, kind,
-        mode, role; fixed-width integers elsewhere).
+        mode, role; fixed-width integers elsewhere), with a `fingerprint` column: runs
+        with equal fingerprints measured alike and may be pooled; `droidoom report` keeps
+        unlike ones apart (see droidoom/fingerprint.py).
     """
     if isinstance(paths, (str, Path)):
         paths = [paths]
@@ -228,7 +235,12 @@ def load(
         # consolidated 2-D blocks; self_destruct frees each Arrow column once converted.
         # Together they halve load time and peak memory on 10M-row runs.
         try:
-            frames.append(_read_samples(f, columns))
+            frame = _read_samples(f, [c for c in columns if c != FINGERPRINT] if columns else None)
+            if columns is None or FINGERPRINT in columns:
+                fp = fingerprint(r.meta)  # which runs measured alike (droidoom/fingerprint.py)
+                frame[FINGERPRINT] = pd.Categorical.from_codes(
+                    np.zeros(len(frame), dtype=np.int8), pd.Index([fp]))
+            frames.append(frame)
         except DataError as e:
             if r.path in named:
                 raise

@@ -98,3 +98,45 @@ def test_notebook_falls_back_to_a_fresh_profile(tmp_path, monkeypatch):
         assert info.status == "complete" and (info.path / "samples.parquet").is_file()
     finally:
         shutil.rmtree(out)
+
+
+def test_notebook_runs_clean_on_a_folder_of_unlike_runs(local_run, tmp_path, monkeypatch):
+    """A folder after several README commands: a paced `alternate` sweep (oldest), a sweep
+    and a replay (newest). The notebook pooled them all and took the newest (the replay) as NEW,
+    then crashed ("the runs share no device x kind x mode x population group"). It now
+    analyses one group of like runs, the sweep, and says which."""
+    import pandas as pd
+
+    from droidoom.fingerprint import fingerprint
+
+    folder = tmp_path / "droidoom-runs"
+    shutil.copytree(local_run, folder / local_run.name)
+
+    def variant(name: str, keep, **spec) -> None:
+        dest = folder / name
+        shutil.copytree(local_run, dest)
+        meta = json.loads((dest / "run.json").read_text())
+        meta["spec"].update(spec)
+        meta["run_id"] = name
+        (dest / "run.json").write_text(json.dumps(meta))
+        df = pd.read_parquet(dest / "samples.parquet")
+        df = df[keep(df)].copy()
+        df["run_id"] = pd.Categorical([name] * len(df))
+        df.to_parquet(dest / "samples.parquet")
+
+    variant("00-alternate", lambda d: d["kind"].notna(), scenario="alternate", rate=200.0)
+    variant("zzz-replay", lambda d: (d["kind"] == "threaded") & (d["population"] == 400),
+            scenario="replay:phone.pftrace", kinds=["threaded"], populations=[400])  # fmt: skip
+    for name in ("DROIDOOM_BASE", "DROIDOOM_NEW"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("DROIDOOM_RUNS", str(folder))
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    client = NotebookClient(
+        nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": NOTEBOOK.parent}}
+    )
+    client.execute()
+    assert not outputs(nb, "error")
+    stdout = "".join(o.text for o in outputs(nb, "stream") if o.name == "stdout")
+    meta = json.loads((local_run / "run.json").read_text())
+    assert f"analysing group {fingerprint(meta)} (1 of 3 runs)" in stdout, stdout
+    assert "regressions: 0" in stdout  # BASE and NEW: the one sweep, compared with itself

@@ -182,3 +182,43 @@ def test_html_report_farm_section(tmp_path, local_run, slow_run, local_run_df):
     # steady the host's process count was while it ran)
     assert len(re.findall(r"""class=["']badge (?:fixed|regressed|inconclusive)["']""", text)) == 4
     assert_nontrivial_png(screenshot(path, tmp_path))
+
+
+def test_report_never_pools_unlike_runs(tmp_path, local_run):
+    """A folder holding a sweep, a paced `alternate` run and an ftrace-captured copy used
+    to end in one table and one verdict. load() now says which runs measured alike (the
+    fingerprint column), and `report` prints each group apart, naming its runs; the HTML's
+    Runs table shows what differs."""
+    import json
+
+    from conftest import run_cli
+
+    folder = tmp_path / "runs"
+    shutil.copytree(local_run, folder / local_run.name)
+    for name, change in (("alt", {"spec": {"scenario": "alternate", "rate": 200.0}}),
+                         ("ftr", {"captures": {"ftrace": {"matched_fraction": 1.0}}})):  # fmt: skip
+        dest = folder / name
+        shutil.copytree(local_run, dest)
+        meta = json.loads((dest / "run.json").read_text())
+        meta["spec"].update(change.get("spec", {}))
+        meta.update({k: v for k, v in change.items() if k != "spec"}, run_id=name)
+        (dest / "run.json").write_text(json.dumps(meta))
+        df = pd.read_parquet(dest / "samples.parquet")
+        df["run_id"] = pd.Categorical([name] * len(df))
+        df.to_parquet(dest / "samples.parquet")
+    df = droidoom.load(folder)
+    assert df.groupby("fingerprint", observed=True)["run_id"].nunique().tolist() == [1, 1, 1]
+    same = droidoom.load([local_run, local_run])  # one run twice: one fingerprint
+    assert same["fingerprint"].nunique() == 1
+    page = tmp_path / "r.html"
+    p = run_cli("report", str(folder), "--html", str(page))
+    out, err = p.stdout, " ".join(p.stderr.split())
+    assert p.returncode == 0, err
+    assert "measured 3 different things" in err
+    assert out.count("group ") >= 3 and "alternate 0/900, 200/s" in " ".join(out.split())
+    assert "capture ftrace" in " ".join(out.split())
+    assert len(re.findall(r"^(FIXED|REGRESSED|INCONCLUSIVE) ", out, re.M)) == 3  # one each
+    text = page.read_text()
+    for head in ("scenario", "rate", "captures", "group"):
+        assert f">{head}</th>" in text, head
+    assert text.count("<h2>Group ") == 3

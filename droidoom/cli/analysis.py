@@ -65,19 +65,17 @@ def _load(
     return df, [r for r in runs if r.run_id in loaded]
 
 
-def _mixed_kernels(runs: list[RunInfo]) -> None:
-    """A device profiled on two kernels and reported as one would mix both in one fit."""
-    seen: dict[str, set[str]] = {}
-    for r in runs:
-        seen.setdefault(r.device, set()).add(
-            str((r.meta.get("target") or {}).get("kernel_release"))
-        )
-    for device, releases in seen.items():
-        if len(releases) > 1:
-            err_console.print(
-                f"[yellow]note:[/] {device} has runs on kernels {', '.join(sorted(releases))}: "
-                "they are pooled here; `droidoom compare BASE NEW` compares builds"
-            )
+def _groups(df: pd.DataFrame, runs: list[RunInfo]) -> list[tuple[str, pd.DataFrame, list[RunInfo]]]:
+    """Runs split by fingerprint (what they measured: droidoom/fingerprint.py), in the
+    order their first run appears: only runs of one group are pooled."""
+    from ..store import FINGERPRINT
+
+    out: dict[str, tuple[str, pd.DataFrame, list[RunInfo]]] = {}
+    codes = df[FINGERPRINT].astype(str)
+    for fp, g in df.groupby(codes, sort=False, observed=True):
+        ids = set(g["run_id"].astype(str).unique())
+        out[str(fp)] = (str(fp), g, [r for r in runs if r.run_id in ids])
+    return list(out.values())
 
 
 @app.command()
@@ -102,8 +100,11 @@ def report(
     and its CI, latency distributions, devices side by side); --html writes all of it in one
     file that opens offline (mail it, or keep it as a CI artifact).
     """
+    from rich.markup import escape
+
     from .. import plots
     from .. import report as rep
+    from ..fingerprint import describe
     from ..store import check_writable
 
     if html is not None:  # checked before the work, not after it
@@ -111,9 +112,20 @@ def report(
     if figures is not None:
         check_writable(figures, "--figures", directory=True)
     df, infos = _load(runs, complete_only)
-    _mixed_kernels(infos)
+    groups = _groups(df, infos)
+    if len(groups) > 1:
+        err_console.print(
+            f"[yellow]note:[/] these runs measured {len(groups)} different things (schedule, "
+            "captures or kernel differ): each group is reported apart, runs pool only within "
+            "their group"
+        )
+    for fp, gdf, ginfos in groups:
+        if len(groups) > 1:
+            names = ", ".join(r.run_id for r in ginfos)
+            console.rule(f"[bold]group {fp}[/]", align="left")
+            console.print(escape(f"{describe(ginfos[0].meta)}; runs: {names}"), highlight=False)
+        rep.render_terminal(gdf, [r.meta for r in ginfos], console)
     metas = [r.meta for r in infos]
-    rep.render_terminal(df, metas, console)
     figs = plots.standard_figures(df, logy=logy) if figures or html else None
     if figures is not None:
         for p in plots.save_figures(df, figures, figures=figs):
