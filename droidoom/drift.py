@@ -98,3 +98,42 @@ def drift(samples: pd.DataFrame, meta: Mapping[str, Any] | None = None) -> Drift
     detected = bool(np.isfinite(change) and abs(change) >= DRIFT_MIN)
     phone = bool(((meta or {}).get("target") or {}).get("sdk")) if meta else True
     return Drift(change, per_kind, pairs, freqs, rise, detected, phone)
+
+
+#: A target is busy beyond measuring when its 1-minute load average exceeds this many
+#: runnable tasks per CPU (plus one: the writer itself).
+BUSY_LOAD_PER_CPU = 2.0
+#: ... or when its process count moved by more than this share during the run.
+PROCS_MOVED = 0.10
+
+
+def _load1(value: object) -> float | None:
+    try:
+        return float(str(value).split()[0])
+    except (ValueError, IndexError):
+        return None
+
+
+def disturbances(meta: Mapping[str, Any] | None) -> list[str]:
+    """What else ran on the target during the run, from run.json's `device_activity`
+    (sampled when the lock was taken and released): other droidoom helpers (their
+    populations are walked by every multiprocess write too), a process count that moved,
+    a load well above the CPU count. Each is a clause for the notices and the verdict."""
+    act = (meta or {}).get("device_activity")
+    if not isinstance(act, Mapping):
+        return []
+    sides = [s if isinstance(s, Mapping) else {} for s in (act.get("before"), act.get("after"))]
+    out = []
+    helpers = [h for s in sides if isinstance(h := s.get("helpers"), int) and h > 0]
+    if helpers:
+        out.append(f"{max(helpers)} droidoom-helper processes of another run were alive on "
+                   "the target (every multiprocess write walks them too)")  # fmt: skip
+    procs = [p for s in sides if isinstance(p := s.get("procs"), int) and p > 0]
+    if len(procs) == 2 and abs(procs[1] - procs[0]) > PROCS_MOVED * procs[0]:
+        out.append(f"the target's process count moved {procs[0]} -> {procs[1]} during the run")
+    target = (meta or {}).get("target")
+    cpus = target.get("cpus") if isinstance(target, Mapping) else None
+    loads = [x for s in sides if (x := _load1(s.get("loadavg"))) is not None]
+    if isinstance(cpus, int) and cpus > 0 and loads and max(loads) > BUSY_LOAD_PER_CPU * cpus + 1:
+        out.append(f"load average {max(loads):.1f} on {cpus} CPU(s)")
+    return out

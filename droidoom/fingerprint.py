@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .spec import ProfileSpec
@@ -53,13 +53,43 @@ def _facts(meta: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def fingerprint(meta: Mapping[str, Any]) -> str:
-    """A short stable id (12 hex digits) of what one run measured; equal ids pool."""
-    blob = json.dumps(_facts(meta), sort_keys=True, default=str).encode()
+_TARGET_FACTS = ("device", "kernel", "build", "image")
+
+
+def fingerprint(meta: Mapping[str, Any], *, target: bool = True) -> str:
+    """A short stable id (12 hex digits) of what one run measured; equal ids pool.
+    `target=False`: the schedule and captures only (devices of a farm measured alike)."""
+    facts = _facts(meta)
+    if not target:
+        facts = {k: v for k, v in facts.items() if k not in _TARGET_FACTS}
+    blob = json.dumps(facts, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:12]
 
 
-def describe(meta: Mapping[str, Any]) -> str:
+def report_groups(metas: Sequence[Mapping[str, Any]]) -> list[list[int]]:
+    """Indices of `metas` in groups a report may show together: runs of one schedule
+    (devices side by side, each device's runs pooled), split further by fingerprint when a
+    device ran on more than one kernel, so no fit mixes two kernels. In order of
+    appearance."""
+    by_schedule: dict[str, list[int]] = {}
+    for i, m in enumerate(metas):
+        by_schedule.setdefault(fingerprint(m, target=False), []).append(i)
+    out: list[list[int]] = []
+    for idx in by_schedule.values():
+        kernels: dict[str, set[str]] = {}
+        for i in idx:
+            kernels.setdefault(str(metas[i].get("device", "")), set()).add(fingerprint(metas[i]))
+        if all(len(k) == 1 for k in kernels.values()):
+            out.append(idx)
+            continue
+        split: dict[str, list[int]] = {}
+        for i in idx:
+            split.setdefault(fingerprint(metas[i]), []).append(i)
+        out += split.values()
+    return out
+
+
+def describe(meta: Mapping[str, Any], *, target: bool = True) -> str:
     """What a fingerprint stands for, in words: 'lmkd, back to back, reopen, ...'."""
     f = _facts(meta)
     what = [f["scenario"] + (f" {f['levels'][0]}/{f['levels'][1]}" if f["levels"] else "")]
@@ -72,5 +102,6 @@ def describe(meta: Mapping[str, Any]) -> str:
         what.append("capture " + "+".join(f["captures"]))
     if not f["pinned"]:
         what.append("unpinned")
-    what.append(f"{f['device']} {f['kernel']}")
+    if target:
+        what.append(f"{f['device']} {f['kernel']}")
     return ", ".join(what)

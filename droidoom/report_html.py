@@ -14,7 +14,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from . import analysis, plots, units
-from .fingerprint import describe, fingerprint
+from .fingerprint import describe, fingerprint, report_groups
 from .report_rows import STAT_COLS, run_facts, run_metas, scaling_rows
 from .schema import KINDS
 from .store import atomic_write
@@ -113,7 +113,7 @@ def render_html(
     `plots.standard_figures(df, logy=logy)` (pass them to reuse figures already drawn).
     """
     metas, path = run_metas(metas), Path(path)
-    groups = _fingerprint_groups(df)
+    groups = _fingerprint_groups(df, metas)
     devices = sorted(df["device"].astype(str).unique())
     parts = [
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
@@ -128,10 +128,9 @@ def render_html(
     if len(groups) > 1:  # unlike runs never pool: a section per group
         parts.append(f"<p class='warn'>These runs measured {len(groups)} different things "
                      "(schedule, captures or kernel differ): each group is reported apart.</p>")
-        for fp, gdf in groups:
-            mine = [m for m in metas if fingerprint(m) == fp]
-            parts.append(f"<h2>Group {_e(fp)}</h2><p class='sub'>"
-                         f"{_e(describe(mine[0]) if mine else fp)}</p>")  # fmt: skip
+        for label, gdf, mine in groups:
+            fp, what = label.split(": ", 1)
+            parts.append(f"<h2>Group {_e(fp)}</h2><p class='sub'>{_e(what)}</p>")
             parts += _group_html(gdf, mine, plots.standard_figures(gdf, logy=logy), level=3)
     else:
         figs = list(figures) if figures is not None else plots.standard_figures(df, logy=logy)
@@ -142,12 +141,21 @@ def render_html(
     return path
 
 
-def _fingerprint_groups(df: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
-    """(fingerprint, rows) per group of runs that measured alike, in order of appearance."""
-    if "fingerprint" not in df.columns:
-        return [("", df)]
-    codes = df["fingerprint"].astype(str)
-    return [(str(k), g) for k, g in df.groupby(codes, sort=False, observed=True)]
+def _fingerprint_groups(
+    df: pd.DataFrame, metas: Sequence[Mapping[str, Any]]
+) -> list[tuple[str, pd.DataFrame, list[Mapping[str, Any]]]]:
+    """(label, rows, run.jsons) per group of runs that may be shown together
+    (fingerprint.report_groups); one group of everything when the metas are unknown."""
+    if not metas or "run_id" not in df.columns:
+        return [("", df, list(metas))]
+    out = []
+    for idx in report_groups(metas):
+        mine = [metas[i] for i in idx]
+        ids = {str(m.get("run_id")) for m in mine}
+        one = len({m.get("device") for m in mine}) == 1  # else a farm's devices side by side
+        label = f"{fingerprint(mine[0], target=one)}: {describe(mine[0], target=one)}"
+        out.append((label, df[df["run_id"].astype(str).isin(ids)], mine))
+    return out
 
 
 def _group_html(

@@ -20,6 +20,7 @@ import pandas as pd
 
 from . import __version__, runsave, schema, store
 from .capture.base import CaptureContext, CaptureSource
+from .drift import disturbances
 from .errors import DroidoomError, HelperError, TargetError, UsageError
 from .helper_io import Probe, probe
 from .plans import build_plan
@@ -367,7 +368,10 @@ def _save(
     after, warnings = runsave.cleanup(target, run.lock, status, out.remote_files, out.link_lost)
     for w in warnings:
         notices(f"cleanup: {w}")
-    meta.update(device_activity={"before": run.lock.before, "after": after}, notices=notices.texts)
+    meta["device_activity"] = {"before": run.lock.before, "after": after}
+    for what in disturbances(meta):  # the verdict says "disturbed" too (analysis.verdict)
+        notices(f"disturbed: {what}")
+    meta["notices"] = notices.texts
     with suppress(OSError):
         store.write_json(run.path / store.RUN_JSON, meta)
     result = RunResult(run.path, status, samples, meta, tuple(notices.texts))

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from .drift import drift
+from .drift import disturbances, drift
 from .kernels import kernel_expectation, kernel_note
 from .stats import point_medians
 from .vocab import Complexity, VerdictStatus
@@ -194,6 +194,9 @@ class Verdict:
     #: the host interfered: the negative control grew, or the positive control's slope is
     #: walk-sized yet its CI is too wide to confirm it (load during part of the sweep)
     disturbed: bool = False
+    #: what else ran on the target meanwhile (drift.disturbances: other droidoom runs, a
+    #: moving process count, a high load); the sentence says "disturbed" with these
+    busy: tuple[str, ...] = ()
 
 
 def _walk_share(t: Fit | None, m: Fit) -> str | None:
@@ -375,6 +378,9 @@ def verdict(
         replay = str((m.get("spec") or {}).get("scenario", "")).startswith("replay")
         flag = "--replay-kinds" if replay else "--kinds"  # the option that left a kind out
         v = _verdict_one(device, use, t, mp, single, release, flag)
+        if busy := disturbances(m):  # other work on the target: its numbers are suspect
+            v = replace(v, busy=tuple(busy),
+                        sentence=f"{v.sentence} Disturbed: {'; '.join(busy)}; re-run it quiet.")
         # drift over time (droidoom/drift.py) joins the sentence; needs the samples
         if df is not None and "device" in df.columns:
             note = drift(df[df["device"].astype(str) == device], m).text()

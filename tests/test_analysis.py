@@ -76,7 +76,7 @@ def test_summary_of_repeated_rows_keeps_quantiles(local_run_df):
     rows = np.random.default_rng(0).permutation(np.tile(np.arange(len(local_run_df)), reps))
     big = local_run_df.iloc[rows].reset_index(drop=True)
     s = analysis.summary(big)
-    assert s["count"].sum() + s["errors"].sum() == len(big)
+    assert s["count"].sum() + s["errors"].sum() == len(big) - big["warmup"].sum()
     small = analysis.summary(local_run_df)
     # repeating every row keeps each group's quantiles (up to interpolation) and its MAD
     for col in ("median_ns", "p90_ns", "mad_ns", "min_ns", "max_ns"):
@@ -275,3 +275,30 @@ def test_compare_pairs_two_device_names(local_run_df):
 def test_compare_rejects_bad_threshold(local_run_df):
     with pytest.raises(UsageError):
         analysis.compare(local_run_df, local_run_df, max_ratio=0.9)
+
+
+def test_a_run_beside_another_runs_population_says_disturbed(slow_run):
+    """slow_run ran while another droidoom helper kept 1600 processes alive. Such a run said
+    FIXED with `notices: []`; it now says what else ran, in run.json's notices and the
+    verdict."""
+    meta = analysis.load_meta(slow_run)
+    v = verdict_of(slow_run)
+    assert v.busy and "droidoom-helper processes of another run" in v.busy[0], v.sentence
+    assert "Disturbed: " in v.sentence
+    assert any(n.startswith("disturbed: ") and "another run" in n for n in meta["notices"])
+
+
+def test_disturbances_from_device_activity():
+    from droidoom.drift import disturbances
+
+    def meta(before: dict, after: dict, cpus: int = 2) -> dict:
+        return {"device_activity": {"before": before, "after": after}, "target": {"cpus": cpus}}
+
+    quiet = {"procs": 100, "helpers": 0, "loadavg": "0.50 0.40 0.30"}
+    assert disturbances(meta(quiet, quiet)) == []
+    assert disturbances({}) == [] and disturbances({"device_activity": "junk"}) == []
+    moved = disturbances(meta(quiet, {**quiet, "procs": 180}))
+    assert moved == ["the target's process count moved 100 -> 180 during the run"]
+    (busy,) = disturbances(meta(quiet, {**quiet, "loadavg": "9.0 4.0 2.0"}))
+    assert busy == "load average 9.0 on 2 CPU(s)"
+    assert disturbances(meta(quiet, {**quiet, "loadavg": "4.5 1 1"})) == []  # a hog: 2 x 2 + 1

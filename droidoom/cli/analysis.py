@@ -65,17 +65,17 @@ def _load(
     return df, [r for r in runs if r.run_id in loaded]
 
 
-def _groups(df: pd.DataFrame, runs: list[RunInfo]) -> list[tuple[str, pd.DataFrame, list[RunInfo]]]:
-    """Runs split by fingerprint (what they measured: droidoom/fingerprint.py), in the
-    order their first run appears: only runs of one group are pooled."""
-    from ..store import FINGERPRINT
+def _groups(df: pd.DataFrame, runs: list[RunInfo]) -> list[tuple[pd.DataFrame, list[RunInfo]]]:
+    """Runs split into groups that measured alike (droidoom/fingerprint.py): only runs
+    of one group are pooled, a farm's devices side by side within it."""
+    from ..fingerprint import report_groups
 
-    out: dict[str, tuple[str, pd.DataFrame, list[RunInfo]]] = {}
-    codes = df[FINGERPRINT].astype(str)
-    for fp, g in df.groupby(codes, sort=False, observed=True):
-        ids = set(g["run_id"].astype(str).unique())
-        out[str(fp)] = (str(fp), g, [r for r in runs if r.run_id in ids])
-    return list(out.values())
+    out = []
+    for idx in report_groups([r.meta for r in runs]):
+        mine = [runs[i] for i in idx]
+        ids = {r.run_id for r in mine}
+        out.append((df[df["run_id"].astype(str).isin(ids)], mine))
+    return out
 
 
 @app.command()
@@ -104,7 +104,7 @@ def report(
 
     from .. import plots
     from .. import report as rep
-    from ..fingerprint import describe
+    from ..fingerprint import describe, fingerprint
     from ..store import check_writable
 
     if html is not None:  # checked before the work, not after it
@@ -119,11 +119,14 @@ def report(
             "captures or kernel differ): each group is reported apart, runs pool only within "
             "their group"
         )
-    for fp, gdf, ginfos in groups:
+    for gdf, ginfos in groups:
         if len(groups) > 1:
             names = ", ".join(r.run_id for r in ginfos)
+            one = len({r.device for r in ginfos}) == 1  # else a farm's devices, side by side
+            fp = fingerprint(ginfos[0].meta, target=one)
             console.rule(f"[bold]group {fp}[/]", align="left")
-            console.print(escape(f"{describe(ginfos[0].meta)}; runs: {names}"), highlight=False)
+            what = describe(ginfos[0].meta, target=one)
+            console.print(escape(f"{what}; runs: {names}"), highlight=False)
         rep.render_terminal(gdf, [r.meta for r in ginfos], console)
     metas = [r.meta for r in infos]
     figs = plots.standard_figures(df, logy=logy) if figures or html else None
