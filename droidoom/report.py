@@ -15,7 +15,7 @@ from rich.table import Table
 
 from . import analysis, plots, units
 from .report_html import render_html as render_html  # re-exported: the HTML report
-from .report_rows import STAT_COLS, run_facts, run_metas, scaling_rows
+from .report_rows import STAT_COLS, run_facts, run_metas, scaling_rows, with_visits
 from .vocab import Complexity, RunStatus, VerdictStatus
 
 _STATUS_STYLE = {
@@ -103,18 +103,35 @@ def _kernel_table(df: pd.DataFrame, console: Console) -> None:
     write was matched to its oom_score_adj_update event."""
     from .capture import validation_table
 
-    v = validation_table(df)
+    v = with_visits(validation_table(df))
     t = _table(
         "kernel view (ftrace): write syscall vs helper clock",
-        ["kind", "population", "matched", "kernel µs", "overhead µs", "kernel share"],
+        ["kind", "population", "sweep", "matched", "kernel µs", "overhead µs", "kernel share"],
         caption="overhead = median(latency_ns - kernel_ns): open/close and user side",
     )
-    for r in v.sort_values(["kind", "population"]).itertuples(index=False):
+    for r in v.sort_values(["kind", "population", "point"]).itertuples(index=False):
         t.add_row(
-            _kind_cell(str(r.kind)), str(r.population), f"{r.matched_fraction:.1%}",
+            _kind_cell(str(r.kind)), str(r.population), str(r.sweep), f"{r.matched_fraction:.1%}",
             units.us(cast(float, r.kernel_median_ns)), units.us(cast(float, r.overhead_median_ns)),
             f"{r.kernel_share:.0%}",
         )  # fmt: skip
+    console.print()
+    console.print(t)
+
+
+def _perf_table(perf: pd.DataFrame, console: Console) -> None:
+    """perf's view: the share of each kind's samples inside __set_oom_adj (the walk)."""
+    from .capture.perf_parse import WALKER, symbol_share
+
+    share = symbol_share(perf)
+    t = _table(
+        f"kernel view (perf): samples in {WALKER}",
+        ["kind", "population", "mode", "samples", "in it (children)", "its own code"],
+        caption="its own code: the inlined for_each_process walk",
+    )
+    for r in share.sort_values(["kind", "population"]).itertuples(index=False):
+        t.add_row(_kind_cell(str(r.kind)), str(r.population), str(r.mode), str(r.samples),
+                  f"{r.children_pct:.0f}%", f"{r.self_pct:.0f}%")  # fmt: skip
     console.print()
     console.print(t)
 
@@ -123,11 +140,13 @@ def render_terminal(
     df: pd.DataFrame,
     meta_list: Mapping[str, Any] | Iterable[Mapping[str, Any]] | None,
     console: Console,
+    perf: pd.DataFrame | None = None,
 ) -> list[analysis.Verdict]:
     """Print run facts, latency summary (µs), scaling fits and verdicts; returns the verdicts.
 
     Readable at 80 columns. With several devices, a per-device overview table precedes the
-    verdict lines.
+    verdict lines. `perf`: the runs' perf_symbols tables (store.read_tables), shown as the
+    share of samples in __set_oom_adj.
     """
     metas = run_metas(meta_list)
     for meta in metas:
@@ -140,6 +159,8 @@ def render_terminal(
     _latency_tables(analysis.summary(df), console)
     if "kernel_ns" in df.columns:
         _kernel_table(df, console)
+    if perf is not None and not perf.empty:
+        _perf_table(perf, console)
     fits = analysis.fits(df)
     _scaling_tables(fits, console)
     verdicts = analysis.verdict(df, metas, fitted=fits)

@@ -15,7 +15,7 @@ from matplotlib.figure import Figure
 
 from . import analysis, plots, units
 from .fingerprint import describe, fingerprint, report_groups
-from .report_rows import STAT_COLS, run_facts, run_metas, scaling_rows
+from .report_rows import STAT_COLS, run_facts, run_metas, scaling_rows, with_visits
 from .schema import KINDS
 from .store import atomic_write
 from .vocab import Complexity, RunStatus
@@ -105,6 +105,7 @@ def render_html(
     *,
     logy: bool = False,
     figures: Sequence[tuple[str, str, Figure]] | None = None,
+    perf: pd.DataFrame | None = None,
 ) -> Path:
     """Write one self-contained HTML report (inline CSS, figures as data URIs) to `path`.
 
@@ -131,10 +132,11 @@ def render_html(
         for label, gdf, mine in groups:
             fp, what = label.split(": ", 1)
             parts.append(f"<h2>Group {_e(fp)}</h2><p class='sub'>{_e(what)}</p>")
-            parts += _group_html(gdf, mine, plots.standard_figures(gdf, logy=logy), level=3)
+            parts += _group_html(gdf, mine, plots.standard_figures(gdf, logy=logy), level=3,
+                                 perf=perf)  # fmt: skip
     else:
         figs = list(figures) if figures is not None else plots.standard_figures(df, logy=logy)
-        parts += _group_html(df, metas, figs, level=2)
+        parts += _group_html(df, metas, figs, level=2, perf=perf)
     parts.append("</body></html>")
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, "\n".join(parts).encode("utf-8"))  # a CI artifact is never half a file
@@ -160,9 +162,10 @@ def _fingerprint_groups(
 
 def _group_html(
     df: pd.DataFrame, metas: Sequence[Mapping[str, Any]],
-    figs: Sequence[tuple[str, str, Figure]], level: int,
+    figs: Sequence[tuple[str, str, Figure]], level: int, perf: pd.DataFrame | None = None,
 ) -> list[str]:  # fmt: skip
-    """Verdict, overview, scaling, summary and figures of runs that may be pooled."""
+    """Verdict, overview, scaling, summary, the kernel's view (ftrace, perf) and figures of
+    runs that may be pooled."""
     h = f"h{level}"
     fits = analysis.fits(df)
     verdicts = analysis.verdict(df, metas, fitted=fits)
@@ -172,9 +175,43 @@ def _group_html(
         parts += [_figure_html(*f) for f in figs if f[0].startswith("devices_")]
     parts += _scaling_html(fits)
     parts += _summary_html(df)
+    if "kernel_ns" in df.columns:
+        parts += _kernel_html(df, h)
+    ids = set(df["run_id"].astype(str).unique())
+    if perf is not None and not (mine := perf[perf["run_id"].astype(str).isin(ids)]).empty:
+        parts += _perf_html(mine, h)
     parts.append(f"<{h}>Figures</{h}>")
     parts += [_figure_html(*f) for f in figs if not f[0].startswith("devices_")]
     return parts
+
+
+def _kernel_html(df: pd.DataFrame, h: str) -> list[str]:
+    """ftrace's view per point: matched writes, kernel time, its share of the latency."""
+    from .capture import validation_table
+
+    v = with_visits(validation_table(df)).sort_values(["kind", "population", "point"])
+    head = ["kind", "population", "sweep", "matched", "kernel µs", "overhead µs", "kernel share"]
+    rows: list[list[_Cell]] = [
+        [str(r.kind), str(r.population), str(r.sweep), f"{r.matched_fraction:.1%}",
+         units.us(cast(float, r.kernel_median_ns)), units.us(cast(float, r.overhead_median_ns)),
+         f"{r.kernel_share:.0%}"] for r in v.itertuples(index=False)
+    ]  # fmt: skip
+    return [f"<{h}>Kernel view (ftrace): write syscall vs helper clock</{h}>",
+            _html_table(head, rows, left=3)]  # fmt: skip
+
+
+def _perf_html(perf: pd.DataFrame, h: str) -> list[str]:
+    """perf's view: each kind's share of samples in __set_oom_adj (the walk)."""
+    from .capture.perf_parse import WALKER, symbol_share
+
+    share = symbol_share(perf).sort_values(["kind", "population"])
+    head = ["kind", "population", "mode", "samples", "in it (children)", "its own code"]
+    rows: list[list[_Cell]] = [
+        [str(r.kind), str(r.population), str(r.mode), str(r.samples), f"{r.children_pct:.0f}%",
+         f"{r.self_pct:.0f}%"] for r in share.itertuples(index=False)
+    ]  # fmt: skip
+    return [f"<{h}>Kernel view (perf): samples in {WALKER}</{h}>",
+            _html_table(head, rows, left=3)]  # fmt: skip
 
 
 def _runs_html(metas: Sequence[Mapping[str, Any]]) -> list[str]:

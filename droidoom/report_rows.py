@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from . import analysis, units
@@ -59,3 +60,15 @@ def scaling_rows(fits: Sequence[analysis.Fit]) -> list[list[str]]:
         rows.append([f.device, f.mode, f.kind, slope, ci, units.us(f.base_ns), growth,
                      f"{f.pop_min}..{f.pop_max} ({f.n_populations})", f.complexity])  # fmt: skip
     return rows
+
+
+def with_visits(table: pd.DataFrame) -> pd.DataFrame:
+    """A per-point table with a `sweep` column: "up" for a population's first visit,
+    "down" for its later one (updown sweeps visit all but the top population twice), ""
+    when visited once. Keyed by run, mode and kind where the table has them."""
+    keys = [k for k in ("run_id", "mode", "kind", "population") if k in table.columns]
+    out = table.sort_values("point").copy()
+    nth = out.groupby(keys, observed=True).cumcount()
+    visits = out.groupby(keys, observed=True)["point"].transform("size")
+    out["sweep"] = np.where(visits < 2, "", np.where(nth == 0, "up", "down"))
+    return out

@@ -201,6 +201,20 @@ def check_writable(path: Path | str, what: str, *, directory: bool = False) -> P
     return path
 
 
+def read_tables(runs: Iterable[RunInfo], name: str) -> pd.DataFrame | None:
+    """A capture's table (`<run>/<name>.parquet`, e.g. perf_symbols) of every run that has
+    one, with a run_id column; None when none has it. A damaged table is skipped, said."""
+    frames = []
+    for r in runs:
+        f = r.path / f"{name}.parquet"
+        if f.is_file():
+            try:
+                frames.append(pd.read_parquet(f).assign(run_id=r.run_id))
+            except (OSError, ValueError, pa.ArrowException) as e:
+                warnings.warn(f"skipped {f}: {e}", DataWarning, stacklevel=2)
+    return pd.concat(frames, ignore_index=True) if frames else None
+
+
 def load(
     paths: str | Path | Iterable[str | Path],
     *,

@@ -63,6 +63,27 @@ def test_perf_shows_set_oom_adj_dominating_the_walk(captured):
     assert share["multiprocess", 800] > 2 * share.get(("single", 800), 0)
 
 
+def test_report_shows_the_kernel_views_of_ftrace_and_perf(captured, tmp_path):
+    """`--capture clock,ftrace,perf` printed no symbol table, and the HTML had neither the
+    ftrace kernel view nor perf's share of __set_oom_adj; the kernel-view table listed each
+    population twice without saying which visit was which."""
+    import re
+
+    run, *_ = captured
+    page = tmp_path / "r.html"
+    p = run_cli("report", str(run), "--html", str(page))
+    assert p.returncode == 0, p.stderr
+    out = p.stdout
+    kview = out[out.index("kernel view (ftrace)") :]
+    for visit in ("up", "down"):  # population 0 is visited on the way up and back down
+        assert re.search(rf"^single\s+0\s+{visit}\s", kview, re.M), kview
+    perf = out[out.index("kernel view (perf): samples in __set_oom_adj") :]
+    m = re.search(r"^multiprocess\s+800\s+\S+\s+\d+\s+(\d+)%", perf, re.M)
+    assert m and int(m.group(1)) > 50, perf  # the walk, as test_perf_shows_... measures it
+    text = page.read_text()
+    assert "Kernel view (ftrace)" in text and "Kernel view (perf): samples in __set_oom_adj" in text
+
+
 def test_tracefs_is_restored(captured):
     run, before, after, _ = captured
     assert before == after and not own_instances(run.name)

@@ -222,3 +222,21 @@ def test_report_never_pools_unlike_runs(tmp_path, local_run):
     for head in ("scenario", "rate", "captures", "group"):
         assert f">{head}</th>" in text, head
     assert text.count("<h2>Group ") == 3
+
+
+def test_visits_and_the_walkers_share_on_hand_made_tables():
+    from droidoom.capture.perf_parse import symbol_share
+    from droidoom.report_rows import with_visits
+
+    v = pd.DataFrame({"point": [0, 1, 2, 3, 4], "kind": ["single"] * 5,
+                      "population": [0, 400, 800, 400, 0]})  # fmt: skip
+    assert with_visits(v).set_index("point")["sweep"].tolist() == ["up", "up", "", "down", "down"]
+    perf = pd.DataFrame({
+        "point": [0, 0, 1, 1], "population": [800, 800, 800, 800], "mode": ["reopen"] * 4,
+        "kind": ["multiprocess"] * 4, "symbol": ["__set_oom_adj", "vfs_write"] * 2,
+        "samples": [40, 1, 10, 0], "children_samples": [80, 100, 20, 50],
+        "group_samples": [100, 100, 50, 50],
+    })  # fmt: skip
+    (row,) = symbol_share(perf).to_dict("records")
+    assert row["samples"] == 150 and row["children_pct"] == pytest.approx(100 * 100 / 150)
+    assert row["self_pct"] == pytest.approx(100 * 50 / 150)

@@ -161,6 +161,25 @@ def symbol_table(attributed: pd.DataFrame, frames: pd.DataFrame, group: list[str
     return t.sort_values([*group, "children_pct"], ascending=[True] * len(group) + [False])
 
 
+#: The kernel function whose own code walks every process (for_each_process is inlined).
+WALKER = "__set_oom_adj"
+
+
+def symbol_share(table: pd.DataFrame, symbol: str = WALKER) -> pd.DataFrame:
+    """Per mode x kind x population (points pooled): the share of the writes' samples whose
+    stack holds `symbol` (children_pct) and that stop in it (self_pct), and the samples
+    behind them. From a `symbol_table` (or perf_symbols.parquet of several runs)."""
+    keys = [k for k in ("mode", "kind", "population") if k in table.columns]
+    group = [k for k in ("run_id", "point", *keys) if k in table.columns]
+    totals = table.drop_duplicates(group).groupby(keys, observed=True)["group_samples"].sum()
+    mine = table[table["symbol"].astype(str) == symbol].groupby(keys, observed=True)
+    out = pd.DataFrame({"samples": totals})
+    out["children_pct"] = 100.0 * mine["children_samples"].sum().reindex(totals.index,
+                                                                          fill_value=0) / totals
+    out["self_pct"] = 100.0 * mine["samples"].sum().reindex(totals.index, fill_value=0) / totals
+    return out.reset_index()
+
+
 # --- simpleperf report --csv / stat --csv -------------------------------------------
 
 _PCT_COLS = ("Overhead", "Children", "Self")

@@ -105,7 +105,7 @@ def report(
     from .. import plots
     from .. import report as rep
     from ..fingerprint import describe, fingerprint
-    from ..store import check_writable
+    from ..store import check_writable, read_tables
 
     if html is not None:  # checked before the work, not after it
         check_writable(html, "--html")
@@ -113,6 +113,7 @@ def report(
         check_writable(figures, "--figures", directory=True)
     df, infos = _load(runs, complete_only)
     groups = _groups(df, infos)
+    perf = read_tables(infos, "perf_symbols")  # --capture perf: the walk's share
     if len(groups) > 1:
         err_console.print(
             f"[yellow]note:[/] these runs measured {len(groups)} different things (schedule, "
@@ -127,14 +128,16 @@ def report(
             console.rule(f"[bold]group {fp}[/]", align="left")
             what = describe(ginfos[0].meta, target=one)
             console.print(escape(f"{what}; runs: {names}"), highlight=False)
-        rep.render_terminal(gdf, [r.meta for r in ginfos], console)
+        ids = {r.run_id for r in ginfos}
+        gperf = perf[perf["run_id"].isin(ids)] if perf is not None else None
+        rep.render_terminal(gdf, [r.meta for r in ginfos], console, perf=gperf)
     metas = [r.meta for r in infos]
     figs = plots.standard_figures(df, logy=logy) if figures or html else None
     if figures is not None:
         for p in plots.save_figures(df, figures, figures=figs):
             console.print(f"figure: {p}", soft_wrap=True)  # paths unbroken, for copy & paste
     if html is not None:
-        path = rep.render_html(df, metas, html, figures=figs)
+        path = rep.render_html(df, metas, html, figures=figs, perf=perf)
         console.print(f"html report: {path}", soft_wrap=True)
 
 
