@@ -18,7 +18,7 @@ from typing import Any, Generic, TypeVar
 
 import pandas as pd
 
-from . import __version__, runsave, schema, store
+from . import __version__, runsave, schema, signals, store
 from .capture.base import CaptureContext, CaptureSource
 from .errors import DroidoomError, HelperError, TargetError
 from .helper_io import Probe, probe
@@ -118,18 +118,28 @@ def profile(
     Ctrl-C, a vanished device or a stuck helper end the run early: the helper and its
     population are torn down, the records gathered so far are kept, and the run is
     marked "partial". Ctrl-C raises `Interrupted` (a KeyboardInterrupt) carrying the
-    saved partial result. Setting `cancel` (from another thread, e.g. a farm's Ctrl-C
-    handler) stops the run the same way and returns the partial result.
+    saved partial result. Once the run stops (or the helper ends), further Ctrl-C,
+    SIGTERM or SIGHUP are reported and ignored until the run is saved. Setting `cancel`
+    (from another thread, e.g. a farm's Ctrl-C handler) stops the run the same way and
+    returns the partial result.
     """
     spec.validate()
     progress = progress or Progress()
     notices = _Notices(progress.notice)
     out_dir = writable_dir(Path(out_dir))
     setup = _plan(target, spec, notices)  # spec -> plan
-    run = open_run(target, out_dir, run_id or make_run_id(setup.facts.device), notices)
-    run.start(_run_meta(target, setup, spec, run, extra_meta))
-    out = _run_helper(target, setup, run, captures, progress, notices, cancel)  # -> DataFrame
-    return _save(target, setup, run, out, notices)  # -> run dir
+    with signals.SaveGuard() as guard:
+        run = open_run(target, out_dir, run_id or make_run_id(setup.facts.device), notices)
+        run.start(_run_meta(target, setup, spec, run, extra_meta))
+        out = _run_helper(target, setup, run, captures, progress, notices, cancel, guard)
+        guard.hold()  # whatever ended the run: from here on it is only saved
+        result = _save(target, setup, run, out, notices)  # -> run dir
+        if out.interrupted is None and guard.deferred is not None:
+            # Asked to stop while a finished run was saving: saved, now stop as asked.
+            out.interrupted = signals.stop_exception(guard.deferred)
+    if out.interrupted is not None:
+        raise Interrupted(result) from out.interrupted
+    return result
 
 
 def _plan(target: Target, spec: ProfileSpec, notices: _Notices) -> _Setup:
@@ -188,12 +198,14 @@ def _run_helper(
     progress: Progress,
     notices: _Notices,
     cancel: threading.Event | None,
+    guard: signals.SaveGuard,
 ) -> _Outcome:
     """helper -> records -> DataFrame: push the plan, arm the captures, stream the helper's
     stdout, classify the end, pull the records, collect the captures; always disarm.
 
     Ctrl-C, a lost link or a target error end it early with a reason; any other error
-    marks the run failed (run.json says why) and propagates.
+    marks the run failed (run.json says why) and propagates. Once the helper has ended,
+    `guard` holds off stop requests: pulling the records is part of saving them.
     """
     wd, run_id, plan = target.workdir(), run.run_id, setup.plan
     target.claim_run(run_id)  # before anything of this run exists on the target
@@ -212,6 +224,7 @@ def _run_helper(
         proc = target.spawn(run.lock.wrap(cmd), root=needs_root)
         session = out.session
         stream(proc, session, progress, cancel, LINE_TIMEOUT)
+        guard.hold()
         out.interrupted = session.interrupted
         end = classify_end(
             session.events, session.done, session.rc,
@@ -318,10 +331,13 @@ def _save(
         captures=out.captures,
         notices=notices.texts,
     )
-    kept = runsave.save(run.path, samples, meta, setup.facts.transport)
+    try:
+        kept = runsave.save(run.path, samples, meta, setup.facts.transport)
+    except BaseException:
+        _keep_records(target, setup)  # nothing saved: the records file is all there is
+        raise
     if kept < len(samples):
-        if setup.facts.transport == "local":
-            getattr(target, "keep_workdir", lambda: None)()  # the records stay for recover
+        _keep_records(target, setup)
         samples = samples.iloc[:kept]
         status = meta["status"]
     after, warnings = runsave.cleanup(target, run.lock, status, out.remote_files, out.link_lost)
@@ -330,10 +346,14 @@ def _save(
     meta.update(device_activity={"before": run.lock.before, "after": after}, notices=notices.texts)
     with suppress(OSError):
         store.write_json(run.path / store.RUN_JSON, meta)
-    result = RunResult(run.path, status, samples, meta, tuple(notices.texts))
-    if out.interrupted is not None:
-        raise Interrupted(result) from out.interrupted
-    return result
+    return RunResult(run.path, status, samples, meta, tuple(notices.texts))
+
+
+def _keep_records(target: Target, setup: _Setup) -> None:
+    """This host's workdir outlives the run: its records file is not all saved, and
+    `recover --local` fetches it from there (a device keeps its files anyway)."""
+    if setup.facts.transport == "local":
+        getattr(target, "keep_workdir", lambda: None)()
 
 
 def _push_text(target: Target, text: str, remote: str) -> None:
