@@ -7,6 +7,7 @@ Target's job) nor *what* to write (that is the scenario's).
 
 from __future__ import annotations
 
+import os
 import shlex
 import tempfile
 import threading
@@ -233,7 +234,7 @@ def _run_helper(
             remote=setup.facts.transport != "local",
         )  # fmt: skip
         if end.fatal is not None:
-            raise HelperError(f"{target.name}: {end.fatal}", session.rc)
+            raise HelperError(f"{target.name}: {_naming(end.fatal, remote_rec)}", session.rc)
         out.reason, out.link_lost = end.reason, end.link_lost
         _pull(target, setup, run, out, remote_rec)
         _collect(target, armed, run, out, notices)
@@ -284,8 +285,11 @@ def _pull(target: Target, setup: _Setup, run: RunDir, out: _Outcome, remote_rec:
     samples, why = runsave.pull_records(target, remote_rec, setup.plan, run.run_id,
                                         setup.facts.device)  # fmt: skip
     if samples is None:
-        out.reason = out.reason or f"records could not be pulled ({why})"
-        out.link_lost = out.link_lost or setup.facts.transport != "local"
+        local = setup.facts.transport == "local"
+        fetch = "; `droidoom recover --local` fetches them" if local else ""
+        out.reason = out.reason or f"records could not be pulled ({why}){fetch}"
+        out.link_lost = out.link_lost or not local
+        _keep_records(target, setup)  # the records file is all there is
         samples = schema.empty()
     out.samples = samples
 
@@ -357,12 +361,27 @@ def _keep_records(target: Target, setup: _Setup) -> None:
 
 
 def _push_text(target: Target, text: str, remote: str) -> None:
-    with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as f:
-        f.write(text)
+    """Push `text` to `remote` by way of a temp file, removed on every path (a full
+    TMPDIR used to leak one per run, and the error blamed the run directory)."""
+    fd, name = tempfile.mkstemp(prefix="droidoom-plan-", suffix=".txt")
+    tmp = Path(name)
     try:
-        target.push(Path(f.name), remote)
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(text)
+        except OSError as e:
+            raise runsave.in_temp_dir(e, tmp.parent) from e
+        target.push(tmp, remote)
     finally:
-        Path(f.name).unlink()
+        tmp.unlink(missing_ok=True)
+
+
+def _naming(error: str, records: str) -> str:
+    """The helper's error, naming the records file when it speaks of it without its
+    path (e.g. a full disk while recording: which disk is full?)."""
+    if "records file" in error and records not in error:
+        return f"{error} ({records})"
+    return error
 
 
 def _warmups(plan: Plan) -> int:

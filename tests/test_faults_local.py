@@ -221,3 +221,42 @@ def test_ctrl_c_again_while_saving_is_held_off_and_the_run_is_saved(tmp_path, en
     assert not Path(o["workdir"]).exists()  # removed only once the samples were safe
     assert not list(Path(env["DROIDOOM_LOCK_DIR"]).iterdir())  # lock released
     assert not wait_no_helpers()
+
+
+@pytest.fixture
+def tiny_tmpdir(tmp_path):
+    """TMPDIR on a 64 KiB tmpfs of its own."""
+    if not ROOT:
+        pytest.skip("mounting a tmpfs needs root")
+    mnt = tmp_path / "tmp"
+    mnt.mkdir()
+    p = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k,mode=1777", "tmpfs", str(mnt)],
+                       capture_output=True, text=True)  # fmt: skip
+    if p.returncode:
+        pytest.skip(f"cannot mount a tmpfs here: {p.stderr.strip()}")
+    yield mnt
+    subprocess.run(["umount", str(mnt)], check=False)
+
+
+@pytest.mark.parametrize("writes", [30000, 3000])  # the plan does not fit; the records do not
+def test_a_full_tmpdir_names_itself_and_leaves_no_temp_file(tiny_tmpdir, env, tmp_path, writes):
+    # Issue 16: each run left a tmp*.txt plan behind and blamed "the run directory".
+    args = ["--population", "0", "--kinds", "single", "--writes", str(writes)]
+    p = run_cli("profile", "--local", *args, "-o", str(tmp_path / "runs"),
+                env=dict(env, TMPDIR=str(tiny_tmpdir)))  # fmt: skip
+    said = " ".join((p.stdout + p.stderr).split())
+    assert p.returncode == 1 and "Traceback" not in p.stderr, said
+    assert "No space left on device" in said and str(tiny_tmpdir) in said, said
+    assert "the run directory" not in said
+    assert not list(tiny_tmpdir.iterdir())  # no plan, no workdir, no pulled records
+
+
+def test_records_that_fill_most_of_tmpdir_are_saved_not_copied_there(tiny_tmpdir, env, tmp_path):
+    # They were copied into a temp dir beside themselves: ENOSPC, 0 saved, workdir deleted.
+    args = ["--population", "0", "--kinds", "single", "--writes", "1200"]  # ~40 KiB records
+    p = run_cli("profile", "--local", *args, "-o", str(tmp_path / "runs"),
+                env=dict(env, TMPDIR=str(tiny_tmpdir)))  # fmt: skip
+    assert p.returncode == 0, p.stdout + p.stderr
+    (run,) = (tmp_path / "runs").iterdir()
+    assert meta_of(run)["status"] == "complete" and len(droidoom.load(run)) >= 1200
+    assert not list(tiny_tmpdir.iterdir())
