@@ -189,33 +189,37 @@ def test_disk_full_says_enospc_keeps_what_fits_and_recover_fetches_the_rest(tiny
     assert len(droidoom.load(run)) == 30000
 
 
-def ctrl_c_burst(proc: subprocess.Popen, seconds: float = 3.0) -> int:
-    """Ctrl-C, then Ctrl-C again and again 0-50 ms apart for `seconds` (or until the
-    process ends): what an impatient user does while the run saves. The signals sent."""
+def signal_burst(proc: subprocess.Popen, sig: int, seconds: float = 3.0) -> int:
+    """`sig`, then again and again 0-50 ms apart for `seconds` (or until the process
+    ends): what an impatient user (or a CI runner) does while the run saves. The count."""
     rng = random.Random(proc.pid)
     sent, deadline = 0, time.monotonic() + seconds
     while time.monotonic() < deadline and proc.poll() is None:
-        proc.send_signal(signal.SIGINT)  # our own child: we started it
+        proc.send_signal(sig)  # our own child: we started it
         sent += 1
         time.sleep(rng.uniform(0, 0.05))
     return sent
 
 
-def test_ctrl_c_again_while_saving_is_held_off_and_the_run_is_saved(tmp_path, env):
+@pytest.mark.parametrize(
+    "sig, code, why", [(signal.SIGINT, 130, "Ctrl-C"), (signal.SIGTERM, 143, "SIGTERM")]
+)
+def test_ctrl_c_again_while_saving_is_held_off_and_the_run_is_saved(tmp_path, env, sig, code,
+                                                                    why):  # fmt: skip
     # Issue 16: a second Ctrl-C during the save left 0 writes and deleted the workdir.
     proc = start(tmp_path / "runs", env)
     try:
         o = wait_recording(env, proc, writes=3000)
-        sent = ctrl_c_burst(proc)
+        sent = signal_burst(proc, sig)
     finally:
         out, err = finish(proc)
     assert sent > 1
-    assert proc.returncode == 130, err
+    assert proc.returncode == code, err
     assert "Traceback" not in err, err
-    assert "saving, please wait" in err  # the later presses were heard, and held off
+    assert "saving, please wait" in err  # the later requests were heard, and held off
     (run,) = (tmp_path / "runs").iterdir()
     meta = meta_of(run)
-    assert meta["status"] == "partial" and meta["reason"] == "interrupted by Ctrl-C"
+    assert meta["status"] == "partial" and meta["reason"] == f"interrupted by {why}"
     df = droidoom.load(run)
     assert 3000 <= len(df) == meta["writes_recorded"] >= meta["writes_on_device"]
     assert not Path(o["workdir"]).exists()  # removed only once the samples were safe
