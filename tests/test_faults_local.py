@@ -25,6 +25,7 @@ from conftest import (
 )
 
 import droidoom
+from droidoom import signals
 from droidoom.protocol import HEADER_SIZE, RECORD_SIZE
 
 #: ~12 s paced sweep (2 points x 3 kinds x 4000 writes at 2000/s): long enough to signal.
@@ -264,3 +265,20 @@ def test_records_that_fill_most_of_tmpdir_are_saved_not_copied_there(tiny_tmpdir
     (run,) = (tmp_path / "runs").iterdir()
     assert meta_of(run)["status"] == "complete" and len(droidoom.load(run)) >= 1200
     assert not list(tiny_tmpdir.iterdir())
+
+
+def test_save_guard_raises_the_first_stop_then_holds_off_the_rest():
+    said: list[str] = []
+    before = signal.getsignal(signal.SIGINT)
+    with signals.SaveGuard(said.append) as guard:
+        with pytest.raises(KeyboardInterrupt):
+            signal.raise_signal(signal.SIGINT)  # the first request stops the run
+        signal.raise_signal(signal.SIGINT)  # the rest wait for the save
+        signal.raise_signal(signal.SIGTERM)
+    assert guard.deferred == signal.SIGINT and said == [signals.SAVING] * 2
+    assert signal.getsignal(signal.SIGINT) is before  # a library caller gets its handler back
+    with signals.SaveGuard(said.append) as guard:
+        guard.hold()  # the helper finished: only saving is left
+        signal.raise_signal(signal.SIGTERM)  # held off; the runner stops after the save
+    assert guard.deferred == signal.SIGTERM
+    assert isinstance(signals.stop_exception(guard.deferred), signals.Terminated)
