@@ -286,10 +286,12 @@ def _pull(target: Target, setup: _Setup, run: RunDir, out: _Outcome, remote_rec:
                                         setup.facts.device)  # fmt: skip
     if samples is None:
         local = setup.facts.transport == "local"
-        fetch = "; `droidoom recover --local` fetches them" if local else ""
+        kept = local and Path(remote_rec).is_file()  # else there is nothing to keep
+        if kept:
+            _keep_records(target, setup)  # the records file is all there is
+        fetch = "; `droidoom recover --local` fetches them" if kept else ""
         out.reason = out.reason or f"records could not be pulled ({why}){fetch}"
         out.link_lost = out.link_lost or not local
-        _keep_records(target, setup)  # the records file is all there is
         samples = schema.empty()
     out.samples = samples
 
