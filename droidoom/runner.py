@@ -7,6 +7,7 @@ Target's job) nor *what* to write (that is the scenario's).
 
 from __future__ import annotations
 
+import os
 import shlex
 import tempfile
 import threading
@@ -18,7 +19,7 @@ from typing import Any, Generic, TypeVar
 
 import pandas as pd
 
-from . import __version__, runsave, schema, store
+from . import __version__, runsave, schema, signals, store
 from .capture.base import CaptureContext, CaptureSource
 from .drift import disturbances
 from .errors import DroidoomError, HelperError, TargetError, UsageError
@@ -119,18 +120,28 @@ def profile(
     Ctrl-C, a vanished device or a stuck helper end the run early: the helper and its
     population are torn down, the records gathered so far are kept, and the run is
     marked "partial". Ctrl-C raises `Interrupted` (a KeyboardInterrupt) carrying the
-    saved partial result. Setting `cancel` (from another thread, e.g. a farm's Ctrl-C
-    handler) stops the run the same way and returns the partial result.
+    saved partial result. Once the run stops (or the helper ends), further Ctrl-C,
+    SIGTERM or SIGHUP are reported and ignored until the run is saved. Setting `cancel`
+    (from another thread, e.g. a farm's Ctrl-C handler) stops the run the same way and
+    returns the partial result.
     """
     spec.validate()
     progress = progress or Progress()
     notices = _Notices(progress.notice)
     out_dir = writable_dir(Path(out_dir))
     setup = _plan(target, spec, notices)  # spec -> plan
-    run = open_run(target, out_dir, run_id or make_run_id(setup.facts.device), notices)
-    run.start(_run_meta(target, setup, spec, run, extra_meta))
-    out = _run_helper(target, setup, run, captures, progress, notices, cancel)  # -> DataFrame
-    return _save(target, setup, run, out, notices)  # -> run dir
+    with signals.SaveGuard() as guard:
+        run = open_run(target, out_dir, run_id or make_run_id(setup.facts.device), notices)
+        run.start(_run_meta(target, setup, spec, run, extra_meta))
+        out = _run_helper(target, setup, run, captures, progress, notices, cancel, guard)
+        guard.hold()  # whatever ended the run: from here on it is only saved
+        result = _save(target, setup, run, out, notices)  # -> run dir
+        if out.interrupted is None and guard.deferred is not None:
+            # Asked to stop while a finished run was saving: saved, now stop as asked.
+            out.interrupted = signals.stop_exception(guard.deferred)
+    if out.interrupted is not None:
+        raise Interrupted(result) from out.interrupted
+    return result
 
 
 def _plan(target: Target, spec: ProfileSpec, notices: _Notices) -> _Setup:
@@ -227,12 +238,14 @@ def _run_helper(
     progress: Progress,
     notices: _Notices,
     cancel: threading.Event | None,
+    guard: signals.SaveGuard,
 ) -> _Outcome:
     """helper -> records -> DataFrame: push the plan, arm the captures, stream the helper's
     stdout, classify the end, pull the records, collect the captures; always disarm.
 
     Ctrl-C, a lost link or a target error end it early with a reason; any other error
-    marks the run failed (run.json says why) and propagates.
+    marks the run failed (run.json says why) and propagates. Once the helper has ended,
+    `guard` holds off stop requests: pulling the records is part of saving them.
     """
     wd, run_id, plan = target.workdir(), run.run_id, setup.plan
     target.claim_run(run_id)  # before anything of this run exists on the target
@@ -251,6 +264,7 @@ def _run_helper(
         proc = target.spawn(run.lock.wrap(cmd), root=needs_root)
         session = out.session
         stream(proc, session, progress, cancel, LINE_TIMEOUT)
+        guard.hold()
         out.interrupted = session.interrupted
         end = classify_end(
             session.events, session.done, session.rc,
@@ -259,7 +273,7 @@ def _run_helper(
             remote=setup.facts.transport != "local",
         )  # fmt: skip
         if end.fatal is not None:
-            raise HelperError(f"{target.name}: {end.fatal}", session.rc)
+            raise HelperError(f"{target.name}: {_naming(end.fatal, remote_rec)}", session.rc)
         out.reason, out.link_lost = end.reason, end.link_lost
         _pull(target, setup, run, out, remote_rec)
         _collect(target, armed, run, out, notices)
@@ -310,8 +324,13 @@ def _pull(target: Target, setup: _Setup, run: RunDir, out: _Outcome, remote_rec:
     samples, why = runsave.pull_records(target, remote_rec, setup.plan, run.run_id,
                                         setup.facts.device)  # fmt: skip
     if samples is None:
-        out.reason = out.reason or f"records could not be pulled ({why})"
-        out.link_lost = out.link_lost or setup.facts.transport != "local"
+        local = setup.facts.transport == "local"
+        kept = local and Path(remote_rec).is_file()  # else there is nothing to keep
+        if kept:
+            _keep_records(target, setup)  # the records file is all there is
+        fetch = "; `droidoom recover --local` fetches them" if kept else ""
+        out.reason = out.reason or f"records could not be pulled ({why}){fetch}"
+        out.link_lost = out.link_lost or not local
         samples = schema.empty()
     out.samples = samples
 
@@ -359,10 +378,13 @@ def _save(
     )
     _writer_notice(meta["writer"], setup.plan.writer[0], notices)
     meta["notices"] = notices.texts
-    kept = runsave.save(run.path, samples, meta, setup.facts.transport)
+    try:
+        kept = runsave.save(run.path, samples, meta, setup.facts.transport)
+    except BaseException:
+        _keep_records(target, setup)  # nothing saved: the records file is all there is
+        raise
     if kept < len(samples):
-        if setup.facts.transport == "local":
-            getattr(target, "keep_workdir", lambda: None)()  # the records stay for recover
+        _keep_records(target, setup)
         samples = samples.iloc[:kept]
         status = meta["status"]
     after, warnings = runsave.cleanup(target, run.lock, status, out.remote_files, out.link_lost)
@@ -374,19 +396,38 @@ def _save(
     meta["notices"] = notices.texts
     with suppress(OSError):
         store.write_json(run.path / store.RUN_JSON, meta)
-    result = RunResult(run.path, status, samples, meta, tuple(notices.texts))
-    if out.interrupted is not None:
-        raise Interrupted(result) from out.interrupted
-    return result
+    return RunResult(run.path, status, samples, meta, tuple(notices.texts))
+
+
+def _keep_records(target: Target, setup: _Setup) -> None:
+    """This host's workdir outlives the run: its records file is not all saved, and
+    `recover --local` fetches it from there (a device keeps its files anyway)."""
+    if setup.facts.transport == "local":
+        getattr(target, "keep_workdir", lambda: None)()
 
 
 def _push_text(target: Target, text: str, remote: str) -> None:
-    with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as f:
-        f.write(text)
+    """Push `text` to `remote` by way of a temp file, removed on every path (a full
+    TMPDIR used to leak one per run, and the error blamed the run directory)."""
+    fd, name = tempfile.mkstemp(prefix="droidoom-plan-", suffix=".txt")
+    tmp = Path(name)
     try:
-        target.push(Path(f.name), remote)
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(text)
+        except OSError as e:
+            raise runsave.in_temp_dir(e, tmp.parent) from e
+        target.push(tmp, remote)
     finally:
-        Path(f.name).unlink()
+        tmp.unlink(missing_ok=True)
+
+
+def _naming(error: str, records: str) -> str:
+    """The helper's error, naming the records file when it speaks of it without its
+    path (e.g. a full disk while recording: which disk is full?)."""
+    if "records file" in error and records not in error:
+        return f"{error} ({records})"
+    return error
 
 
 def _warmups(plan: Plan) -> int:

@@ -31,6 +31,18 @@ def describe(e: BaseException) -> str:
     return str(e) or "interrupted"
 
 
+def in_temp_dir(e: OSError, tmp: Path) -> OSError:
+    """`e` (a write to a temp file that names no file, e.g. ENOSPC) as an error that
+    names the temp directory and says what to do."""
+    if e.filename is not None:
+        return e
+    return OSError(
+        e.errno,
+        f"{e.strerror or e} (the temp directory: free space there or set TMPDIR to another)",
+        str(tmp),
+    )
+
+
 def save(run_dir: Path, samples: pd.DataFrame, meta: dict[str, Any], transport: str) -> int:
     """Write samples.parquet and run.json; return the rows kept.
 
@@ -92,14 +104,18 @@ def cleanup(
 def pull_records(
     target: Target, remote: str, plan: Plan, run_id: str, device: str
 ) -> tuple[pd.DataFrame | None, str]:
-    """(samples, "") or (None, why). Pulled into a temp dir, not the run dir: a full
-    output disk must not cost the records (they are written in compressed form later)."""
+    """(samples, "") or (None, why). Read in place where the host can (this host), else
+    pulled into a temp dir, not the run dir: a full output disk must not cost the
+    records (they are written in compressed form later)."""
     try:
-        with tempfile.TemporaryDirectory(prefix="droidoom-pull-") as tmp:
-            local = Path(tmp) / "records.bin"
-            target.pull(remote, local)
-            return records_to_frame(local.read_bytes(), plan, run_id, device), ""
+        data = target.read_bytes(remote)
+        if data is None:
+            with tempfile.TemporaryDirectory(prefix="droidoom-pull-") as tmp:
+                local = Path(tmp) / "records.bin"
+                target.pull(remote, local)
+                data = local.read_bytes()
+        return records_to_frame(data, plan, run_id, device), ""
     except TargetError as e:
         return None, str(e)
     except OSError as e:
-        return None, f"{e.filename or 'temp dir'}: {e.strerror or e}"
+        return None, describe(in_temp_dir(e, Path(tempfile.gettempdir())))

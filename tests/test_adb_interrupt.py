@@ -15,12 +15,14 @@ import threading
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from adb_env import AdbServer, cli_env
 from conftest import default_signals, run_cli, wait_no_helpers
 
 import droidoom
-from droidoom import runner
+from droidoom import runner, schema
+from droidoom.cli.profile import device_hint
 from droidoom.protocol import HEADER_SIZE, RECORD_SIZE
 from droidoom.spec import ProfileSpec
 from droidoom.targets import adb, adb_conn
@@ -172,6 +174,9 @@ def test_ctrl_c_over_adb_keeps_the_samples(adb_peer, device_dir, tmp_path):
     df = droidoom.load(run)
     assert 0 < len(df) < 2 * 3 * 4000
     assert not wait_no_helpers()
+    # The device keeps the records file: the last word says how to fetch and tidy it.
+    last = out.strip().splitlines()[-1]
+    assert f"`droidoom recover --serial {adb_peer.serial} {run}`" in last, out
     # The samples were pulled; recover finds nothing new and tidies the device.
     p = run_cli("recover", str(run), env=cli_env(adb_peer.server, device_dir))
     assert p.returncode == 0 and f"already has all {len(df)} writes" in p.stdout
@@ -222,3 +227,20 @@ def test_unsupported_abi_is_a_clear_error(adb_peer_factory, device_dir, tmp_path
                 env=cli_env(peer.server, device_dir))  # fmt: skip
     assert p.returncode == 1 and "ABI 'mips' has no droidoom helper" in p.stderr
     assert "Traceback" not in p.stderr
+
+
+def hint_for(status: str, samples: int, on_device: int | None, notices=()) -> str | None:
+    df = schema.empty() if not samples else pd.DataFrame({"seq": range(samples)})
+    meta = {"writes_on_device": on_device, "notices": list(notices)}
+    return device_hint("emu-5554", runner.RunResult(Path("/r/run 1"), status, df, meta))
+
+
+def test_the_last_word_over_adb_names_recover_or_clean():
+    assert hint_for("complete", 10, 10) is None  # a complete run removed its device files
+    for samples, on_device in ((0, 5), (5, 5), (3, None)):  # records stay on the device
+        hint = hint_for("partial", samples, on_device)
+        assert "`droidoom recover --serial emu-5554 /r/run 1`" in hint
+    hint = hint_for("partial", 0, 0)  # stopped before a record: only the files to tidy
+    assert "`droidoom clean --serial emu-5554`" in hint and "recover" not in hint
+    hint = hint_for("complete", 5, 5, ["cleanup: could not remove /x/records-1.bin ..."])
+    assert "`droidoom clean --serial emu-5554`" in hint

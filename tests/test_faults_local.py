@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -23,6 +25,7 @@ from conftest import (
 )
 
 import droidoom
+from droidoom import signals
 from droidoom.protocol import HEADER_SIZE, RECORD_SIZE
 
 #: ~12 s paced sweep (2 points x 3 kinds x 4000 writes at 2000/s): long enough to signal.
@@ -185,3 +188,97 @@ def test_disk_full_says_enospc_keeps_what_fits_and_recover_fetches_the_rest(tiny
     p = run_cli("recover", "--local", "-o", str(tiny_disk), env=env)
     assert p.returncode == 0 and "recovered 30000 writes" in p.stdout, p.stdout + p.stderr
     assert len(droidoom.load(run)) == 30000
+
+
+def signal_burst(proc: subprocess.Popen, sig: int, seconds: float = 3.0) -> int:
+    """`sig`, then again and again 0-50 ms apart for `seconds` (or until the process
+    ends): what an impatient user (or a CI runner) does while the run saves. The count."""
+    rng = random.Random(proc.pid)
+    sent, deadline = 0, time.monotonic() + seconds
+    while time.monotonic() < deadline and proc.poll() is None:
+        proc.send_signal(sig)  # our own child: we started it
+        sent += 1
+        time.sleep(rng.uniform(0, 0.05))
+    return sent
+
+
+@pytest.mark.parametrize(
+    "sig, code, why", [(signal.SIGINT, 130, "Ctrl-C"), (signal.SIGTERM, 143, "SIGTERM")]
+)
+def test_ctrl_c_again_while_saving_is_held_off_and_the_run_is_saved(tmp_path, env, sig, code,
+                                                                    why):  # fmt: skip
+    # Issue 16: a second Ctrl-C during the save left 0 writes and deleted the workdir.
+    proc = start(tmp_path / "runs", env)
+    try:
+        o = wait_recording(env, proc, writes=3000)
+        sent = signal_burst(proc, sig)
+    finally:
+        out, err = finish(proc)
+    assert sent > 1
+    assert proc.returncode == code, err
+    assert "Traceback" not in err, err
+    assert "saving, please wait" in err  # the later requests were heard, and held off
+    (run,) = (tmp_path / "runs").iterdir()
+    meta = meta_of(run)
+    assert meta["status"] == "partial" and meta["reason"] == f"interrupted by {why}"
+    df = droidoom.load(run)
+    assert 3000 <= len(df) == meta["writes_recorded"] >= meta["writes_on_device"]
+    assert not Path(o["workdir"]).exists()  # removed only once the samples were safe
+    assert not list(Path(env["DROIDOOM_LOCK_DIR"]).iterdir())  # lock released
+    assert not wait_no_helpers()
+
+
+@pytest.fixture
+def tiny_tmpdir(tmp_path):
+    """TMPDIR on a 64 KiB tmpfs of its own."""
+    if not ROOT:
+        pytest.skip("mounting a tmpfs needs root")
+    mnt = tmp_path / "tmp"
+    mnt.mkdir()
+    p = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k,mode=1777", "tmpfs", str(mnt)],
+                       capture_output=True, text=True)  # fmt: skip
+    if p.returncode:
+        pytest.skip(f"cannot mount a tmpfs here: {p.stderr.strip()}")
+    yield mnt
+    subprocess.run(["umount", str(mnt)], check=False)
+
+
+@pytest.mark.parametrize("writes", [30000, 3000])  # the plan does not fit; the records do not
+def test_a_full_tmpdir_names_itself_and_leaves_no_temp_file(tiny_tmpdir, env, tmp_path, writes):
+    # Issue 16: each run left a tmp*.txt plan behind and blamed "the run directory".
+    args = ["--population", "0", "--kinds", "single", "--writes", str(writes)]
+    p = run_cli("profile", "--local", *args, "-o", str(tmp_path / "runs"),
+                env=dict(env, TMPDIR=str(tiny_tmpdir)))  # fmt: skip
+    said = " ".join((p.stdout + p.stderr).split())
+    assert p.returncode == 1 and "Traceback" not in p.stderr, said
+    assert "No space left on device" in said and str(tiny_tmpdir) in said, said
+    assert "the run directory" not in said
+    assert not list(tiny_tmpdir.iterdir())  # no plan, no workdir, no pulled records
+
+
+def test_records_that_fill_most_of_tmpdir_are_saved_not_copied_there(tiny_tmpdir, env, tmp_path):
+    # They were copied into a temp dir beside themselves: ENOSPC, 0 saved, workdir deleted.
+    args = ["--population", "0", "--kinds", "single", "--writes", "1200"]  # ~40 KiB records
+    p = run_cli("profile", "--local", *args, "-o", str(tmp_path / "runs"),
+                env=dict(env, TMPDIR=str(tiny_tmpdir)))  # fmt: skip
+    assert p.returncode == 0, p.stdout + p.stderr
+    (run,) = (tmp_path / "runs").iterdir()
+    assert meta_of(run)["status"] == "complete" and len(droidoom.load(run)) >= 1200
+    assert not list(tiny_tmpdir.iterdir())
+
+
+def test_save_guard_raises_the_first_stop_then_holds_off_the_rest():
+    said: list[str] = []
+    before = signal.getsignal(signal.SIGINT)
+    with signals.SaveGuard(said.append) as guard:
+        with pytest.raises(KeyboardInterrupt):
+            signal.raise_signal(signal.SIGINT)  # the first request stops the run
+        signal.raise_signal(signal.SIGINT)  # the rest wait for the save
+        signal.raise_signal(signal.SIGTERM)
+    assert guard.deferred == signal.SIGINT and said == [signals.SAVING] * 2
+    assert signal.getsignal(signal.SIGINT) is before  # a library caller gets its handler back
+    with signals.SaveGuard(said.append) as guard:
+        guard.hold()  # the helper finished: only saving is left
+        signal.raise_signal(signal.SIGTERM)  # held off; the runner stops after the save
+    assert guard.deferred == signal.SIGTERM
+    assert isinstance(signals.stop_exception(guard.deferred), signals.Terminated)

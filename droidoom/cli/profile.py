@@ -128,17 +128,41 @@ def _run_and_print(
                 extra_meta=extra_meta,
             )
     except Interrupted as e:
-        _print_run(e.result)
+        _finish(target, e.result)
         raise typer.Exit(signals.exit_code(e)) from None
-    _print_run(result)
+    _finish(target, result)
     if result.status != "complete":
-        # A device that dropped keeps its records file: say how to fetch it later.
-        if target.facts().transport == "adb" and not len(result.samples):
-            console.print(
-                "[yellow]the device keeps what it recorded:[/] once it is back, run "
-                f"`droidoom recover --serial {target.facts().device} {result.path}`"
-            )
         raise typer.Exit(1)
+
+
+def _finish(target: Target, result: RunResult) -> None:
+    """Print the run; over adb, end with what to run for what it left on the device."""
+    _print_run(result)
+    facts = target.facts()
+    if facts.transport == "adb" and (hint := device_hint(facts.device, result)):
+        console.print(hint, highlight=False, soft_wrap=True)  # a command to copy whole
+
+
+def device_hint(serial: str, result: RunResult) -> str | None:
+    """The last word on a run over adb that left files on the device (a complete run
+    removes them): `droidoom recover` when they hold records, else `droidoom clean`."""
+    meta = result.meta
+    left = result.status != "complete" or any(
+        str(n).startswith("cleanup: could not remove") for n in meta.get("notices") or ()
+    )
+    if not left:
+        return None
+    recorded = max(meta.get("writes_on_device") or 0, len(result.samples))
+    if result.status != "complete" and recorded:
+        return (
+            f"[yellow]the device keeps this run's records:[/] `droidoom recover --serial "
+            f"{escape(serial)} {escape(str(result.path))}` fetches what the run lacks "
+            "(once the device is back) and removes them from it"
+        )
+    return (
+        f"[yellow]the device keeps this run's files:[/] `droidoom clean --serial "
+        f"{escape(serial)}` removes them"
+    )
 
 
 def _captures(text: str) -> list[CaptureSource]:

@@ -20,13 +20,15 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from ..errors import DroidoomError, UsageError
 from . import DATA_DIR, cache_dir
@@ -138,6 +140,48 @@ def _run(cmd: list[str], cwd: Path, what: str, **kw: Any) -> subprocess.Complete
     return p
 
 
+def _pipe(cmds: list[list[str]], cwd: Path, what: str) -> None:
+    """`cmd1 | cmd2 | ...` in `cwd` without a shell: each step is an argv list, so no path
+    (the cache dir is the user's XDG_CACHE_HOME) is ever parsed by a shell. A BuildError
+    naming the failing step, with its stderr, unless every step exits 0."""
+    procs: list[subprocess.Popen[bytes]] = []
+    with contextlib.ExitStack() as stack:
+        # stderr to files, not pipes: a chatty step cannot block on a pipe nobody reads
+        errs = [stack.enter_context(tempfile.TemporaryFile()) for _ in cmds]
+        try:
+            prev: IO[bytes] | None = None
+            for i, (cmd, err) in enumerate(zip(cmds, errs, strict=True)):
+                try:
+                    p = subprocess.Popen(
+                        cmd, cwd=cwd, stdin=prev or subprocess.DEVNULL, stderr=err,
+                        stdout=subprocess.DEVNULL if i == len(cmds) - 1 else subprocess.PIPE,
+                    )  # fmt: skip
+                except FileNotFoundError:
+                    raise BuildError(
+                        f"{cmd[0]} not found: `apt-get install {APT_PACKAGES}`"
+                    ) from None
+                finally:
+                    if prev is not None:
+                        prev.close()  # the next step holds it: an early exit is a SIGPIPE
+                prev = p.stdout
+                procs.append(p)
+            for p in procs:
+                p.wait()
+        finally:
+            for p in procs:  # our own children, started above
+                if p.poll() is None:
+                    p.kill()
+                    p.wait()
+        failed = [(c, p, e) for c, p, e in zip(cmds, procs, errs, strict=True) if p.returncode]
+        # A step that failed makes the one before it die of SIGPIPE: name the cause.
+        cause = [f for f in failed if f[1].returncode != -signal.SIGPIPE] or failed
+        if cause:
+            cmd, p, err = cause[0]
+            err.seek(0)
+            tail = "\n".join(err.read().decode(errors="replace").strip().splitlines()[-15:])
+            raise BuildError(f"{what} failed ({cmd[0]} exit {p.returncode}):\n{tail}")
+
+
 def fetch() -> Path:
     """The pinned source package, downloaded once with `apt-get download`."""
     src = cache_dir() / "src"
@@ -162,6 +206,22 @@ def _tree() -> Path:
     return cache_dir() / "build" / PACKAGE
 
 
+#: What the kernel's make cannot have in its source path (it splits words at blanks and
+#: colons, and expands `$`): checked before anything is downloaded.
+_MAKE_UNSAFE = re.compile(r"[\s:$#%\\]")
+
+
+def check_tree_path(tree: Path) -> None:
+    """UsageError unless the kernel can be built in `tree` (see _MAKE_UNSAFE)."""
+    bad = sorted(set(_MAKE_UNSAFE.findall(str(tree))))
+    if bad:
+        raise UsageError(
+            f"cannot build a kernel in {str(tree)!r}: the kernel's make does not allow "
+            f"{' '.join(map(repr, bad))} in its source path. Set XDG_CACHE_HOME to a "
+            "directory without them (the lab cache is $XDG_CACHE_HOME/droidoom/lab)"
+        )
+
+
 def extract(deb: Path) -> Path:
     """The source tree (extracted once; ~15 s)."""
     tree, marker = _tree(), _tree() / ".droidoom-extracted"
@@ -170,11 +230,15 @@ def extract(deb: Path) -> Path:
     tmp = tree.with_name(tree.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    script = (
-        f"dpkg-deb --fsys-tarfile {deb} | tar -xO ./usr/src/{PACKAGE}.tar.xz | "
-        "tar -xJ --strip-components=1"
+    _pipe(
+        [
+            ["dpkg-deb", "--fsys-tarfile", str(deb)],
+            ["tar", "-xO", f"./usr/src/{PACKAGE}.tar.xz"],
+            ["tar", "-xJ", "--strip-components=1"],
+        ],
+        tmp,
+        f"extracting {deb.name}",
     )
-    _run(["sh", "-c", script], tmp, f"extracting {deb.name}")
     (tmp / ".droidoom-extracted").write_text(version())
     shutil.rmtree(tree, ignore_errors=True)
     tmp.rename(tree)
@@ -237,6 +301,7 @@ def build(variant: str, *, jobs: int | None = None,
     hit = cached(variant)
     if hit is not None:
         return Kernel(variant, hit, k, True, 0.0)
+    check_tree_path(_tree())
     with _tree_lock():
         hit = cached(variant)  # another process may have built it while we waited
         if hit is not None:

@@ -83,6 +83,54 @@ def kvm_usable() -> tuple[bool, str]:
     return True, ""
 
 
+#: Where the guest's socket and console log go: a short path whatever TMPDIR is (a unix
+#: socket path has room for 107 bytes) and one QEMU's option parser reads as it is.
+SHORT_DIRS = ("/tmp", "/run", "/dev/shm")
+_SUN_PATH_MAX = 107
+
+
+def private_dir() -> Path:
+    """A new directory of our own (mode 0700) with a short, comma-free path, for the
+    VM's socket and console log; TMPDIR only if none of SHORT_DIRS will do."""
+    for parent in (*SHORT_DIRS, tempfile.gettempdir()):
+        if "," in parent or len(parent) > 60:
+            continue
+        try:
+            return Path(tempfile.mkdtemp(prefix="droidoom-vm-", dir=parent))
+        except OSError:
+            continue
+    raise PermanentTargetError(
+        f"no short writable directory for QEMU's socket ({', '.join(SHORT_DIRS)} and TMPDIR "
+        "are not usable): make /tmp writable or set TMPDIR to a short path without commas"
+    )
+
+
+def qemu_opt(value: str | Path) -> str:
+    """`value` as a QEMU option value (`key=value,...`): a comma is written twice."""
+    return str(value).replace(",", ",,")
+
+
+def qemu_command(spec: VmSpec, initrd: Path, accel: str, sock: Path, console: Path) -> list[str]:
+    """QEMU's argv (a list, no shell) for `spec`, its agent on the unix socket `sock` (a
+    server that QEMU connects to) and its console written to `console`."""
+    if len(str(sock)) > _SUN_PATH_MAX:
+        raise PermanentTargetError(f"QEMU's socket path is too long for a unix socket: {sock}")
+    cmd = [
+        shutil.which(QEMU) or QEMU, "-nodefaults", "-display", "none", "-no-reboot",
+        "-monitor", "none", "-accel", accel, "-smp", str(spec.cpus),
+        "-m", str(spec.memory_mb), "-kernel", str(spec.image), "-initrd", str(initrd),
+        "-append", f"console=ttyS0 panic=-1 quiet rdinit=/init {spec.append}".strip(),
+        # -serial file: takes the rest as the path; -kernel/-initrd take a bare path
+        "-serial", f"file:{console}",
+        "-device", "virtio-serial-pci",
+        "-chardev", f"socket,id=agent,path={qemu_opt(sock)}",  # key=value,...: escaped
+        "-device", "virtserialport,chardev=agent,name=droidoom",
+    ]  # fmt: skip
+    if accel == "kvm":
+        cmd += ["-cpu", "host"]
+    return cmd
+
+
 def _deathsig() -> None:  # runs in the child between fork and exec
     ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
@@ -92,24 +140,18 @@ class Machine:
 
     def __init__(self, spec: VmSpec, initrd: Path, accel: str):
         self.spec, self.accel = spec, accel
-        self._dir = tempfile.TemporaryDirectory(prefix="droidoom-vm-")
-        self.console_log = Path(self._dir.name) / "console.log"
-        path = str(Path(self._dir.name) / "agent.sock")
+        self._dir = private_dir()
+        self.console_log = self._dir / "console.log"
+        path = self._dir / "agent.sock"
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        listener.bind(path)
+        try:
+            listener.bind(str(path))
+        except OSError:
+            listener.close()
+            shutil.rmtree(self._dir, ignore_errors=True)
+            raise
         listener.listen(1)
-        cmd = [
-            shutil.which(QEMU) or QEMU, "-nodefaults", "-display", "none", "-no-reboot",
-            "-monitor", "none", "-accel", accel, "-smp", str(spec.cpus),
-            "-m", str(spec.memory_mb), "-kernel", str(spec.image), "-initrd", str(initrd),
-            "-append", f"console=ttyS0 panic=-1 quiet rdinit=/init {spec.append}".strip(),
-            "-serial", f"file:{self.console_log}",
-            "-device", "virtio-serial-pci",
-            "-chardev", f"socket,id=agent,path={path}",
-            "-device", "virtserialport,chardev=agent,name=droidoom",
-        ]  # fmt: skip
-        if accel == "kvm":
-            cmd += ["-cpu", "host"]
+        cmd = qemu_command(spec, initrd, accel, path, self.console_log)
         self.started = time.monotonic()
         self._proc = subprocess.Popen(
             cmd,
@@ -123,16 +165,27 @@ class Machine:
         self._watchdog.daemon = True
         self._watchdog.start()
         self.timed_out = False
-        listener.settimeout(10.0)
         try:
-            self.sock, _ = listener.accept()
+            self.sock = self._accept(listener, 10.0)
         except OSError:
+            self.kill()
+            self._proc.wait()
+            why = self.stderr_text() or "no error output"  # before close() closes the pipe
             self.close()
-            raise PermanentTargetError(
-                f"QEMU did not start: {self.stderr_text() or 'no error output'}"
-            ) from None
+            raise PermanentTargetError(f"QEMU did not start: {why}") from None
         finally:
             listener.close()
+
+    def _accept(self, listener: socket.socket, timeout: float) -> socket.socket:
+        """QEMU's connection to the agent socket; OSError if it exits or `timeout` passes."""
+        listener.settimeout(0.2)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                return listener.accept()[0]
+            except TimeoutError:
+                if self._proc.poll() is not None or time.monotonic() > deadline:
+                    raise
 
     def alive(self) -> bool:
         return self._proc.poll() is None
@@ -170,4 +223,4 @@ class Machine:
         self._proc.wait()
         if self._proc.stderr is not None:
             self._proc.stderr.close()
-        self._dir.cleanup()
+        shutil.rmtree(self._dir, ignore_errors=True)

@@ -156,6 +156,11 @@ class Target(ABC):
         "records-*.bin", checked by `file_glob`) in the directories droidoom uses on the
         target; `droidoom recover` looks for what a cut-short run left with it."""
 
+    def read_bytes(self, remote: str) -> bytes | None:
+        """A target file's bytes if the host can read it where it is, else None (then
+        `pull` copies it)."""
+        return None
+
     def claim_run(self, run_id: str) -> None:  # noqa: B027 - optional hook
         """Record that run `run_id` may create files in the workdir (so `clean` can
         remove exactly those); a no-op where nothing is cleaned."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import platform
 import shutil
@@ -22,6 +23,17 @@ def _read(path: str, default: str = "") -> str:
         return Path(path).read_text().strip()
     except OSError:
         return default
+
+
+def _copy(src: str | Path, dst: str | Path) -> None:
+    """shutil.copyfile, but a full disk names the file it could not write (shutil
+    names the source file in a failed sendfile, or none at all)."""
+    try:
+        shutil.copyfile(src, dst)
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            raise OSError(e.errno, e.strerror, str(dst)) from e
+        raise
 
 
 class LocalProcess(QueuedProcess):
@@ -147,11 +159,15 @@ class LocalTarget(Target):
 
     def push(self, local: Path, remote: str, mode: int = 0o644) -> None:
         if Path(local).resolve() != Path(remote).resolve():
-            shutil.copyfile(local, remote)
+            _copy(local, remote)
         os.chmod(remote, mode)
 
     def pull(self, remote: str, local: Path) -> None:
-        shutil.copyfile(remote, local)
+        _copy(remote, local)
+
+    def read_bytes(self, remote: str) -> bytes:
+        """The file read in place: no copy (into a TMPDIR that may be full)."""
+        return Path(remote).read_bytes()
 
     def workdir(self) -> str:
         if self._workdir is None:
