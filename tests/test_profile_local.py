@@ -78,13 +78,18 @@ def test_multiprocess_scales_threaded_and_single_stay_flat(local_run_df):
     assert m["single", 800] < 3 * m["single", 0]
 
 
-def test_load_many_runs_keeps_categoricals(local_run, slow_run):
+def test_load_many_runs_keeps_categoricals(local_run, slow_run, tmp_path):
+    import shutil
+
     df = droidoom.load([local_run, slow_run])
     assert df["run_id"].nunique() == 2
     assert str(df["kind"].dtype) == "category" and str(df["run_id"].dtype) == "category"
     assert list(df["kind"].cat.categories) == list(schema.KINDS)
-    # and a folder of runs works the same
-    assert len(droidoom.load(local_run.parent.parent)) == len(df)
+    # and a folder of runs works the same (a folder of exactly these two: the fixtures'
+    # own folder also keeps the attempts they measured again)
+    for run, sub in ((local_run, "a"), (slow_run, "b")):
+        shutil.copytree(run, tmp_path / "folder" / sub / run.name)
+    assert len(droidoom.load(tmp_path / "folder")) == len(df)
 
 
 def test_sigint_leaves_partial_run_and_no_process(tmp_path):
