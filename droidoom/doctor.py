@@ -32,6 +32,7 @@ class Check:
     status: str  # ok | limited (works, with a restriction) | missing
     detail: str  # what was found
     fix: str = ""  # how to get it, when not ok
+    path: str = ""  # a file the check is about: printed whole below the table, never folded
 
 
 def _split(message: str) -> tuple[str, str]:
@@ -84,7 +85,7 @@ def _helper_checks(target: Target) -> tuple[list[Check], dict[str, str]]:
         how = "run in place" if local else "already there (hash matched)"
     hello = probed.hello.fields
     return [
-        Check("helper", "run the helper", OK, f"{helper} ({how}; abi={hello.get('abi')})")
+        Check("helper", "run the helper", OK, f"{how}; abi={hello.get('abi')}", path=helper)
     ], dict(probed.facts.fields)
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import re
 
+import pytest
 from adb_env import cli_env
 from conftest import run_cli
 from test_farm import toml_inventory
@@ -52,3 +53,33 @@ def test_long_runs_show_an_eta(tmp_path):
     seconds = [int(h) * 3600 + int(m) * 60 + int(s) for h, m, s in etas]
     assert seconds and max(seconds) >= 1  # a ~3 s run shows time left
     assert seconds[-1] <= max(seconds)
+
+
+COMMANDS = [["profile"], ["report"], ["compare"], ["cost"], ["export"], ["recover"],
+            ["devices"], ["doctor"], ["clean"], ["farm", "run"], ["lab", "build"],
+            ["lab", "demo"]]  # fmt: skip
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=" ".join)
+def test_help_reads_at_80_columns(command):
+    """`--help` at 80 columns: no cell cut with "…" (clean's `$ANDROID_ADB_SERVER_ADDRES…`),
+    and the description reflows (each docstring line break used to start a new line: "no
+    kernel" / "change touches" / ...): within a paragraph, only its last line is short."""
+    p = run_cli(*command, "--help", env=dict(os.environ, COLUMNS="80"))
+    assert p.returncode == 0, p.stderr
+    assert "…" not in p.stdout, p.stdout
+    head = p.stdout.split("╭")[0]  # usage and description, above the option panels
+    paragraphs = [b.splitlines() for b in re.split(r"\n\s*\n", head) if b.strip()]
+    for para in paragraphs[1:]:  # after the Usage line
+        short = [ln for ln in para[:-1] if len(ln.rstrip()) < 55]
+        assert not short, (short, head)
+
+
+def test_doctor_prints_the_helper_path_whole(tmp_path):
+    """The helper's path was folded inside the table (`.../bin/x86_6` / `4/droidoom-helper`):
+    it is printed on a line of its own."""
+    from droidoom.native import abi_for_machine, binary_path
+
+    p = run_cli("doctor", "--local", env=dict(os.environ, COLUMNS="80"))
+    assert p.returncode == 0, p.stderr
+    assert f"helper: {binary_path(abi_for_machine())}" in p.stdout.splitlines(), p.stdout

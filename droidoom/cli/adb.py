@@ -165,6 +165,9 @@ def _doctor_table(checks: list[Check], ok: str, missing: str) -> None:
         last = c.area
         table.add_row(area, escape(c.name), f"[{style.get(c.status, 'yellow')}]{c.status}[/]", text)
     console.print(table)
+    for c in checks:
+        if c.path:  # copyable: a line of its own, never folded
+            console.print(f"{c.area}: {escape(c.path)}", soft_wrap=True, highlight=False)
     for i, fix in enumerate(fixes, 1):
         console.print(f"[cyan][{i}] fix:[/] {escape(fix)}")
 

@@ -21,6 +21,9 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # Markdown: a docstring's paragraphs reflow to the terminal (rich mode kept each source
+    # line break, so help at 80 columns was ragged); `code` stays code.
+    rich_markup_mode="markdown",
 )
 console = Console()
 err_console = Console(stderr=True)

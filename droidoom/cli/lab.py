@@ -122,7 +122,8 @@ def build_kernels(variants: list[str], jobs: int | None = None) -> dict[str, Ker
             out[v] = b.build(v, jobs=jobs, step=_stepper(prog, task))
     for v, k in out.items():
         how = "cached" if k.cached else f"built in {k.seconds:.0f} s"
-        console.print(f"{v:9} {k.image}  ({how})", soft_wrap=True)
+        console.print(f"{v:9} ({how}):")
+        console.print(f"  {k.image}", soft_wrap=True, highlight=False)  # a path, whole
     return out
 
 
@@ -214,4 +215,5 @@ def demo(
     path = report.render_html(df, metas, html or Path(out) / "lab-demo.html")
     console.print(f"html report: {path}", soft_wrap=True)
     f, g = (results[v].path for v in ("fixed", "regressed"))
-    console.print(f"next: droidoom compare {f} {g}", soft_wrap=True)
+    console.print("next:")
+    console.print(f"  droidoom compare {f} {g}", soft_wrap=True, highlight=False)

@@ -103,7 +103,8 @@ Serial = Annotated[
 ]
 AdbHost = Annotated[
     str | None,
-    typer.Option(help="adb server host (default: $ADB_SERVER_SOCKET, $ANDROID_ADB_SERVER_ADDRESS)"),
+    typer.Option(help="adb server host (default: from the variables ADB_SERVER_SOCKET or "
+                 "ANDROID_ADB_SERVER_ADDRESS)"),  # no word wider than the help column
 ]
 AdbPort = Annotated[
     int | None, typer.Option(help="adb server port (default: $ANDROID_ADB_SERVER_PORT or 5037).")
