@@ -4,8 +4,8 @@
 - `slow_run`: the same profile while 1600 extra processes exist on the host, so
   multiprocess writes (which walk every process) are really slower: a genuine
   regression for `compare`, not edited numbers.
-- an autouse guard: no droidoom-helper process may outlive a test, and no adbd peer or
-  stand-in daemon the session.
+- an autouse guard: no droidoom-helper process may outlive a test module, and no adbd peer or
+  stand-in daemon the session; timing checks skipped on a busy host are counted (busy_skips).
 """
 
 from __future__ import annotations
@@ -21,11 +21,15 @@ from pathlib import Path
 from typing import TypeVar
 
 import pytest
+from busy_skips import skip_busy  # noqa: F401  (tests import it from here)
 
 import droidoom
 import droidoom.analysis
 from droidoom.native import abi_for_machine, binary_path
 from droidoom.protocol import PlanPoint, PlanTarget, render_plan
+
+#: counts timing checks skipped because the host was busy; fails a run with too many
+pytest_plugins = ["busy_skips"]
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -135,8 +139,10 @@ def no_peer_daemon_left_behind():
     assert not left, f"test daemons outlived the session: {sorted(left)[:10]}"
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture(scope="module", autouse=True)
 def no_helper_left_behind():
+    """No droidoom-helper of this session outlives a test module (a /proc scan costs ~80 ms
+    on a busy host: once per module, not twice per test)."""
     before = helper_pids()
     yield
     left = wait_no_helpers(before)
@@ -292,8 +298,8 @@ def require_slow_premise(local_run: Path, slow_run: Path) -> None:
     procs = [((droidoom.analysis.load_meta(r).get("device_activity") or {}).get("before")
               or {}).get("procs") for r in (local_run, slow_run)]  # fmt: skip
     if all(isinstance(n, int) for n in procs) and procs[1] - procs[0] < 1000:
-        pytest.skip(f"processes on this host: {procs[0]} in the local run, {procs[1]} in the "
-                    "slow one: another session's population ran meanwhile")  # fmt: skip
+        skip_busy(f"processes on this host: {procs[0]} in the local run, {procs[1]} in the "
+                  "slow one: another session's population ran meanwhile")
 
 
 def foreign_helpers() -> list[int]:

@@ -18,6 +18,7 @@ from conftest import (
     measure_again,
     profile_with_background,
     require_slow_premise,
+    skip_busy,
     verdict_of,
 )
 
@@ -145,6 +146,7 @@ def test_verdict_without_multiprocess_control_is_inconclusive(local_run, local_r
     assert "positive control" in v.sentence and v.consistent is None
 
 
+@pytest.mark.timing
 def test_verdict_of_slow_run_still_fixed(slow_run, tmp_path):
     """1600 background processes raise every multiprocess write; the slope is unchanged.
     Their walk only grows ~50% over the quick sweep, so one block of writes slowed by a
@@ -160,7 +162,7 @@ def test_verdict_of_slow_run_still_fixed(slow_run, tmp_path):
         settled,
     )
     if not quiet:
-        pytest.skip(f"the host stayed busy over three slow runs: {[v.sentence for v in verdicts]}")
+        skip_busy(f"the host stayed busy over three slow runs: {[v.sentence for v in verdicts]}")
     v = verdicts[-1]
     assert v.status == HOST_VERDICT, v.sentence
     assert v.multiprocess.ci_low >= analysis.WALK_MIN_SLOPE_NS
@@ -231,6 +233,7 @@ def test_verdict_says_when_the_control_is_too_noisy(local_run, local_run_df):
 # --------------------------------------------------------------------------- compare
 
 
+@pytest.mark.timing
 def test_compare_flags_the_slow_run(local_run, local_run_df, slow_run):
     require_slow_premise(local_run, slow_run)
     slow = droidoom.load(slow_run)
@@ -249,6 +252,7 @@ def test_compare_flags_the_slow_run(local_run, local_run_df, slow_run):
     assert back.improvements["kind"].astype(str).eq("multiprocess").sum() == len(mp)
 
 
+@pytest.mark.timing
 def test_compare_pooled_over_populations(local_run, local_run_df, slow_run):
     require_slow_premise(local_run, slow_run)
     c = analysis.compare(local_run_df, droidoom.load(slow_run), by=("device", "kind", "mode"))

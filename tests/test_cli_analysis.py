@@ -125,6 +125,7 @@ def test_compare_run_with_itself_exits_0(local_run):
     assert re.search(r"^multiprocess\s+\d+\s+[\d.]+\s+[\d.]+\s+1\.00\s", out, re.M), out
 
 
+@pytest.mark.timing
 def test_compare_slow_run_exits_1(local_run, slow_run, tmp_path, cli_here):
     require_slow_premise(local_run, slow_run)
     table = tmp_path / "ratios.csv"

@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from conftest import REPO, SESSION_MARK, cmdline, comm, helper_pids
@@ -111,3 +112,21 @@ def _helpers(tmp_path) -> list[int]:
         if len(names) == 2 or time.monotonic() > deadline:
             return pids
         time.sleep(0.05)
+
+
+@pytest.mark.parametrize("busy, fails", [(1, False), (2, True)])
+def test_busy_timing_skips_are_counted_and_too_many_fail(tmp_path, busy, fails):
+    """Of 4 timing checks, 1 skipped for a busy host is said at the end; 2 fail the run."""
+    tests = ["import pytest", "from busy_skips import skip_busy"]
+    for i in range(4):
+        body = f"skip_busy('load {i}')" if i < busy else "pass"
+        tests += ["@pytest.mark.timing", f"def test_{i}():", f"    {body}"]
+    (tmp_path / "test_t.py").write_text("\n".join(tests) + "\n")
+    p = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "busy_skips",
+         "-W", "ignore::pytest.PytestUnknownMarkWarning", str(tmp_path / "test_t.py")],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parent)},
+    )  # fmt: skip
+    assert f"{busy} timing check(s) of 4 skipped: host busy" in p.stdout, p.stdout
+    assert (p.returncode == 1) == fails, p.stdout
