@@ -53,6 +53,8 @@ def load_meta(run_dir: str | Path) -> dict[str, Any]:
 #: their run's `single` median (same machine, same moment) drift less.
 RAW_FLOOR = 0.25
 RELATIVE_FLOOR = 0.15
+#: Fewer timed writes than this on either side of a compared group: too thin to judge.
+MIN_COMPARED_WRITES = 50
 #: The kind every run has and no kernel change touches: latency is compared relative to it.
 CONTROL_KIND = "single"
 #: A slope regression needs the slope-difference CI's low end above both this share of the
@@ -93,6 +95,11 @@ class Comparison:
         return self.table[self.table["improvement"]]
 
     @property
+    def thin(self) -> pd.DataFrame:
+        """Rows with too few writes on a side to be judged (a run cut short)."""
+        return self.table[self.table["thin"]] if "thin" in self.table else self.table.iloc[:0]
+
+    @property
     def has_regression(self) -> bool:
         return bool(self.table["regression"].any()) or not self.slope_regressions.empty
 
@@ -123,6 +130,7 @@ def compare(
     max_samples: int = 1000,
     confidence: float = 0.95,
     seed: int = 0,
+    min_writes: int = MIN_COMPARED_WRITES,
 ) -> Comparison:
     """Median latency ratio new/base per group present in both, with a bootstrap CI.
 
@@ -138,7 +146,9 @@ def compare(
     kind (`compare_slopes`); a slope regression counts in ``has_regression`` too. Devices
     match by name; `pair_devices=True` matches a single-device `base` with a single-device
     `new` of another name (e.g. two phones or builds). `by` may drop
-    "population" to pool each kind's writes. Raises DataError when no group overlaps.
+    "population" to pool each kind's writes. A group with fewer than `min_writes` timed
+    writes on either side is ``thin``: shown, never judged. Raises DataError when no group
+    overlaps.
     """
     if not max_ratio > 1:
         raise UsageError(f"max_ratio must be > 1 (e.g. 1.10 for +10%), got {max_ratio}")
@@ -167,6 +177,10 @@ def compare(
     # does to the oom_score_adj path shows relative to it, and in the slopes.
     judged = (table["basis"] != "raw") | ~table["kind"].astype(str).eq(CONTROL_KIND) if (
         "kind" in table.columns) else pd.Series(True, index=table.index)
+    # A point either side barely measured (a run cut short seconds in) is not judged: its
+    # median is a handful of writes, and a cut-short NEW once "regressed" x2.9 that way.
+    table["thin"] = (table["base_count"] < min_writes) | (table["new_count"] < min_writes)
+    judged &= ~table["thin"]
     table["regression"] = judged & (table["ci_low"] > max_ratio)
     table["improvement"] = judged & (table["ci_high"] < 1 / max_ratio)
     slopes = compare_slopes(base, new) if "population" in base.columns else None

@@ -178,8 +178,9 @@ def _ratio(x: float) -> str:
     return f"{x:.2f}" if x < 10 else f"{x:.1f}" if x < 100 else f"{x:.0f}"
 
 
-def compare_table(result: analysis.Comparison, console: Console) -> None:
-    """Print a `compare` result: a table per device x mode, regressions in red."""
+def compare_table(result: analysis.Comparison, console: Console, whole: bool = True) -> None:
+    """Print a `compare` result: a table per device x mode, regressions in red. `whole`:
+    every point was compared with data (else "no regression" is only said of those)."""
     pct = f"{result.max_ratio - 1:+.0%}"
     conf = f"{result.confidence:.0%} CI"
     table = result.table
@@ -203,6 +204,7 @@ def compare_table(result: analysis.Comparison, console: Console) -> None:
             prev = kind
             flag = "[bold red]REGRESSION[/]" if r["regression"] else ""
             flag = "[green]faster[/]" if r["improvement"] else flag
+            flag = "[yellow]too few writes[/]" if r.get("thin") else flag
             ci = f"{_ratio(r['ci_low'])}..{_ratio(r['ci_high'])}"
             medians = units.us(r["base_median_ns"]), units.us(r["new_median_ns"])
             t.add_row(*cells, *medians, _ratio(r["ratio"]), ci, flag)
@@ -211,7 +213,8 @@ def compare_table(result: analysis.Comparison, console: Console) -> None:
     if n:
         console.print(f"[bold red]{n} regression(s)[/]: {conf} lower bound above {pct}.")
     else:
-        console.print(f"[green]no regression[/] (threshold: {conf} lower bound above {pct}).")
+        what = "[green]no regression[/]" if whole else "no regression among the points compared"
+        console.print(f"{what} (threshold: {conf} lower bound above {pct}).")
 
 
 # --------------------------------------------------------------------------- HTML

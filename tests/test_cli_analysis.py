@@ -188,3 +188,26 @@ def test_compare_unreadable_run_exits_2(local_run, tmp_path, broken, cli_here):
     (bad / store.RUN_JSON).write_text(broken)
     rc, _, err = cli_here("compare", local_run, bad)
     assert rc == EXIT_BAD_INPUT and str(bad) in err
+
+
+def test_compare_against_a_cut_short_run_is_unknown(local_run, tmp_path, cli_here):
+    """NEW was SIGTERMed 1.3 s in: population 0 plus a few writes at 400. compare said "no
+    regression" (exit 0); cut at 0.8 s it blamed "population 0 (x2.9)" on a few writes. Now
+    the missing and too-thin points are named, never judged, and the exit status is 3
+    (UNKNOWN): a CI must re-run, not pass."""
+    cut = tmp_path / "cut"
+    shutil.copytree(local_run, cut)
+    df = pd.read_parquet(cut / "samples.parquet")
+    first = df["point"] == df["point"].min()
+    one_more = df.index[(df["point"] == df["point"].min() + 1) & ~df["warmup"]][:10]
+    df.loc[first | df.index.isin(one_more)].to_parquet(cut / "samples.parquet")
+    meta = json.loads((cut / "run.json").read_text())
+    meta.update(status="partial", reason="SIGTERM")
+    (cut / "run.json").write_text(json.dumps(meta))
+    rc, out, err = cli_here("compare", local_run, cut)
+    assert rc == 3, out + err
+    assert "UNKNOWN" in err and "missing in NEW" in err and "fewer than" in err, err
+    assert "800" in err.split("missing in NEW")[1] and "no regression among the points" in out
+    assert "too few writes" in out and "REGRESSION" not in out
+    # the points both sides measured well are still compared: population 0 has a ratio row
+    assert re.search(r"^multiprocess\s+0\s", out, re.M), out

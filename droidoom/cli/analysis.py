@@ -17,6 +17,8 @@ from ..units import slope as ns
 from .app import app, console, err_console
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     import pandas as pd
 
     from ..analysis import Comparison
@@ -202,7 +204,9 @@ def compare(
     CIs are widened by a stated between-run floor (analysis.RELATIVE_FLOOR / RAW_FLOOR).
     The scaling slopes (ns per extra process) are compared too: a kind that starts to walk
     every process (threaded writes on a pre-fix kernel) is named. Exit status: 0 no
-    regression, 1 at least one regression, 2 bad input (missing runs, different specs).
+    regression, 1 at least one regression, 2 bad input (missing runs, different specs),
+    3 unknown: no regression among the points compared, but BASE points are missing in NEW
+    or have too few writes (a run cut short).
     """
     from .. import analysis
     from .. import report as rep
@@ -217,16 +221,43 @@ def compare(
     by = ("device", "kind", "mode") if pooled else analysis.GROUP_KEYS
     pair = pair or _two_vm_builds(binfo, ninfo)
     result = analysis.compare(bdf, ndf, max_ratio, by=by, pair_devices=pair)
-    missing = len(analysis.summary(bdf, by=by)) - len(result.table)
-    if missing > 0:
-        err_console.print(f"[yellow]note:[/] {missing} BASE group(s) have no counterpart in NEW "
-                          "and are not compared")  # fmt: skip
-    rep.compare_table(result, console)
+    unknown = _unmeasured(analysis.summary(bdf, by=by), result, by)
+    rep.compare_table(result, console, whole=not unknown)
     _slopes(result)
     if csv is not None:
         result.table.to_csv(csv, index=False)
     if result.has_regression:
         raise typer.Exit(1)
+    if unknown:
+        err_console.print("[bold yellow]UNKNOWN[/]: no regression among the points compared, "
+                          f"but {'; '.join(unknown)}; re-run the cut-short side to know")
+        raise typer.Exit(EXIT_UNKNOWN)
+
+
+#: `compare`'s exit status when it cannot say "no regression": points missing or too thin.
+EXIT_UNKNOWN = 3
+
+
+def _unmeasured(base_groups: pd.DataFrame, result: Comparison, by: Sequence[str]) -> list[str]:
+    """What `compare` could not judge: BASE points NEW lacks (a cut-short run), and points
+    with too few writes on a side. Empty when every BASE point was compared with data."""
+    from ..analysis import MIN_COMPARED_WRITES
+
+    keys = [k for k in ("kind", "population") if k in by]
+    out = []
+    seen = {tuple(str(r[k]) for k in keys) for r in result.table.to_dict("records")}
+    lacking = [r for r in base_groups.to_dict("records")
+               if r["count"] > 0 and tuple(str(r[k]) for k in keys) not in seen]  # fmt: skip
+    if lacking:
+        out.append(f"{len(lacking)} BASE point(s) are missing in NEW (" + ", ".join(
+            " ".join(str(r[k]) for k in keys) for r in lacking[:6]) + ("..." if len(
+            lacking) > 6 else "") + ")")  # fmt: skip
+    thin = result.thin
+    if len(thin):
+        out.append(f"{len(thin)} point(s) have fewer than {MIN_COMPARED_WRITES} writes on a side ("
+                   + ", ".join(" ".join(str(r[k]) for k in keys)
+                               for r in thin.to_dict("records")[:6]) + ")")  # fmt: skip
+    return out
 
 
 def _two_vm_builds(binfo: list[RunInfo], ninfo: list[RunInfo]) -> bool:
