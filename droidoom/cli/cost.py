@@ -16,7 +16,7 @@ import typer
 from rich.table import Table
 
 from .. import cost as c
-from .. import replay
+from .. import replay, store
 from ..errors import DataError, UsageError
 from ..units import ms
 from .app import app, console, err_console
@@ -219,7 +219,9 @@ def cost(
     """
     if not 0 <= trim < 1:
         raise UsageError(f"--trim must be a share in 0..1 (got {trim})")
+    if json_out is not None:  # checked before the work, not after it
+        store.check_writable(json_out, "--json")
     rep = analyse(trace, run, kind, trim)
     _print(rep)
     if json_out is not None:
-        json_out.write_text(json.dumps(rep, indent=1, default=float))
+        store.atomic_write(json_out, json.dumps(rep, indent=1, default=float).encode(), "--json")
