@@ -209,7 +209,8 @@ def recover(
     """Pull the records a device still holds after a cut-short run into its run dir.
 
     With --local: finish this host's runs that were killed (stale lock, tracefs instance,
-    records left in /tmp/droidoom-*) or could not save every write (disk full).
+    records left in this user's private droidoom directory) or could not save every
+    write (disk full).
     """
     from .. import recover as rec
     from ..farm import note_recovered
