@@ -280,6 +280,27 @@ def test_recovery_without_the_plan_file_uses_the_rebuilt_plan(tmp_path, finished
     assert r.writes == 150 and len(droidoom.load(run)) == 150
 
 
+def test_recover_over_adb_leaves_a_complete_runs_records_alone(
+    adb_peer, device_dir, tmp_path, finished_run
+):
+    """`recover -o OUT` meets records (forged or left by a failed cleanup) for a complete
+    run: a note, nothing written, the other runs still recovered; the run named as
+    RUN_DIR is a refusal, exit 2."""
+    from adb_env import cli_env
+
+    run = copy_run(finished_run, tmp_path / "out" / finished_run.name)
+    before = digest(run)
+    rec = Path(device_dir) / f"records-{run.name}.bin"
+    rec.write_bytes(forged_records(4600))
+    env = cli_env(adb_peer.server, device_dir)
+    p = run_cli("recover", "--serial", adb_peer.serial, "-o", str(tmp_path / "out"), env=env)
+    assert p.returncode == 0 and "Traceback" not in p.stderr, p.stderr
+    assert "complete run" in " ".join(p.stderr.split()) and "holds no records" in p.stdout
+    p = run_cli("recover", "--serial", adb_peer.serial, str(run), env=env)
+    assert p.returncode == 2 and "complete run" in " ".join(p.stderr.split()), p.stderr
+    assert digest(run) == before and rec.exists()
+
+
 # ------------------------------------------------------------ output paths (16.2)
 
 
