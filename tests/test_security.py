@@ -401,6 +401,19 @@ def test_cost_json_does_not_follow_a_symlink_another_user_planted(tmp_path):
     assert p.returncode == 0 and json.loads(own.read_text())["runs"], p.stderr
 
 
+def test_report_figures_do_not_follow_a_symlink_planted_in_the_folder(tmp_path, finished_run):
+    from droidoom.vocab import slug
+
+    figs = tmp_path / "figs"
+    figs.mkdir()
+    device = store.read_run(finished_run).device
+    link, victim = foreign_link(figs, f"scaling_{slug(device)}_reopen.png")
+    p = run_cli("report", str(finished_run), "--figures", str(figs),
+                env={**os.environ, "COLUMNS": "300"})  # fmt: skip
+    assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr
+    assert "nobody" in p.stderr and victim.read_text() == "root's file\n"
+
+
 def test_output_target_follows_only_a_chain_of_own_links(tmp_path):
     mine = tmp_path / "mine.txt"
     mine.write_text("x")
