@@ -10,7 +10,9 @@ A lock is stale when its owner is provably gone: same host and the host process 
 dead, or the device-side helper pid has exited, or no helper ever started and the lock
 is older than STALE_SETUP_S. A stale lock is taken over and its owner returned, so the
 runner can finish what that run left (records, a tracefs instance; see leftovers.py).
-On a Linux host (`--local`) the lock lives in $DROIDOOM_LOCK_DIR or the temp directory.
+On a Linux host (`--local`) the lock lives in the user's private directory (see
+private.py: never the shared temp directory, where anyone could plant a lock), and a lock
+that is not the user's (or root's) own is refused, never taken over.
 
 Every acquire and release also samples what else runs on the device (process count,
 load average, other droidoom helpers), which the runner records in run.json.
@@ -21,14 +23,14 @@ from __future__ import annotations
 import os
 import platform
 import shlex
-import tempfile
 import time
 from dataclasses import dataclass
 
-from .errors import DeviceBusyError, TargetError
+from .errors import DeviceBusyError, PermanentTargetError, TargetError
+from .private import LOCK_DIR_ENV as LOCK_DIR_ENV  # where it always was
+from .private import private_dir, trusted
 from .targets.base import Target
 
-LOCK_DIR_ENV = "DROIDOOM_LOCK_DIR"
 #: A lock whose run never started its helper is stale after this long (s).
 STALE_SETUP_S = 600
 
@@ -149,9 +151,10 @@ def _proc_start(pid: int) -> str:
 
 
 def lock_home(target: Target) -> str:
-    """Where the lock lives: the device workdir, or for this host a fixed directory."""
+    """Where the lock lives: the device workdir, or for this host the user's private
+    directory (UsageError if it is not private)."""
     if target.facts().transport == "local":
-        return os.environ.get(LOCK_DIR_ENV) or tempfile.gettempdir()
+        return str(private_dir())
     return target.workdir()
 
 
@@ -207,6 +210,8 @@ def acquire(target: Target, run_id: str, run_dir: str) -> DeviceLock:
             _ACTIVE.add(run_id)
             return DeviceLock(target, path, run_id, _activity(kv), stale)
         prev = Owner.parse(kv)
+        if target.facts().transport == "local":
+            _refuse_foreign(path)
         if not _is_stale(prev, kv):
             raise DeviceBusyError(_busy(target, path, prev))
         stale = prev
@@ -214,6 +219,18 @@ def acquire(target: Target, run_id: str, run_dir: str) -> DeviceLock:
         target.sh(f"mv {q} {q}.stale.$$ 2>/dev/null && rm -rf {q}.stale.$$", timeout=30)
         time.sleep(0.05)
     raise DeviceBusyError(_busy(target, path, stale or Owner()))
+
+
+def _refuse_foreign(path: str) -> None:
+    """PermanentTargetError if this host's lock at `path` (or its owner file) is not the
+    user's or root's: such a lock is never read as a stale run to finish."""
+    for p, what in ((path, "the lock"), (f"{path}/owner", "its owner file")):
+        why = trusted(p, what)
+        if why:
+            raise PermanentTargetError(
+                f"{why}. droidoom takes over only its own user's stale locks: remove it "
+                f"(`rm -r {path}`) once you know whose it is"
+            )
 
 
 def _busy(target: Target, path: str, prev: Owner) -> str:

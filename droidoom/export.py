@@ -95,7 +95,7 @@ def export_perfetto(run: str | Path, out: str | Path) -> dict[str, Any]:
     samples = samples.sort_values("t_ns", kind="stable")
     targets = {int(t["idx"]): t for t in meta.get("targets") or [] if "idx" in t}
     counts = {"tracks": 0, "slices": 0, "counters": 0, "clock": "monotonic"}
-    with open(out, "wb") as f:
+    with store.atomic_open(out, "--perfetto") as f:
         w = _Writer(f, pb)
         if off is not None:
             t0 = int(samples["t_ns"].iloc[0])

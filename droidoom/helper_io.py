@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from . import schema
-from .errors import HelperError
+from .errors import DataError, HelperError
 from .protocol import Event, decode_records, parse_line
 from .scenario import ROLES, Plan, warmup_flags
 from .targets.base import Target
@@ -48,6 +48,15 @@ def records_to_frame(data: bytes, plan: Plan, run_id: str, device: str) -> pd.Da
     """Decode helper records and label them with the plan (vectorised)."""
     rec = decode_records(data)
     n = len(rec)
+    limits = {"point": len(plan.points), "target": len(plan.targets), "role": len(ROLES)}
+    for field, limit in limits.items():
+        if n and int(rec[field].max()) >= limit:
+            # Not the helper's output for this plan (another run's, or forged): refuse it
+            # rather than fail with an IndexError or label writes with the wrong point.
+            raise DataError(
+                f"the records name {field} {int(rec[field].max())}, beyond the {limit} "
+                f"{field}s of this run's plan: they are not this run's records"
+            )
     kinds = pd.Index(schema.KINDS)
     kind_of_target = np.array([schema.KINDS.index(t.kind) for t in plan.targets], dtype=np.int8)
     pts = plan.points

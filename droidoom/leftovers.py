@@ -6,22 +6,26 @@ armed, and the device lock stays held. The stale lock names the dead run (devloc
 so the next run on the device (or `droidoom recover --local`, or `doctor`) can find
 all of it: records are pulled into the run directory (recover.recover_run), the
 instance is removed, the dead run's temporary workdir on this host is deleted.
+
+On this host the lock and workdirs live in the user's private directory (private.py); a
+lock, workdir, records or plan file that is not the user's (or root's) is refused and
+left alone, and the run a lock names is finished only if its run.json has that run id
+and does not say complete (recover.check_recoverable).
 """
 
 from __future__ import annotations
 
-import os
 import re
 import shlex
 import shutil
-import tempfile
 import time
 from pathlib import Path
 
 from . import store
-from .devlock import LOCK_DIR_ENV, Owner, _is_stale, _kv, acquire
+from .devlock import Owner, _is_stale, _kv, acquire
 from .errors import DroidoomError
-from .recover import find_run_dirs, pending, recover_run
+from .private import WORK_PREFIX, is_workdir, private_dir, trusted
+from .recover import check_recoverable, find_run_dirs, pending, recover_run
 from .targets.base import Target
 from .targets.local import LocalTarget
 from .vocab import RunStatus
@@ -60,8 +64,14 @@ def finish(target: Target, owner: Owner) -> list[str]:
         done.append(f"removed the tracefs instance {instance_name(owner.run_id)} it left armed")
     run_dir = Path(owner.run_dir) if owner.run_dir else None
     remote = f"{owner.workdir}/records-{owner.run_id}.bin" if owner.workdir else None
+    local = target.facts().transport == "local"
+    if local and remote and (why := _untrusted_local(owner.workdir, remote, owner.run_id)):
+        return done + [f"left {owner.workdir} alone: {why}"]
     if run_dir is not None and (run_dir / store.RUN_JSON).is_file() and remote:
-
+        try:
+            check_recoverable(run_dir, owner.run_id, remote)  # before anything is written
+        except DroidoomError as e:
+            return done + [f"refused to finish it: {e}"]  # its workdir is kept, too
         try:
             _mark_partial(run_dir, "the droidoom process was killed (SIGKILL or a crash)")
             if target.sh(f"[ -f {shlex.quote(remote)} ]", timeout=30).ok:
@@ -71,9 +81,21 @@ def finish(target: Target, owner: Owner) -> list[str]:
                 done.append(f"marked {run_dir} partial (no records were left)")
         except DroidoomError as e:
             done.append(f"could not recover its records ({e}); `droidoom recover` retries")
-    if target.facts().transport == "local":
+    if local:
         _remove_local_workdir(owner.workdir)
     return done
+
+
+def _untrusted_local(workdir: str, records: str, run_id: str) -> str | None:
+    """Why a dead local run's workdir or files are not to be trusted, or None: it must
+    be a workdir in the user's private directory, and it and its files the user's."""
+    if not is_workdir(workdir):
+        return f"{workdir} is not a work directory in {private_dir()}: not trusted"
+    plan = f"{workdir}/plan-{run_id}.txt"
+    for path, what in ((workdir, "the workdir"), (records, "records"), (plan, "the plan")):
+        if why := trusted(path, what):
+            return why
+    return None
 
 
 def _mark_partial(run_dir: Path, reason: str) -> None:
@@ -84,21 +106,18 @@ def _mark_partial(run_dir: Path, reason: str) -> None:
 
 
 def _remove_local_workdir(workdir: str) -> None:
-    """Delete a dead run's own temp workdir (/tmp/droidoom-*), nothing else."""
-    if not workdir:
-        return
-    p = Path(workdir)
-    if p.parent == Path(tempfile.gettempdir()) and p.name.startswith("droidoom-"):
-        shutil.rmtree(p, ignore_errors=True)
+    """Delete a dead run's own workdir (in the private directory, the user's), nothing
+    else."""
+    if workdir and is_workdir(workdir) and trusted(workdir, "workdir") is None:
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def _local_owners() -> list[tuple[Owner, bool]]:
     """(owner, stale) of every lock in this host's lock directory."""
-    home = Path(os.environ.get(LOCK_DIR_ENV) or tempfile.gettempdir())
     owners = []
-    for lock in home.glob("droidoom-lock*"):
-        if not lock.is_dir():
-            continue
+    for lock in private_dir().glob("droidoom-lock*"):
+        if not lock.is_dir() or trusted(lock, "lock") or trusted(lock / "owner", "lock"):
+            continue  # not the user's: acquire() refuses it, saying whose it is
         try:
             kv = _kv((lock / "owner").read_text())
             pid = (lock / "pid").read_text().strip() if (lock / "pid").exists() else ""
@@ -117,11 +136,14 @@ def local_stale_owners() -> list[Owner]:
 
 
 def local_records(quiet_for: float = 0.0) -> dict[str, Path]:
-    """{run_id: records file} left in this host's temp workdirs (/tmp/droidoom-*): not
-    a live run's (its lock names its workdir), untouched for `quiet_for` seconds."""
+    """{run_id: records file} left in this user's workdirs (private directory): not a
+    live run's (its lock names its workdir), untouched for `quiet_for` seconds, and only
+    files the user (or root) owns."""
     live = {o.workdir for o, stale in _local_owners() if not stale}
     found = {}
-    for f in Path(tempfile.gettempdir()).glob("droidoom-*/records-*.bin"):
+    for f in private_dir().glob(f"{WORK_PREFIX}*/records-*.bin"):
+        if trusted(f.parent, "workdir") or trusted(f, "records"):
+            continue
         try:
             idle = time.time() - f.stat().st_mtime
         except OSError:
@@ -156,10 +178,18 @@ def finish_local(out: Path, run_dir: Path | None = None) -> list[str]:
     for run_id, path in dirs.items():
         if run_id not in held:
             continue
-        target = LocalTarget(workdir=str(held[run_id].parent))
-        r = recover_run(target, path, str(held[run_id]))
+        workdir = str(held[run_id].parent)
+        if why := _untrusted_local(workdir, str(held[run_id]), run_id):
+            lines.append(f"left {workdir} alone: {why}")
+            continue
+        target = LocalTarget(workdir=workdir)
+        try:
+            r = recover_run(target, path, str(held[run_id]))
+        except DroidoomError as e:  # one refused run does not cost the others
+            lines.append(f"{run_id}: not recovered: {e}")
+            continue
         lines.append(f"recovered {r.writes} writes into {r.run_dir} (had {r.previous})")
-        _remove_local_workdir(str(held[run_id].parent))
+        _remove_local_workdir(workdir)
     return lines
 
 

@@ -19,7 +19,7 @@ from matplotlib.artist import Artist
 from matplotlib.axis import Axis, XAxis
 from matplotlib.figure import Figure
 
-from . import analysis
+from . import analysis, store
 from .errors import DataError
 from .schema import KINDS
 from .vocab import slug
@@ -255,7 +255,8 @@ def save_figures(
         figures = standard_figures(df, logy=logy)
     for stem, _caption, fig in figures:
         path = outdir / f"{stem}.png"
-        fig.savefig(path, dpi=dpi)
+        # through the checked writer: a link planted in the folder is not followed
+        store.atomic_write(path, figure_png(fig, dpi), "--figures")
         paths.append(path)
     return paths
 

@@ -74,6 +74,12 @@ def recover_run(
             f"{target.name} holds no records-{run_id}.bin (already recovered, cleaned, "
             "or the run was on another device)"
         )
+    check_recoverable(run_dir, run_id, remote)
+    if target.facts().transport == "local" and meta.get("device") not in (None, target.name):
+        raise DataError(
+            f"{run_dir} was recorded on {meta['device']}, not on {target.name}: its records "
+            f"are not here; {remote} was left as it is"
+        )
     plan = _rebuild_plan(meta, run_dir)
     remote_plan = posixpath.join(posixpath.dirname(remote), f"plan-{run_id}.txt")
     samples = _pull_records(target, remote, remote_plan, plan, run_dir, run_id, meta["device"])
@@ -100,6 +106,27 @@ def recover_run(
     if not keep:
         _remove(target, remote, remote_plan)
     return Recovered(info.path, remote, len(samples), previous, not keep)
+
+
+def check_recoverable(run_dir: Path, run_id: str, remote: str) -> None:
+    """DataError, before anything is written, unless records `remote` may go into
+    `run_dir`: its run.json must not say complete (a complete run is never rewritten)
+    and must be run `run_id`, which `remote` must be named after (records-<run_id>.bin).
+    Records that name another run, or a finished one, are left where they are."""
+    meta = store.read_run(run_dir).meta
+    if meta.get("status") == RunStatus.COMPLETE:
+        raise DataError(
+            f"{run_dir} is a complete run: recovery never rewrites one; {remote} was left "
+            "as it is (remove it if it is not from a cut-short run)"
+        )
+    named = _RECORDS.search(posixpath.basename(remote))
+    theirs = {meta.get("run_id", Path(run_dir).name), run_id, named["run_id"] if named else ""}
+    if len(theirs) != 1:
+        raise DataError(
+            f"{remote} (records of run {named['run_id'] if named else '?'}, for run "
+            f"{run_id}) does not belong to {run_dir} (run {meta.get('run_id')}): nothing "
+            "was written"
+        )
 
 
 def _rebuild_plan(meta: dict[str, Any], run_dir: Path) -> Plan:

@@ -14,12 +14,15 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
+import stat
 import tempfile
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import pandas as pd
@@ -53,24 +56,99 @@ def _umask() -> int:
     return old
 
 
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write `data` to `path` via a temp file + rename (atomic on POSIX).
+def user_name(uid: int) -> str:
+    """`name (uid N)`, or `uid N` for a uid without a passwd entry."""
+    try:
+        return f"{pwd.getpwuid(uid).pw_name} (uid {uid})"
+    except KeyError:
+        return f"uid {uid}"
+
+
+_KINDS = (
+    (stat.S_ISDIR, "a directory"), (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"), (stat.S_ISFIFO, "a fifo"), (stat.S_ISSOCK, "a socket"),
+)  # fmt: skip
+
+
+def output_target(path: Path | str, what: str = "output") -> Path:
+    """The file writing `path` really replaces; UsageError if it must not be written.
+
+    The atomic rename would replace whatever `path` is: a device node (`/dev/null` as
+    root), a fifo, or a symlink another user planted in a shared folder. So an existing
+    `path` must be a regular file; a symlink is followed (the link stays, its target is
+    replaced) only while every link on the way and the final file are the invoking
+    user's own. A `path` that does not exist yet is returned as it is.
+    """
+    start = path = Path(path)
+    me, hops = os.geteuid(), 0
+    link = f"{what} {start}: a symlink"
+    advice = "droidoom writes through a link only when every link and the file are yours"
+    while True:
+        try:
+            st = os.lstat(path)
+        except OSError as e:
+            if not isinstance(e, (FileNotFoundError, NotADirectoryError)):
+                raise UsageError(f"{what} {path}: cannot check it ({e.strerror})") from None
+            if hops:
+                raise UsageError(
+                    f"{link} to {path}, which does not exist; remove the link or choose "
+                    "another path"
+                ) from None
+            return path
+        if not stat.S_ISLNK(st.st_mode):
+            break
+        if hops >= 40:
+            raise UsageError(f"{link} leading through 40 more: choose another path")
+        if st.st_uid != me:
+            via = "" if path == start else f" via {path}"
+            raise UsageError(
+                f"{link}{via} owned by {user_name(st.st_uid)}, not by you ({user_name(me)}); "
+                f"{advice}: remove it or choose another path"
+            )
+        # no normpath: "dir/../x" through a symlinked dir is the kernel's to resolve
+        path, hops = Path(os.path.join(path.parent, os.readlink(path))), hops + 1
+    for test, kind in _KINDS:
+        if test(st.st_mode):
+            via = f" (the symlink {start} leads there)" if hops else ""
+            raise UsageError(
+                f"{what} {path}{via}: it is {kind}, not a regular file, and writing would "
+                "replace it: choose a file path"
+            )
+    if hops and st.st_uid != me:
+        raise UsageError(
+            f"{link} to {path}, which is owned by {user_name(st.st_uid)}, not by you "
+            f"({user_name(me)}); {advice}: remove the link or choose another path"
+        )
+    return path
+
+
+@contextmanager
+def atomic_open(path: Path | str, what: str = "output") -> Iterator[BinaryIO]:
+    """A binary file that replaces `path` (see `output_target`) by an atomic rename
+    once the block ends without error; nothing is left behind if it raises.
 
     The file gets the mode a plain open() would give it (0666 less the umask), not
     mkstemp's private 0600: results are meant to be shared.
     """
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    dest = output_target(path, what)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", dir=dest.parent)
     try:
         os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            yield f
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        os.replace(tmp, dest)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_write(path: Path | str, data: bytes, what: str = "output") -> None:
+    """Write `data` to `path` via a temp file + rename (atomic on POSIX); `path` is
+    checked by `output_target` first (no device node, no foreign symlink)."""
+    with atomic_open(path, what) as f:
+        f.write(data)
 
 
 def write_json(path: Path, obj: dict[str, Any]) -> None:
@@ -181,8 +259,11 @@ def _read_samples(f: Path, columns: list[str] | None) -> pd.DataFrame:
 
 def check_writable(path: Path | str, what: str, *, directory: bool = False) -> Path:
     """UsageError now, before any work, if `path` (an output file, or with `directory`
-    a folder to fill) cannot be written."""
+    a folder to fill) cannot be written; return where the file will really be written
+    (`output_target`: a symlink of yours is followed)."""
     path = Path(path)
+    if not directory:
+        path = output_target(path, what)  # a device node, fifo, foreign link: refused
     folder = path if directory else path.parent
     probe = folder
     while not probe.exists() and probe != probe.parent:

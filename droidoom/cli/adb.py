@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.table import Table
 
-from ..errors import DroidoomError, UsageError
+from ..errors import DataError, DroidoomError, UsageError
 from ..targets.base import TargetFacts
 from ..targets.phone_facts import PhoneFacts
 
@@ -212,7 +212,8 @@ def recover(
     """Pull the records a device still holds after a cut-short run into its run dir.
 
     With --local: finish this host's runs that were killed (stale lock, tracefs instance,
-    records left in /tmp/droidoom-*) or could not save every write (disk full).
+    records left in this user's private droidoom directory) or could not save every
+    write (disk full).
     """
     from .. import recover as rec
     from ..farm import note_recovered
@@ -232,7 +233,13 @@ def recover(
             except DroidoomError:
                 continue  # the device holds nothing for this run
         else:
-            r = rec.recover_run(target, path, remote, keep=keep)
+            try:
+                r = rec.recover_run(target, path, remote, keep=keep)
+            except DataError as e:
+                if run_dir is not None:
+                    raise  # the run the user named: its refusal is the answer (exit 2)
+                err_console.print(f"[yellow]note:[/] {e}")  # found by a scan: go on
+                continue
         note_recovered(r.run_dir, r.writes)
         done += 1
         if r.writes == r.previous:

@@ -225,7 +225,9 @@ def compare(
     rep.compare_table(result, console, whole=not unknown)
     _slopes(result)
     if csv is not None:
-        result.table.to_csv(csv, index=False)
+        from ..store import atomic_write
+
+        atomic_write(csv, result.table.to_csv(index=False).encode(), "--csv")
     if result.has_regression:
         raise typer.Exit(1)
     if unknown:

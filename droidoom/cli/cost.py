@@ -92,9 +92,13 @@ def cost(
     """
     if not 0 <= trim < 1:
         raise UsageError(f"--trim must be a share in 0..1 (got {trim})")
-    from ..cost import analyse  # scipy and pandas: only when a trace is priced
+    from .. import store  # pandas: only when a trace is priced (not for --help)
+    from ..cost import analyse
+
+    if json_out is not None:  # checked before the work, not after it
+        store.check_writable(json_out, "--json")
 
     rep = analyse(trace, run, kind, trim)
     _print(rep)
     if json_out is not None:
-        json_out.write_text(json.dumps(rep, indent=1, default=float))
+        store.atomic_write(json_out, json.dumps(rep, indent=1, default=float).encode(), "--json")

@@ -26,7 +26,9 @@ def export(
     if perfetto is None:
         raise UsageError("say what to export: e.g. --perfetto run.pftrace")
     from ..export import export_perfetto
+    from ..store import check_writable
 
+    check_writable(perfetto, "--perfetto")  # before the work, not after it
     counts = export_perfetto(run, perfetto)
     console.print(
         f"wrote {perfetto}: {counts['slices']} write slices on {counts['tracks']} tracks, "

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from ..errors import PermanentTargetError, TransientTargetError
 from ..native import abi_for_machine
+from ..private import WORK_PREFIX, private_dir
 from .base import CommandResult, Process, QueuedProcess, Target, TargetFacts, file_glob
 
 
@@ -163,7 +164,10 @@ class LocalTarget(Target):
         os.chmod(remote, mode)
 
     def pull(self, remote: str, local: Path) -> None:
-        _copy(remote, local)
+        try:
+            _copy(remote, local)
+        except FileNotFoundError:  # as AdbTarget says it: callers handle a missing file
+            raise PermanentTargetError(f"{self.name}: {remote} does not exist") from None
 
     def read_bytes(self, remote: str) -> bytes:
         """The file read in place: no copy (into a TMPDIR that may be full)."""
@@ -171,7 +175,9 @@ class LocalTarget(Target):
 
     def workdir(self) -> str:
         if self._workdir is None:
-            self._workdir = tempfile.mkdtemp(prefix="droidoom-")
+            # In the user's private directory, never the shared temp directory: records
+            # and plans there are what a later run (or recover --local) trusts.
+            self._workdir = tempfile.mkdtemp(prefix=WORK_PREFIX, dir=private_dir())
             self._tmp = weakref.finalize(self, shutil.rmtree, self._workdir, True)
         os.makedirs(self._workdir, exist_ok=True)
         return self._workdir
