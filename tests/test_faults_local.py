@@ -146,6 +146,37 @@ def test_after_sigkill_recover_local_finishes_what_was_left(tmp_path, env):
     assert "holds nothing" in p.stdout
 
 
+def test_after_sigkill_report_advises_a_recover_that_works(tmp_path, env):
+    """report advised `droidoom recover RUN_DIR` after a local SIGKILL, which then looked for
+    an adb server ("no adb server"). The hint is now the command for the target run.json
+    names, with the real path, and running it as printed (RUN alone, too) recovers."""
+    import re
+    import shlex
+
+    run, o, n = kill_mid_run(tmp_path, env)
+    p = run_cli("report", str(run), env=env)
+    assert p.returncode == 2, p.stdout + p.stderr
+    err = " ".join(p.stderr.split())
+    m = re.search(r"`(droidoom recover [^`]+)`", err)
+    assert m and m.group(1) == f"droidoom recover --local {run}", err
+    p = run_cli(*shlex.split(m.group(1))[1:], env=env)
+    assert p.returncode == 0 and f"recovered {n} writes" in p.stdout, p.stdout + p.stderr
+    check_finished(run, o, n, env)
+
+
+def test_recover_run_alone_works_out_where_it_was_made(tmp_path, env):
+    """`droidoom recover RUN` with no --local/--serial: run.json says where the run was
+    made; a QEMU guest's run is answered in words (its records died with the guest)."""
+    run, o, n = kill_mid_run(tmp_path, env)
+    p = run_cli("recover", str(run), env=env)
+    assert p.returncode == 0 and f"recovered {n} writes" in p.stdout, p.stdout + p.stderr
+    meta = meta_of(run)
+    meta["target"]["transport"] = "qemu"
+    (run / "run.json").write_text(json.dumps(meta))
+    p = run_cli("recover", str(run), env=env)
+    assert p.returncode == 2 and "QEMU guest" in p.stderr and "adb" not in p.stderr, p.stderr
+
+
 def test_a_second_run_on_a_busy_host_is_refused(tmp_path, env):
     proc = start(tmp_path / "runs", env)
     try:

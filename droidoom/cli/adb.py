@@ -218,6 +218,8 @@ def recover(
     from .. import recover as rec
     from ..farm import note_recovered
 
+    if run_dir is not None and not (local or serial or adb_host or adb_port):
+        local = _recover_where(run_dir)  # run.json says where the run was made
     if local:
         _recover_local(out, run_dir)
         return
@@ -249,6 +251,21 @@ def recover(
                           + ("" if r.removed else f"; {r.remote} kept"))  # fmt: skip
     if not done:
         console.print(f"{target.name} holds no records of cut-short runs")
+
+
+def _recover_where(run_dir: Path) -> bool:
+    """True for a run made on this host (`--local`), False for a phone's; a QEMU guest's
+    records died with it: say so (exit 2) rather than look for an adb server."""
+    from .. import store
+    from ..recover import recover_hint
+
+    meta = store.read_run(run_dir).meta
+    hint = recover_hint(meta, run_dir)
+    if hint is None:
+        raise UsageError(f"{run_dir} was made in a QEMU guest (`profile --kernel`): its records "
+                         "lived in the guest's memory and ended with it; nothing is left to "
+                         "recover. Profile the kernel again.")  # fmt: skip
+    return "--local" in hint
 
 
 def _recover_local(out: Path, run_dir: Path | None) -> None:

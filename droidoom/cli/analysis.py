@@ -53,16 +53,19 @@ def _load(
         if not runs:
             raise DataError(f"{label}{', '.join(map(str, paths))}: every run is partial; "
                             "drop --complete-only to use them")  # fmt: skip
+    from ..recover import recover_hint
+
     for r in partial:
         verb = "skipped" if complete_only else "its missing points are left out"
-        if (r.meta.get("target") or {}).get("transport") == "adb":  # the phone kept records
-            verb += f"; `droidoom recover {r.path}` fetches what the device still holds"
+        if hint := recover_hint(r.meta, r.path):  # the target may still hold its records
+            verb += f"; `{hint}` fetches what is left of it"
         err_console.print(f"[yellow]note:[/] {label}run {r.path} is {r.status}: {verb}")
     df = store.load(paths, include_partial=not complete_only)  # skips corrupt runs in a folder
     if df.empty:
+        hints = [h for r in partial if (h := recover_hint(r.meta, r.path))]
         raise DataError(f"{label}{', '.join(map(str, paths))}: the runs hold no samples "
-                        "(cut short before the first records were saved; a phone keeps "
-                        "them: `droidoom recover RUN_DIR`)")  # fmt: skip
+                        "(cut short before the first records were saved)"
+                        + (f"; bring them home with `{hints[0]}`" if hints else ""))  # fmt: skip
     loaded = set(df["run_id"].astype(str).unique())
     return df, [r for r in runs if r.run_id in loaded]
 
