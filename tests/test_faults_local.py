@@ -194,15 +194,23 @@ def test_a_second_run_on_a_busy_host_is_refused(tmp_path, env):
     assert "loadavg" in activity["before"]
 
 
-@pytest.fixture
-def tiny_disk(tmp_path):
+def small_tmpfs(mnt: Path, options: str):
+    """A tmpfs of its own at `mnt` (root only; skips where mounting is not allowed),
+    unmounted after."""
     if not ROOT:
         pytest.skip("mounting a tmpfs needs root")
-    mnt = tmp_path / "full"
     mnt.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16k", "tmpfs", str(mnt)], check=True)
+    p = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(mnt)],
+                       capture_output=True, text=True)  # fmt: skip
+    if p.returncode:
+        pytest.skip(f"cannot mount a tmpfs here: {p.stderr.strip()}")
     yield mnt
     subprocess.run(["umount", str(mnt)], check=False)
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    yield from small_tmpfs(tmp_path / "full", "size=16k")
 
 
 def test_disk_full_says_enospc_keeps_what_fits_and_recover_fetches_the_rest(tiny_disk, env):
@@ -262,16 +270,14 @@ def test_ctrl_c_again_while_saving_is_held_off_and_the_run_is_saved(tmp_path, en
 @pytest.fixture
 def tiny_tmpdir(tmp_path):
     """TMPDIR on a 64 KiB tmpfs of its own."""
-    if not ROOT:
-        pytest.skip("mounting a tmpfs needs root")
-    mnt = tmp_path / "tmp"
-    mnt.mkdir()
-    p = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k,mode=1777", "tmpfs", str(mnt)],
-                       capture_output=True, text=True)  # fmt: skip
-    if p.returncode:
-        pytest.skip(f"cannot mount a tmpfs here: {p.stderr.strip()}")
-    yield mnt
-    subprocess.run(["umount", str(mnt)], check=False)
+    yield from small_tmpfs(tmp_path / "tmp", "size=64k,mode=1777")
+
+
+def in_tmpdir(env: dict, tmpdir: Path) -> dict:
+    """`env` with TMPDIR there, and the private lock and work directory in its default,
+    $TMPDIR/droidoom-<uid> (the session's DROIDOOM_LOCK_DIR would move it elsewhere)."""
+    keep = {k: v for k, v in env.items() if k not in ("DROIDOOM_LOCK_DIR", "XDG_RUNTIME_DIR")}
+    return dict(keep, TMPDIR=str(tmpdir))
 
 
 @pytest.mark.parametrize("writes", [30000, 3000])  # the plan does not fit; the records do not
@@ -279,23 +285,26 @@ def test_a_full_tmpdir_names_itself_and_leaves_no_temp_file(tiny_tmpdir, env, tm
     # Issue 16: each run left a tmp*.txt plan behind and blamed "the run directory".
     args = ["--population", "0", "--kinds", "single", "--writes", str(writes)]
     p = run_cli("profile", "--local", *args, "-o", str(tmp_path / "runs"),
-                env=dict(env, TMPDIR=str(tiny_tmpdir)))  # fmt: skip
+                env=in_tmpdir(env, tiny_tmpdir))  # fmt: skip
     said = " ".join((p.stdout + p.stderr).split())
     assert p.returncode == 1 and "Traceback" not in p.stderr, said
     assert "No space left on device" in said and str(tiny_tmpdir) in said, said
     assert "the run directory" not in said
-    assert not list(tiny_tmpdir.iterdir())  # no plan, no workdir, no pulled records
+    # no plan, no workdir, no pulled records: at most the (empty) private directory
+    left = [p for p in tiny_tmpdir.rglob("*") if p.name != f"droidoom-{os.getuid()}"]
+    assert not left, left
 
 
 def test_records_that_fill_most_of_tmpdir_are_saved_not_copied_there(tiny_tmpdir, env, tmp_path):
     # They were copied into a temp dir beside themselves: ENOSPC, 0 saved, workdir deleted.
     args = ["--population", "0", "--kinds", "single", "--writes", "1200"]  # ~40 KiB records
     p = run_cli("profile", "--local", *args, "-o", str(tmp_path / "runs"),
-                env=dict(env, TMPDIR=str(tiny_tmpdir)))  # fmt: skip
+                env=in_tmpdir(env, tiny_tmpdir))  # fmt: skip
     assert p.returncode == 0, p.stdout + p.stderr
     (run,) = (tmp_path / "runs").iterdir()
     assert meta_of(run)["status"] == "complete" and len(droidoom.load(run)) >= 1200
-    assert not list(tiny_tmpdir.iterdir())
+    left = [p for p in tiny_tmpdir.rglob("*") if p.name != f"droidoom-{os.getuid()}"]
+    assert not left, left  # at most the (empty) private directory
 
 
 def test_save_guard_raises_the_first_stop_then_holds_off_the_rest():
