@@ -349,15 +349,16 @@ def parse_ftrace_text(text: str, what: str = "trace") -> TraceData:
 
 
 def read_any(path: str | Path, *, allow_truncated: bool = True) -> TraceData:
-    """A Perfetto protobuf trace or ftrace/atrace text (plain or gzip'd), told apart by
-    content. DataError names the file and what it looks like when it is neither."""
-    data = read_bytes(path)
-    if looks_like_trace(data):
-        return parse_trace(data, str(path), allow_truncated=allow_truncated)
-    head = data[:65536].decode("utf-8", errors="replace")
-    if "oom_score_adj_update:" in head or head.lstrip().startswith("# tracer:"):
+    """A Perfetto protobuf trace or ftrace text (plain, gzip'd, atrace's `TRACE:` capture,
+    `atrace -z`, systrace HTML), told apart by content (droidoom/trace_format.py).
+    DataError names the file and what it looks like when it is neither."""
+    from .trace_format import sniff
+
+    fmt, data = sniff(read_bytes(path), str(path))
+    if fmt == "text":
         return parse_ftrace_text(data.decode("utf-8", errors="replace"), str(path))
-    return parse_trace(data, str(path))  # raises the "not a Perfetto trace" error
+    # Perfetto, or neither: parse_trace says truncated/corrupt/"not a Perfetto trace"
+    return parse_trace(data, str(path), allow_truncated=allow_truncated)
 
 
 def require_oom_events(trace: TraceData, what: str = "trace") -> None:
