@@ -43,6 +43,8 @@ __all__ = ["iter_packet_bytes"]  # re-exported: the wire framing lives in trace_
 
 #: Builtin clock ids (perfetto's BuiltinClock enum).
 CLOCK_REALTIME, CLOCK_MONOTONIC, CLOCK_BOOTTIME = 1, 3, 6
+#: FtraceClock enum (FtraceEventBundle.ftrace_clock; 0, unspecified, is the boot clock).
+FTRACE_CLOCK_NAMES = {1: "unknown", 2: "global", 3: "local", 4: "mono_raw"}
 CLOCK_NAMES = {1: "realtime", 2: "realtime_coarse", 3: "monotonic", 4: "monotonic_coarse",
                5: "monotonic_raw", 6: "boottime"}  # fmt: skip
 
@@ -168,6 +170,7 @@ class _Collector:
         self.primary = CLOCK_BOOTTIME
         self.errors: list[str] = []
         self.started: int | None = None
+        self.clock_error: str | None = None  # a bundle on a clock we cannot convert
 
     def packet(self, pkt: Any, pb: Any) -> None:  # protobuf messages: untyped
         self.packets += 1
@@ -209,18 +212,37 @@ class _Collector:
         for p in payloads:
             self.packet(pb.TracePacket.FromString(p), pb)
 
+    def _bundle_offset(self, bundle: Any) -> int | None:
+        """ns to add to this bundle's event times for the trace's boot clock; None (and
+        `clock_error` set) when its ftrace_clock is another clock with no pair to convert."""
+        clk = int(bundle.ftrace_clock)
+        if clk == 0:  # FTRACE_CLOCK_UNSPECIFIED: the boot clock, as the rest of the trace
+            return 0
+        if bundle.HasField("ftrace_timestamp") and bundle.HasField("boot_timestamp"):
+            return int(bundle.boot_timestamp) - int(bundle.ftrace_timestamp)
+        name = FTRACE_CLOCK_NAMES.get(clk, f"clock {clk}")
+        self.clock_error = self.clock_error or (
+            f"its ftrace events (cpu {bundle.cpu}) were timed on the ftrace {name} clock, not "
+            "the boot clock the rest of the trace uses, and their bundle gives no "
+            "ftrace/boot timestamp pair to convert them"
+        )
+        return None
+
     def _bundle(self, bundle: Any) -> None:
         if bundle.lost_events:
             self.lost += 1
+        off = self._bundle_offset(bundle)
+        if off is None:
+            return
         cpu = bundle.cpu
         o = self.oom
         for ev in bundle.event:
             if not ev.HasField("oom_score_adj_update"):
                 if ev.HasField("sched_process_free"):
-                    self.exits.append((ev.timestamp, ev.sched_process_free.pid))
+                    self.exits.append((ev.timestamp + off, ev.sched_process_free.pid))
                 continue
             u = ev.oom_score_adj_update
-            o["ts_ns"].append(ev.timestamp)
+            o["ts_ns"].append(ev.timestamp + off)
             o["cpu"].append(cpu)
             o["writer_tid"].append(ev.pid)
             o["pid"].append(u.pid)
@@ -303,6 +325,9 @@ def parse_trace(data: bytes, what: str = "trace", *, allow_truncated: bool = Tru
             msg = f"{what}: packet {i} does not decode ({e}); the file is corrupt"
             raise DataError(msg) from None
         col.packet(pkt, pb)
+    if col.clock_error:
+        raise DataError(f"{what}: {col.clock_error}; record it again with perfetto's default "
+                        "ftrace clock (boot) or a perfetto that writes the pair")  # fmt: skip
     if col.packets == 0:
         raise DataError(f"{what} holds no complete packet (truncated at byte {truncated_at})")
     oom, procs, threads, clocks = col.frames()
@@ -332,6 +357,13 @@ def parse_ftrace_text(text: str, what: str = "trace") -> TraceData:
     from .capture.ftrace_parse import parse_trace as parse_text
 
     events, header = parse_text(text)
+    if header.integer_clock is not None:
+        raise DataError(
+            f"{what} was recorded with trace_clock {header.integer_clock} (its timestamps "
+            "are integers without a decimal point: a count, not nanoseconds), so its "
+            "rate and gaps cannot be read; record it again with "
+            "`echo boot > /sys/kernel/tracing/trace_clock` (or mono, global, local)"
+        )
     ev = add_write_fields(events[events["event"].astype(str) == "oom_score_adj_update"])
     comm = ev["fields"].astype(str).str.extract(r"comm=(.*) oom_score_adj=")[0]
     oom = pd.DataFrame({

@@ -82,3 +82,66 @@ def test_neither_format_still_says_what_it_is(tmp_path):
     f = _write(tmp_path, "broken.trace", b"TRACE:\n" + zlib.compress(_text("boot"))[:-50])
     with pytest.raises(DataError, match="compressed stream is cut off"):
         read_any(f)
+
+
+# --------------------------------------------------------------------------- 2. clocks
+
+
+@pytest.mark.parametrize("clock", ["counter", "x86-tsc"])
+def test_ftrace_text_on_a_clock_that_is_no_time_is_refused(tmp_path, clock):
+    """Before issue 18: read as nanoseconds ("1,565,217,391,304 writes/hour", exit 0)."""
+    f = _write(tmp_path, "trace.txt", _text(clock))
+    with pytest.raises(DataError, match=f"trace_clock {clock} .*integers without a decimal"):
+        read_any(f)
+    with pytest.raises(DataError, match=f"trace_clock {clock}"):
+        replay.load(_write(tmp_path, "atrace.trace", b"TRACE:\n" + zlib.compress(_text(clock))))
+
+
+@pytest.mark.parametrize("clock", ["boot", "mono"])
+def test_ftrace_text_on_a_time_clock_is_nanoseconds(tmp_path, clock):
+    ts = read_any(_write(tmp_path, "t.txt", _text(clock))).oom_events["ts_ns"]
+    gaps = ts.diff().dropna()
+    # 40 writes in a loop: microseconds apart, all within a second
+    assert gaps.min() >= 0 and 0 < ts.iloc[-1] - ts.iloc[0] < 1e9
+
+
+def _pf(bundles, tree: bool = True):
+    """A Perfetto trace: lmkd (pid 50) writes; `bundles`: (ftrace_clock, pair or None,
+    [(ts, pid, adj)]) per FtraceEventBundle, on CPU 0."""
+    from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
+
+    t = pb.Trace()
+    if tree:
+        pt = t.packet.add(timestamp=1).process_tree
+        pt.processes.add(pid=50, ppid=1, cmdline=["/system/bin/lmkd"])
+    for clock, pair, events in bundles:
+        b = t.packet.add().ftrace_events
+        b.cpu = 0
+        if clock:
+            b.ftrace_clock = clock
+        if pair is not None:
+            b.ftrace_timestamp, b.boot_timestamp = pair
+        for ts, pid, adj in events:
+            ev = b.event.add(timestamp=ts, pid=50)
+            u = ev.oom_score_adj_update
+            u.pid, u.comm, u.oom_score_adj = pid, f"app{pid}", adj
+    return t, pb
+
+
+def test_perfetto_bundle_clock_is_converted_with_its_pair_or_refused(tmp_path):
+    from droidoom.perfetto_trace import parse_trace
+
+    boot = [(0, None, [(10_000, 700, 0)])]
+    # a bundle on the global clock with its pair: global 500 is boot 1_000_500
+    conv = [(2, (500, 1_000_500), [(600, 701, 900), (700, 700, 500)])]
+    t, pb = _pf(boot + conv)
+    ev = parse_trace(t.SerializeToString()).oom_events
+    assert ev["ts_ns"].tolist() == [10_000, 1_000_600, 1_000_700]
+    assert ev["pid"].tolist() == [700, 701, 700]
+    # the same bundle without its pair: no way to put it on the boot clock
+    t, pb = _pf(boot + [(2, None, [(600, 701, 900)])])
+    with pytest.raises(DataError, match="ftrace global clock, not the boot clock"):
+        parse_trace(t.SerializeToString(), "phone.pftrace")
+    t, pb = _pf([(3, None, [(600, 701, 900)])])
+    with pytest.raises(DataError, match="local clock"):
+        replay.load(_write(tmp_path, "local.pftrace", t.SerializeToString()))
