@@ -374,6 +374,7 @@ def _report_run(r: _Run, rt: replay.ReplayTrace, plays: _Plays | None, kind: str
             "cpu_ms_per_hour": e.per_hour(e.total_ns) / 1e6,
             "ci_ms_per_hour": [e.per_hour(e.total_lo) / 1e6, e.per_hour(e.total_hi) / 1e6],
             "replays": _checks(f, plays, r.path, rt.duration_ns),
+            "lower_bound": rt.lost > 0,  # the trace lost updates: it cost at least this
         })  # fmt: skip
     first = fits[0] if kind else next((f for f in fits if f.kind == "threaded"), fits[0])
     w = per_write_cost(first, alive)

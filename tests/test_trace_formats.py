@@ -145,3 +145,77 @@ def test_perfetto_bundle_clock_is_converted_with_its_pair_or_refused(tmp_path):
     t, pb = _pf([(3, None, [(600, 701, 900)])])
     with pytest.raises(DataError, match="local clock"):
         replay.load(_write(tmp_path, "local.pftrace", t.SerializeToString()))
+
+
+# --------------------------------------------------------------------------- 3. losses
+
+
+def test_ftrace_text_header_counts_what_the_ring_overwrote(tmp_path):
+    """`entries-in-buffer/entries-written: 141/5000`: 4,859 updates lost (before issue 18:
+    0, only `[LOST N EVENTS]` lines counted)."""
+    head = _text("lossy").split(b"\n", 3)[2].decode()
+    assert head.startswith("# entries-in-buffer/entries-written: 141/5000")
+    f = _write(tmp_path, "lossy.txt", _text("lossy"))
+    tr = read_any(f)
+    assert tr.ftrace_overrun == 4859 and tr.losses == 4859
+    rt = replay.load(f)
+    assert rt.lost == 4859 and rt.summary()["losses"] == {"ftrace_overrun": 4859}
+    assert any("lower bounds" in n and "4,859 events overwritten" in n for n in rt.notes())
+    assert replay.load(_write(tmp_path, "ok.txt", _text("mono"))).lost == 0
+
+
+def test_perfetto_losses_of_every_kind_are_counted():
+    from droidoom.perfetto_trace import parse_trace
+
+    t, pb = _pf([(0, None, [(1000, 700, 0), (2000, 700, 900)])])
+    st = t.packet.add().ftrace_stats  # overrun since boot: the trace's own is END - START
+    st.phase = pb.FtraceStats.START_OF_TRACE
+    st.cpu_stats.add(cpu=0, overrun=100, dropped_events=0)
+    st = t.packet.add().ftrace_stats
+    st.phase = pb.FtraceStats.END_OF_TRACE
+    st.cpu_stats.add(cpu=0, overrun=130, dropped_events=1)
+    for overwritten in (3, 5):  # periodic, cumulative trace_stats: the last one counts
+        b = t.packet.add().trace_stats.buffer_stats.add()
+        b.chunks_overwritten, b.trace_writer_packet_loss = overwritten, 2
+    t.packet.add(previous_packet_dropped=1, first_packet_on_sequence=True)  # a start (uint32 here)
+    t.packet.add(previous_packet_dropped=1, trusted_packet_sequence_id=7)  # a loss
+    tr = parse_trace(t.SerializeToString())
+    assert (tr.ftrace_overrun, tr.ftrace_dropped, tr.chunks_overwritten,
+            tr.writer_packet_loss, tr.packets_dropped) == (30, 1, 5, 2, 1)  # fmt: skip
+    assert tr.losses == 39 and tr.summary()["losses"] == 39
+    assert "5 traced buffer chunks overwritten (ring buffer wrapped)" in tr.loss_text()
+
+
+@pytest.fixture(scope="module")
+def lossy_replay(tmp_path_factory) -> tuple[Path, Path, str]:
+    """(trace, run dir, stderr) of a real replay of the lossy capture on this host."""
+    from conftest import run_cli
+
+    tmp = tmp_path_factory.mktemp("lossy")
+    trace = _write(tmp, "lossy.txt", _text("lossy"))
+    out = tmp / "runs"
+    p = run_cli("profile", "--local", "--scenario", f"replay:{trace}", "--compress", "0",
+                "--population", "0", "--out", str(out))  # fmt: skip
+    assert p.returncode == 0, p.stdout + p.stderr
+    (run,) = [d for d in out.iterdir() if d.is_dir()]
+    return trace, run, p.stdout + p.stderr
+
+
+def test_losses_are_printed_stored_and_make_estimates_lower_bounds(lossy_replay, tmp_path):
+    import json
+
+    from conftest import run_cli
+
+    trace, run, output = lossy_replay
+    flat = " ".join(output.split())
+    assert "the trace lost events (4,859 events overwritten" in flat  # replay says it
+    meta = json.loads((run / "run.json").read_text())
+    assert meta["replay"]["lost"] == 4859  # and run.json keeps it
+    assert meta["replay"]["losses"] == {"ftrace_overrun": 4859}
+    js = tmp_path / "cost.json"
+    p = run_cli("cost", str(trace), "--run", str(run), "--json", str(js))
+    assert p.returncode == 0, p.stderr
+    flat = " ".join((p.stdout + p.stderr).split())
+    assert "lower bounds" in flat and ">= " in p.stdout and "4,859" in flat
+    rep = json.loads(js.read_text())
+    assert rep["trace"]["lost"] == 4859 and rep["runs"][0]["estimates"][0]["lower_bound"]

@@ -38,9 +38,13 @@ def _print(rep: dict[str, Any]) -> None:
             tab.add_column(col, justify="left" if col in ("kind", "mode") else "right")
         for e in r["estimates"]:
             lo, hi = e["ci_ms_per_hour"]
+            at_least = ">= " if e.get("lower_bound") else ""  # a lossy trace: a lower bound
             tab.add_row(e["kind"], e["mode"], f"{e['per_write_ns'] / 1e3:.2f}",
-                        f"{e['cpu_ms_per_hour']:.3g}", f"{lo:.3g}..{hi:.3g}")  # fmt: skip
+                        f"{at_least}{e['cpu_ms_per_hour']:.3g}", f"{lo:.3g}..{hi:.3g}")  # fmt: skip
         console.print(tab)
+        if any(e.get("lower_bound") for e in r["estimates"]):
+            console.print(f"  lower bounds: the trace lost events ({t['lost']:,} in all)",
+                          highlight=False)  # fmt: skip
         for e in r["estimates"]:
             for p in e["replays"]:
                 (lo, hi), (elo, ehi) = p["measured_ci_ns"], p["estimate_ci_ns"]
