@@ -219,3 +219,27 @@ def test_losses_are_printed_stored_and_make_estimates_lower_bounds(lossy_replay,
     assert "lower bounds" in flat and ">= " in p.stdout and "4,859" in flat
     rep = json.loads(js.read_text())
     assert rep["trace"]["lost"] == 4859 and rep["runs"][0]["estimates"][0]["lower_bound"]
+
+
+# --------------------------------------------------------------------------- 4. one update
+
+
+def test_a_single_update_says_what_cannot_be_estimated(lossy_replay, tmp_path):
+    """Before issue 18: `ms/hour nan`, `95% CI nan..nan`, exit 0."""
+    import json
+
+    from conftest import run_cli
+
+    _, run, _ = lossy_replay  # any run prices the write
+    lines = _text("mono").decode().splitlines(keepends=True)
+    first = next(i for i, x in enumerate(lines) if "oom_score_adj_update:" in x)
+    one = _write(tmp_path, "one.txt", "".join(lines[: first + 1]).encode())
+    js = tmp_path / "cost.json"
+    p = run_cli("cost", str(one), "--run", str(run), "--json", str(js))
+    assert p.returncode == 0, p.stderr
+    out = " ".join((p.stdout + p.stderr).split())
+    assert "nan" not in out
+    assert "a single update: with no interval between updates, neither writes per hour" in out
+    assert "per hour: cannot be estimated" in out and "its write (threaded) cost" in out
+    e = json.loads(js.read_text())["runs"][0]["estimates"][0]
+    assert e["cpu_ms_per_hour"] is None and e["ci_ms_per_hour"] is None and e["total_ns"] > 0
