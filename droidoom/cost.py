@@ -365,15 +365,19 @@ def _report_run(r: _Run, rt: replay.ReplayTrace, plays: _Plays | None, kind: str
                          f"{', '.join(sorted(set(r.df['kind'].astype(str))))}")  # fmt: skip
     alive = rt.events["alive"].to_numpy(np.int64)  # the phone's processes at each write
     rows = []
+    hourly = rt.duration_ns > 0  # else no interval: no rate, no cost per hour (say so)
     for f in fits:
         e = estimate(f, alive, rt.duration_ns)
         rows.append({
             "kind": f.kind, "mode": f.mode, "intercept_ns": f.intercept_ns,
             "slope_ns": f.slope_ns, "per_write_ns": e.per_write_ns,
             "alive_mean": e.x_mean, "total_ns": e.total_ns,
-            "cpu_ms_per_hour": e.per_hour(e.total_ns) / 1e6,
-            "ci_ms_per_hour": [e.per_hour(e.total_lo) / 1e6, e.per_hour(e.total_hi) / 1e6],
+            "cpu_ms_per_hour": e.per_hour(e.total_ns) / 1e6 if hourly else None,
+            "ci_ms_per_hour": [e.per_hour(e.total_lo) / 1e6, e.per_hour(e.total_hi) / 1e6]
+            if hourly else None,
+            "total_ci_ns": [e.total_lo, e.total_hi],
             "replays": _checks(f, plays, r.path, rt.duration_ns),
+            "lower_bound": rt.lost > 0,  # the trace lost updates: it cost at least this
         })  # fmt: skip
     first = fits[0] if kind else next((f for f in fits if f.kind == "threaded"), fits[0])
     w = per_write_cost(first, alive)
@@ -386,6 +390,18 @@ def _report_run(r: _Run, rt: replay.ReplayTrace, plays: _Plays | None, kind: str
     }  # fmt: skip
 
 
+def no_rate(rt: replay.ReplayTrace) -> str | None:
+    """Why the trace gives no rate (writes or CPU time per hour), None when it does."""
+    if rt.duration_ns > 0:
+        return None
+    n = len(rt.events)
+    what = ("the trace has a single update" if n == 1 else
+            f"the trace's {n} updates all have the same timestamp")  # fmt: skip
+    return (f"{what}: with no interval between updates, neither writes per hour nor CPU "
+            "time per hour can be estimated; only the cost of these writes can (per write "
+            "and in total); record a longer trace for a rate")  # fmt: skip
+
+
 def analyse(trace: Path, runs: list[Path], kind: str | None = None,
             trim: float = TRIM) -> dict[str, Any]:  # fmt: skip
     """The whole cost report as a dict (what `--json` writes)."""
@@ -395,6 +411,9 @@ def analyse(trace: Path, runs: list[Path], kind: str | None = None,
     hours = rt.duration_ns / HOUR_NS
     out: dict[str, Any] = {"trace": rt.summary(), "notes": rt.notes(), "trim": trim}
     out["trace"]["writes_per_hour"] = len(rt.events) / hours if hours > 0 else None
+    out["trace"]["no_rate"] = no_rate(rt)
+    if out["trace"]["no_rate"]:
+        out["notes"].append(out["trace"]["no_rate"])
     loaded = []
     for path in runs:
         info, df = store.read_run(path), store.load(path)

@@ -16,8 +16,10 @@ What droidoom reads from a trace::
 
     ftrace_events.event[].oom_score_adj_update   -> oom_events (ts boot ns, cpu, writer tid,
                                                    target pid, comm, adj)
-    ftrace_events.lost_events, ftrace_stats,     -> losses (kernel ring overruns, dropped
-    trace_stats.buffer_stats                        events, chunks traced discarded)
+    ftrace_events.lost_events, ftrace_stats,     -> losses (kernel ring overruns and dropped
+    trace_stats.buffer_stats,                       events since START_OF_TRACE, traced's
+    previous_packet_dropped                         chunks discarded/overwritten, writers'
+                                                    packet loss, dropped packets)
     process_tree                                 -> processes, threads (tid -> tgid)
     ftrace_events.event[].sched_process_free     -> exits (ts, pid): when a process died
     clock_snapshot                               -> clocks (to turn BOOTTIME into MONOTONIC)
@@ -43,6 +45,8 @@ __all__ = ["iter_packet_bytes"]  # re-exported: the wire framing lives in trace_
 
 #: Builtin clock ids (perfetto's BuiltinClock enum).
 CLOCK_REALTIME, CLOCK_MONOTONIC, CLOCK_BOOTTIME = 1, 3, 6
+#: FtraceClock enum (FtraceEventBundle.ftrace_clock; 0, unspecified, is the boot clock).
+FTRACE_CLOCK_NAMES = {1: "unknown", 2: "global", 3: "local", 4: "mono_raw"}
 CLOCK_NAMES = {1: "realtime", 2: "realtime_coarse", 3: "monotonic", 4: "monotonic_coarse",
                5: "monotonic_raw", 6: "boottime"}  # fmt: skip
 
@@ -96,6 +100,9 @@ class TraceData:
     ftrace_overrun: int = 0  # kernel ring-buffer overruns (END_OF_TRACE ftrace_stats)
     ftrace_dropped: int = 0  # events the kernel dropped (END_OF_TRACE ftrace_stats)
     chunks_discarded: int = 0  # traced buffer chunks lost (DISCARD policy buffer full)
+    chunks_overwritten: int = 0  # traced buffer chunks overwritten (RING_BUFFER policy wrapped)
+    writer_packet_loss: int = 0  # packets a producer's trace writer lost (buffer_stats)
+    packets_dropped: int = 0  # packets flagged previous_packet_dropped (not a sequence's first)
     primary_clock: int = CLOCK_BOOTTIME
     #: trace-clock time at which every data source had started (traced's service event);
     #: None in traces that lack it. `perfetto --background` returns before this moment.
@@ -135,7 +142,32 @@ class TraceData:
     @property
     def losses(self) -> int:
         """Anything lost between the kernel and the file (0 means a complete record)."""
-        return self.lost_events + self.ftrace_overrun + self.ftrace_dropped + self.chunks_discarded
+        return sum(self.loss_counts().values())
+
+    def loss_counts(self) -> dict[str, int]:
+        """Each kind of loss the trace records, by what it counts (all kinds, 0 or not)."""
+        return {
+            "lost_event_bundles": self.lost_events,  # ftrace bundles / CPUs flagged lost
+            "ftrace_overrun": self.ftrace_overrun,  # events the kernel ring overwrote
+            "ftrace_dropped": self.ftrace_dropped,  # events the kernel dropped / LOST lines
+            "chunks_discarded": self.chunks_discarded,  # traced buffer full (DISCARD)
+            "chunks_overwritten": self.chunks_overwritten,  # traced buffer wrapped (RING)
+            "writer_packet_loss": self.writer_packet_loss,  # a producer's writer lost packets
+            "packets_dropped": self.packets_dropped,  # previous_packet_dropped flags
+        }
+
+    def loss_text(self) -> str:
+        """The trace's nonzero losses in words ("" when none), for notes and warnings."""
+        words = {
+            "lost_event_bundles": "ftrace bundles/CPUs flagged with lost events",
+            "ftrace_overrun": "events overwritten in the kernel's ring buffer",
+            "ftrace_dropped": "events the kernel dropped",
+            "chunks_discarded": "traced buffer chunks discarded (buffer full)",
+            "chunks_overwritten": "traced buffer chunks overwritten (ring buffer wrapped)",
+            "writer_packet_loss": "packets lost by a producer's trace writer",
+            "packets_dropped": "packets dropped before a sequence's next packet",
+        }
+        return ", ".join(f"{n:,} {words[k]}" for k, n in self.loss_counts().items() if n)
 
     def summary(self) -> dict[str, Any]:
         """Counts for run.json."""
@@ -149,6 +181,10 @@ class TraceData:
             "ftrace_overrun": self.ftrace_overrun,
             "ftrace_dropped": self.ftrace_dropped,
             "chunks_discarded": self.chunks_discarded,
+            "chunks_overwritten": self.chunks_overwritten,
+            "writer_packet_loss": self.writer_packet_loss,
+            "packets_dropped": self.packets_dropped,
+            "losses": self.losses,
             "sources_started_ns": self.sources_started_ns,
             "ftrace_errors": self.ftrace_errors[:5],
         }
@@ -165,12 +201,19 @@ class _Collector:
         self.exits: list[tuple[int, int]] = []
         self.packets = 0
         self.lost = self.overrun = self.dropped = self.discarded = 0
+        self.overwritten = self.writer_loss = self.packets_dropped = 0
+        #: per-CPU (overrun, dropped) at START_OF_TRACE: END_OF_TRACE counts are since boot
+        self.start_stats: dict[int, tuple[int, int]] = {}
         self.primary = CLOCK_BOOTTIME
         self.errors: list[str] = []
         self.started: int | None = None
+        self.clock_error: str | None = None  # a bundle on a clock we cannot convert
 
     def packet(self, pkt: Any, pb: Any) -> None:  # protobuf messages: untyped
         self.packets += 1
+        # the service flags a sequence's first packet too: only later ones mean a loss
+        if pkt.previous_packet_dropped and not pkt.first_packet_on_sequence:
+            self.packets_dropped += 1
         which = pkt.WhichOneof("data")
         if which == "ftrace_events":
             self._bundle(pkt.ftrace_events)
@@ -185,15 +228,21 @@ class _Collector:
                 self.primary = int(snap.primary_trace_clock)
         elif which == "ftrace_stats":
             st = pkt.ftrace_stats
+            if st.phase == pb.FtraceStats.START_OF_TRACE:
+                self.start_stats = {c.cpu: (c.overrun, c.dropped_events) for c in st.cpu_stats}
             if st.phase == pb.FtraceStats.END_OF_TRACE:
-                self.overrun += sum(c.overrun for c in st.cpu_stats)
-                self.dropped += sum(c.dropped_events for c in st.cpu_stats)
+                base = self.start_stats
+                self.overrun += sum(max(c.overrun - base.get(c.cpu, (0, 0))[0], 0)
+                                    for c in st.cpu_stats)  # fmt: skip
+                self.dropped += sum(max(c.dropped_events - base.get(c.cpu, (0, 0))[1], 0)
+                                    for c in st.cpu_stats)  # fmt: skip
             self.errors += [f"failed event {e}" for e in st.failed_ftrace_events]
             self.errors += [f"unknown event {e}" for e in st.unknown_ftrace_events]
-        elif which == "trace_stats":
-            self.discarded = max(
-                self.discarded, sum(b.chunks_discarded for b in pkt.trace_stats.buffer_stats)
-            )
+        elif which == "trace_stats":  # cumulative: periodic copies, the last is the largest
+            bufs = pkt.trace_stats.buffer_stats
+            self.discarded = max(self.discarded, sum(b.chunks_discarded for b in bufs))
+            self.overwritten = max(self.overwritten, sum(b.chunks_overwritten for b in bufs))
+            self.writer_loss = max(self.writer_loss, sum(b.trace_writer_packet_loss for b in bufs))
         elif which == "compressed_packets":
             self.compressed(pkt.compressed_packets, pb)
         elif which == "service_event" and pkt.service_event.all_data_sources_started:
@@ -209,18 +258,37 @@ class _Collector:
         for p in payloads:
             self.packet(pb.TracePacket.FromString(p), pb)
 
+    def _bundle_offset(self, bundle: Any) -> int | None:
+        """ns to add to this bundle's event times for the trace's boot clock; None (and
+        `clock_error` set) when its ftrace_clock is another clock with no pair to convert."""
+        clk = int(bundle.ftrace_clock)
+        if clk == 0:  # FTRACE_CLOCK_UNSPECIFIED: the boot clock, as the rest of the trace
+            return 0
+        if bundle.HasField("ftrace_timestamp") and bundle.HasField("boot_timestamp"):
+            return int(bundle.boot_timestamp) - int(bundle.ftrace_timestamp)
+        name = FTRACE_CLOCK_NAMES.get(clk, f"clock {clk}")
+        self.clock_error = self.clock_error or (
+            f"its ftrace events (cpu {bundle.cpu}) were timed on the ftrace {name} clock, not "
+            "the boot clock the rest of the trace uses, and their bundle gives no "
+            "ftrace/boot timestamp pair to convert them"
+        )
+        return None
+
     def _bundle(self, bundle: Any) -> None:
         if bundle.lost_events:
             self.lost += 1
+        off = self._bundle_offset(bundle)
+        if off is None:
+            return
         cpu = bundle.cpu
         o = self.oom
         for ev in bundle.event:
             if not ev.HasField("oom_score_adj_update"):
                 if ev.HasField("sched_process_free"):
-                    self.exits.append((ev.timestamp, ev.sched_process_free.pid))
+                    self.exits.append((ev.timestamp + off, ev.sched_process_free.pid))
                 continue
             u = ev.oom_score_adj_update
-            o["ts_ns"].append(ev.timestamp)
+            o["ts_ns"].append(ev.timestamp + off)
             o["cpu"].append(cpu)
             o["writer_tid"].append(ev.pid)
             o["pid"].append(u.pid)
@@ -303,6 +371,9 @@ def parse_trace(data: bytes, what: str = "trace", *, allow_truncated: bool = Tru
             msg = f"{what}: packet {i} does not decode ({e}); the file is corrupt"
             raise DataError(msg) from None
         col.packet(pkt, pb)
+    if col.clock_error:
+        raise DataError(f"{what}: {col.clock_error}; record it again with perfetto's default "
+                        "ftrace clock (boot) or a perfetto that writes the pair")  # fmt: skip
     if col.packets == 0:
         raise DataError(f"{what} holds no complete packet (truncated at byte {truncated_at})")
     oom, procs, threads, clocks = col.frames()
@@ -313,7 +384,9 @@ def parse_trace(data: bytes, what: str = "trace", *, allow_truncated: bool = Tru
         exits=exits.sort_values("ts_ns", kind="stable").reset_index(drop=True),
         packets=col.packets, truncated_at=truncated_at, lost_events=col.lost,
         ftrace_overrun=col.overrun, ftrace_dropped=col.dropped,
-        chunks_discarded=col.discarded, primary_clock=col.primary, ftrace_errors=col.errors,
+        chunks_discarded=col.discarded, chunks_overwritten=col.overwritten,
+        writer_packet_loss=col.writer_loss, packets_dropped=col.packets_dropped,
+        primary_clock=col.primary, ftrace_errors=col.errors,
         sources_started_ns=col.started,
     )  # fmt: skip
 
@@ -327,11 +400,19 @@ def parse_ftrace_text(text: str, what: str = "trace") -> TraceData:
     """The same TraceData from ftrace/atrace text (`trace` file, `atrace` or
     `perfetto --txt`-free captures): oom_score_adj_update lines only; timestamps are the
     text's (microseconds, on whatever trace_clock recorded them); no process list or
-    clock snapshots. Lost-event markers (`CPU:N [LOST M EVENTS]`) are counted."""
+    clock snapshots. Losses: `entries-in-buffer/entries-written` (the ring overwrote the
+    difference) and lost-event markers (`CPU:N [LOST M EVENTS]`)."""
     from .capture.ftrace_parse import add_write_fields
     from .capture.ftrace_parse import parse_trace as parse_text
 
     events, header = parse_text(text)
+    if header.integer_clock is not None:
+        raise DataError(
+            f"{what} was recorded with trace_clock {header.integer_clock} (its timestamps "
+            "are integers without a decimal point: a count, not nanoseconds), so its "
+            "rate and gaps cannot be read; record it again with "
+            "`echo boot > /sys/kernel/tracing/trace_clock` (or mono, global, local)"
+        )
     ev = add_write_fields(events[events["event"].astype(str) == "oom_score_adj_update"])
     comm = ev["fields"].astype(str).str.extract(r"comm=(.*) oom_score_adj=")[0]
     oom = pd.DataFrame({
@@ -340,24 +421,29 @@ def parse_ftrace_text(text: str, what: str = "trace") -> TraceData:
     }).dropna(subset=["pid", "adj"])  # fmt: skip
     oom = oom.astype(OOM_EVENT_COLUMNS).sort_values("ts_ns", kind="stable")
     empty = pd.DataFrame({c: pd.Series([], dtype=t) for c, t in PROCESS_COLUMNS.items()})
+    # entries-written - entries-in-buffer: what the ring overwrote; LOST lines (a reader
+    # that fell behind) may tell of the same events: the larger count, not the sum
+    written = (header.entries_written or 0) - (header.entries_in_buffer or 0)
+    overrun = max(written - header.lost_events, 0)
     return TraceData(
         oom_events=oom.reset_index(drop=True), processes=empty,
         threads=pd.DataFrame({"tid": [], "tgid": [], "name": []}), clocks=pd.DataFrame(),
-        packets=0, lost_events=len(header.lost_by_cpu),
+        packets=0, lost_events=len(header.lost_by_cpu), ftrace_overrun=overrun,
         ftrace_dropped=header.lost_events, primary_clock=0,
     )  # fmt: skip
 
 
 def read_any(path: str | Path, *, allow_truncated: bool = True) -> TraceData:
-    """A Perfetto protobuf trace or ftrace/atrace text (plain or gzip'd), told apart by
-    content. DataError names the file and what it looks like when it is neither."""
-    data = read_bytes(path)
-    if looks_like_trace(data):
-        return parse_trace(data, str(path), allow_truncated=allow_truncated)
-    head = data[:65536].decode("utf-8", errors="replace")
-    if "oom_score_adj_update:" in head or head.lstrip().startswith("# tracer:"):
+    """A Perfetto protobuf trace or ftrace text (plain, gzip'd, atrace's `TRACE:` capture,
+    `atrace -z`, systrace HTML), told apart by content (droidoom/trace_format.py).
+    DataError names the file and what it looks like when it is neither."""
+    from .trace_format import sniff
+
+    fmt, data = sniff(read_bytes(path), str(path))
+    if fmt == "text":
         return parse_ftrace_text(data.decode("utf-8", errors="replace"), str(path))
-    return parse_trace(data, str(path))  # raises the "not a Perfetto trace" error
+    # Perfetto, or neither: parse_trace says truncated/corrupt/"not a Perfetto trace"
+    return parse_trace(data, str(path), allow_truncated=allow_truncated)
 
 
 def require_oom_events(trace: TraceData, what: str = "trace") -> None:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import random
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +73,14 @@ class ReplayTrace:
     has_process_list: bool
     has_exits: bool
     duration_ns: int  # first to last update
+    #: the trace's losses by kind (TraceData.loss_counts), and in words ("" when none)
+    losses: dict[str, int] = field(default_factory=dict)
+    loss_text: str = ""
+
+    @property
+    def lost(self) -> int:
+        """Everything the trace lost (0: a complete record of its updates)."""
+        return sum(self.losses.values())
 
     @property
     def extra(self) -> npt.NDArray[np.int64]:
@@ -87,6 +95,10 @@ class ReplayTrace:
     def notes(self) -> list[str]:
         """What the user should know about this trace's replay."""
         out = []
+        if self.lost:
+            out.append(f"the trace lost events ({self.loss_text}): updates are missing from it, "
+                       "so its writes per hour and every cost estimated from it are lower "
+                       "bounds")  # fmt: skip
         if self.dropped_processes:
             out.append(
                 f"the trace updates more processes than the helper's {MAX_TARGETS} targets "
@@ -112,6 +124,7 @@ class ReplayTrace:
             "dropped_updates": self.dropped_events, "writer": self.writer,
             "duration_s": self.duration_ns / 1e9, "population": self.population(),
             "alive_mean": float(self.events["alive"].mean()) if len(self.events) else 0.0,
+            "lost": self.lost, "losses": {k: v for k, v in self.losses.items() if v},
         }  # fmt: skip
 
 
@@ -163,6 +176,7 @@ def load(path: str | Path, n_kinds: int = 1) -> ReplayTrace:
         writer=writer, has_process_list=not trace.processes.empty,
         has_exits=not trace.exits.empty,
         duration_ns=int(ts[-1] - ts[0]) if len(ts) else 0,
+        losses=trace.loss_counts(), loss_text=trace.loss_text(),
     )  # fmt: skip
 
 

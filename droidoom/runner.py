@@ -349,6 +349,8 @@ def _collect(
             continue
         out.samples = res.samples
         out.captures[src.name] = res.meta
+        if res.meta.get("warning"):  # e.g. the trace lost events: said, not only stored
+            notices(f"capture {src.name}: {res.meta['warning']}")
         for name, table in res.tables.items():
             store.write_table(run.path / f"{name}.parquet", table)
 

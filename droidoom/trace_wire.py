@@ -61,3 +61,39 @@ def looks_like_trace(data: bytes) -> bool:
     """Whether `data` starts like a serialized `Trace` (its first record is a `packet`:
     tag 0x0a = field 1, length-delimited)."""
     return len(data) > 1 and data[0] == 0x0A
+
+
+def leading_packets(data: bytes, limit: int = 64) -> list[memoryview] | None:
+    """The complete `packet` payloads among the first `limit` records of `data`, or None
+    when those records do not frame as a `Trace` (a bad wire type or varint before the
+    data ends: text, JSON, a zlib stream). Records cut off by the end of `data` end the
+    walk, so a prefix of a trace frames as a trace."""
+    view = memoryview(data)
+    out: list[memoryview] = []
+    pos, n = 0, len(data)
+    for _ in range(limit):
+        if pos >= n:
+            break
+        try:
+            tag, pos = _varint(view, pos)
+            wire = tag & 7
+            if tag >> 3 == 0:
+                return None  # field 0 does not exist
+            if wire == 2:
+                length, pos = _varint(view, pos)
+                if pos + length > n:
+                    break
+                if tag >> 3 == 1:
+                    out.append(view[pos : pos + length])
+                pos += length
+            elif wire == 0:
+                _, pos = _varint(view, pos)
+            elif wire in (1, 5):
+                pos += 8 if wire == 1 else 4
+            else:
+                return None
+        except IndexError:
+            break  # cut off by the end of `data`
+        except ValueError:
+            return None
+    return out

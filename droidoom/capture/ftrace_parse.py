@@ -61,6 +61,10 @@ class TraceHeader:
     entries_written: int | None = None
     cpus: int | None = None
     lost_by_cpu: dict[int, int] = field(default_factory=dict)  # from CPU:N [LOST M EVENTS]
+    #: the trace_clock an integer-timestamp capture (no decimal point) was likely
+    #: recorded with ("counter", "uptime", "x86-tsc"): not nanoseconds; None when the
+    #: timestamps are `sec.frac` (a clock that counts time: local, global, mono, boot...)
+    integer_clock: str | None = None
 
     @property
     def lost_events(self) -> int:
@@ -104,6 +108,9 @@ def parse_trace(text: str) -> tuple[pd.DataFrame, TraceHeader]:
     sec = pd.to_numeric(m["sec"]).to_numpy(np.int64)
     fr = pd.to_numeric(frac.str.slice(0, 9).replace("", "0")).to_numpy(np.int64)
     ts = np.where(digits > 0, sec * 1_000_000_000 + fr * scale, sec)
+    header = parse_header(text)
+    if len(digits) and not (digits > 0).any():
+        header.integer_clock = guess_integer_clock(ts)
     tgid = pd.to_numeric(m["tgid"].where(m["tgid"].str.isdigit().fillna(False)), errors="coerce")
     df = pd.DataFrame(
         {
@@ -117,7 +124,17 @@ def parse_trace(text: str) -> tuple[pd.DataFrame, TraceHeader]:
             "fields": m["fields"],
         }
     ).reset_index(drop=True)
-    return _typed(df), parse_header(text)
+    return _typed(df), header
+
+
+def guess_integer_clock(ts: np.ndarray) -> str:
+    """Which trace_clock printed these integer timestamps: x86-tsc counts CPU cycles
+    (huge values), uptime counts jiffies (many events share a tick), counter counts
+    trace_clock calls (small, a distinct value per event)."""
+    if float(np.max(ts)) > 1e10:
+        return "x86-tsc"
+    steps = np.diff(np.sort(ts))
+    return "uptime" if len(steps) and float(np.mean(steps == 0)) > 0.5 else "counter"
 
 
 def _groups(regex: str) -> list[str]:

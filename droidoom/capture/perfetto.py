@@ -202,11 +202,11 @@ class PerfettoSource(CaptureSource):
                 "matched_fraction counts the writes after that moment"
             )
         if trace.losses:
-            meta["warning"] = (
-                f"the trace lost events ({trace.losses} losses: kernel ring overrun/dropped "
-                "or traced buffer full); unmatched writes may have had one. Use fewer "
-                "writes per run (--writes) or a phone with more free memory"
+            lost = (
+                f"the trace lost events ({trace.loss_text()}); unmatched writes may have "
+                "had one. Use fewer writes per run (--writes) or a phone with more free memory"
             )
+            meta["warning"] = f"{meta['warning']}; {lost}" if meta.get("warning") else lost
         mine = trace.oom_events
         if info.helper_pid > 0:
             mine = mine[mine["writer_tid"] == info.helper_pid]

@@ -37,10 +37,25 @@ def _print(rep: dict[str, Any]) -> None:
         for col in ("kind", "mode", "µs/write", "ms/hour", "95% CI"):
             tab.add_column(col, justify="left" if col in ("kind", "mode") else "right")
         for e in r["estimates"]:
-            lo, hi = e["ci_ms_per_hour"]
-            tab.add_row(e["kind"], e["mode"], f"{e['per_write_ns'] / 1e3:.2f}",
-                        f"{e['cpu_ms_per_hour']:.3g}", f"{lo:.3g}..{hi:.3g}")  # fmt: skip
+            at_least = ">= " if e.get("lower_bound") else ""  # a lossy trace: a lower bound
+            if e["cpu_ms_per_hour"] is None:  # no interval in the trace: no rate
+                per_hour, ci = "-", "-"
+            else:
+                lo, hi = e["ci_ms_per_hour"]
+                per_hour, ci = f"{at_least}{e['cpu_ms_per_hour']:.3g}", f"{lo:.3g}..{hi:.3g}"
+            tab.add_row(e["kind"], e["mode"], f"{e['per_write_ns'] / 1e3:.2f}", per_hour, ci)
         console.print(tab)
+        if t.get("no_rate"):
+            writes = "its write" if t["updates"] == 1 else f"its {t['updates']} writes"
+            for e in r["estimates"]:
+                lo, hi = e["total_ci_ns"]
+                console.print(f"  per hour: cannot be estimated (no interval between updates)"
+                              f"; {writes} ({e['kind']}) cost "
+                              f"{e['total_ns'] / 1e3:.3g} µs (95% CI {lo / 1e3:.3g}.."
+                              f"{hi / 1e3:.3g})", highlight=False)  # fmt: skip
+        if any(e.get("lower_bound") for e in r["estimates"]):
+            console.print(f"  lower bounds: the trace lost events ({t['lost']:,} in all)",
+                          highlight=False)  # fmt: skip
         for e in r["estimates"]:
             for p in e["replays"]:
                 (lo, hi), (elo, ehi) = p["measured_ci_ns"], p["estimate_ci_ns"]
