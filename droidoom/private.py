@@ -12,12 +12,20 @@ other write) on every use; files in it are trusted only when the user (or root) 
 from __future__ import annotations
 
 import os
+import pwd
 import stat
 import tempfile
 from pathlib import Path
 
 from .errors import UsageError
-from .store import user_name
+
+
+def user_name(uid: int) -> str:
+    """`name (uid N)`, or `uid N` for a uid without a passwd entry."""
+    try:
+        return f"{pwd.getpwuid(uid).pw_name} (uid {uid})"
+    except KeyError:
+        return f"uid {uid}"
 
 LOCK_DIR_ENV = "DROIDOOM_LOCK_DIR"
 #: Prefix of a run's work directory (records, plan, helper copy) in the private dir.

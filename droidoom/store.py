@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import pwd
 import stat
 import tempfile
 import warnings
@@ -33,6 +32,7 @@ from pandas.api.types import union_categoricals
 from . import schema
 from .errors import DataError, UsageError
 from .fingerprint import fingerprint
+from .private import user_name
 from .vocab import RunStatus
 
 FORMAT = 1
@@ -54,14 +54,6 @@ def _umask() -> int:
     old = os.umask(0o022)
     os.umask(old)
     return old
-
-
-def user_name(uid: int) -> str:
-    """`name (uid N)`, or `uid N` for a uid without a passwd entry."""
-    try:
-        return f"{pwd.getpwuid(uid).pw_name} (uid {uid})"
-    except KeyError:
-        return f"uid {uid}"
 
 
 _KINDS = (
