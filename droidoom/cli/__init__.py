@@ -5,8 +5,31 @@ commands on it when imported, in the order `droidoom --help` lists them. Entry p
 `droidoom.cli:main`.
 """
 
-from . import profile  # noqa: I001, F401  (first: `droidoom --help` lists it first)
-from . import adb, analysis, cost, export, farm, lab  # noqa: F401
-from .app import app, main
+from __future__ import annotations
+
+import sys
+
+from . import (  # noqa: F401
+    adb,
+    analysis,
+    cost,
+    export,
+    farm,
+    lab,
+    profile,  # noqa: I001, F401  (first: `droidoom --help` lists it first)
+)
+from .app import app
+from .app import main as _run
 
 __all__ = ["app", "main"]
+
+
+def main() -> None:
+    """Console entry point (droidoom.cli.app.main); `--version` answers before Typer builds
+    every command's options (most of a start-up's time)."""
+    if sys.argv[1:] == ["--version"]:
+        from .. import __version__
+
+        print(f"droidoom {__version__}")
+        return
+    _run()

@@ -10,13 +10,12 @@ import typer
 from rich.table import Table
 
 from ..errors import DataError, DroidoomError, UsageError
-from ..targets.base import TargetFacts
-from ..targets.phone_facts import PhoneFacts
 
 if TYPE_CHECKING:
     from ..doctor import Check
     from ..targets.adb import AdbTarget
     from ..targets.adb_server import AdbServer
+    from ..targets.base import TargetFacts
 from .app import app, console, err_console
 from .options import DEFAULT_OUT, AdbHost, AdbPort, Serial
 
@@ -44,6 +43,8 @@ def _adb_target(serial: str | None, host: str | None, port: int | None) -> AdbTa
 
 
 def _root_label(facts: TargetFacts) -> str:
+    from ..targets.phone_facts import PhoneFacts
+
     p = facts.phone or PhoneFacts()
     if p.uid == 0:
         return "adbd"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import sys
 import warnings
 from typing import Annotated
@@ -21,9 +22,6 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
-    # Markdown: a docstring's paragraphs reflow to the terminal (rich mode kept each source
-    # line break, so help at 80 columns was ragged); `code` stays code.
-    rich_markup_mode="markdown",
 )
 console = Console()
 err_console = Console(stderr=True)
@@ -56,8 +54,28 @@ def _show_warning(
     err_console.print(f"[yellow]warning:[/] {escape(str(message))}", highlight=False)
 
 
+def _reflow(text: str) -> str:
+    """A docstring's paragraphs as single lines, so help reflows to the terminal (each
+    source line break was kept: ragged at 80 columns). Indented lines stay as they are."""
+    paras = inspect.cleandoc(text).split("\n\n")
+    return "\n\n".join(p if p.startswith(" ") or "\n " in p else " ".join(p.split("\n"))
+                       for p in paras)  # fmt: skip
+
+
+def _reflow_help(typer_app: typer.Typer) -> None:
+    """Set every command's help to its reflowed docstring (markdown mode would too, but
+    importing markdown-it costs each `--help` ~0.1 s)."""
+    for cmd in typer_app.registered_commands:
+        if cmd.help is None and cmd.callback is not None and cmd.callback.__doc__:
+            cmd.help = _reflow(cmd.callback.__doc__)
+    for group in typer_app.registered_groups:
+        if group.typer_instance is not None:
+            _reflow_help(group.typer_instance)
+
+
 def main() -> None:
     """Console entry point: DroidoomErrors become one red line and an exit code."""
+    _reflow_help(app)
     signals.install()  # SIGTERM/SIGHUP save the partial run like Ctrl-C
     warnings.showwarning = _show_warning
     try:

@@ -17,7 +17,6 @@ from rich.table import Table
 from .. import signals, units
 from .. import spec as specs
 from ..errors import UsageError
-from ..targets.adb_server import AdbServer
 from ..vocab import KINDS
 from .app import app, console, err_console
 from .options import DEFAULT_OUT, SPEC_OPTIONS, Out, SpecOptions, spec_options
@@ -29,6 +28,7 @@ if TYPE_CHECKING:
     from ..inventory import FarmDevice, Inventory, Resolution
     from ..runner import Progress
     from ..spec import ProfileSpec
+    from ..targets.adb_server import AdbServer
 
 # farm/inventory/report pull in pandas and adbutils: imported where used, so that
 # `droidoom --help` stays fast.
