@@ -9,9 +9,13 @@
  * device of the right ABI; the build embeds the SHA-256 of this file so the host can
  * tell which source a binary came from.
  *
+ * A kill plan (`victim` and `k` lines) times lmkd's kill path instead: pidfd_open,
+ * pidfd_send_signal(SIGKILL) and process_mrelease on a fresh victim per kill.
+ *
  * Safety first: the helper only signals processes it forked itself and still holds
- * unreaped (kill_own() is the only kill() call), every process it creates dies with
- * its parent (PR_SET_PDEATHSIG), and it only writes oom_score_adj of its own children.
+ * unreaped (kill_own() is the only kill() call, kill_victim() the only
+ * pidfd_send_signal() call, both behind the same check), every process it creates dies
+ * with its parent (PR_SET_PDEATHSIG), and it only writes oom_score_adj of its own children.
  */
 #define _GNU_SOURCE
 #include <dirent.h>
@@ -70,6 +74,18 @@ enum { MAX_TARGETS = 256, MAX_POINTS = 65536, MAX_WRITES = 50000000, MAX_POP = 3
  * per task, page tables ~48 KiB per process). arm64 uses 16 KiB kernel stacks too. */
 #define MEM_TASK_KB 30
 #define MEM_PROC_KB 64
+/* The kill path's syscalls, where old libc headers lack them. Syscalls added since 5.0
+ * share one number on every architecture (alpha aside). */
+#ifndef SYS_pidfd_send_signal
+#define SYS_pidfd_send_signal 424
+#endif
+#ifndef SYS_pidfd_open
+#define SYS_pidfd_open 434
+#endif
+#ifndef SYS_process_mrelease
+#define SYS_process_mrelease 448
+#endif
+#define MAX_VICTIM_RSS_KB (1 << 20) /* 1 GiB: a typo must not eat the phone's memory */
 
 enum { KIND_SINGLE, KIND_THREADED, KIND_MULTIPROCESS };
 static const char *const kind_names[] = {"single", "threaded", "multiprocess"};
@@ -212,14 +228,16 @@ static int write_adj_path(const char *path, const char *s, size_t len)
 /* ------------------------------------------------------------------ own children - */
 
 /* Every process the helper forks is recorded here the moment fork() returns. Slots:
- * targets 0..15, the probe child 16, population processes 17... Population slot i is
- * the i-th oldest, so shrinking kills from the top. */
+ * targets 0..255, the probe child 256, the kill plan's victim (one at a time) 257,
+ * population processes 258... Population slot i is the i-th oldest, so shrinking kills
+ * from the top. */
 enum { K_FREE, K_ALIVE, K_KILLED };
 struct kid { pid_t pid; int state; };
 #define SLOT_TARGET(i) (i)
 #define SLOT_PROBE MAX_TARGETS
-#define SLOT_POP(i) (MAX_TARGETS + 1 + (i))
-#define NKIDS (MAX_TARGETS + 1 + MAX_POP)
+#define SLOT_VICTIM (MAX_TARGETS + 1)
+#define SLOT_POP(i) (MAX_TARGETS + 2 + (i))
+#define NKIDS (MAX_TARGETS + 2 + MAX_POP)
 static struct kid g_kids[NKIDS];
 
 /* The only kill() in this program. It refuses anything that is not a live, unreaped
@@ -234,6 +252,20 @@ static void kill_own(int slot)
         return;
     kill(k->pid, SIGKILL);
     k->state = K_KILLED;
+}
+
+/* lmkd's kill: pidfd_send_signal(SIGKILL) on `pidfd`, which the caller opened for the
+ * victim slot's pid. The same check as kill_own (a live, unreaped child of ours), so the
+ * pidfd cannot refer to anyone else. 0 or errno (the slot is then still alive). */
+static int kill_victim(int pidfd)
+{
+    struct kid *k = &g_kids[SLOT_VICTIM];
+    if (k->state != K_ALIVE || k->pid <= 0 || pidfd < 0)
+        return ESRCH;
+    if (syscall(SYS_pidfd_send_signal, pidfd, SIGKILL, NULL, 0) != 0)
+        return errno ? errno : EIO;
+    k->state = K_KILLED;
+    return 0;
 }
 
 /* Kill (if not yet) and then reap: kill always happens before waitpid. */
@@ -379,6 +411,51 @@ static _Noreturn void target_child(pid_t parent, int idx, int kind, int threads)
         pid_t r = spawn_vm_child();
         if (r < 0)
             msg[1] = (int)-r;
+    }
+    while (write(g_status_w, msg, sizeof msg) < 0 && errno == EINTR)
+        ;
+    sleeper(NULL);
+    _exit(0);
+}
+
+/* A kill plan's victim: pinned to the killer's CPU at SCHED_IDLE before it creates its
+ * threads (which inherit both), so once the killer (SCHED_FIFO, or at least not idle, on
+ * that CPU) has sent SIGKILL, no victim thread can run and exit before process_mrelease:
+ * the mm is still shared when the call runs, and the race cannot decide the answer. It
+ * touches rss_kb of anonymous memory (what process_mrelease reaps), then reports
+ * {vm child pid or 0, errno, flags} on the status pipe and sleeps until killed. */
+enum { VF_IDLE = 2, VF_PINNED = 4 }; /* record flags the victim reports (bit 0: shared) */
+static _Noreturn void victim_child(pid_t parent, int cpu, int kind, int threads, int rss_kb)
+{
+    child_setup(parent, g_status_w);
+    int msg[3] = {0, 0, 0};
+    if (cpu >= 0) {
+        cpu_set_t one;
+        CPU_ZERO(&one);
+        CPU_SET(cpu, &one);
+        if (sched_setaffinity(0, sizeof one, &one) == 0)
+            msg[2] |= VF_PINNED;
+    }
+    struct sched_param sp = {.sched_priority = 0};
+    if (syscall(SYS_sched_setscheduler, 0, SCHED_IDLE, &sp) == 0) /* musl's is a stub */
+        msg[2] |= VF_IDLE;
+    size_t bytes = (size_t)rss_kb * 1024;
+    if (bytes) {
+        char *mem = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (mem == MAP_FAILED)
+            msg[1] = errno;
+        else
+            for (size_t off = 0; off < bytes; off += 4096)
+                mem[off] = 1; /* resident, private: what the reaper frees */
+    }
+    if (!msg[1])
+        msg[1] = spawn_threads(threads - 1);
+    if (!msg[1] && kind == KIND_MULTIPROCESS) {
+        pid_t r = spawn_vm_child();
+        if (r < 0)
+            msg[1] = (int)-r;
+        else
+            msg[0] = r;
     }
     while (write(g_status_w, msg, sizeof msg) < 0 && errno == EINTR)
         ;
@@ -568,6 +645,7 @@ struct point {
 };
 struct target {
     int kind, threads, ok;
+    int rss_kb;    /* kill plans' victims: anonymous memory each victim touches */
     pid_t pid;
     int fd;        /* persistent-mode fd, or -errno if open failed, or -1 */
     int cur_adj;   /* what the target holds now (for adj_from) */
@@ -576,6 +654,11 @@ struct target {
 
 static struct target g_targets[MAX_TARGETS];
 static int g_ntargets;
+/* A kill plan declares `victim`s (templates: one fresh process per `k` line) instead of
+ * targets; its `k` lines are stored in g_writes with adj 0 and tidx = the victim. */
+static struct target g_victims[MAX_TARGETS];
+static int g_nvictims;
+static int g_kill_plan;
 static struct point g_points[MAX_POINTS];
 static int g_npoints;
 static struct wr *g_writes; /* mmap'd, MADV_DONTFORK: children never need it */
@@ -584,6 +667,7 @@ static char g_errmsg[512];
 static long g_errline; /* plan line of a parse error, 0 if none */
 static int g_writer_cpu = -1; /* `writer` directive: -1 unpinned, -2 the CPU we start on */
 static int g_writer_fifo;     /* 1: SCHED_FIFO like lmkd, when permitted */
+static int g_writer_cpu_eff = -1; /* the CPU the writer (killer) was pinned to */
 
 static int parse_long(const char *s, long lo, long hi, long *v)
 {
@@ -611,9 +695,58 @@ static int parse_directive(char **tok, int n, int *seen_header)
         *seen_header = 1;
         return 0;
     }
+    if (strcmp(tok[0], "k") == 0) {
+        if (n != 3 && n != 4)
+            PLAN_FAIL("'k' takes 2 or 3 fields: <vidx> <role> [<gap_us>]");
+        if (!g_npoints)
+            PLAN_FAIL("'k' before any 'point'");
+        if (parse_long(tok[1], 0, g_nvictims - 1, &a))
+            PLAN_FAIL("'k' victim '%s' is not a declared victim", tok[1]);
+        if (parse_long(tok[2], 0, 255, &c))
+            PLAN_FAIL("role '%s' is not in 0..255", tok[2]);
+        if (n == 4 && parse_long(tok[3], 0, INT32_MAX, &d))
+            PLAN_FAIL("gap_us '%s' is not in 0..%d", tok[3], INT32_MAX);
+        if (g_nwrites >= MAX_WRITES)
+            PLAN_FAIL("more than %d kills", MAX_WRITES);
+        g_writes[g_nwrites++] = (struct wr){0, (uint8_t)a, (uint8_t)c, n == 4 ? (uint32_t)d : 0};
+        g_points[g_npoints - 1].count++;
+        return 0;
+    }
+    if (strcmp(tok[0], "victim") == 0) {
+        if (n != 5)
+            PLAN_FAIL("'victim' takes 4 fields: <vidx> <kind> <threads> <rss_kb>");
+        if (g_npoints)
+            PLAN_FAIL("'victim' after a 'point'; declare all victims first");
+        if (g_ntargets)
+            PLAN_FAIL("a plan has 'target's (writes) or 'victim's (kills), not both");
+        if (g_nvictims >= MAX_TARGETS)
+            PLAN_FAIL("more than %d victims", MAX_TARGETS);
+        if (parse_long(tok[1], 0, MAX_TARGETS - 1, &a) || a != g_nvictims)
+            PLAN_FAIL("victim index '%s' should be %d (consecutive from 0)", tok[1], g_nvictims);
+        int kind = -1;
+        for (int k = 0; k < 3; k++)
+            if (strcmp(tok[2], kind_names[k]) == 0)
+                kind = k;
+        if (kind < 0)
+            PLAN_FAIL("unknown victim kind '%s' (single, threaded, multiprocess)", tok[2]);
+        if (parse_long(tok[3], 1, MAX_TTHREADS, &b))
+            PLAN_FAIL("victim threads '%s' is not in 1..%d", tok[3], MAX_TTHREADS);
+        if (kind == KIND_SINGLE && b != 1)
+            PLAN_FAIL("a single victim has exactly 1 thread, not %ld", b);
+        if (kind == KIND_THREADED && b < 2)
+            PLAN_FAIL("a threaded victim needs >= 2 threads, not %ld", b);
+        if (parse_long(tok[4], 0, MAX_VICTIM_RSS_KB, &c))
+            PLAN_FAIL("victim rss_kb '%s' is not in 0..%d", tok[4], MAX_VICTIM_RSS_KB);
+        g_victims[g_nvictims++] = (struct target){.kind = kind, .threads = (int)b,
+                                                  .rss_kb = (int)c, .fd = -1};
+        g_kill_plan = 1;
+        return 0;
+    }
     if (strcmp(tok[0], "w") == 0) {
         if (n != 4 && n != 5)
             PLAN_FAIL("'w' takes 3 or 4 fields: <tidx> <adj> <role> [<gap_us>]");
+        if (g_kill_plan)
+            PLAN_FAIL("'w' in a kill plan (it has 'victim's); use 'k' lines");
         if (!g_npoints)
             PLAN_FAIL("'w' before any 'point'");
         if (parse_long(tok[1], 0, g_ntargets - 1, &a))
@@ -648,6 +781,8 @@ static int parse_directive(char **tok, int n, int *seen_header)
             PLAN_FAIL("'target' takes 3 fields: <tidx> <kind> <threads>");
         if (g_npoints)
             PLAN_FAIL("'target' after a 'point'; declare all targets first");
+        if (g_kill_plan)
+            PLAN_FAIL("a plan has 'target's (writes) or 'victim's (kills), not both");
         if (g_ntargets >= MAX_TARGETS)
             PLAN_FAIL("more than %d targets", MAX_TARGETS);
         if (parse_long(tok[1], 0, MAX_TARGETS - 1, &a) || a != g_ntargets)
@@ -717,13 +852,13 @@ static int parse_plan(const char *path)
         snprintf(g_errmsg, sizeof g_errmsg, "plan %s is empty or unreadable", path);
         return -1;
     }
-    /* Size the writes array from an upper bound: lines starting with 'w'. */
+    /* Size the writes array from an upper bound: lines starting with 'w' or 'k'. */
     size_t nw = 0;
     for (size_t i = 0; i < size; i++) {
         if (i == 0 || text[i - 1] == '\n') {
             while (i < size && (text[i] == ' ' || text[i] == '\t'))
                 i++;
-            nw += i < size && text[i] == 'w';
+            nw += i < size && (text[i] == 'w' || text[i] == 'k');
         }
     }
     if (nw > MAX_WRITES)
@@ -791,6 +926,20 @@ static int safety_check(const struct facts *f)
         tthreads += g_targets[i].threads;
         nmp += g_targets[i].kind == KIND_MULTIPROCESS;
     }
+    /* A kill plan has one victim alive at a time: count the largest (threads, its
+     * CLONE_VM child, the memory it touches) as if it were a target. */
+    long long vthreads = 0, vmp = 0, vrss_kb = 0;
+    for (int i = 0; i < g_nvictims; i++) {
+        const struct target *v = &g_victims[i];
+        if (v->threads > vthreads)
+            vthreads = v->threads;
+        if (v->kind == KIND_MULTIPROCESS)
+            vmp = 1;
+        if (v->rss_kb > vrss_kb)
+            vrss_kb = v->rss_kb;
+    }
+    tthreads += vthreads;
+    nmp += vmp;
     long long need = maxpop * tpp + tthreads + 2 * nmp, tasks = f->tasks > 0 ? f->tasks : 0;
     long long cap = -1;
     if (f->pid_max > 0)
@@ -815,8 +964,8 @@ static int safety_check(const struct facts *f)
                  maxpop, tpp, need, mine, f->nproc_limit, f->nproc_limit / 10 * 9);
         return -1;
     }
-    long long procs = maxpop + g_ntargets + nmp;
-    long long need_kb = need * MEM_TASK_KB + procs * MEM_PROC_KB;
+    long long procs = maxpop + g_ntargets + (g_nvictims ? 1 : 0) + nmp;
+    long long need_kb = need * MEM_TASK_KB + procs * MEM_PROC_KB + vrss_kb;
     if (f->mem_available_kb > 0 && need_kb > f->mem_available_kb / 2) {
         snprintf(g_errmsg, sizeof g_errmsg,
                  "population %lld x %lld threads needs ~%lld MB of kernel memory (stacks, task "
@@ -859,7 +1008,25 @@ struct rec {
 };
 _Static_assert(sizeof(struct rec) == 32, "record layout is part of the protocol");
 
+/* One kill of a kill plan (records file version 2). */
+enum { STAGE_OK, STAGE_SPAWN, STAGE_OPEN, STAGE_SIGNAL, STAGE_MRELEASE };
+enum { KF_SHARED = 1 }; /* | VF_IDLE | VF_PINNED, as the victim reported them */
+struct krec {
+    int64_t t_ns;               /* CLOCK_MONOTONIC just before pidfd_open */
+    uint32_t mrelease_ns, seq;  /* process_mrelease duration; index of the `k` line */
+    uint32_t open_ns, kill_ns;  /* pidfd_open, pidfd_send_signal durations */
+    uint32_t reap_ns, spawn_ns; /* waitpid after process_mrelease; fork..victim ready */
+    uint16_t point;
+    uint8_t victim, role;
+    int16_t cpu, err;           /* killer's CPU after process_mrelease; errno of `stage` */
+    uint8_t stage, flags;       /* first stage that failed (STAGE_OK: none); KF_ and VF_ bits */
+    uint16_t threads;           /* Threads: of the victim just before process_mrelease */
+    uint32_t reserved;
+};
+_Static_assert(sizeof(struct krec) == 48, "record layout is part of the protocol");
+
 static struct rec *g_recbuf; /* REC_BUF records, mmap'd, MADV_DONTFORK */
+static struct krec *g_krecbuf; /* the same buffer, as kill records (kill plans) */
 static int g_nbuf;
 static uint64_t g_recorded, g_done, g_total;
 static char g_adjstr[2001][8]; /* "-1000".."1000", formatted once, before any timing */
@@ -867,7 +1034,8 @@ static uint8_t g_adjlen[2001];
 
 static int flush_records(void)
 {
-    int err = write_all(g_rec_fd, g_recbuf, (size_t)g_nbuf * sizeof(struct rec));
+    size_t size = g_kill_plan ? sizeof(struct krec) : sizeof(struct rec);
+    int err = write_all(g_rec_fd, g_recbuf, (size_t)g_nbuf * size);
     g_nbuf = 0;
     if (err)
         out_error("runtime", "cannot write records file: %s", strerror(err));
@@ -1169,20 +1337,181 @@ out:
     return rc;
 }
 
+
+/* ------------------------------------------------------------------ killing ------- */
+
+/* Forks one victim of `v` pinned to `cpu` and waits until it is ready (threads made,
+ * memory touched). 0 or errno (ETIMEDOUT if it never reported), -1 if stopping; on
+ * success *vm_pid is its CLONE_VM child (multiprocess) or 0 and *flags its VF_ bits. */
+static int spawn_victim(const struct target *v, int cpu, pid_t *vm_pid, int *flags)
+{
+    pid_t self = getpid(), pid = fork();
+    if (pid < 0)
+        return errno;
+    if (pid == 0)
+        victim_child(self, cpu, v->kind, v->threads, v->rss_kb);
+    record_kid(SLOT_VICTIM, pid);
+    int msg[3] = {0, ETIMEDOUT, 0};
+    int64_t deadline = now_ns() + STALL_NS;
+    for (;;) { /* the status pipe is ours alone in a kill plan: no targets */
+        struct pollfd p = {g_status_r, POLLIN, 0};
+        if (poll(&p, 1, (int)(TICK_NS / 1000000)) > 0 &&
+            read(g_status_r, msg, sizeof msg) == (ssize_t)sizeof msg)
+            break;
+        poll_stdin();
+        if (stopping())
+            return -1;
+        if (now_ns() > deadline) {
+            msg[1] = ETIMEDOUT;
+            break;
+        }
+    }
+    *vm_pid = msg[0];
+    *flags = msg[2];
+    return msg[1];
+}
+
+/* Threads: of /proc/<pid>/status, 0 if unreadable. Read between the kill and
+ * process_mrelease (untimed): the victim's threads have not run since (see
+ * victim_child), so more than one means mm_users > 1 when the call runs. */
+static int victim_threads(pid_t pid)
+{
+    char path[48], buf[2048];
+    snprintf(path, sizeof path, "/proc/%d/status", (int)pid);
+    if (read_small(path, buf, sizeof buf) <= 0)
+        return 0;
+    char *p = strstr(buf, "\nThreads:");
+    return p ? (int)strtol(p + 9, NULL, 10) : 0;
+}
+
+/* Is the CLONE_VM child of a multiprocess victim still alive (so the mm is shared)? */
+static int vm_child_alive(pid_t pid)
+{
+    char path[48], buf[256];
+    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+    if (pid <= 0 || read_small(path, buf, sizeof buf) <= 0)
+        return 0;
+    char *p = strrchr(buf, ')');
+    return p && p[1] == ' ' && p[2] != 'Z' && p[2] != 'X';
+}
+
+static uint32_t sat_u32(int64_t ns) { return ns < 0 ? 0 : ns > UINT32_MAX ? UINT32_MAX : (uint32_t)ns; }
+
+/* One kill as lmkd makes it, on a victim spawned before the clock starts: pidfd_open,
+ * pidfd_send_signal(SIGKILL), process_mrelease(pidfd, 0), each timed; then the reap
+ * (waitpid) timed apart. Fills `r`; 0, or -1 if stopping before the victim existed. */
+static int kill_one(const struct target *v, int cpu, struct krec *r)
+{
+    pid_t vm_pid = 0;
+    int vflags = 0;
+    int64_t s0 = now_ns();
+    int err = spawn_victim(v, cpu, &vm_pid, &vflags);
+    r->spawn_ns = sat_u32(now_ns() - s0);
+    if (err) {
+        reap_own(SLOT_VICTIM); /* kill (if alive) and reap; never a stranger */
+        if (vm_pid > 0)
+            while (waitpid(vm_pid, NULL, 0) < 0 && errno == EINTR)
+                ;
+        if (err < 0)
+            return -1;
+        r->stage = STAGE_SPAWN, r->err = (int16_t)err;
+        return 0;
+    }
+    const pid_t pid = g_kids[SLOT_VICTIM].pid;
+    r->flags = (uint8_t)vflags;
+    const int64_t t0 = now_ns();
+    const int fd = (int)syscall(SYS_pidfd_open, pid, 0);
+    const int open_err = fd < 0 ? errno : 0;
+    const int64_t t1 = now_ns();
+    const int kill_err = fd < 0 ? 0 : kill_victim(fd);
+    const int64_t t2 = now_ns();
+    r->t_ns = t0, r->open_ns = sat_u32(t1 - t0), r->kill_ns = sat_u32(t2 - t1);
+    if (open_err || kill_err) {
+        r->stage = open_err ? STAGE_OPEN : STAGE_SIGNAL;
+        r->err = (int16_t)(open_err ? open_err : kill_err);
+    } else {
+        const int threads = victim_threads(pid);
+        r->threads = (uint16_t)(threads > 0 ? threads : 0);
+        if (threads > 1 || (v->kind == KIND_MULTIPROCESS && vm_child_alive(vm_pid)))
+            r->flags |= KF_SHARED;
+        const int64_t t3 = now_ns();
+        const long mr = syscall(SYS_process_mrelease, fd, 0);
+        const int mr_err = mr != 0 ? errno : 0;
+        const int64_t t4 = now_ns();
+        r->mrelease_ns = sat_u32(t4 - t3);
+        if (mr_err) /* ENOSYS before 5.15; EINVAL when nothing was left to reap */
+            r->stage = STAGE_MRELEASE, r->err = (int16_t)mr_err;
+    }
+    const int cpu_now = sched_getcpu();
+    r->cpu = (int16_t)(cpu_now < 0 ? -1 : cpu_now);
+    if (fd >= 0)
+        close(fd);
+    const int64_t t5 = now_ns();
+    reap_own(SLOT_VICTIM); /* kills first only if the pidfd kill failed */
+    if (vm_pid > 0) /* reparented to us (subreaper) when the victim exited; dies by PDEATHSIG */
+        while (waitpid(vm_pid, NULL, 0) < 0 && errno == EINTR)
+            ;
+    r->reap_ns = sat_u32(now_ns() - t5);
+    return 0;
+}
+
+/* Runs the kills of one point: each a fresh victim, paced like writes. 0 (check
+ * stopping()) or -1 on failure (printed). */
+static int run_kill_point(const struct point *p, int64_t *next_tick)
+{
+    /* The measuring CPU: the killer's pin, else where it runs now (victims follow it). */
+    const int cpu = g_pinned ? g_writer_cpu_eff : sched_getcpu();
+    double ns_per_kill = p->rate_hz > 0 ? 1e9 / p->rate_hz : 0;
+    if (ns_per_kill > 1e15)
+        ns_per_kill = 1e15;
+    const int64_t start = now_ns();
+    int64_t gaps = 0;
+    for (uint32_t i = 0; i < p->count; i++) {
+        if (g_signal || g_stop)
+            break;
+        const uint32_t seq = p->first + i;
+        const struct wr w = g_writes[seq];
+        gaps += (int64_t)w.gap_us * 1000;
+        if (ns_per_kill > 0 || gaps > 0) {
+            double offset = (double)i * ns_per_kill + (double)gaps;
+            if (pace(start + (int64_t)(offset < 4e18 ? offset : 4e18), next_tick) != 0)
+                return -1;
+            if (g_stop)
+                break;
+        }
+        struct krec r = {.seq = seq, .point = (uint16_t)p->idx, .victim = w.tidx, .role = w.role};
+        if (kill_one(&g_victims[w.tidx], cpu, &r) != 0)
+            break; /* stopping */
+        if (!r.t_ns)
+            r.t_ns = now_ns();
+        g_krecbuf[g_nbuf++] = r;
+        g_recorded++;
+        g_done++;
+        if (g_nbuf == REC_BUF && flush_records() != 0)
+            return -1;
+        if (now_ns() >= *next_tick && tick(next_tick) != 0)
+            return -1;
+    }
+    return tick(next_tick) != 0 ? -1 : 0; /* end-of-point progress line */
+}
+
 /* ------------------------------------------------------------------ commands ------ */
 
-/* Kills and reaps everything this helper created: population newest first, then targets,
- * then the targets' CLONE_VM children (dead by PDEATHSIG, reparented to us). */
+/* Kills and reaps everything this helper created: population newest first, then targets
+ * and a kill plan's victim, then their CLONE_VM children (dead by PDEATHSIG, reparented
+ * to us). */
 static void teardown(void)
 {
     for (int i = g_npop - 1; i >= 0; i--)
         kill_own(SLOT_POP(i));
     for (int i = 0; i < MAX_TARGETS; i++)
         kill_own(SLOT_TARGET(i));
+    kill_own(SLOT_VICTIM);
     for (int i = g_npop - 1; i >= 0; i--)
         reap_own(SLOT_POP(i));
     for (int i = 0; i < MAX_TARGETS; i++)
         reap_own(SLOT_TARGET(i));
+    reap_own(SLOT_VICTIM);
     g_npop = 0;
     reap_orphans(); /* the targets' CLONE_VM children */
 }
@@ -1205,7 +1534,7 @@ static void setup_writer(void)
         CPU_SET(cpu, &one);
         if (sched_getaffinity(0, sizeof g_all_cpus, &g_all_cpus) == 0 &&
             sched_setaffinity(0, sizeof one, &one) == 0)
-            g_pinned = 1;
+            g_pinned = 1, g_writer_cpu_eff = cpu;
         else
             pin_err = errno;
     }
@@ -1302,6 +1631,8 @@ static int cmd_run(const char *plan_path, const char *rec_path)
     }
     struct { char magic[8]; uint32_t version, record_size; } hdr = {
         {'D', 'D', 'O', 'O', 'M', 'R', 'E', 'C'}, PROTO, sizeof(struct rec)};
+    if (g_kill_plan) /* version 2: kill records */
+        hdr.version = 2, hdr.record_size = sizeof(struct krec);
     int err = write_all(g_rec_fd, &hdr, sizeof hdr);
     if (err) {
         out_error("runtime", "cannot write records file %s: %s", rec_path, strerror(err));
@@ -1322,19 +1653,20 @@ static int cmd_run(const char *plan_path, const char *rec_path)
 
     for (int a = -1000; a <= 1000; a++)
         g_adjlen[a + 1000] = (uint8_t)snprintf(g_adjstr[a + 1000], 8, "%d", a);
-    g_recbuf = mmap(NULL, REC_BUF * sizeof(struct rec), PROT_READ | PROT_WRITE,
-                    MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    g_recbuf = mmap(NULL, REC_BUF * sizeof(struct krec), PROT_READ | PROT_WRITE,
+                    MAP_PRIVATE | MAP_ANONYMOUS, -1, 0); /* room for either record */
+    g_krecbuf = (struct krec *)(void *)g_recbuf;
     int pr[2], ps[2];
     if (g_recbuf == MAP_FAILED || pipe2(pr, O_CLOEXEC) != 0 || pipe2(ps, O_CLOEXEC) != 0) {
         out_error("runtime", "cannot set up: %s", strerror(errno));
         return finish(EXIT_RUNTIME);
     }
-    madvise(g_recbuf, REC_BUF * sizeof(struct rec), MADV_DONTFORK);
+    madvise(g_recbuf, REC_BUF * sizeof(struct krec), MADV_DONTFORK);
     g_ready_r = pr[0], g_ready_w = pr[1], g_status_r = ps[0], g_status_w = ps[1];
     fcntl(g_ready_r, F_SETFL, O_NONBLOCK);
     fcntl(g_status_r, F_SETFL, O_NONBLOCK);
 
-    int r = spawn_targets((int)f.adj);
+    int r = spawn_targets((int)f.adj); /* none in a kill plan: victims come per kill */
     if (r)
         return finish(EXIT_INTR);
     setup_writer();
@@ -1356,7 +1688,7 @@ static int cmd_run(const char *plan_path, const char *rec_path)
             "freq_khz=%s temp_mc=%s", p->idx, g_npop, p->threads, mode_names[p->mode],
             (long long)spawn_ns, g_npop ? (int)g_kids[SLOT_POP(0)].pid : 0,
             g_npop ? (int)g_kids[SLOT_POP(g_npop - 1)].pid : 0, freq, temp);
-        if (run_point(p, &next_tick) != 0)
+        if ((g_kill_plan ? run_kill_point(p, &next_tick) : run_point(p, &next_tick)) != 0)
             return finish(EXIT_RUNTIME);
         if (stopping())
             return finish(EXIT_INTR);

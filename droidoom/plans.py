@@ -14,6 +14,8 @@ from .spec import ProfileSpec
 
 def build_plan(spec: ProfileSpec, adj_min: int = -1000) -> Plan:
     """Targets and points for `spec`. Deterministic for a given spec (and trace file)."""
+    if spec.measure == "kill":
+        return scenario.build_kill_plan(spec)
     if replay.trace_path(spec.scenario) is not None:
         return replay.build_replay_plan(spec, adj_min)
     return scenario.build_plan(spec, adj_min)

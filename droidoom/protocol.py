@@ -34,6 +34,35 @@ RECORD_DTYPE = np.dtype(
 )
 assert RECORD_DTYPE.itemsize == RECORD_SIZE
 
+#: A kill plan's records file says version 2: one 48-byte record per kill (PROTOCOL.md).
+KILL_RECORDS_VERSION = 2
+KILL_RECORD_SIZE = 48
+KILL_RECORD_DTYPE = np.dtype(
+    [
+        ("t_ns", "<i8"),  # just before pidfd_open
+        ("mrelease_ns", "<u4"),  # process_mrelease(pidfd, 0)
+        ("seq", "<u4"),  # index of the `k` line
+        ("open_ns", "<u4"),  # pidfd_open
+        ("kill_ns", "<u4"),  # pidfd_send_signal(SIGKILL)
+        ("reap_ns", "<u4"),  # waitpid after process_mrelease
+        ("spawn_ns", "<u4"),  # fork .. victim ready, before the clock
+        ("point", "<u2"),
+        ("victim", "u1"),
+        ("role", "u1"),
+        ("cpu", "<i2"),
+        ("err", "<i2"),  # errno of `stage`
+        ("stage", "u1"),  # KILL_STAGES index: the first call that failed (0: none)
+        ("flags", "u1"),  # KILL_FLAGS bits
+        ("threads", "<u2"),  # victim's Threads: just before process_mrelease
+        ("reserved", "<u4"),
+    ]
+)
+assert KILL_RECORD_DTYPE.itemsize == KILL_RECORD_SIZE
+#: Stage codes of a kill record: which call failed (`ok`: none did).
+KILL_STAGES = ("ok", "spawn", "pidfd_open", "pidfd_send_signal", "process_mrelease")
+#: Flag bits of a kill record.
+KILL_SHARED, KILL_VICTIM_IDLE, KILL_VICTIM_PINNED = 1, 2, 4
+
 # Exit codes of the helper.
 EXIT_OK, EXIT_USAGE, EXIT_REFUSED, EXIT_RUNTIME, EXIT_INTERRUPTED = 0, 2, 3, 4, 130
 
@@ -45,6 +74,7 @@ class PlanTarget:
     idx: int
     kind: str  # single | threaded | multiprocess
     threads: int  # threads in the target process
+    rss_kb: int = 0  # kill plans: anonymous memory each victim touches (KiB)
 
 
 @dataclass(frozen=True)
@@ -57,7 +87,7 @@ class PlanPoint:
     mode: str  # reopen | persistent
     rate_hz: float  # 0 = back to back
     warmup: int  # untimed writes per target before the timed ones
-    writes: tuple[tuple[int, int, int], ...]  # (target idx, adj, role code)
+    writes: tuple[tuple[int, int, int], ...]  # (target idx, adj, role code); kills: adj 0
     gaps_us: tuple[int, ...] | None = None  # per write: pause before it (trace replay)
 
 
@@ -65,16 +95,27 @@ def render_plan(
     targets: Iterable[PlanTarget],
     points: Iterable[PlanPoint],
     writer: tuple[int, bool] | None = None,
+    measure: str = "adj",
 ) -> str:
     """Plan file text for `droidoom-helper run`; `writer` = (cpu, fifo) adds a `writer`
-    line (cpu -2: the core the writer starts on, -1: unpinned)."""
+    line (cpu -2: the core the writer starts on, -1: unpinned). `measure` "kill" makes a
+    kill plan: the targets become `victim` templates and each write a `k` line (its adj
+    is ignored): one fresh victim killed per line."""
     lines = [f"droidoom-plan {PROTO_VERSION}"]
     if writer is not None:
         lines.append(f"writer {int(writer[0])} {int(bool(writer[1]))}")
-    lines += [f"target {t.idx} {t.kind} {t.threads}" for t in targets]
+    kill = measure == "kill"
+    if kill:
+        lines += [f"victim {t.idx} {t.kind} {t.threads} {t.rss_kb}" for t in targets]
+    else:
+        lines += [f"target {t.idx} {t.kind} {t.threads}" for t in targets]
     for p in points:
         lines.append(f"point {p.idx} {p.population} {p.threads} {p.mode} {p.rate_hz:g} {p.warmup}")
-        if p.gaps_us is None:
+        if kill:
+            gaps = p.gaps_us or (0,) * len(p.writes)
+            lines += [f"k {t} {r}" + (f" {g}" if p.gaps_us is not None else "")
+                      for (t, _a, r), g in zip(p.writes, gaps, strict=True)]  # fmt: skip
+        elif p.gaps_us is None:
             lines += [f"w {t} {a} {r}" for t, a, r in p.writes]
         else:
             pairs = zip(p.writes, p.gaps_us, strict=True)
@@ -116,7 +157,9 @@ def parse_line(line: str) -> Event | None:
 
 
 def decode_records(data: bytes) -> np.ndarray:
-    """Decode a records file (header + records). A trailing partial record is dropped."""
+    """Decode a records file (header + records). A trailing partial record is dropped.
+
+    Write records come as `RECORD_DTYPE`, a kill plan's (version 2) as `KILL_RECORD_DTYPE`."""
     if len(data) < HEADER_SIZE:
         if not data:
             return np.zeros(0, dtype=RECORD_DTYPE)
@@ -125,6 +168,9 @@ def decode_records(data: bytes) -> np.ndarray:
         raise DataError("records file has a bad magic: not a droidoom-helper records file")
     version = int.from_bytes(data[8:12], "little")
     size = int.from_bytes(data[12:16], "little")
+    if version == KILL_RECORDS_VERSION and size == KILL_RECORD_SIZE:
+        n = (len(data) - HEADER_SIZE) // KILL_RECORD_SIZE
+        return np.frombuffer(data, dtype=KILL_RECORD_DTYPE, count=n, offset=HEADER_SIZE)
     if version != PROTO_VERSION or size != RECORD_SIZE:
         raise DataError(
             f"records file version {version}/size {size} is not {PROTO_VERSION}/{RECORD_SIZE}; "

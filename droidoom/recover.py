@@ -155,7 +155,7 @@ def _pull_records(
         except PermanentTargetError:
             local_plan = None  # the records alone suffice: the plan is rebuilt anyway
         if local_plan is not None and local_plan.read_text() != render_plan(
-            plan.targets, plan.points, plan.writer
+            plan.targets, plan.points, plan.writer, plan.measure
         ):
             raise DataError(
                 f"the plan on the device ({remote_plan}) differs from the one rebuilt from "

@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from . import analysis, plots, units
+from . import analysis, plots, schema, units
 from .report_html import render_html as render_html  # re-exported: the HTML report
 from .report_rows import STAT_COLS, run_facts, run_metas, scaling_rows, with_visits
 from .vocab import Complexity, RunStatus, VerdictStatus
@@ -156,6 +156,9 @@ def render_terminal(
             f"[bold]{escape(f['device'])}[/] run {escape(f['run'])} [{style}]{f['status']}[/]: "
             + escape(f"kernel {f['kernel']}, {f['model']}, populations {f['populations']}")
         )
+    if schema.is_kill(df):  # rows are kills (--measure kill): their own tables and verdict
+        _render_kills(df, metas, console)
+        return []
     _latency_tables(analysis.summary(df), console)
     if "kernel_ns" in df.columns:
         _kernel_table(df, console)
@@ -171,6 +174,39 @@ def render_terminal(
         style, device = _STATUS_STYLE[v.status], escape(v.device)
         console.print(f"[{style}]{v.status.upper()}[/] {device}: {escape(v.sentence)}")
     return verdicts
+
+
+_KILL_STYLE = {"walks": "bold red", "no-walk": "bold green", "inconclusive": "bold yellow",
+               "unsupported": "bold yellow"}  # fmt: skip
+
+
+def _render_kills(df: pd.DataFrame, metas: Sequence[Mapping[str, Any]], console: Console) -> None:
+    """A kill run: per kind and population the median of each call (µs), the share of kills
+    whose mm was still shared at process_mrelease, failures; the fits; the kill verdict."""
+    from . import kill
+
+    table = kill.summary(df)
+    for device, g in table.groupby("device", observed=True, sort=True):
+        heads = ["kind", "pop", "n", "kill", "mrelease", "p90", "reap", "spawn", "shared", "err"]
+        t = _table(f"kill path (µs) - {escape(str(device))}", heads,
+                   caption="medians; kill = pidfd_send_signal; spawn is before the clock; "
+                   "shared: mm_users > 1 at process_mrelease")  # fmt: skip
+        for kind, k in g.groupby("kind", observed=True, sort=True):
+            if len(t.rows):
+                t.add_section()
+            for i, r in enumerate(k.sort_values("population").itertuples(index=False)):
+                cells = [_kind_cell(str(kind)) if i == 0 else "", str(r.population), str(r.n)]
+                cols = ("kill_ns", "mrelease_ns", "mrelease_p90_ns", "reap_ns", "spawn_ns")
+                cells += [units.us(float(cast(float, getattr(r, c)))) for c in cols]
+                cells += [f"{r.shared:.0%}", str(r.errors) if r.errors else ""]
+                t.add_row(*cells)
+        console.print()
+        console.print(t)
+    _scaling_tables(analysis.fits(kill.timed_kills(df)), console)
+    console.print()
+    for v in kill.verdicts(df, metas):
+        console.print(f"[{_KILL_STYLE[v.status]}]KILL {v.status.upper()}[/] "
+                      f"{escape(v.device)}: {escape(v.sentence)}")  # fmt: skip
 
 
 def _ratio(x: float) -> str:

@@ -253,7 +253,8 @@ def _run_helper(
     out = _Outcome(remote_files=(remote_plan, remote_rec))
     armed: list[CaptureSource] = []
     try:
-        _push_text(target, render_plan(plan.targets, plan.points, plan.writer), remote_plan)
+        _push_text(target, render_plan(plan.targets, plan.points, plan.writer, plan.measure),
+                   remote_plan)
         cmd = "exec " + " ".join(map(shlex.quote, (setup.helper, "run", remote_plan, remote_rec)))
         facts, writes = setup.facts, setup.writes + _warmups(plan)
         ctx = CaptureContext(run_id, wd, facts.abi, facts.root, writes)

@@ -77,6 +77,7 @@ class Plan:
     writer: tuple[int, bool] = (-1, False)  # (cpu, fifo) for the plan's `writer` line
     info: dict[str, Any] = field(default_factory=dict)  # run.json extras (e.g. the trace)
     notes: tuple[str, ...] = ()  # what the user should know about this plan
+    measure: str = "adj"  # "kill": targets are victim templates, each write one kill
 
 
 @dataclass
@@ -166,6 +167,38 @@ def build_plan(spec: ProfileSpec, adj_min: int = -1000) -> Plan:
             idx += 1
     return Plan(targets, tuple(points), clamped, adj_min, (spec.cpu, spec.fifo),
                 info={"blocks": block_layout(spec)})  # fmt: skip
+
+
+def build_kill_plan(spec: ProfileSpec) -> Plan:
+    """A kill plan (`--measure kill`): one victim template per kind, and per sweep point
+    `spec.writes` kills of each kind, in the same sweep order and blocks as writes.
+
+    Each kill is one `k` line: the helper forks a fresh victim of that kind (before its
+    clock starts) and kills it as lmkd does. The role is `cached`: lmkd kills from the
+    cache first. Victims live one at a time, so warm-up kills make no sense (warmup 0).
+    """
+    targets = tuple(
+        PlanTarget(i, kind, spec.target_threads if kind == "threaded" else 1, spec.victim_rss)
+        for i, kind in enumerate(spec.kinds)
+    )
+    role = ROLE_CODE["cached"]
+    points = []
+    for idx, (population, n) in enumerate(sweep(spec)):
+        per_target = [[(t.idx, 0, role)] * n for t in targets]
+        writes = tuple(in_blocks(per_target, spec.block))
+        points.append(PlanPoint(idx, population, spec.threads, "reopen", spec.rate, 0, writes))
+    info = {"measure": "kill", "blocks": block_layout(spec),
+            "kill": {"victim_rss_kb": spec.victim_rss, "race": KILL_RACE}}  # fmt: skip
+    return Plan(targets, tuple(points), 0, -1000, (spec.cpu, spec.fifo), info=info,
+                measure="kill")  # fmt: skip
+
+
+#: How a kill plan keeps the victim's threads from exiting before process_mrelease (run.json).
+KILL_RACE = (
+    "victim pinned to the killer's CPU at SCHED_IDLE (its threads inherit both); the killer "
+    "runs SCHED_FIFO there when permitted, so no victim thread runs between the kill and "
+    "process_mrelease; the victim's Threads is read just before the call (shared = mm_users > 1)"
+)
 
 
 def in_blocks(per_target: list[list[Move]], block: int) -> list[Move]:

@@ -47,6 +47,23 @@ BLOCK_COLUMNS: dict[str, str] = {
     "warmup": "bool",  # one of the first writes after a switch of kind: not in medians or fits
 }
 
+#: Columns of a `--measure kill` run (absent: the run timed oom_score_adj writes). Its rows
+#: are kills: `kind` is the victim's, `latency_ns` holds process_mrelease's duration (the
+#: call whose process walk the kill verdict looks for), `adj_from`/`adj_to` are 0, `role`
+#: is "cached" and `err` is the errno of the first call that failed (`stage`).
+KILL_COLUMNS: dict[str, str] = {
+    "measure": "category",  # "kill"
+    "open_ns": "int64",  # pidfd_open
+    "kill_ns": "int64",  # pidfd_send_signal(SIGKILL)
+    "reap_ns": "int64",  # waitpid after process_mrelease (the victim's exit)
+    "spawn_ns": "int64",  # fork .. victim ready (threads made, memory touched), untimed
+    "stage": "category",  # ok | spawn | pidfd_open | pidfd_send_signal | process_mrelease
+    "shared": "bool",  # mm still shared (Threads > 1, or a live CLONE_VM child) at the call
+    "victim_threads": "int16",  # victim's Threads just before process_mrelease (0 unknown)
+    "victim_idle": "bool",  # the victim ran SCHED_IDLE (so it could not run first)
+    "victim_pinned": "bool",  # the victim was pinned to the killer's CPU
+}
+
 #: Category orders that make tables and plots read naturally.
 CATEGORY_ORDERS: dict[str, tuple[str, ...]] = {"kind": KINDS, "mode": MODES}
 
@@ -63,7 +80,8 @@ def coerce(df: pd.DataFrame) -> pd.DataFrame:
     out = {}
     for col in df.columns:
         dtype = (SAMPLE_COLUMNS.get(col) or KERNEL_COLUMNS.get(col)
-                 or PERFETTO_COLUMNS.get(col) or BLOCK_COLUMNS.get(col))  # fmt: skip
+                 or PERFETTO_COLUMNS.get(col) or BLOCK_COLUMNS.get(col)
+                 or KILL_COLUMNS.get(col))  # fmt: skip
         s = df[col]
         if dtype == "category":
             if not isinstance(s.dtype, pd.CategoricalDtype):
@@ -92,6 +110,11 @@ def timed(df: pd.DataFrame) -> pd.DataFrame:
     if "warmup" in df.columns:
         keep &= ~df["warmup"].astype(bool)
     return df[keep]
+
+
+def is_kill(df: pd.DataFrame) -> bool:
+    """Do these samples come from a `--measure kill` run (rows are kills, not writes)?"""
+    return "measure" in df.columns and bool((df["measure"].astype(str) == "kill").any())
 
 
 def empty() -> pd.DataFrame:

@@ -12,6 +12,10 @@ from .vocab import KINDS, MODES
 ADJ_MIN, ADJ_MAX = -1000, 1000
 SCENARIOS = ("lmkd", "alternate")
 ORDERS = ("updown", "ascending")
+#: What a profile times: oom_score_adj writes, or lmkd's kill path (pidfd_send_signal +
+#: process_mrelease) on a fresh victim per kill.
+MEASURES = ("adj", "kill")
+MAX_VICTIM_RSS_KB = 1 << 20  # the helper's own ceiling (1 GiB)
 
 # Hard ceilings that keep a typo from fork-bombing a phone; the helper also checks the
 # live limits (pid_max, threads-max, RLIMIT_NPROC) before it spawns anything.
@@ -46,6 +50,8 @@ class ProfileSpec:
     fifo: bool = True  # writer at SCHED_FIFO like lmkd, where permitted (root)
     compress: float = 1.0  # replay:TRACE: the trace's gaps divided by this; 0 = back to back
     repeat: int = 1  # replay:TRACE: plays per population visit, each after a sweep point
+    measure: str = "adj"  # adj: time oom_score_adj writes; kill: lmkd's kill path
+    victim_rss: int = 64  # measure kill: KiB of anonymous memory each victim touches
 
     def validate(self) -> ProfileSpec:
         """Raise UsageError with a one-line, actionable message on bad input."""
@@ -99,6 +105,14 @@ class ProfileSpec:
             raise UsageError(f"--rate must be >= 0 updates/s (got {self.rate:g})")
         if self.order not in ORDERS:
             raise UsageError(f"unknown order {self.order!r}: use {', '.join(ORDERS)}")
+        if self.measure not in MEASURES:
+            raise UsageError(f"unknown measure {self.measure!r}: use {', '.join(MEASURES)}")
+        if self.measure == "kill" and self.scenario.startswith("replay:"):
+            raise UsageError("--measure kill times kills, not a trace: drop --scenario replay:")
+        if not 0 <= self.victim_rss <= MAX_VICTIM_RSS_KB:
+            raise UsageError(
+                f"--victim-rss must be 0..{MAX_VICTIM_RSS_KB} KiB (got {self.victim_rss})"
+            )
         if self.cpu < -2:
             raise UsageError(f"--cpu must be a CPU number >= 0 (got {self.cpu})")
         if not 0 <= self.warmup <= 10000:
@@ -133,3 +147,8 @@ DEFAULT = ProfileSpec()
 
 #: --quick: three points, fewer writes; answers in seconds.
 QUICK = replace(DEFAULT, populations=(0, 400, 800), writes=400, warmup=10)
+
+#: --measure kill: each kill forks, kills and reaps a victim (~0.5 ms), so fewer of them;
+#: blocks of 10 kills per kind.
+KILL = replace(DEFAULT, measure="kill", writes=200, block=10, settle=1, warmup=0)
+KILL_QUICK = replace(QUICK, measure="kill", writes=100, block=10, settle=1, warmup=0)

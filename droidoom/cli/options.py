@@ -97,6 +97,16 @@ Settle = Annotated[
                  "and fits (default 2)."),
 ]  # fmt: skip
 Out = Annotated[Path, typer.Option("--out", "-o", help="Directory that receives run directories.")]
+Measure = Annotated[
+    str | None,
+    typer.Option(help="adj (default): time oom_score_adj writes. kill: time lmkd's kill path "
+                 "(pidfd_send_signal + process_mrelease) on a fresh victim per kill; "
+                 "--writes then counts kills per kind per point (default 200, --quick 100)."),
+]  # fmt: skip
+VictimRss = Annotated[
+    int | None,
+    typer.Option(help="--measure kill: KiB of memory each victim touches (default 64)."),
+]
 TargetThreads = Annotated[int | None, typer.Option(help="Threads in the `threaded` target.")]
 Serial = Annotated[
     str | None, typer.Option("--serial", "-s", help="Device serial (default: ANDROID_SERIAL).")
@@ -137,8 +147,12 @@ def build_spec(
     mode: str | None = None, seed: int | None = None, base: specs.ProfileSpec | None = None,
     block: int | None = None, settle: int | None = None, *,
     cpu: int | None = None, fifo: bool | None = None, order: str | None = None,
+    measure: str | None = None, victim_rss: int | None = None,
 ) -> specs.ProfileSpec:  # fmt: skip
-    """Spec from CLI options: `base` (else --quick or the default), explicit options on top."""
+    """Spec from CLI options: `base` (else --quick or the default, or their kill variants
+    with --measure kill), explicit options on top."""
+    if base is None and measure == "kill":
+        base = specs.KILL_QUICK if quick else specs.KILL
     base = base or (specs.QUICK if quick else specs.DEFAULT)
     changes: dict[str, Any] = {  # field -> value given (None: not given); replace() checks
         "populations": ints(population, "--population"),
@@ -156,6 +170,8 @@ def build_spec(
         "cpu": cpu,
         "fifo": fifo,
         "order": order,
+        "measure": measure,
+        "victim_rss": victim_rss,
     }
     spec: specs.ProfileSpec = replace(base, **{k: v for k, v in changes.items() if v is not None})
     return spec.validate()
@@ -178,6 +194,8 @@ class SpecOptions:
     seed: Seed = None
     block: Block = None
     settle: Settle = None
+    measure: Measure = None
+    victim_rss: VictimRss = None
 
     def spec(self, base: specs.ProfileSpec | None = None, **more: Any) -> specs.ProfileSpec:
         """The spec: `base` (else --quick or the default), these options on top, then `more`."""
