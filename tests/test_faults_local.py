@@ -307,7 +307,19 @@ def test_records_that_fill_most_of_tmpdir_are_saved_not_copied_there(tiny_tmpdir
     assert not left, left  # at most the (empty) private directory
 
 
-def test_save_guard_raises_the_first_stop_then_holds_off_the_rest():
+@pytest.fixture
+def own_stop_signals():
+    """SIGINT/SIGTERM as an interactive shell leaves them: a test suite started in the
+    background (a CI job, `cmd &`) inherits SIGINT ignored, which SaveGuard keeps ignored."""
+    old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    yield
+    for s, h in old.items():
+        signal.signal(s, h)
+
+
+def test_save_guard_raises_the_first_stop_then_holds_off_the_rest(own_stop_signals):
     said: list[str] = []
     before = signal.getsignal(signal.SIGINT)
     with signals.SaveGuard(said.append) as guard:
