@@ -46,6 +46,12 @@ CLOCK_REALTIME, CLOCK_MONOTONIC, CLOCK_BOOTTIME = 1, 3, 6
 CLOCK_NAMES = {1: "realtime", 2: "realtime_coarse", 3: "monotonic", 4: "monotonic_coarse",
                5: "monotonic_raw", 6: "boottime"}  # fmt: skip
 
+#: The kernel's OOM_SCORE_ADJ_MIN..MAX: an update outside it (or to a pid <= 0) cannot
+#: have happened, so the file is damaged or not a kernel's record (see TraceData.impossible).
+ADJ_MIN, ADJ_MAX = -1000, 1000
+#: How many impossible updates TraceData keeps as examples for the message.
+EXAMPLES = 3
+
 #: Column dtypes of TraceData.oom_events (one row per oom_score_adj_update, time order).
 OOM_EVENT_COLUMNS: dict[str, str] = {
     "ts_ns": "int64",  # event time on the trace clock (BOOTTIME on Android), ns
@@ -107,6 +113,11 @@ class TraceData:
         default_factory=lambda: pd.DataFrame({"ts_ns": pd.Series([], dtype="int64"),
                                               "pid": pd.Series([], dtype="int32")})
     )
+    #: oom_score_adj_update events left out of oom_events because their values cannot be
+    #: real (adj outside ADJ_MIN..ADJ_MAX, pid <= 0, not a number): never wrapped into
+    #: range or dropped unsaid; `impossible_note()` tells the user.
+    impossible: int = 0
+    impossible_examples: list[str] = field(default_factory=list)  # "line 7: ...", first few
 
     def clock_offset_ns(self, src: int = CLOCK_BOOTTIME, dst: int = CLOCK_MONOTONIC) -> int | None:
         """Median of (src - dst) over the trace's clock snapshots: subtract it from a
@@ -151,7 +162,20 @@ class TraceData:
             "chunks_discarded": self.chunks_discarded,
             "sources_started_ns": self.sources_started_ns,
             "ftrace_errors": self.ftrace_errors[:5],
+            "impossible_updates": self.impossible,
         }
+
+    def impossible_note(self, what: str = "trace") -> str | None:
+        """'N updates with impossible values skipped: ...' (None when there were none)."""
+        if not self.impossible:
+            return None
+        return (
+            f"{what}: {self.impossible} oom_score_adj updates with impossible values skipped: "
+            f"{'; '.join(self.impossible_examples)}"
+            + ("; ..." if self.impossible > len(self.impossible_examples) else "")
+            + f" (a kernel only records adj {ADJ_MIN}..{ADJ_MAX} and pid > 0: the file is "
+            "damaged or was not written by a kernel; record the trace again)"
+        )
 
 
 class _Collector:
@@ -168,6 +192,8 @@ class _Collector:
         self.primary = CLOCK_BOOTTIME
         self.errors: list[str] = []
         self.started: int | None = None
+        self.impossible = 0
+        self.impossible_examples: list[str] = []
 
     def packet(self, pkt: Any, pb: Any) -> None:  # protobuf messages: untyped
         self.packets += 1
@@ -220,12 +246,21 @@ class _Collector:
                     self.exits.append((ev.timestamp, ev.sched_process_free.pid))
                 continue
             u = ev.oom_score_adj_update
+            if not (ADJ_MIN <= u.oom_score_adj <= ADJ_MAX and u.pid > 0):
+                self._impossible(f"packet {self.packets}: pid={u.pid} "
+                                 f"oom_score_adj={u.oom_score_adj}")  # fmt: skip
+                continue  # int16 would wrap 2^31-1 to -1: a real-looking update
             o["ts_ns"].append(ev.timestamp)
             o["cpu"].append(cpu)
             o["writer_tid"].append(ev.pid)
             o["pid"].append(u.pid)
             o["comm"].append(u.comm)
             o["adj"].append(u.oom_score_adj)
+
+    def _impossible(self, example: str) -> None:
+        self.impossible += 1
+        if len(self.impossible_examples) < EXAMPLES:
+            self.impossible_examples.append(example)
 
     def _tree(self, tree: Any, ts: int) -> None:
         for p in tree.processes:
@@ -314,7 +349,8 @@ def parse_trace(data: bytes, what: str = "trace", *, allow_truncated: bool = Tru
         packets=col.packets, truncated_at=truncated_at, lost_events=col.lost,
         ftrace_overrun=col.overrun, ftrace_dropped=col.dropped,
         chunks_discarded=col.discarded, primary_clock=col.primary, ftrace_errors=col.errors,
-        sources_started_ns=col.started,
+        sources_started_ns=col.started, impossible=col.impossible,
+        impossible_examples=col.impossible_examples,
     )  # fmt: skip
 
 
@@ -328,23 +364,31 @@ def parse_ftrace_text(text: str, what: str = "trace") -> TraceData:
     `perfetto --txt`-free captures): oom_score_adj_update lines only; timestamps are the
     text's (microseconds, on whatever trace_clock recorded them); no process list or
     clock snapshots. Lost-event markers (`CPU:N [LOST M EVENTS]`) are counted."""
-    from .capture.ftrace_parse import add_write_fields
     from .capture.ftrace_parse import parse_trace as parse_text
 
-    events, header = parse_text(text)
-    ev = add_write_fields(events[events["event"].astype(str) == "oom_score_adj_update"])
-    comm = ev["fields"].astype(str).str.extract(r"comm=(.*) oom_score_adj=")[0]
+    events, header = parse_text(text, line_numbers=True)
+    ev = events[events["event"].astype(str) == "oom_score_adj_update"]
+    fields = ev["fields"].astype(str)
+    raw = fields.str.extract(r"pid=(\S*) comm=(.*) oom_score_adj=(\S*)\s*$")
+    # as floats: "abc" is NaN, 999999999999 stays itself (no wrap, no cast error)
+    pid = pd.to_numeric(raw[0], errors="coerce").astype("float64")
+    adj = pd.to_numeric(raw[2], errors="coerce").astype("float64")
+    ok = (pid > 0) & adj.between(ADJ_MIN, ADJ_MAX)  # NaN compares False
+    bad = ev.loc[~ok]
     oom = pd.DataFrame({
         "ts_ns": ev["ts_ns"], "cpu": ev["cpu"], "writer_tid": ev["pid"],
-        "writer_tgid": ev["tgid"], "pid": ev["oom_pid"], "comm": comm, "adj": ev["oom_adj"],
-    }).dropna(subset=["pid", "adj"])  # fmt: skip
+        "writer_tgid": ev["tgid"], "pid": pid, "comm": raw[1], "adj": adj,
+    })[ok]  # fmt: skip
     oom = oom.astype(OOM_EVENT_COLUMNS).sort_values("ts_ns", kind="stable")
     empty = pd.DataFrame({c: pd.Series([], dtype=t) for c, t in PROCESS_COLUMNS.items()})
     return TraceData(
         oom_events=oom.reset_index(drop=True), processes=empty,
         threads=pd.DataFrame({"tid": [], "tgid": [], "name": []}), clocks=pd.DataFrame(),
         packets=0, lost_events=len(header.lost_by_cpu),
-        ftrace_dropped=header.lost_events, primary_clock=0,
+        ftrace_dropped=header.lost_events, primary_clock=0, impossible=len(bad),
+        impossible_examples=[f"line {n}: {f.strip()}" for n, f in
+                             zip(bad["line"][:EXAMPLES], bad["fields"][:EXAMPLES],
+                                 strict=True)],
     )  # fmt: skip
 
 
@@ -364,6 +408,9 @@ def require_oom_events(trace: TraceData, what: str = "trace") -> None:
     """DataError naming what is missing when the trace has no oom_score_adj_update."""
     if len(trace.oom_events):
         return
+    impossible = trace.impossible_note(what)
+    if impossible:
+        raise DataError(impossible)
     why = "; ".join(trace.ftrace_errors[:3])
     raise DataError(
         f"{what} has no oom/oom_score_adj_update events"

@@ -73,6 +73,8 @@ class ReplayTrace:
     has_process_list: bool
     has_exits: bool
     duration_ns: int  # first to last update
+    impossible: int = 0  # updates skipped: values no kernel records (TraceData.impossible)
+    impossible_note: str | None = None
 
     @property
     def extra(self) -> npt.NDArray[np.int64]:
@@ -86,7 +88,7 @@ class ReplayTrace:
 
     def notes(self) -> list[str]:
         """What the user should know about this trace's replay."""
-        out = []
+        out = [self.impossible_note] if self.impossible_note else []
         if self.dropped_processes:
             out.append(
                 f"the trace updates more processes than the helper's {MAX_TARGETS} targets "
@@ -110,6 +112,7 @@ class ReplayTrace:
             "trace": self.path, "sha256": self.sha256, "updates": int(len(self.events)),
             "processes": len(self.pids), "dropped_processes": self.dropped_processes,
             "dropped_updates": self.dropped_events, "writer": self.writer,
+            "impossible_updates": self.impossible,
             "duration_s": self.duration_ns / 1e9, "population": self.population(),
             "alive_mean": float(self.events["alive"].mean()) if len(self.events) else 0.0,
         }  # fmt: skip
@@ -163,6 +166,7 @@ def load(path: str | Path, n_kinds: int = 1) -> ReplayTrace:
         writer=writer, has_process_list=not trace.processes.empty,
         has_exits=not trace.exits.empty,
         duration_ns=int(ts[-1] - ts[0]) if len(ts) else 0,
+        impossible=trace.impossible, impossible_note=trace.impossible_note(path),
     )  # fmt: skip
 
 

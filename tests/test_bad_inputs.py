@@ -154,3 +154,62 @@ def test_no_multiprocess_kind_is_not_blamed_on_the_target(local_run_df, local_ru
     df = local_run_df[local_run_df["kind"] != "multiprocess"]
     (v,) = analysis.verdict(df, [meta])
     assert "left out of --kinds" in v.sentence
+
+
+# --- bad values inside otherwise valid files (issue 16) ---------------------------------
+
+
+def _ftrace_text(bad: str, n: int = 200) -> str:
+    """n lmkd updates of 5 processes, every second one's adj replaced by `bad`."""
+    lines = ["# tracer: nop", "#"]
+    for i in range(n):
+        adj = bad if i % 2 else str(100 * (i % 10))
+        lines.append(f"            lmkd-612     [001] ..... {100 + i / 1000:.6f}: "
+                     f"oom_score_adj_update: pid={3001 + i % 5} comm=com.a oom_score_adj={adj}")
+    return "\n".join(lines) + "\n"
+
+
+@pytest.mark.parametrize("bad", ["abc", "999999999999", "1001", "-1001"])
+def test_impossible_adj_in_ftrace_text_is_counted_and_said(local_run, tmp_path, bad):
+    """Today: "abc" silently dropped half the trace, 999999999999 a TypeError traceback."""
+    trace = tmp_path / "atrace.txt"
+    trace.write_text(_ftrace_text(bad))
+    p = run_cli("cost", str(trace), "--run", str(local_run), env=WIDE)
+    err = " ".join(p.stderr.split())
+    assert p.returncode == 0 and "Traceback" not in p.stderr, p.stderr
+    assert f"{trace}: 100 oom_score_adj updates with impossible values skipped" in err, err
+    assert f"line 4: pid=3002 comm=com.a oom_score_adj={bad}" in err  # where: file and line
+    assert "100 updates of 5 processes" in " ".join(p.stdout.split())  # the good half priced
+
+
+def test_a_trace_with_only_impossible_updates_is_refused(tmp_path):
+    trace = tmp_path / "atrace.txt"
+    trace.write_text(_ftrace_text("-5000", n=2).replace("oom_score_adj=0", "oom_score_adj=x"))
+    p = run_cli("profile", "--local", "--scenario", f"replay:{trace}", "-o",
+                str(tmp_path / "o"), env=WIDE)  # fmt: skip
+    assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr
+    err = " ".join(p.stderr.split())
+    assert "2 oom_score_adj updates with impossible values skipped: line 3" in err, err
+    assert not (tmp_path / "o").exists()
+
+
+def test_out_of_range_perfetto_values_are_not_wrapped(tmp_path):
+    """Today: adj 2^31-1 became int16 -1 (foreground!) and was replayed."""
+    from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
+
+    from droidoom import replay
+
+    t = pb.Trace()
+    b = t.packet.add().ftrace_events
+    for ts, pid, adj in [(1000, 700, 900), (2000, 700, 2**31 - 1), (3000, 0, 0),
+                         (4000, 701, -(2**31)), (5000, 701, 0)]:  # fmt: skip
+        u = b.event.add(timestamp=ts, pid=50).oom_score_adj_update
+        u.pid, u.comm, u.oom_score_adj = pid, "app", adj
+    f = tmp_path / "t.pftrace"
+    f.write_bytes(t.SerializeToString())
+    rt = replay.load(f)
+    assert rt.events["adj"].tolist() == [900, 0] and rt.impossible == 3
+    (note,) = [n for n in rt.notes() if "impossible" in n]
+    assert f"{f}: 3 oom_score_adj updates with impossible values skipped" in note
+    assert f"packet 1: pid=700 oom_score_adj={2**31 - 1}" in note
+    assert rt.summary()["impossible_updates"] == 3
