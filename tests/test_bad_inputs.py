@@ -28,6 +28,18 @@ def copy_run(src: Path, dst: Path) -> Path:
     return dst
 
 
+def edit_json(run: Path, **fields) -> None:
+    """Set top-level run.json fields; `spec__kinds=` sets meta["spec"]["kinds"]."""
+    meta = json.loads((run / "run.json").read_text())
+    for key, value in fields.items():
+        *parents, last = key.split("__")
+        obj = meta
+        for k in parents:
+            obj = obj[k]
+        obj[last] = value
+    (run / "run.json").write_text(json.dumps(meta))
+
+
 CORRUPTIONS = {
     "truncated-parquet": lambda run: (run / "samples.parquet").write_bytes(
         (run / "samples.parquet").read_bytes()[:300]
@@ -35,6 +47,10 @@ CORRUPTIONS = {
     "random-parquet": lambda run: (run / "samples.parquet").write_bytes(os.urandom(4096)),
     "json-not-object": lambda run: (run / "run.json").write_text("[1, 2, 3]\n"),
     "json-garbage": lambda run: (run / "run.json").write_bytes(b"\xff\xfe{"),
+    # valid JSON, wrong types: AttributeError / TypeError tracebacks before issue 16
+    "json-target-a-string": lambda run: edit_json(run, target="x"),
+    "json-kinds-not-strings": lambda run: edit_json(run, spec__kinds=[1, None]),
+    "json-points-a-number": lambda run: edit_json(run, points=5),
 }
 
 
@@ -56,9 +72,11 @@ def test_one_bad_run_in_a_folder_is_skipped_not_fatal(local_run, tmp_path):
     copy_run(local_run, farm / "good")
     CORRUPTIONS["random-parquet"](copy_run(local_run, farm / "bad1"))
     CORRUPTIONS["json-not-object"](copy_run(local_run, farm / "bad2"))
+    CORRUPTIONS["json-target-a-string"](copy_run(local_run, farm / "bad3"))
     p = run_cli("report", str(farm), env=dict(os.environ, COLUMNS="300"))
     assert p.returncode == 0, p.stderr
     assert "skipped" in p.stderr and "bad1" in p.stderr and "bad2" in p.stderr
+    assert "bad3/run.json: field 'target' is a string" in p.stderr
     with pytest.warns(UserWarning, match="skipped"):
         assert len(droidoom.load(farm)) == len(droidoom.load(local_run))
 
@@ -213,3 +231,21 @@ def test_out_of_range_perfetto_values_are_not_wrapped(tmp_path):
     assert f"{f}: 3 oom_score_adj updates with impossible values skipped" in note
     assert f"packet 1: pid=700 oom_score_adj={2**31 - 1}" in note
     assert rt.summary()["impossible_updates"] == 3
+
+
+@pytest.mark.parametrize(
+    "fields, expect",
+    [
+        ({"target": "x"}, "field 'target' is a string (\"x\"), not an object"),
+        ({"spec__kinds": [1, None]}, "field 'spec.kinds[0]' is an integer (1), not a string"),
+        ({"spec__populations": 5}, "field 'spec.populations' is an integer (5), not a list"),
+        ({"target__kernel_release": 5}, "field 'target.kernel_release' is an integer (5)"),
+        ({"device": ["a"]}, "field 'device' is a list"),
+    ],
+)
+def test_run_json_with_wrong_field_types_names_the_field(local_run, tmp_path, fields, expect):
+    bad = copy_run(local_run, tmp_path / "bad")
+    edit_json(bad, **fields)
+    p = run_cli("report", str(bad), env=WIDE)
+    assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr
+    assert f"{bad / 'run.json'}: {expect}" in p.stderr and "profile again" in p.stderr
