@@ -299,7 +299,9 @@ def load(
         # consolidated 2-D blocks; self_destruct frees each Arrow column once converted.
         # Together they halve load time and peak memory on 10M-row runs.
         try:
-            frames.append(_read_samples(f, columns))
+            df = _read_samples(f, columns)
+            schema.check(df, f, columns)  # NaN, text or a missing column: say which
+            frames.append(df)
         except DataError as e:
             if r.path in named:
                 raise

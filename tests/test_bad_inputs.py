@@ -40,6 +40,25 @@ def edit_json(run: Path, **fields) -> None:
     (run / "run.json").write_text(json.dumps(meta))
 
 
+def edit_samples(run: Path, edit) -> None:
+    """Rewrite samples.parquet as `edit(df)` returns it (a valid parquet file, bad values)."""
+    import pandas as pd
+
+    f = run / "samples.parquet"
+    edit(pd.read_parquet(f)).to_parquet(f)
+
+
+def _nan_latencies(df):
+    df["latency_ns"] = df["latency_ns"].astype(float)
+    df.loc[::7, "latency_ns"] = float("nan")
+    return df
+
+
+def _negative_latencies(df):
+    df.loc[:4, "latency_ns"] = -5
+    return df
+
+
 CORRUPTIONS = {
     "truncated-parquet": lambda run: (run / "samples.parquet").write_bytes(
         (run / "samples.parquet").read_bytes()[:300]
@@ -51,6 +70,11 @@ CORRUPTIONS = {
     "json-target-a-string": lambda run: edit_json(run, target="x"),
     "json-kinds-not-strings": lambda run: edit_json(run, spec__kinds=[1, None]),
     "json-points-a-number": lambda run: edit_json(run, points=5),
+    # a valid parquet file, bad values: IntCastingNaNError / KeyError before issue 16
+    "nan-latencies": lambda run: edit_samples(run, _nan_latencies),
+    "no-latency-column": lambda run: edit_samples(run, lambda df: df.drop(columns="latency_ns")),
+    "text-population": lambda run: edit_samples(run, lambda df: df.assign(population="x")),
+    "negative-latencies": lambda run: edit_samples(run, _negative_latencies),
 }
 
 
@@ -249,3 +273,24 @@ def test_run_json_with_wrong_field_types_names_the_field(local_run, tmp_path, fi
     p = run_cli("report", str(bad), env=WIDE)
     assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr
     assert f"{bad / 'run.json'}: {expect}" in p.stderr and "profile again" in p.stderr
+
+
+@pytest.mark.parametrize(
+    "how, expect",
+    [
+        ("nan-latencies", "column 'latency_ns' has {nan} missing (NaN) values of {n}"),
+        ("no-latency-column", "lacks column(s) latency_ns of a samples file"),
+        ("text-population", "column 'population' holds "),  # object or str: pandas' choice
+        ("negative-latencies", "5 of {n} writes have a negative latency_ns (lowest -5)"),
+    ],
+)
+def test_bad_sample_values_name_the_file_and_column(local_run, tmp_path, how, expect):
+    """`compare` accepted negative latencies (a verdict from impossible durations)."""
+    bad = copy_run(local_run, tmp_path / "bad")
+    CORRUPTIONS[how](bad)
+    n = len(droidoom.load(local_run))
+    expect = expect.format(n=n, nan=-(-n // 7))
+    p = run_cli("compare", str(local_run), str(bad), env=WIDE)
+    assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr
+    assert f"{bad / 'samples.parquet'}" in p.stderr and expect in p.stderr, p.stderr
+    assert "where integers belong" in p.stderr or how != "text-population"
