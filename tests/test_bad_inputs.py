@@ -294,3 +294,14 @@ def test_bad_sample_values_name_the_file_and_column(local_run, tmp_path, how, ex
     assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr
     assert f"{bad / 'samples.parquet'}" in p.stderr and expect in p.stderr, p.stderr
     assert "where integers belong" in p.stderr or how != "text-population"
+
+
+def test_export_to_a_missing_folder_or_onto_a_directory_is_refused(local_run, tmp_path):
+    """Both were FileNotFoundError / IsADirectoryError tracebacks."""
+    (tmp_path / "d").mkdir()
+    for out, why in [(tmp_path / "nodir" / "x.pftrace", f"{tmp_path / 'nodir'} does not exist"),
+                     (tmp_path / "d", "it is a directory")]:  # fmt: skip
+        p = run_cli("export", str(local_run), "--perfetto", str(out), env=WIDE)
+        assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr
+        assert f"--perfetto {out}: cannot write there ({why})" in p.stderr
+    assert sorted(tmp_path.iterdir()) == [tmp_path / "d"] and not any((tmp_path / "d").iterdir())
