@@ -156,6 +156,10 @@ def test_results_honour_the_umask(tmp_path, local_run):
         (["--rate", "nan"], "--rate must be a finite"),
         (["--rate", "inf"], "--rate must be a finite"),
         (["--population", "0,0,0"], "--population repeats"),
+        # a 30-year run was accepted (issue 16): the message gives the planned duration
+        (["--rate", "1e-9"], "paces 30,000 timed writes over 950,643 years (planned duration);"
+                             " a run may plan at most 24 h: give --rate 0.347 or more"),
+        (["--rate", "0.3"], "over 27.8 h (planned duration)"),
     ],
 )
 def test_bad_profile_options_are_refused_by_the_cli(tmp_path, args, expect):
