@@ -309,3 +309,58 @@ def test_export_to_a_missing_folder_or_onto_a_directory_is_refused(local_run, tm
         assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr
         assert f"--perfetto {out}: cannot write there ({why})" in p.stderr
     assert sorted(tmp_path.iterdir()) == [tmp_path / "d"] and not any((tmp_path / "d").iterdir())
+
+
+def _cost_reading_a_fifo(tmp_path):
+    """`droidoom cost FIFO` started; returns (process, writer fd) once the command sits in
+    read() of the trace: inside the command, past every import."""
+    import time
+
+    from conftest import default_signals
+
+    fifo = tmp_path / "trace.fifo"
+    os.mkfifo(fifo)
+    p = subprocess.Popen([sys.executable, "-m", "droidoom", "cost", str(fifo), "--run", "x"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=WIDE,
+                         preexec_fn=default_signals)  # fmt: skip
+    deadline = time.monotonic() + 60
+    while True:  # O_NONBLOCK writer open fails (ENXIO) until the reader has it open
+        try:
+            return p, os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+        except OSError:
+            assert time.monotonic() < deadline and p.poll() is None, p.communicate()
+            time.sleep(0.02)
+
+
+@pytest.mark.parametrize("sig, code, said", [(15, 143, "interrupted by SIGTERM"),
+                                             (2, 130, "interrupted by Ctrl-C")])  # fmt: skip
+def test_a_signal_during_a_commands_setup_exits_with_its_code(tmp_path, sig, code, said):
+    """Click turns a KeyboardInterrupt into Abort, which exited 130 without a word even for
+    SIGTERM (143)."""
+    p, w = _cost_reading_a_fifo(tmp_path)
+    try:
+        p.send_signal(sig)
+        _, err = p.communicate(timeout=60)
+    finally:
+        os.close(w)
+    assert p.returncode == code and said in err and "Traceback" not in err, err
+
+
+def test_ctrl_c_while_the_commands_load_is_a_line_not_a_traceback(tmp_path):
+    """Ctrl-C in the first second of `droidoom profile` (the commands' imports) printed a
+    KeyboardInterrupt traceback."""
+    import time
+
+    from conftest import default_signals
+
+    p = subprocess.Popen([sys.executable, "-m", "droidoom", "profile", "--local", "-o",
+                          str(tmp_path / "o")], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, preexec_fn=default_signals)  # fmt: skip
+    maps = Path(f"/proc/{p.pid}/maps")
+    while "numpy" not in maps.read_text():  # pandas is loading: the imports are under way
+        assert p.poll() is None
+        time.sleep(0.005)
+    p.send_signal(2)
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 130 and "interrupted" in err and "Traceback" not in err, err
+    assert not (tmp_path / "o").exists()
