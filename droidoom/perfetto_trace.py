@@ -50,6 +50,12 @@ FTRACE_CLOCK_NAMES = {1: "unknown", 2: "global", 3: "local", 4: "mono_raw"}
 CLOCK_NAMES = {1: "realtime", 2: "realtime_coarse", 3: "monotonic", 4: "monotonic_coarse",
                5: "monotonic_raw", 6: "boottime"}  # fmt: skip
 
+#: The kernel's OOM_SCORE_ADJ_MIN..MAX: an update outside it (or to a pid <= 0) cannot
+#: have happened, so the file is damaged or not a kernel's record (see TraceData.impossible).
+ADJ_MIN, ADJ_MAX = -1000, 1000
+#: How many impossible updates TraceData keeps as examples for the message.
+EXAMPLES = 3
+
 #: Column dtypes of TraceData.oom_events (one row per oom_score_adj_update, time order).
 OOM_EVENT_COLUMNS: dict[str, str] = {
     "ts_ns": "int64",  # event time on the trace clock (BOOTTIME on Android), ns
@@ -114,6 +120,11 @@ class TraceData:
         default_factory=lambda: pd.DataFrame({"ts_ns": pd.Series([], dtype="int64"),
                                               "pid": pd.Series([], dtype="int32")})
     )
+    #: oom_score_adj_update events left out of oom_events because their values cannot be
+    #: real (adj outside ADJ_MIN..ADJ_MAX, pid <= 0, not a number): never wrapped into
+    #: range or dropped unsaid; `impossible_note()` tells the user.
+    impossible: int = 0
+    impossible_examples: list[str] = field(default_factory=list)  # "line 7: ...", first few
 
     def clock_offset_ns(self, src: int = CLOCK_BOOTTIME, dst: int = CLOCK_MONOTONIC) -> int | None:
         """Median of (src - dst) over the trace's clock snapshots: subtract it from a
@@ -187,7 +198,20 @@ class TraceData:
             "losses": self.losses,
             "sources_started_ns": self.sources_started_ns,
             "ftrace_errors": self.ftrace_errors[:5],
+            "impossible_updates": self.impossible,
         }
+
+    def impossible_note(self, what: str = "trace") -> str | None:
+        """'N updates with impossible values skipped: ...' (None when there were none)."""
+        if not self.impossible:
+            return None
+        return (
+            f"{what}: {self.impossible} oom_score_adj updates with impossible values skipped: "
+            f"{'; '.join(self.impossible_examples)}"
+            + ("; ..." if self.impossible > len(self.impossible_examples) else "")
+            + f" (a kernel only records adj {ADJ_MIN}..{ADJ_MAX} and pid > 0: the file is "
+            "damaged or was not written by a kernel; record the trace again)"
+        )
 
 
 class _Collector:
@@ -208,6 +232,8 @@ class _Collector:
         self.errors: list[str] = []
         self.started: int | None = None
         self.clock_error: str | None = None  # a bundle on a clock we cannot convert
+        self.impossible = 0
+        self.impossible_examples: list[str] = []
 
     def packet(self, pkt: Any, pb: Any) -> None:  # protobuf messages: untyped
         self.packets += 1
@@ -288,12 +314,21 @@ class _Collector:
                     self.exits.append((ev.timestamp + off, ev.sched_process_free.pid))
                 continue
             u = ev.oom_score_adj_update
+            if not (ADJ_MIN <= u.oom_score_adj <= ADJ_MAX and u.pid > 0):
+                self._impossible(f"packet {self.packets}: pid={u.pid} "
+                                 f"oom_score_adj={u.oom_score_adj}")  # fmt: skip
+                continue  # int16 would wrap 2^31-1 to -1: a real-looking update
             o["ts_ns"].append(ev.timestamp + off)
             o["cpu"].append(cpu)
             o["writer_tid"].append(ev.pid)
             o["pid"].append(u.pid)
             o["comm"].append(u.comm)
             o["adj"].append(u.oom_score_adj)
+
+    def _impossible(self, example: str) -> None:
+        self.impossible += 1
+        if len(self.impossible_examples) < EXAMPLES:
+            self.impossible_examples.append(example)
 
     def _tree(self, tree: Any, ts: int) -> None:
         for p in tree.processes:
@@ -388,6 +423,7 @@ def parse_trace(data: bytes, what: str = "trace", *, allow_truncated: bool = Tru
         writer_packet_loss=col.writer_loss, packets_dropped=col.packets_dropped,
         primary_clock=col.primary, ftrace_errors=col.errors,
         sources_started_ns=col.started,
+        impossible=col.impossible, impossible_examples=col.impossible_examples,
     )  # fmt: skip
 
 
@@ -402,10 +438,9 @@ def parse_ftrace_text(text: str, what: str = "trace") -> TraceData:
     text's (microseconds, on whatever trace_clock recorded them); no process list or
     clock snapshots. Losses: `entries-in-buffer/entries-written` (the ring overwrote the
     difference) and lost-event markers (`CPU:N [LOST M EVENTS]`)."""
-    from .capture.ftrace_parse import add_write_fields
     from .capture.ftrace_parse import parse_trace as parse_text
 
-    events, header = parse_text(text)
+    events, header = parse_text(text, line_numbers=True)
     if header.integer_clock is not None:
         raise DataError(
             f"{what} was recorded with trace_clock {header.integer_clock} (its timestamps "
@@ -413,12 +448,18 @@ def parse_ftrace_text(text: str, what: str = "trace") -> TraceData:
             "rate and gaps cannot be read; record it again with "
             "`echo boot > /sys/kernel/tracing/trace_clock` (or mono, global, local)"
         )
-    ev = add_write_fields(events[events["event"].astype(str) == "oom_score_adj_update"])
-    comm = ev["fields"].astype(str).str.extract(r"comm=(.*) oom_score_adj=")[0]
+    ev = events[events["event"].astype(str) == "oom_score_adj_update"]
+    fields = ev["fields"].astype(str)
+    raw = fields.str.extract(r"pid=(\S*) comm=(.*) oom_score_adj=(\S*)\s*$")
+    # as floats: "abc" is NaN, 999999999999 stays itself (no wrap, no cast error)
+    pid = pd.to_numeric(raw[0], errors="coerce").astype("float64")
+    adj = pd.to_numeric(raw[2], errors="coerce").astype("float64")
+    ok = (pid > 0) & adj.between(ADJ_MIN, ADJ_MAX)  # NaN compares False
+    bad = ev.loc[~ok]
     oom = pd.DataFrame({
         "ts_ns": ev["ts_ns"], "cpu": ev["cpu"], "writer_tid": ev["pid"],
-        "writer_tgid": ev["tgid"], "pid": ev["oom_pid"], "comm": comm, "adj": ev["oom_adj"],
-    }).dropna(subset=["pid", "adj"])  # fmt: skip
+        "writer_tgid": ev["tgid"], "pid": pid, "comm": raw[1], "adj": adj,
+    })[ok]  # fmt: skip
     oom = oom.astype(OOM_EVENT_COLUMNS).sort_values("ts_ns", kind="stable")
     empty = pd.DataFrame({c: pd.Series([], dtype=t) for c, t in PROCESS_COLUMNS.items()})
     # entries-written - entries-in-buffer: what the ring overwrote; LOST lines (a reader
@@ -429,7 +470,10 @@ def parse_ftrace_text(text: str, what: str = "trace") -> TraceData:
         oom_events=oom.reset_index(drop=True), processes=empty,
         threads=pd.DataFrame({"tid": [], "tgid": [], "name": []}), clocks=pd.DataFrame(),
         packets=0, lost_events=len(header.lost_by_cpu), ftrace_overrun=overrun,
-        ftrace_dropped=header.lost_events, primary_clock=0,
+        ftrace_dropped=header.lost_events, primary_clock=0, impossible=len(bad),
+        impossible_examples=[f"line {n}: {f.strip()}" for n, f in
+                             zip(bad["line"][:EXAMPLES], bad["fields"][:EXAMPLES],
+                                 strict=True)],
     )  # fmt: skip
 
 
@@ -450,6 +494,9 @@ def require_oom_events(trace: TraceData, what: str = "trace") -> None:
     """DataError naming what is missing when the trace has no oom_score_adj_update."""
     if len(trace.oom_events):
         return
+    impossible = trace.impossible_note(what)
+    if impossible:
+        raise DataError(impossible)
     why = "; ".join(trace.ftrace_errors[:3])
     raise DataError(
         f"{what} has no oom/oom_score_adj_update events"

@@ -73,6 +73,8 @@ class ReplayTrace:
     has_process_list: bool
     has_exits: bool
     duration_ns: int  # first to last update
+    impossible: int = 0  # updates skipped: values no kernel records (TraceData.impossible)
+    impossible_note: str | None = None
     #: the trace's losses by kind (TraceData.loss_counts), and in words ("" when none)
     losses: dict[str, int] = field(default_factory=dict)
     loss_text: str = ""
@@ -94,7 +96,7 @@ class ReplayTrace:
 
     def notes(self) -> list[str]:
         """What the user should know about this trace's replay."""
-        out = []
+        out = [self.impossible_note] if self.impossible_note else []
         if self.lost:
             out.append(f"the trace lost events ({self.loss_text}): updates are missing from it, "
                        "so its writes per hour and every cost estimated from it are lower "
@@ -122,6 +124,7 @@ class ReplayTrace:
             "trace": self.path, "sha256": self.sha256, "updates": int(len(self.events)),
             "processes": len(self.pids), "dropped_processes": self.dropped_processes,
             "dropped_updates": self.dropped_events, "writer": self.writer,
+            "impossible_updates": self.impossible,
             "duration_s": self.duration_ns / 1e9, "population": self.population(),
             "alive_mean": float(self.events["alive"].mean()) if len(self.events) else 0.0,
             "lost": self.lost, "losses": {k: v for k, v in self.losses.items() if v},
@@ -177,6 +180,7 @@ def load(path: str | Path, n_kinds: int = 1) -> ReplayTrace:
         has_exits=not trace.exits.empty,
         duration_ns=int(ts[-1] - ts[0]) if len(ts) else 0,
         losses=trace.loss_counts(), loss_text=trace.loss_text(),
+        impossible=trace.impossible, impossible_note=trace.impossible_note(path),
     )  # fmt: skip
 
 

@@ -6,8 +6,12 @@ through `SAMPLE_COLUMNS` / `coerce()` so the dtypes never drift between modules.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
+import numpy as np
 import pandas as pd
 
+from .errors import DataError
 from .vocab import KINDS as KINDS  # re-exported; the specs need them without pandas
 from .vocab import MODES as MODES
 
@@ -79,9 +83,7 @@ def coerce(df: pd.DataFrame) -> pd.DataFrame:
         raise KeyError(f"samples frame lacks columns {missing}")
     out = {}
     for col in df.columns:
-        dtype = (SAMPLE_COLUMNS.get(col) or KERNEL_COLUMNS.get(col)
-                 or PERFETTO_COLUMNS.get(col) or BLOCK_COLUMNS.get(col)
-                 or KILL_COLUMNS.get(col))  # fmt: skip
+        dtype = dtype_of(col)
         s = df[col]
         if dtype == "category":
             if not isinstance(s.dtype, pd.CategoricalDtype):
@@ -115,6 +117,59 @@ def timed(df: pd.DataFrame) -> pd.DataFrame:
 def is_kill(df: pd.DataFrame) -> bool:
     """Do these samples come from a `--measure kill` run (rows are kills, not writes)?"""
     return "measure" in df.columns and bool((df["measure"].astype(str) == "kill").any())
+
+
+def dtype_of(col: str) -> str | None:
+    """The schema dtype of a samples column (None for a column the schema does not know)."""
+    return (SAMPLE_COLUMNS.get(col) or KERNEL_COLUMNS.get(col) or PERFETTO_COLUMNS.get(col)
+            or BLOCK_COLUMNS.get(col) or KILL_COLUMNS.get(col))  # fmt: skip
+
+
+_FIX = "the file was damaged or written by another tool; restore it from a copy or profile again"
+
+
+def check(df: pd.DataFrame, what: object, columns: Iterable[str] | None = None) -> None:
+    """DataError naming `what` (the file) and the column when a stored samples frame does
+    not fit the schema: a missing column, values that are not integers (text, NaN, out of
+    the dtype's range) where integers belong, or negative latencies (the helper records
+    unsigned durations). `columns`: only these were read. Cheap on a well-formed frame:
+    columns already in their schema dtype skip every check but the latency sign."""
+    need = list(SAMPLE_COLUMNS) if columns is None else [c for c in columns if c in SAMPLE_COLUMNS]
+    missing = [c for c in need if c not in df.columns]
+    if missing:
+        raise DataError(f"{what} lacks column(s) {', '.join(missing)} of a samples file; {_FIX}")
+    for col in df.columns:
+        dtype = dtype_of(col)
+        if dtype in (None, "category", "bool", "boolean") or str(df[col].dtype) == dtype:
+            continue  # not an integer column (the warm-up flag, labels) or already typed
+        _check_ints(df[col], pd.api.types.pandas_dtype(dtype), f"{what}: column {col!r}")
+    if "latency_ns" in df.columns:
+        neg = int((df["latency_ns"] < 0).sum())
+        if neg:
+            raise DataError(
+                f"{what}: {neg} of {len(df)} writes have a negative latency_ns (lowest "
+                f"{df['latency_ns'].min()}): a duration cannot be negative; {_FIX}"
+            )
+
+
+def _check_ints(s: pd.Series, dtype: np.dtype | pd.api.extensions.ExtensionDtype,
+                where: str) -> None:  # fmt: skip
+    """DataError unless `s` casts to integer `dtype` without loss."""
+    if not pd.api.types.is_numeric_dtype(s.dtype) or pd.api.types.is_bool_dtype(s.dtype):
+        raise DataError(f"{where} holds {s.dtype} values where integers belong; {_FIX}")
+    nullable = isinstance(dtype, pd.api.extensions.ExtensionDtype)
+    values = s.dropna() if nullable else s
+    na = int(values.isna().sum())
+    if na:
+        raise DataError(f"{where} has {na} missing (NaN) values of {len(s)}; {_FIX}")
+    if not len(values):
+        return
+    info = np.iinfo(dtype.numpy_dtype if nullable else dtype)  # type: ignore[union-attr]
+    arr = values.to_numpy(dtype="float64")
+    lo, hi = float(arr.min()), float(arr.max())
+    if not (info.min <= lo and hi <= info.max) or not np.array_equal(arr, np.round(arr)):
+        raise DataError(f"{where} holds values ({lo:.12g}..{hi:.12g}) that are not {info.dtype} "
+                        f"integers; {_FIX}")  # fmt: skip
 
 
 def empty() -> pd.DataFrame:

@@ -40,10 +40,18 @@ class Terminated(KeyboardInterrupt):
         return signal.Signals(self.signum).name
 
 
+#: The stop request `_handler` raised last (None: none, or only Ctrl-C). Typer turns any
+#: KeyboardInterrupt that leaves a command into exit code 130, losing which signal it was:
+#: the entry point looks here for it.
+last: Terminated | None = None
+
+
 def _handler(signum: int, frame: FrameType | None) -> None:
+    global last
     for sig in HANDLED:  # one stop request is enough: let the cleanup run undisturbed
         signal.signal(sig, signal.SIG_IGN)
-    raise Terminated(signum)
+    last = Terminated(signum)
+    raise last
 
 
 def install() -> None:

@@ -22,6 +22,17 @@ MAX_VICTIM_RSS_KB = 1 << 20  # the helper's own ceiling (1 GiB)
 MAX_POPULATION = 20000
 MAX_THREADS = 64
 MAX_WRITES = 1_000_000
+#: Longest run --rate may plan (timed writes / rate): a slip like `--rate 1e-9` would
+#: otherwise hold the device for decades; a day is far beyond any real profile.
+MAX_PLANNED_S = 24 * 3600
+
+
+def duration_text(s: float) -> str:
+    """Seconds as the largest unit that reads well: 45 s, 12 min, 26.7 h, 3.2 days, 31 years."""
+    for unit, size in (("years", 365.25 * 86400), ("days", 86400), ("h", 3600), ("min", 60)):
+        if s >= 2 * size if unit != "h" else s >= size:
+            return f"{s / size:,.3g} {unit}" if s / size < 1000 else f"{s / size:,.0f} {unit}"
+    return f"{s:.0f} s"
 
 
 @dataclass(frozen=True)
@@ -103,6 +114,7 @@ class ProfileSpec:
             raise UsageError(f"--rate must be a finite number of updates/s (got {self.rate})")
         if self.rate < 0:
             raise UsageError(f"--rate must be >= 0 updates/s (got {self.rate:g})")
+        self._check_planned_duration()
         if self.order not in ORDERS:
             raise UsageError(f"unknown order {self.order!r}: use {', '.join(ORDERS)}")
         if self.measure not in MEASURES:
@@ -125,6 +137,26 @@ class ProfileSpec:
                 f"(got {self.settle})"
             )
         return self
+
+    def timed_writes(self) -> int:
+        """Timed writes the sweep plans (role-change scenarios): each population gets
+        `writes` per kind and mode, whether in one visit or split over up and down."""
+        return self.writes * len(self.populations) * len(self.kinds) * len(self.modes)
+
+    def _check_planned_duration(self) -> None:
+        """UsageError when --rate would stretch the run beyond MAX_PLANNED_S (the helper
+        paces each point's writes at `rate`; a replay follows its trace's gaps instead)."""
+        if self.rate <= 0 or self.scenario.startswith("replay:"):
+            return
+        planned = self.timed_writes() / self.rate
+        if planned > MAX_PLANNED_S:
+            floor = self.timed_writes() / MAX_PLANNED_S
+            raise UsageError(
+                f"--rate {self.rate:g} updates/s paces {self.timed_writes():,} timed writes "
+                f"over {duration_text(planned)} (planned duration); a run may plan at most "
+                f"{duration_text(MAX_PLANNED_S)}: give --rate {floor:.3g} or more, or fewer "
+                "--writes"
+            )
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

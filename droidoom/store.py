@@ -178,6 +178,76 @@ class RunInfo:
         return device
 
 
+_NUMBER = (int, float)
+#: JSON types of the run.json fields droidoom reads (dotted paths; `x[]` is each item of
+#: list `x`). Absent or null fields are fine (older runs lack some); any other type is a
+#: damaged or hand-edited file and is refused by `read_run` before it can become an
+#: AttributeError deep in a report.
+RUN_FIELDS: dict[str, type | tuple[type, ...]] = {
+    **dict.fromkeys(["run_id", "device", "status", "started", "finished", "reason",
+                     "farm_id"], str),
+    **dict.fromkeys(["adj_min", "helper_exit", "writes_planned", "writes_recorded",
+                     "writes_on_device", "farm_attempt"], int),
+    **dict.fromkeys(["spec", "target", "calibration", "captures", "helper", "helper_facts",
+                     "device_activity", "writer", "vm", "replay", "farm"], dict),
+    **dict.fromkeys(["points", "notices", "targets"], list),
+    **dict.fromkeys(["points[]", "targets[]"], dict),
+    **dict.fromkeys(["spec.kinds", "spec.modes", "spec.populations", "spec.levels"], list),
+    **dict.fromkeys(["spec.kinds[]", "spec.modes[]", "spec.scenario", "spec.order"], str),
+    **dict.fromkeys(["spec.populations[]", "spec.levels[]", "spec.writes", "spec.threads",
+                     "spec.target_threads", "spec.warmup", "spec.seed", "spec.repeat",
+                     "spec.cpu"], int),
+    **dict.fromkeys(["spec.rate", "spec.compress"], _NUMBER),
+    **dict.fromkeys(["target.kernel_release", "target.model", "target.transport",
+                     "target.abi", "target.device", "target.fingerprint"], str),
+    **dict.fromkeys(["target.cpus", "target.pid_max", "target.threads_max", "target.sdk"], int),
+    "target.extra": dict,
+}  # fmt: skip
+
+_JSON_NAMES: dict[type, str] = {dict: "an object", list: "a list", str: "a string",
+                                int: "an integer", float: "a number", bool: "true/false",
+                                type(None): "null"}  # fmt: skip
+
+
+def _json_type(value: object) -> str:
+    return _JSON_NAMES.get(type(value), type(value).__name__)
+
+
+def _field_values(meta: dict[str, Any], path: str) -> list[tuple[str, Any]]:
+    """(name, value) of every value at dotted `path` (`x[]`: each item) that is present
+    (an absent or null field is not; a null list item is)."""
+    found: list[tuple[str, Any]] = [("", meta)]
+    for part in path.split("."):
+        each = part.endswith("[]")
+        key = part.removesuffix("[]")
+        nxt: list[tuple[str, Any]] = []
+        for name, obj in found:
+            if not isinstance(obj, dict) or obj.get(key) is None:
+                continue  # absent, or the parent's own type is reported on its own path
+            name, value = f"{name}.{key}".lstrip("."), obj[key]
+            if each:
+                if isinstance(value, list):
+                    nxt += [(f"{name}[{i}]", v) for i, v in enumerate(value)]  # null too
+            else:
+                nxt.append((name, value))
+        found = nxt
+    return found
+
+
+def check_run_fields(f: Path, meta: dict[str, Any]) -> None:
+    """DataError naming the first run.json field whose JSON type is not RUN_FIELDS'."""
+    for path, want in RUN_FIELDS.items():
+        for name, value in _field_values(meta, path):
+            ok = isinstance(value, want) and not (isinstance(value, bool) and want is not bool)
+            if not ok:
+                expected = "a number" if want == _NUMBER else _JSON_NAMES[want]  # type: ignore[index]
+                shown = "" if value is None else f" ({json.dumps(value)[:40]})"
+                raise DataError(
+                    f"{f}: field {name!r} is {_json_type(value)}{shown}, not {expected}: the "
+                    "file was damaged or edited; restore it from a copy or profile again"
+                )
+
+
 def read_run(path: Path | str) -> RunInfo:
     """Parse `<path>/run.json`; DataError with a clear message if it is not a run."""
     path = Path(path)
@@ -196,6 +266,7 @@ def read_run(path: Path | str) -> RunInfo:
         raise DataError(
             f"{path} has run format {meta.get('format')!r}; this droidoom reads {FORMAT}"
         )
+    check_run_fields(f, meta)
     return RunInfo(path, meta)
 
 
@@ -322,7 +393,9 @@ def load(
         # consolidated 2-D blocks; self_destruct frees each Arrow column once converted.
         # Together they halve load time and peak memory on 10M-row runs.
         try:
-            frame = _read_samples(f, [c for c in columns if c != FINGERPRINT] if columns else None)
+            read = [c for c in columns if c != FINGERPRINT] if columns else None
+            frame = _read_samples(f, read)
+            schema.check(frame, f, read)  # NaN, text or a missing column: say which
             if columns is None or FINGERPRINT in columns:
                 fp = fingerprint(r.meta)  # which runs measured alike (droidoom/fingerprint.py)
                 frame[FINGERPRINT] = pd.Categorical.from_codes(

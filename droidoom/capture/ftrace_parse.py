@@ -94,9 +94,11 @@ def parse_header(text: str) -> TraceHeader:
     return h
 
 
-def parse_trace(text: str) -> tuple[pd.DataFrame, TraceHeader]:
+def parse_trace(text: str, *, line_numbers: bool = False) -> tuple[pd.DataFrame, TraceHeader]:
     """Event lines of a `trace` file as a typed frame (see EVENT_COLUMNS), in file order,
-    plus the header counts. Comment, LOST and unrecognised lines are skipped."""
+    plus the header counts. Comment, LOST and unrecognised lines are skipped.
+    `line_numbers` adds a `line` column (1-based line in `text`) to point a user at a
+    bad line of a file they gave."""
     lines = _lines(text)
     body = lines[~lines.str.startswith("#") & ~lines.str.startswith("CPU:")]
     m = body.str.extract(_EVENT_RE) if len(body) else pd.DataFrame(columns=_groups(_EVENT_RE))
@@ -123,8 +125,11 @@ def parse_trace(text: str) -> tuple[pd.DataFrame, TraceHeader]:
             "event": m["event"],
             "fields": m["fields"],
         }
-    ).reset_index(drop=True)
-    return _typed(df), header
+    )
+    typed = _typed(df)
+    if line_numbers:
+        typed["line"] = (m.index.to_numpy() + 1).astype(np.int64)  # body keeps `lines`' index
+    return typed.reset_index(drop=True), header
 
 
 def guess_integer_clock(ts: np.ndarray) -> str:

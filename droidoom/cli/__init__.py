@@ -9,17 +9,14 @@ from __future__ import annotations
 
 import sys
 
-from . import (  # noqa: F401
-    adb,
-    analysis,
-    cost,
-    export,
-    farm,
-    lab,
-    profile,  # noqa: I001, F401  (first: `droidoom --help` lists it first)
-)
-from .app import app
-from .app import main as _run
+try:
+    from . import profile  # noqa: I001, F401  (first: `droidoom --help` lists it first)
+    from . import adb, analysis, cost, export, farm, lab  # noqa: F401
+    from .app import app
+    from .app import main as _run
+except KeyboardInterrupt as e:  # Ctrl-C while the commands load: nothing ran yet
+    sys.stderr.write("interrupted\n")
+    raise SystemExit(130) from e  # the shell's code for Ctrl-C, not a traceback
 
 __all__ = ["app", "main"]
 

@@ -80,6 +80,11 @@ def main() -> None:
     warnings.showwarning = _show_warning
     try:
         rv = app(standalone_mode=False)
+        if rv == 130:  # Typer's code for a KeyboardInterrupt, SIGTERM/SIGHUP included
+            stop = signals.last or KeyboardInterrupt()
+            err_console.print(f"[yellow]{signals.describe(stop)}[/]: partial results, if any, "
+                              "were saved")  # fmt: skip
+            sys.exit(signals.exit_code(stop))
         sys.exit(rv if isinstance(rv, int) else 0)  # typer.Exit(n) is returned, not raised
     except DroidoomError as e:
         err_console.print(f"[red]error:[/] {escape(str(e))}")  # "[[devices]]" is not markup

@@ -28,7 +28,10 @@ def export(
     from ..export import export_perfetto
     from ..store import check_writable
 
-    check_writable(perfetto, "--perfetto")  # before the work, not after it
+    check_writable(perfetto, "--perfetto")  # a directory, an unwritable folder
+    if not perfetto.parent.is_dir():  # export writes the file, it makes no folders
+        raise UsageError(f"--perfetto {perfetto}: cannot write there ({perfetto.parent} does "
+                         "not exist); create that folder or choose another path")  # fmt: skip
     counts = export_perfetto(run, perfetto)
     console.print(
         f"wrote {perfetto}: {counts['slices']} write slices on {counts['tracks']} tracks, "
