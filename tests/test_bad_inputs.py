@@ -307,7 +307,7 @@ def test_export_to_a_missing_folder_or_onto_a_directory_is_refused(local_run, tm
                      (tmp_path / "d", "it is a directory")]:  # fmt: skip
         p = run_cli("export", str(local_run), "--perfetto", str(out), env=WIDE)
         assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr
-        assert f"--perfetto {out}: cannot write there ({why})" in p.stderr
+        assert f"--perfetto {out}: " in p.stderr and why in p.stderr, p.stderr
     assert sorted(tmp_path.iterdir()) == [tmp_path / "d"] and not any((tmp_path / "d").iterdir())
 
 
