@@ -308,9 +308,12 @@ def test_records_that_fill_most_of_tmpdir_are_saved_not_copied_there(tiny_tmpdir
 
 
 @pytest.fixture
-def own_stop_signals():
-    """SIGINT/SIGTERM as an interactive shell leaves them: a test suite started in the
-    background (a CI job, `cmd &`) inherits SIGINT ignored, which SaveGuard keeps ignored."""
+def own_stop_signals(monkeypatch):
+    """SIGINT/SIGTERM as an interactive shell leaves them, in a library caller (not the
+    CLI): a suite started in the background (a CI job, `cmd &`) inherits SIGINT ignored,
+    which SaveGuard keeps ignored, and an in-process CLI test earlier in the session ran
+    `signals.install()`, after which a stopped guard leaves the signals ignored."""
+    monkeypatch.setattr(signals, "_exits_on_stop", False)
     old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
