@@ -25,6 +25,27 @@ def _varint(buf: bytes | memoryview, pos: int) -> tuple[int, int]:
             raise ValueError("varint too long")
 
 
+def _record(view: memoryview, pos: int, n: int) -> tuple[int, memoryview | None, int]:
+    """The protobuf record at `pos`: (field number, payload when length-delimited, next
+    position). IndexError when the end of the data cuts it off, ValueError for a field,
+    wire type or varint no `Trace` has."""
+    tag, pos = _varint(view, pos)
+    wire = tag & 7
+    if tag >> 3 == 0:
+        raise ValueError("field 0")  # no protobuf message has it: not a trace
+    if wire == 2:
+        length, pos = _varint(view, pos)
+        if pos + length > n:
+            raise IndexError("record cut off by the end of the data")
+        return tag >> 3, view[pos : pos + length], pos + length
+    if wire == 0:
+        _, pos = _varint(view, pos)
+        return tag >> 3, None, pos
+    if wire in (1, 5):
+        return tag >> 3, None, pos + (8 if wire == 1 else 4)
+    raise ValueError(f"wire type {wire}")
+
+
 def iter_packet_bytes(data: bytes) -> tuple[list[memoryview], int | None]:
     """Split a serialized `Trace` into its TracePacket payloads.
 
@@ -37,23 +58,11 @@ def iter_packet_bytes(data: bytes) -> tuple[list[memoryview], int | None]:
     while pos < n:
         start = pos
         try:
-            tag, pos = _varint(view, pos)
-            wire = tag & 7
-            if wire == 2:
-                length, pos = _varint(view, pos)
-                if pos + length > n:
-                    return out, start
-                if tag >> 3 == 1:
-                    out.append(view[pos : pos + length])
-                pos += length
-            elif wire == 0:
-                _, pos = _varint(view, pos)
-            elif wire in (1, 5):
-                pos += 8 if wire == 1 else 4
-            else:
-                raise ValueError(f"wire type {wire}")
+            field, payload, pos = _record(view, pos, n)
         except (IndexError, ValueError):
             return out, start
+        if field == 1 and payload is not None:
+            out.append(payload)
     return out, None
 
 
@@ -75,25 +84,11 @@ def leading_packets(data: bytes, limit: int = 64) -> list[memoryview] | None:
         if pos >= n:
             break
         try:
-            tag, pos = _varint(view, pos)
-            wire = tag & 7
-            if tag >> 3 == 0:
-                return None  # field 0 does not exist
-            if wire == 2:
-                length, pos = _varint(view, pos)
-                if pos + length > n:
-                    break
-                if tag >> 3 == 1:
-                    out.append(view[pos : pos + length])
-                pos += length
-            elif wire == 0:
-                _, pos = _varint(view, pos)
-            elif wire in (1, 5):
-                pos += 8 if wire == 1 else 4
-            else:
-                return None
+            field, payload, pos = _record(view, pos, n)
         except IndexError:
             break  # cut off by the end of `data`
         except ValueError:
             return None
+        if field == 1 and payload is not None:
+            out.append(payload)
     return out
