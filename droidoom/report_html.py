@@ -14,8 +14,8 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from . import analysis, plots, units
-from .fingerprint import describe, fingerprint, report_groups
-from .report_rows import STAT_COLS, run_facts, run_metas, scaling_rows, with_visits
+from .fingerprint import describe, fingerprint
+from .report_rows import STAT_COLS, report_frames, run_facts, run_metas, scaling_rows, with_visits
 from .schema import KINDS
 from .store import atomic_write
 from .vocab import Complexity, RunStatus
@@ -151,12 +151,11 @@ def _fingerprint_groups(
     if not metas or "run_id" not in df.columns:
         return [("", df, list(metas))]
     out = []
-    for idx in report_groups(metas):
+    for rows, idx in report_frames(df, metas):
         mine = [metas[i] for i in idx]
-        ids = {str(m.get("run_id")) for m in mine}
         one = len({m.get("device") for m in mine}) == 1  # else a farm's devices side by side
-        label = f"{fingerprint(mine[0], target=one)}: {describe(mine[0], target=one)}"
-        out.append((label, df[df["run_id"].astype(str).isin(ids)], mine))
+        out.append((f"{fingerprint(mine[0], target=one)}: {describe(mine[0], target=one)}",
+                    rows, mine))  # fmt: skip
     return out
 
 

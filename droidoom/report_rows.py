@@ -72,3 +72,15 @@ def with_visits(table: pd.DataFrame) -> pd.DataFrame:
     visits = out.groupby(keys, observed=True)["point"].transform("size")
     out["sweep"] = np.where(visits < 2, "", np.where(nth == 0, "up", "down"))
     return out
+
+
+def report_frames(
+    df: pd.DataFrame, metas: Sequence[Mapping[str, Any]]
+) -> list[tuple[pd.DataFrame, list[int]]]:
+    """`df` split as fingerprint.report_groups splits `metas`: (rows, indices of their
+    run.jsons) per group of runs a report may show together."""
+    from .fingerprint import report_groups
+
+    ids = df["run_id"].astype(str)
+    return [(df[ids.isin({str(metas[i].get("run_id")) for i in idx})], idx)
+            for idx in report_groups(metas)]  # fmt: skip

@@ -73,14 +73,9 @@ def _load(
 def _groups(df: pd.DataFrame, runs: list[RunInfo]) -> list[tuple[pd.DataFrame, list[RunInfo]]]:
     """Runs split into groups that measured alike (droidoom/fingerprint.py): only runs
     of one group are pooled, a farm's devices side by side within it."""
-    from ..fingerprint import report_groups
+    from ..report_rows import report_frames
 
-    out = []
-    for idx in report_groups([r.meta for r in runs]):
-        mine = [runs[i] for i in idx]
-        ids = {r.run_id for r in mine}
-        out.append((df[df["run_id"].astype(str).isin(ids)], mine))
-    return out
+    return [(g, [runs[i] for i in idx]) for g, idx in report_frames(df, [r.meta for r in runs])]
 
 
 @app.command()
