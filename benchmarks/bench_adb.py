@@ -29,7 +29,8 @@ sys.path.insert(0, str(HERE.parent / "tests"))  # adb_env: isolated server + pee
 
 from adb_env import AdbServer, PeerProcess, cli_env, make_device_dir  # noqa: E402
 
-from droidoom import runner, spec  # noqa: E402
+from droidoom import spec  # noqa: E402
+from droidoom.run import runner  # noqa: E402
 from droidoom.targets.adb import AdbTarget  # noqa: E402
 from droidoom.targets.local import LocalTarget  # noqa: E402
 from droidoom.targets.select import AdbServer as Server  # noqa: E402

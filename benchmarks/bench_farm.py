@@ -28,8 +28,10 @@ sys.path.insert(0, str(HERE.parent / "tests"))
 
 from adb_env import AdbServer, PeerProcess  # noqa: E402
 
-from droidoom import farm, inventory, runner  # noqa: E402
 from droidoom import spec as specs  # noqa: E402
+from droidoom.farm import fleet as farm  # noqa: E402
+from droidoom.farm import inventory  # noqa: E402
+from droidoom.run import runner  # noqa: E402
 from droidoom.targets.adb import AdbTarget  # noqa: E402
 from droidoom.targets.select import AdbServer as Where  # noqa: E402
 

@@ -25,7 +25,7 @@ from pathlib import Path
 from droidoom import analysis, spec
 from droidoom.lab import build
 from droidoom.lab.qemu import VmSpec
-from droidoom.runner import profile
+from droidoom.run.runner import profile
 from droidoom.targets.vm import VmTarget
 
 POPULATIONS = (0, 400, 800, 1600, 2400)  # 2 threads each: 2400 fits threads-max of 1 GiB

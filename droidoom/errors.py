@@ -39,7 +39,7 @@ class PermanentTargetError(TargetError):
 
 
 class DeviceBusyError(PermanentTargetError):
-    """Another droidoom run holds the device (see droidoom.devlock)."""
+    """Another droidoom run holds the device (see droidoom.run.devlock)."""
 
 
 class HelperError(DroidoomError):

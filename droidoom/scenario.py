@@ -134,10 +134,10 @@ def build_plan(spec: ProfileSpec, adj_min: int = -1000) -> Plan:
     Points follow `sweep()`; within a point the kinds take turns write by write
     (round robin), so a slow drift touches every kind alike. Moves below `adj_min` (what
     this user may write) are raised to it and counted. `replay:TRACE` scenarios are
-    built by `droidoom.replay.build_replay_plan` (`droidoom.plans.build_plan` picks).
+    built by `droidoom.traces.replay.build_replay_plan` (`droidoom.run.plans.build_plan` picks).
     """
     if spec.scenario.startswith("replay:"):
-        raise UsageError("replay:TRACE plans come from droidoom.plans.build_plan")
+        raise UsageError("replay:TRACE plans come from droidoom.run.plans.build_plan")
     targets = tuple(
         PlanTarget(i, kind, spec.target_threads if kind == "threaded" else 1)
         for i, kind in enumerate(spec.kinds)

@@ -88,7 +88,7 @@ class ProfileSpec:
             raise UsageError(
                 f"unknown mode {bad[0] if bad else '(none)'!r}: use {', '.join(MODES)}"
             )
-        if self.scenario.startswith("replay:"):  # droidoom/replay.py
+        if self.scenario.startswith("replay:"):  # droidoom/traces/replay.py
             if not self.scenario[len("replay:") :]:
                 raise UsageError("--scenario replay:TRACE needs a file, e.g. replay:t.pftrace")
             if not math.isfinite(self.compress) or self.compress < 0:

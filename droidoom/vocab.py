@@ -48,7 +48,7 @@ class FarmStatus(StrEnum):
 
 
 class VerdictStatus(StrEnum):
-    """Whether a kernel has the 2020 oom_score_adj regression (see droidoom.verdict)."""
+    """Whether a kernel has the 2020 oom_score_adj regression (see droidoom.analysis.verdicts)."""
 
     FIXED = "fixed"
     REGRESSED = "regressed"

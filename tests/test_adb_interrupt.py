@@ -21,9 +21,10 @@ from adb_env import AdbServer, cli_env
 from conftest import default_signals, run_cli, wait_no_helpers
 
 import droidoom
-from droidoom import runner, schema
+from droidoom import schema
 from droidoom.cli.profile import device_hint
 from droidoom.protocol import HEADER_SIZE, RECORD_SIZE
+from droidoom.run import runner
 from droidoom.spec import ProfileSpec
 from droidoom.targets import adb, adb_conn
 from droidoom.targets.select import AdbServer as Server

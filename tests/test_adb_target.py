@@ -20,8 +20,9 @@ from adb_env import SHELL_UID, AdbServer, ShellUidPeer, cli_env, make_device_dir
 from conftest import measure_again, run_cli
 
 import droidoom
-from droidoom import analysis, native, runner
+from droidoom import analysis, native
 from droidoom.errors import PermanentTargetError, TransientTargetError, UsageError
+from droidoom.run import runner
 from droidoom.spec import ProfileSpec
 from droidoom.targets.adb import AdbTarget
 from droidoom.targets.select import AdbServer as Server
@@ -352,7 +353,7 @@ def test_production_phone_without_root(shell_peer, device_dir, tmp_path):
             assert any("may not lower oom_score_adj below" in n for n in notes), notes
             assert int(res.samples["adj_to"].min()) == adj_min
         assert (res.samples["err"] == 0).all()
-        from droidoom.doctor import diagnose
+        from droidoom.cli.doctor import diagnose
 
         checks = {c.name: c for c in diagnose(t)}
         assert checks["root"].status == "missing" and "userdebug" in checks["root"].fix

@@ -293,7 +293,7 @@ def test_a_run_beside_another_runs_population_says_disturbed(slow_run):
 
 
 def test_disturbances_from_device_activity():
-    from droidoom.drift import disturbances
+    from droidoom.analysis.drift import disturbances
 
     def meta(before: dict, after: dict, cpus: int = 2) -> dict:
         return {"device_activity": {"before": before, "after": after}, "target": {"cpus": cpus}}

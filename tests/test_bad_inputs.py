@@ -243,7 +243,7 @@ def test_out_of_range_perfetto_values_are_not_wrapped(tmp_path):
     """Today: adj 2^31-1 became int16 -1 (foreground!) and was replayed."""
     from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
 
-    from droidoom import replay
+    from droidoom.traces import replay
 
     t = pb.Trace()
     b = t.packet.add().ftrace_events

@@ -15,7 +15,7 @@ from test_capture_live import TRACEFS, own_instances, tracefs_state
 import droidoom
 from droidoom import spec as specs
 from droidoom.capture import build_sources
-from droidoom.runner import profile
+from droidoom.run.runner import profile
 from droidoom.targets.local import LocalTarget
 
 pytestmark = [

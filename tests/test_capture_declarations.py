@@ -9,7 +9,7 @@ import pandas as pd
 
 from droidoom import spec as specs
 from droidoom.capture import CaptureResult, CaptureSource, build_sources
-from droidoom.runner import profile
+from droidoom.run.runner import profile
 from droidoom.targets.local import LocalTarget
 
 TINY = replace(specs.QUICK, populations=(0,), writes=20, warmup=2, kinds=("single",))

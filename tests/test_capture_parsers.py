@@ -16,14 +16,6 @@ import pytest
 from droidoom.capture import CaptureRunInfo, build_sources, validation_table
 from droidoom.capture.ftrace import FtraceSource
 from droidoom.capture.ftrace_join import estimate_clock_offset, join_writes, kernel_writes
-from droidoom.capture.ftrace_parse import (
-    EVENT_COLUMNS,
-    add_write_fields,
-    parse_cpu_stats,
-    parse_raw,
-    parse_trace,
-    with_ns_timestamps,
-)
 from droidoom.capture.perf import PerfSource
 from droidoom.capture.perf_parse import (
     attribute,
@@ -36,6 +28,14 @@ from droidoom.capture.perf_parse import (
 )
 from droidoom.errors import UsageError
 from droidoom.schema import KINDS
+from droidoom.traces.ftrace_text import (
+    EVENT_COLUMNS,
+    add_write_fields,
+    parse_cpu_stats,
+    parse_raw,
+    parse_trace,
+    with_ns_timestamps,
+)
 
 DATA = Path(__file__).parent / "data" / "capture"
 

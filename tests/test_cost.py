@@ -13,9 +13,9 @@ import pytest
 from conftest import measure_again, run_cli
 
 import droidoom
-from droidoom import cost as c
-from droidoom import replay
-from droidoom.synth_trace import SynthSpec, generate
+from droidoom.analysis import cost as c
+from droidoom.traces import replay
+from droidoom.traces.synth import SynthSpec, generate
 
 
 @pytest.fixture(scope="module")

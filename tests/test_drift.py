@@ -13,7 +13,7 @@ from conftest import run_cli
 
 import droidoom
 from droidoom import analysis
-from droidoom.drift import drift
+from droidoom.analysis.drift import drift
 
 
 def late_points(df: pd.DataFrame) -> pd.Series:

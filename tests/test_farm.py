@@ -20,8 +20,11 @@ from conftest import REPO, default_signals, run_cli
 from rich.console import Console
 
 import droidoom
-from droidoom import farm, inventory, report, store
+from droidoom import store
 from droidoom.errors import PermanentTargetError, TransientTargetError, UsageError
+from droidoom.farm import fleet as farm
+from droidoom.farm import inventory
+from droidoom.report import terminal as report
 from droidoom.spec import QUICK, ProfileSpec
 from droidoom.targets.select import AdbServer
 

@@ -12,10 +12,10 @@ from conftest import run_cli
 from test_farm import toml_inventory
 
 import droidoom
-from droidoom import replay
-from droidoom.synth_trace import SynthSpec, generate
 from droidoom.targets.adb import AdbTarget
 from droidoom.targets.select import AdbServer
+from droidoom.traces import replay
+from droidoom.traces.synth import SynthSpec, generate
 
 
 @pytest.fixture
@@ -62,9 +62,9 @@ def test_a_device_override_to_a_replay_is_sized_from_its_trace(trace):
     """One device of a farm switched to `replay:TRACE` in the inventory: its spec is sized
     from the trace like a farm-wide replay (population, threaded targets), unless the
     override gives them; the other devices keep the farm's spec."""
-    from droidoom.farm import device_spec
-    from droidoom.inventory import FarmDevice, Seen
-    from droidoom.inventory_file import ServerEntry
+    from droidoom.farm.fleet import device_spec
+    from droidoom.farm.inventory import FarmDevice, Seen
+    from droidoom.farm.inventory_file import ServerEntry
     from droidoom.spec import ProfileSpec
 
     base = ProfileSpec(populations=(0, 400, 800), writes=400)

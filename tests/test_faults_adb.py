@@ -15,7 +15,7 @@ from test_adb_interrupt import finish, records_in, start_profile, wait_recording
 from test_farm import toml_inventory
 
 import droidoom
-from droidoom import runner
+from droidoom.run import runner
 from droidoom.spec import ProfileSpec
 from droidoom.targets.adb import AdbTarget
 from droidoom.targets.select import AdbServer as Server

@@ -17,10 +17,9 @@ import pytest
 from conftest import measure_again, run_cli, wait_quiet_host
 
 import droidoom
-from droidoom import kill, schema, spec
+from droidoom import schema, spec
+from droidoom.analysis import kill
 from droidoom.cli.options import build_spec
-from droidoom.helper_io import records_to_frame
-from droidoom.plans import build_plan
 from droidoom.protocol import (
     EXIT_OK,
     EXIT_USAGE,
@@ -32,6 +31,8 @@ from droidoom.protocol import (
     parse_line,
     render_plan,
 )
+from droidoom.run.helper_io import records_to_frame
+from droidoom.run.plans import build_plan
 from droidoom.scenario import sweep
 
 ROOT = Path(__file__).resolve().parents[1]

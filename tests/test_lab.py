@@ -19,11 +19,11 @@ from conftest import measure_again, run_cli, verdict_of
 
 import droidoom
 from droidoom import analysis
+from droidoom.analysis.verdicts import REGRESSED_MIN_SHARE
 from droidoom.errors import PermanentTargetError
 from droidoom.lab import build
 from droidoom.lab.qemu import VmSpec
 from droidoom.targets.vm import VmTarget
-from droidoom.verdict import REGRESSED_MIN_SHARE
 
 pytestmark = pytest.mark.lab
 

@@ -85,7 +85,7 @@ def test_help_and_version_import_no_heavy_module(argv):
 
 
 def test_cost_help_default_trim_is_the_models():
-    from droidoom import cost
+    from droidoom.analysis import cost
     from droidoom.cli import cost as cli_cost
 
     assert cli_cost.TRIM == cost.TRIM

@@ -17,7 +17,7 @@ import pytest
 from adb_env import SHELL_UID, ShellUidPeer, cli_env, make_device_dir
 from conftest import run_cli
 
-from droidoom.perfetto_trace import read_trace
+from droidoom.traces.perfetto import read_trace
 
 pytest_plugins = ["perfetto_env"]
 

@@ -1,4 +1,4 @@
-"""droidoom.perfetto_trace on traces built with the real Perfetto protobuf classes, and on
+"""droidoom.traces.perfetto on traces built with the real Perfetto protobuf classes, and on
 what a trace must not be confused with (a parser unit test: no device needed)."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import pytest
 from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
 
 from droidoom.errors import DataError
-from droidoom.perfetto_trace import (
+from droidoom.traces.perfetto import (
     CLOCK_BOOTTIME,
     CLOCK_MONOTONIC,
     parse_trace,

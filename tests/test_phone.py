@@ -23,10 +23,10 @@ from adb_env import (
 from conftest import run_cli
 from test_adb_target import PIXEL, only_run, server_of, target
 
-from droidoom import runner
 from droidoom.capture.perf import PerfSource
-from droidoom.doctor import diagnose
+from droidoom.cli.doctor import diagnose
 from droidoom.protocol import parse_line
+from droidoom.run import runner
 from droidoom.spec import ProfileSpec
 from droidoom.targets.adb import AdbTarget
 
@@ -268,7 +268,7 @@ def test_power_state_is_recorded_and_a_suspend_risk_said(adb_peer_factory, devic
 def test_doctor_explains_adj_min_inherited_from_init():
     """A phone's helper facts (adb shell, uid 2000): adj -950, adj_min -1000, no
     CAP_SYS_RESOURCE. The full range is an inheritance from init, not a capability."""
-    from droidoom.doctor import _write_checks
+    from droidoom.cli.doctor import _write_checks
     from droidoom.targets.base import TargetFacts
 
     line = ("facts uid=2000 euid=2000 adj=-950 adj_min=-1000 cap_sys_resource=0 pid_max=32768 "

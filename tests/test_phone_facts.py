@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from droidoom import recover
+from droidoom.run import recover
 from droidoom.targets import LocalTarget
 from droidoom.targets.adb_facts import parse_facts
 from droidoom.targets.base import Target, file_glob

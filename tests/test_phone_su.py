@@ -16,8 +16,8 @@ from conftest import run_cli
 from test_adb_target import only_run, server_of
 from test_phone import ANDROID14
 
-from droidoom import runner
 from droidoom.capture import build_sources
+from droidoom.run import runner
 from droidoom.spec import ProfileSpec
 from droidoom.targets.adb import AdbTarget
 

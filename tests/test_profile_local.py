@@ -150,7 +150,7 @@ def test_cpu_not_online_is_refused_up_front(tmp_path):
 
 
 def test_online_cpu_lists_and_a_failed_pin_is_a_notice():
-    from droidoom.runner import _writer_notice, online_cpus
+    from droidoom.run.runner import _writer_notice, online_cpus
 
     assert online_cpus("0-3,6\n") == [0, 1, 2, 3, 6] and online_cpus("5") == [5]
     assert online_cpus("") == [] and online_cpus("garbage") == []

@@ -13,12 +13,12 @@ import pytest
 from conftest import run_cli
 
 import droidoom
-from droidoom import replay
 from droidoom.errors import DataError, UsageError
-from droidoom.plans import build_plan
+from droidoom.run.plans import build_plan
 from droidoom.scenario import ROLES
 from droidoom.spec import ProfileSpec
-from droidoom.synth_trace import SynthSpec, generate
+from droidoom.traces import replay
+from droidoom.traces.synth import SynthSpec, generate
 
 # 30 min of a phone in active use: launches, service churn, cached kills (exits)
 LONG = SynthSpec(seed=3, duration_s=1800)

@@ -12,7 +12,7 @@ from adb_env import SHELL_UID, ShellUidPeer, cli_env, make_device_dir
 from conftest import run_cli
 
 import droidoom
-from droidoom import replay
+from droidoom.traces import replay
 
 pytest_plugins = ["perfetto_env"]
 

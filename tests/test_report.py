@@ -17,7 +17,9 @@ from matplotlib import image
 from rich.console import Console
 
 import droidoom
-from droidoom import analysis, plots, report, schema
+from droidoom import analysis, schema
+from droidoom.report import plots
+from droidoom.report import terminal as report
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -226,7 +228,7 @@ def test_report_never_pools_unlike_runs(tmp_path, local_run):
 
 def test_visits_and_the_walkers_share_on_hand_made_tables():
     from droidoom.capture.perf_parse import symbol_share
-    from droidoom.report_rows import with_visits
+    from droidoom.report.rows import with_visits
 
     v = pd.DataFrame({"point": [0, 1, 2, 3, 4], "kind": ["single"] * 5,
                       "population": [0, 400, 800, 400, 0]})  # fmt: skip

@@ -23,10 +23,11 @@ import pytest
 from conftest import run_cli
 
 import droidoom
-from droidoom import devlock, leftovers, private, store
+from droidoom import private, store
 from droidoom.errors import DataError, PermanentTargetError, UsageError
 from droidoom.protocol import PROTO_VERSION, RECORD_DTYPE, RECORD_SIZE, RECORDS_MAGIC, render_plan
-from droidoom.recover import _rebuild_plan, recover_run
+from droidoom.run import devlock, leftovers
+from droidoom.run.recover import _rebuild_plan, recover_run
 from droidoom.targets.local import LocalTarget
 
 NOBODY = 65534
@@ -382,7 +383,7 @@ def test_export_writes_through_the_users_own_symlink(tmp_path, finished_run):
 def test_cost_json_does_not_follow_a_symlink_another_user_planted(tmp_path):
     """cost --json: refused before the work (with a real trace and replay run, the old
     code followed the link)."""
-    from droidoom.synth_trace import SynthSpec, generate
+    from droidoom.traces.synth import SynthSpec, generate
 
     data, _ = generate(SynthSpec(seed=3, duration_s=120))
     trace = tmp_path / "phone.pftrace"

@@ -7,9 +7,9 @@ import dataclasses
 
 import pytest
 
-from droidoom.helper_io import Probe, probe
 from droidoom.protocol import EXIT_OK, parse_line
-from droidoom.session import Ending, classify_end
+from droidoom.run.helper_io import Probe, probe
+from droidoom.run.session import Ending, classify_end
 from droidoom.targets.local import LocalTarget
 
 

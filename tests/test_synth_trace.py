@@ -1,12 +1,12 @@
 """Synthetic phone traces (issue 12's test input): real Perfetto protobuf, read back by
-droidoom.perfetto_trace exactly, with ActivityManager's adj levels and launch storms."""
+droidoom.traces.perfetto exactly, with ActivityManager's adj levels and launch storms."""
 
 from __future__ import annotations
 
 import pandas as pd
 
-from droidoom.perfetto_trace import CLOCK_BOOTTIME, CLOCK_MONOTONIC, parse_trace
-from droidoom.synth_trace import LMKD_PID, NUM_SLOTS, SynthSpec, generate
+from droidoom.traces.perfetto import CLOCK_BOOTTIME, CLOCK_MONOTONIC, parse_trace
+from droidoom.traces.synth import LMKD_PID, NUM_SLOTS, SynthSpec, generate
 
 SPEC = SynthSpec(seed=7, duration_s=1800)
 

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from droidoom import replay
 from droidoom.errors import DataError
-from droidoom.perfetto_trace import read_any
+from droidoom.traces import replay
+from droidoom.traces.perfetto import read_any
 
 DATA = Path(__file__).parent / "data" / "traces"
 
@@ -129,7 +129,7 @@ def _pf(bundles, tree: bool = True):
 
 
 def test_perfetto_bundle_clock_is_converted_with_its_pair_or_refused(tmp_path):
-    from droidoom.perfetto_trace import parse_trace
+    from droidoom.traces.perfetto import parse_trace
 
     boot = [(0, None, [(10_000, 700, 0)])]
     # a bundle on the global clock with its pair: global 500 is boot 1_000_500
@@ -165,7 +165,7 @@ def test_ftrace_text_header_counts_what_the_ring_overwrote(tmp_path):
 
 
 def test_perfetto_losses_of_every_kind_are_counted():
-    from droidoom.perfetto_trace import parse_trace
+    from droidoom.traces.perfetto import parse_trace
 
     t, pb = _pf([(0, None, [(1000, 700, 0), (2000, 700, 900)])])
     st = t.packet.add().ftrace_stats  # overrun since boot: the trace's own is END - START

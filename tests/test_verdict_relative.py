@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from droidoom import analysis
-from droidoom.verdict import Fit
+from droidoom.analysis.verdicts import Fit
 
 
 def _fit(kind, slope, lo, hi, base, complexity, span=800):

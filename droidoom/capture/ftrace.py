@@ -28,6 +28,14 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from ..errors import CaptureError
+from ..traces.ftrace_text import (
+    add_write_fields,
+    parse_cpu_stats,
+    parse_raw,
+    parse_trace,
+    require_events,
+    with_ns_timestamps,
+)
 from .base import (
     NR_WRITE,
     CaptureContext,
@@ -44,14 +52,6 @@ from .ftrace_join import (
     kernel_writes,
     overhead_by_group,
     validation_table,
-)
-from .ftrace_parse import (
-    add_write_fields,
-    parse_cpu_stats,
-    parse_raw,
-    parse_trace,
-    require_events,
-    with_ns_timestamps,
 )
 
 if TYPE_CHECKING:  # typing only: no import of the target modules at run time

@@ -11,7 +11,7 @@ docs use that event). droidoom:
 2. the helper runs unchanged (wrap() adds nothing).
 3. collect(): SIGTERM to that pid, waits until it has exited (the file is complete only
    then), pulls the trace and parses it on the host with the perfetto wheel's protobuf
-   classes (droidoom.perfetto_trace; never TraceProcessor, which downloads a binary).
+   classes (droidoom.traces.perfetto; never TraceProcessor, which downloads a binary).
 4. joins the helper's oom events (writer tid = helper pid) to its timed writes: event
    time is BOOTTIME, turned into the helper's CLOCK_MONOTONIC with the trace's clock
    snapshots (the offset fitted to the writes near the snapshots); a write
@@ -42,8 +42,8 @@ from .base import CaptureContext, CaptureResult, CaptureRunInfo, CaptureSource, 
 from .trace_match import MATCH_TOL_NS, fit_offset, match_events
 
 if TYPE_CHECKING:  # typing only: no import of the target modules at run time
-    from ..perfetto_trace import TraceData
     from ..targets.base import Target
+    from ..traces.perfetto import TraceData
 
 TRACES_DIR = "/data/misc/perfetto-traces"
 EVENT = "oom/oom_score_adj_update"
@@ -177,7 +177,7 @@ class PerfettoSource(CaptureSource):
     def collect(
         self, target: Target, samples: pd.DataFrame, run_dir: Path, info: CaptureRunInfo
     ) -> CaptureResult:
-        from ..perfetto_trace import read_trace
+        from ..traces.perfetto import read_trace
 
         if self.remote is None:
             raise CaptureError("perfetto: collect() before arm()")

@@ -12,10 +12,10 @@ from rich.table import Table
 from ..errors import DataError, DroidoomError, UsageError
 
 if TYPE_CHECKING:
-    from ..doctor import Check
     from ..targets.adb import AdbTarget
     from ..targets.adb_server import AdbServer
     from ..targets.base import TargetFacts
+    from .doctor import Check
 from .app import app, console, err_console
 from .options import DEFAULT_OUT, AdbHost, AdbPort, Serial
 
@@ -126,8 +126,8 @@ def doctor(
     Each missing capability comes with the reason and the fix. Pushes the helper (as
     `profile` would) to probe what this user may write.
     """
-    from ..doctor import MISSING, OK, diagnose
     from ..targets.select import select_target
+    from .doctor import MISSING, OK, diagnose
 
     target, notice = select_target(
         local=local, serial=serial, server=_server(adb_host, adb_port, required=False)
@@ -216,8 +216,8 @@ def recover(
     records left in this user's private droidoom directory) or could not save every
     write (disk full).
     """
-    from .. import recover as rec
-    from ..farm import note_recovered
+    from ..farm.fleet import note_recovered
+    from ..run import recover as rec
 
     if run_dir is not None and not (local or serial or adb_host or adb_port):
         local = _recover_where(run_dir)  # run.json says where the run was made
@@ -258,7 +258,7 @@ def _recover_where(run_dir: Path) -> bool:
     """True for a run made on this host (`--local`), False for a phone's; a QEMU guest's
     records died with it: say so (exit 2) rather than look for an adb server."""
     from .. import store
-    from ..recover import recover_hint
+    from ..run.recover import recover_hint
 
     meta = store.read_run(run_dir).meta
     hint = recover_hint(meta, run_dir)
@@ -271,7 +271,7 @@ def _recover_where(run_dir: Path) -> bool:
 
 def _recover_local(out: Path, run_dir: Path | None) -> None:
     """`recover --local`: finish this host's cut-short runs, a line for each."""
-    from ..leftovers import finish_local
+    from ..run.leftovers import finish_local
 
     lines = finish_local(out, run_dir)
     for line in lines:
@@ -303,8 +303,8 @@ def _to_recover(
     """{run id: (run dir, records path on the device)}: RUN_DIR alone (path None: the
     run's own), else every run the device holds records of with its dir under `out`,
     plus this device's partial runs under `out` (path "?": the device may hold nothing)."""
-    from .. import recover as rec
     from .. import store
+    from ..run import recover as rec
 
     if run_dir is not None:
         return {store.read_run(run_dir).run_id: (Path(run_dir), None)}

@@ -53,7 +53,7 @@ def _load(
         if not runs:
             raise DataError(f"{label}{', '.join(map(str, paths))}: every run is partial; "
                             "drop --complete-only to use them")  # fmt: skip
-    from ..recover import recover_hint
+    from ..run.recover import recover_hint
 
     for r in partial:
         verb = "skipped" if complete_only else "its missing points are left out"
@@ -73,7 +73,7 @@ def _load(
 def _groups(df: pd.DataFrame, runs: list[RunInfo]) -> list[tuple[pd.DataFrame, list[RunInfo]]]:
     """Runs split into groups that measured alike (droidoom/fingerprint.py): only runs
     of one group are pooled, a farm's devices side by side within it."""
-    from ..report_rows import report_frames
+    from ..report.rows import report_frames
 
     return [(g, [runs[i] for i in idx]) for g, idx in report_frames(df, [r.meta for r in runs])]
 
@@ -102,9 +102,9 @@ def report(
     """
     from rich.markup import escape
 
-    from .. import plots
-    from .. import report as rep
     from ..fingerprint import describe, fingerprint
+    from ..report import plots
+    from ..report import terminal as rep
     from ..store import check_writable, read_tables
 
     if html is not None:  # checked before the work, not after it
@@ -207,7 +207,7 @@ def compare(
     or have too few writes (a run cut short).
     """
     from .. import analysis
-    from .. import report as rep
+    from ..report import terminal as rep
 
     if not max_ratio > 1:
         raise UsageError(f"--max-ratio must be > 1 (e.g. 1.10 for +10%), got {max_ratio}")

@@ -1,6 +1,6 @@
 """`droidoom cost TRACE --run RUN`: what a trace's oom_score_adj churn costs per hour.
 
-Registered on droidoom.cli.app. The model and its CI are droidoom/cost.py's.
+Registered on droidoom.cli.app. The model and its CI are droidoom/analysis/cost.py's.
 """
 
 from __future__ import annotations
@@ -108,7 +108,7 @@ def cost(
     if not 0 <= trim < 1:
         raise UsageError(f"--trim must be a share in 0..1 (got {trim})")
     from .. import store  # pandas: only when a trace is priced (not for --help)
-    from ..cost import analyse
+    from ..analysis.cost import analyse
 
     if json_out is not None:  # checked before the work, not after it
         store.check_writable(json_out, "--json")

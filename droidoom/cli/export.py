@@ -25,7 +25,7 @@ def export(
     phone: runs captured with --capture perfetto are placed on the phone's BOOTTIME."""
     if perfetto is None:
         raise UsageError("say what to export: e.g. --perfetto run.pftrace")
-    from ..export import export_perfetto
+    from ..report.export import export_perfetto
     from ..store import check_writable
 
     check_writable(perfetto, "--perfetto")  # a directory, an unwritable folder

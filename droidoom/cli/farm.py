@@ -23,10 +23,10 @@ from .options import DEFAULT_OUT, SPEC_OPTIONS, Out, SpecOptions, spec_options
 from .progress import LiveProgress
 
 if TYPE_CHECKING:
-    from ..farm import FarmResult
-    from ..farm_results import DeviceOutcome
-    from ..inventory import FarmDevice, Inventory, Resolution
-    from ..runner import Progress
+    from ..farm.fleet import FarmResult
+    from ..farm.inventory import FarmDevice, Inventory, Resolution
+    from ..farm.results import DeviceOutcome
+    from ..run.runner import Progress
     from ..spec import ProfileSpec
     from ..targets.adb_server import AdbServer
 
@@ -76,8 +76,8 @@ class _Rows:
 
 def farm_spec(inv: Inventory, options: SpecOptions) -> specs.ProfileSpec:
     """--quick or the default, then the inventory's [profile], then explicit CLI options;
-    a replay:TRACE sized from its trace, as `profile` does (droidoom/replay.py)."""
-    from ..replay import spec_for_replay
+    a replay:TRACE sized from its trace, as `profile` does (droidoom/traces/replay.py)."""
+    from ..traces.replay import spec_for_replay
 
     base = replace(specs.QUICK if options.quick else specs.DEFAULT, **dict(inv.profile))
     given = set(inv.profile) | {k for k in ("population", "kinds") if getattr(options, k)}
@@ -86,7 +86,7 @@ def farm_spec(inv: Inventory, options: SpecOptions) -> specs.ProfileSpec:
 
 
 def _resolve(inv: Inventory) -> Resolution:
-    from ..inventory import resolve
+    from ..farm.inventory import resolve
 
     with err_console.status(f"asking {len(inv.servers)} adb server(s) for their devices"):
         return resolve(inv)
@@ -103,7 +103,7 @@ def run_and_print(
     """Run the farm with live per-device progress, print the table; return the exit code."""
     if jobs is not None and jobs < 1:
         raise UsageError("--jobs must be at least 1")
-    from ..farm import FarmInterrupted, run_farm
+    from ..farm.fleet import FarmInterrupted, run_farm
 
     bars = _Rows(res.devices)
     interrupted = 0
@@ -134,7 +134,7 @@ _KIND_HEAD = {"single": "single µs", "threaded": "threaded µs", "multiprocess"
 
 
 def _writes(o: DeviceOutcome) -> str:
-    from ..farm import on_device
+    from ..farm.fleet import on_device
 
     kept = len(o.result.samples) if o.result is not None else 0
     held = on_device(o.result)
@@ -205,7 +205,7 @@ def print_farm(result: FarmResult) -> None:
 def show_inventory(path: Path) -> int:
     """Print what an inventory resolves to (servers, devices, selection); 1 if a required
     device is missing."""
-    from ..inventory import load_inventory
+    from ..farm.inventory import load_inventory
 
     res = _resolve(load_inventory(path))
     for s in res.servers:
@@ -262,7 +262,7 @@ def farm_run(
     Exit 0 when every required device (and at least one device) completed, 1 otherwise,
     130 on Ctrl-C.
     """
-    from ..inventory import load_inventory
+    from ..farm.inventory import load_inventory
 
     inv = load_inventory(inventory)
     profile_spec = farm_spec(inv, spec)
@@ -280,6 +280,6 @@ def profile_all(server: AdbServer, spec: ProfileSpec, out: Path, capture: str = 
     if any(c.strip() not in ("", "clock") for c in capture.split(",")):
         raise UsageError("--capture ftrace/perf is per device: use --serial for captures")
     server.require_up(UsageError)
-    from ..inventory import Inventory
+    from ..farm.inventory import Inventory
 
     return run_and_print(_resolve(Inventory.single_server(server)), spec, out)

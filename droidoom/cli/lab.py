@@ -178,8 +178,9 @@ def demo(
     three runs. Then try `droidoom compare FIXED-RUN REGRESSED-RUN` (exit 1: threaded
     writes regressed).
     """
-    from .. import analysis, report, store
-    from ..runner import profile as run_profile
+    from .. import analysis, store
+    from ..report import terminal as report
+    from ..run.runner import profile as run_profile
 
     kernels = build_kernels(["fixed", "regressed"])
     spec = vm_spec_defaults(build_spec(quick), False, False)

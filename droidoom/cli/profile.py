@@ -36,7 +36,7 @@ from .progress import LiveProgress
 
 if TYPE_CHECKING:  # the run machinery loads only when a command runs
     from ..capture.base import CaptureSource
-    from ..runner import RunResult
+    from ..run.runner import RunResult
     from ..spec import ProfileSpec
     from ..targets.base import Target
     from ..targets.select import AdbServer
@@ -72,8 +72,8 @@ def profile(
     (median, p90, p99 per kind and population), a verdict, and writes a run directory
     (run.json + samples.parquet) that `droidoom.load()` reads.
     """
-    from ..replay import spec_for_replay
     from ..targets.select import AdbServer
+    from ..traces.replay import spec_for_replay
 
     given = spec
     sweep = spec_for_replay(
@@ -118,8 +118,8 @@ def _run_and_print(
 ) -> None:
     """Profile `target` with live progress, close it, print the run; exit 1 unless it
     completed (saying how to fetch what a dropped phone still holds), 130 on Ctrl-C."""
-    from ..runner import Interrupted
-    from ..runner import profile as run_profile
+    from ..run.runner import Interrupted
+    from ..run.runner import profile as run_profile
 
     try:
         with target, LiveProgress([target.name], state="starting", compact=False) as bar:
@@ -175,7 +175,7 @@ def _captures(text: str) -> list[CaptureSource]:
 
 
 def _print_run(result: RunResult) -> None:
-    from .. import report
+    from ..report import terminal as report
 
     report.render_terminal(result.samples, [result.meta], console)
     status = "[green]complete[/]" if result.status == "complete" else "[yellow]partial[/]"

@@ -19,7 +19,7 @@ from rich.progress import (
 from .app import err_console
 
 if TYPE_CHECKING:
-    from ..session import Progress as RunnerProgress
+    from ..run.session import Progress as RunnerProgress
 
 
 class LiveProgress:
@@ -61,7 +61,7 @@ class LiveProgress:
     def callbacks(self, label: str, notice_prefix: str | None = None) -> RunnerProgress:
         """runner.Progress for the run of `label`; its notices print as "PREFIX: text"
         (default: the label)."""
-        from ..runner import Progress as RunnerProgress
+        from ..run.runner import Progress as RunnerProgress
 
         row = self.rows[label]
         prefix = escape(label) if notice_prefix is None else notice_prefix

@@ -184,7 +184,7 @@ class LocalTarget(Target):
 
     def find_files(self, pattern: str) -> list[str]:
         """Files matching `pattern` in this target's workdir (none before it has one:
-        `recover --local` finds earlier runs' leftovers through droidoom.leftovers)."""
+        `recover --local` finds earlier runs' leftovers through droidoom.run.leftovers)."""
         if self._workdir is None:
             return []
         return sorted(str(p) for p in Path(self._workdir).glob(file_glob(pattern)) if p.is_file())

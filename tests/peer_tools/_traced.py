@@ -19,7 +19,7 @@ A connection that closes without "stop" aborts its session (like a consumer dyin
 Recording: each session gets a private tracefs instance (`perfetto-standin-<pid>-<n>`),
 system-wide like traced_probes (no pid filter), trace_clock `boot` (what perfetto uses),
 the config's ftrace_events enabled. At stop the stopped buffer is read as text and
-again with options/raw (exact ns; droidoom.capture.ftrace_parse zips the two), turned
+again with options/raw (exact ns; droidoom.traces.ftrace_text zips the two), turned
 into FtraceEventBundle packets, with clock snapshots (BOOTTIME, MONOTONIC, REALTIME) at
 start and stop, a process_tree scan when linux.process_stats asks for one, and
 ftrace_stats (per-CPU overrun / dropped events) at the end.
@@ -46,7 +46,7 @@ sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]
 from google.protobuf import text_format  # noqa: E402
 from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb  # noqa: E402
 
-from droidoom.capture.ftrace_parse import (  # noqa: E402
+from droidoom.traces.ftrace_text import (  # noqa: E402
     parse_cpu_stats,
     parse_raw,
     parse_trace,

@@ -1,0 +1,161 @@
+"""The kill path (`droidoom profile --measure kill`): does process_mrelease walk every process?
+
+lmkd (Android 12+) kills with pidfd_send_signal(SIGKILL) and at once calls
+process_mrelease(pidfd, 0) (5.15+) to reap the victim's memory. process_mrelease calls
+task_will_free_mem(), which returns early only when mm_users <= 1 - the test that made
+__set_oom_adj walk every process before 67197a4f28d2. A multi-threaded victim (every app)
+still holds its mm in its other threads when lmkd makes the call, so the call runs
+for_each_process over the whole system.
+
+Here single-threaded victims are the control (mm_users is 1: no walk), threaded victims
+the subject; both are fitted like writes (Theil-Sen of per-point medians of the
+process_mrelease time against population, `droidoom.analysis.verdicts.fits`).
+"""
+
+from __future__ import annotations
+
+import errno
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ..vocab import Complexity
+from .kernels import parse_release
+from .verdicts import Fit, fits
+
+#: process_mrelease appeared in 5.15; every kernel since walks unless it carries a fix.
+MRELEASE_SINCE = (5, 15)
+#: Below this share of threaded kills with the mm still shared at the call, the race (the
+#: victim's threads exiting first) may have hidden the walk: the verdict says so.
+MIN_SHARED_SHARE = 0.9
+
+WALKS, NO_WALK, INCONCLUSIVE, UNSUPPORTED = "walks", "no-walk", "inconclusive", "unsupported"
+
+
+@dataclass(frozen=True)
+class KillVerdict:
+    """One device's kill-path verdict. `status`: walks | no-walk | inconclusive | unsupported."""
+
+    device: str
+    status: str
+    sentence: str
+    threaded: Fit | None
+    control: Fit | None  # single-threaded victims
+    shared_share: float  # threaded kills whose mm was still shared at process_mrelease
+    mrelease_errors: int  # process_mrelease calls that failed (single + threaded victims)
+
+
+def timed_kills(df: pd.DataFrame) -> pd.DataFrame:
+    """Kills whose every call succeeded, without the warm-up after a switch of kind."""
+    keep = df["stage"].astype(str) == "ok"
+    if "warmup" in df.columns:
+        keep &= ~df["warmup"].astype(bool)
+    return df[keep]
+
+
+def summary(df: pd.DataFrame) -> pd.DataFrame:
+    """Per device x kind x population: kills, medians (ns) of each call, the share with the
+    mm still shared, and failures per stage."""
+    rows = []
+    for (device, kind, pop), g in df.groupby(["device", "kind", "population"], observed=True):
+        ok = timed_kills(g)
+        stage = g["stage"].astype(str)
+        rows.append({
+            "device": device, "kind": kind, "population": int(str(pop)), "n": len(ok),
+            "open_ns": _med(ok["open_ns"]), "kill_ns": _med(ok["kill_ns"]),
+            "mrelease_ns": _med(ok["latency_ns"]),
+            "mrelease_p90_ns": float(ok["latency_ns"].quantile(0.9)) if len(ok) else np.nan,
+            "reap_ns": _med(ok["reap_ns"]), "spawn_ns": _med(g["spawn_ns"]),
+            "shared": float(g["shared"].mean()) if len(g) else np.nan,
+            "errors": int((stage != "ok").sum()),
+            "einval": int(((stage == "process_mrelease") & (g["err"] == errno.EINVAL)).sum()),
+        })  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def _med(s: pd.Series[Any]) -> float:
+    return float(s.median()) if len(s) else np.nan
+
+
+def _metas(meta: Mapping[str, Any] | Iterable[Mapping[str, Any]] | None) -> dict[str, Any]:
+    if meta is None:
+        return {}
+    ms = [meta] if isinstance(meta, Mapping) else list(meta)
+    return {str(m.get("device")): m for m in ms}
+
+
+def verdicts(
+    df: pd.DataFrame, meta: Mapping[str, Any] | Iterable[Mapping[str, Any]] | None = None
+) -> list[KillVerdict]:
+    """One `KillVerdict` per device of a kill run's samples."""
+    metas = _metas(meta)
+    out = []
+    for device, g in df.groupby("device", observed=True, sort=True):
+        release = ((metas.get(str(device)) or {}).get("target") or {}).get("kernel_release")
+        out.append(_verdict_one(str(device), g, release))
+    return out
+
+
+def _verdict_one(device: str, df: pd.DataFrame, release: str | None) -> KillVerdict:
+    mr = df[df["stage"].astype(str) == "process_mrelease"]
+    ctl_or_thr = df["kind"].astype(str).isin(["single", "threaded"])
+    errors = int((ctl_or_thr & (df["stage"].astype(str) == "process_mrelease")).sum())
+    threaded = df[df["kind"].astype(str) == "threaded"]
+    shared = float(threaded["shared"].mean()) if len(threaded) else float("nan")
+    if len(mr) and (mr["err"] == errno.ENOSYS).all() and not (df["stage"] == "ok").any():
+        why = ("process_mrelease is not in this kernel (ENOSYS: before 5.15); only "
+               "pidfd_open + pidfd_send_signal and the reap were measured")  # fmt: skip
+        return KillVerdict(device, UNSUPPORTED, why + _version(release, None), None, None,
+                           shared, errors)  # fmt: skip
+    by_kind = {f.kind: f for f in fits(timed_kills(df))}
+    t, c = by_kind.get("threaded"), by_kind.get("single")
+    status, finding = _finding(t, c)
+    parts = [finding]
+    if np.isfinite(shared) and shared < MIN_SHARED_SHARE:
+        parts.append(
+            f"only {shared:.0%} of threaded kills still shared their mm at process_mrelease "
+            "(the victim's threads exited first): the race, not the kernel, may hide a walk"
+        )
+    if errors:
+        parts.append(f"{errors} process_mrelease calls on single/threaded victims failed")
+    sentence = "; ".join(parts) + "." + _version(release, status)
+    return KillVerdict(device, status, sentence, t, c, shared, errors)
+
+
+def _finding(t: Fit | None, c: Fit | None) -> tuple[str, str]:
+    """(status, sentence) from the threaded fit against the single-threaded control."""
+    if t is None or not np.isfinite(t.slope_ns):
+        why = t.reason if t is not None else "no threaded kills"
+        return INCONCLUSIVE, f"threaded victims cannot be fitted ({why})"
+    ctl = f"single-threaded control {c.slope_text()}" if c is not None else "no control"
+    above_control = c is None or not np.isfinite(c.ci_high) or t.ci_low > c.ci_high
+    if t.complexity == Complexity.ON and above_control:
+        return WALKS, (
+            f"process_mrelease walks every process for multi-threaded victims: threaded "
+            f"{t.slope_text()} ({ctl})"
+        )
+    if t.complexity == Complexity.O1:
+        return NO_WALK, (
+            f"process_mrelease does not walk the processes for multi-threaded victims: "
+            f"threaded {t.slope_text()} ({ctl})"
+        )
+    return INCONCLUSIVE, f"threaded {t.slope_text()}, {t.reason} ({ctl})"
+
+
+def _version(release: str | None, status: str | None) -> str:
+    """The cross-check with the kernel release: the walk is in every kernel since 5.15
+    that lacks a fix."""
+    v = parse_release(release)
+    if v is None:
+        return " Kernel release unknown: no version cross-check."
+    ver = "{}.{}.{}".format(*v)
+    if v[:2] < MRELEASE_SINCE:
+        return f" {ver} predates process_mrelease (5.15)."
+    if status == WALKS:
+        return f" {ver} has process_mrelease (5.15+) and no fix for its walk: as expected."
+    if status == NO_WALK:
+        return f" {ver} has process_mrelease yet no walk shows: this kernel carries a fix."
+    return f" {ver} has process_mrelease (5.15+): a walk is expected unless it carries a fix."
