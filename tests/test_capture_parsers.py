@@ -23,7 +23,6 @@ from droidoom.capture.perf_parse import (
     parse_perf_script,
     parse_report_sample,
     parse_simpleperf_report_csv,
-    parse_simpleperf_stat_csv,
     symbol_table,
 )
 from droidoom.errors import UsageError
@@ -310,30 +309,6 @@ def test_simpleperf_report_csv_two_events_with_sample_column():
     assert list(df["event"]) == ["cpu-clock", "cpu-clock", "task-clock"]
     assert list(df["Overhead"]) == [75.0, 25.0, 100.0] and list(df["Sample"]) == [300, 100, 10]
     assert df["Pid"].dtype == "Int64" and df.loc[1, "Symbol"] == "__openat"
-
-
-def test_simpleperf_stat_csv_variants():
-    df, meta = parse_simpleperf_stat_csv(read("simpleperf_stat.csv"))
-    assert meta == {"total_test_time_s": 0.0125}
-    assert list(df["event"]) == [
-        "cpu-cycles",
-        "cpu-clock",
-        "task-clock",
-        "context-switches",
-        "branch-misses:u",
-        "branch-misses",
-    ]
-    clk = df.set_index("event").loc["cpu-clock"]
-    assert clk["count"] == pytest.approx(12.345678) and clk["unit"] == "ms"
-    assert clk["comment_value"] == "" and not clk["generated"]
-    tc = df.set_index("event").loc["task-clock"]
-    assert (tc["comment_value"], tc["comment_unit"]) == ("0.987654", "cpus used")
-    assert df["generated"].tolist() == [False] * 5 + [True]
-    old, m2 = parse_simpleperf_stat_csv(read("simpleperf_stat_noheader_old.csv"))
-    assert list(old["percent"]) == [100.0, 100.0, 87.0] and old["generated"].tolist()[-1]
-    assert m2["total_test_time_s"] == pytest.approx(1.026802)
-    per, _ = parse_simpleperf_stat_csv(read("simpleperf_stat_per_thread.csv"))
-    assert list(per["tid"]) == [5123, 5124] and per["count"].tolist() == [98765, 1.5]
 
 
 # --- sources without a target ---------------------------------------------------------

@@ -6,8 +6,8 @@ Per-sample call stacks (what the symbol table needs) come as two frames:
     frames:   sample, depth (0 = leaf), symbol, dso one row per stack frame
 
 from `perf script -F tid,time,ip,sym,dso --ns` (Linux) or `simpleperf report-sample
---show-callchain` (Android). `simpleperf report --csv` and `simpleperf stat --csv` have
-their own parsers for whole-run summaries.
+--show-callchain` (Android). `simpleperf report --csv` has its own parser for the whole-run
+summary.
 """
 
 from __future__ import annotations
@@ -236,53 +236,3 @@ def _split_row(fields: list[str], header: list[str]) -> dict[str, Any]:
             *fields[len(fields) - tail :],
         ]
     return dict(zip(header, fields, strict=False))
-
-
-def parse_simpleperf_stat_csv(text: str) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """`simpleperf stat --csv`: no column header; an optional title line
-    (`Performance counter statistics,`), then per counter
-    `[thread_name,pid,tid,][cpu,]count,event_name,comment_value,comment_unit,` (older
-    versions add `(NN%),`; auto-generated sums end in `(generated),`), then
-    `Total test time,<seconds>,seconds,`. cpu-clock/task-clock counts are printed as
-    `<ms>(ms)`; they are returned in `count` with unit "ms"."""
-    rows, meta = [], {}
-    for line in text.splitlines():
-        f = line.rstrip().split(",")
-        while f and f[-1] == "":
-            f.pop()
-        if not f or f[0].startswith("Performance counter statistics"):
-            continue
-        if f[0] == "Total test time":
-            meta["total_test_time_s"] = float(f[1])
-            continue
-        i = next(
-            (j for j in range(len(f) - 1) if _is_count(f[j]) and not _is_count(f[j + 1])), None
-        )
-        if i is None:
-            continue
-        rest = [x.strip() for x in f[i + 2 :]]
-        flags = [
-            x for x in rest if re.fullmatch(r"\(?\(?(\d+%|generated)\)?\)?( \(generated\))?", x)
-        ]
-        comment = [x for x in rest if x not in flags]
-        pct = re.search(r"\((\d+)%\)", " ".join(flags))
-        row = {
-            "count": float(f[i].removesuffix("(ms)")),
-            "unit": "ms" if f[i].endswith("(ms)") else "",
-            "event": f[i + 1],
-            "comment_value": comment[0] if comment else "",
-            "comment_unit": comment[1] if len(comment) > 1 else "",
-            "generated": any("generated" in x for x in flags),
-            "percent": float(pct.group(1)) if pct else None,
-        }
-        prefix = f[:i]
-        if len(prefix) >= 3:
-            row.update(thread_name=prefix[0], pid=int(prefix[1]), tid=int(prefix[2]))
-        if len(prefix) in (1, 4):
-            row["cpu"] = int(prefix[-1])
-        rows.append(row)
-    return pd.DataFrame(rows), meta
-
-
-def _is_count(s: str) -> bool:
-    return bool(re.fullmatch(r"\d+|\d+(\.\d+)?\(ms\)", s))
