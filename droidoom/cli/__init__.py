@@ -24,7 +24,7 @@ __all__ = ["app", "main"]
 def main() -> None:
     """Console entry point (droidoom.cli.app.main); `--version` answers before Typer builds
     every command's options (most of a start-up's time)."""
-    if sys.argv[1:] == ["--version"]:
+    if sys.argv[1:2] == ["--version"]:
         from .. import __version__
 
         print(f"droidoom {__version__}")

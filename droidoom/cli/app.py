@@ -5,7 +5,6 @@ from __future__ import annotations
 import inspect
 import sys
 import warnings
-from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -22,29 +21,21 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # plain click help: Typer's rich help imports markdown-it, pygments and attrs (~0.3 s
+    # of every `--help`, twice the rest of the start-up)
+    rich_markup_mode=None,
 )
 console = Console()
 err_console = Console(stderr=True)
 
 
-def _print_version(value: bool) -> None:
-    if value:
-        from .. import __version__
+@app.callback(epilog="`droidoom --version` prints the version.")
+def _root() -> None:
+    """Measure what an oom_score_adj update costs (see `droidoom COMMAND --help`).
 
-        print(f"droidoom {__version__}")  # plain: rich's markup pass costs a start-up 50 ms
-        raise typer.Exit()
-
-
-@app.callback()
-def _root(
-    version: Annotated[
-        bool,
-        typer.Option(
-            "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
-        ),
-    ] = False,
-) -> None:
-    """Measure what an oom_score_adj update costs (see `droidoom COMMAND --help`)."""
+    No options here: Typer converts every option's value, even a default, through pydantic
+    (~0.2 s to import), so a root `--version` option would slow every `COMMAND --help`;
+    droidoom.cli.main answers `--version` itself."""
 
 
 def _show_warning(
