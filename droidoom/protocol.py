@@ -178,3 +178,14 @@ def decode_records(data: bytes) -> np.ndarray:
         )
     n = (len(data) - HEADER_SIZE) // RECORD_SIZE
     return np.frombuffer(data, dtype=RECORD_DTYPE, count=n, offset=HEADER_SIZE)
+
+
+def key_values(text: str) -> dict[str, str]:
+    """`key=value` lines of a target's shell output as a dict (the last value wins; lines
+    without `=` are left out)."""
+    out: dict[str, str] = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition("=")
+        if sep:
+            out[key.strip()] = value.strip()
+    return out

@@ -65,9 +65,18 @@ BYTES_PER_WRITE = 160
 DEFAULT_BUFFER_KB = 16384  # per CPU, when the runner does not say how many writes
 MIN_BUFFER_KB = 4096
 
+#: Where tracefs is mounted: its own mount point (4.1+), else under debugfs.
+TRACEFS_ROOTS = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
+
+
+def instance_name(run_id: str) -> str:
+    """The private tracefs instance of run `run_id` (leftovers removes a killed run's)."""
+    return "droidoom-" + re.sub(r"[^A-Za-z0-9_.-]", "_", run_id)[:80]
+
+
 _PROBE = r"""
 T=
-for d in /sys/kernel/tracing /sys/kernel/debug/tracing; do
+for d in TRACEFS_ROOTS; do
   if [ -e "$d/available_events" ]; then T=$d; break; fi
 done
 echo "tracefs=$T"
@@ -80,7 +89,7 @@ if [ -n "$T" ]; then
 fi
 echo "memavail_kb=$(grep MemAvailable /proc/meminfo | tr -s ' ' | cut -d' ' -f2)"
 echo "ncpus=$(ls -d /sys/devices/system/cpu/cpu[0-9]* | wc -l)"
-"""
+""".replace("TRACEFS_ROOTS", " ".join(TRACEFS_ROOTS))
 
 
 def _clocks(line: str) -> list[str]:
@@ -167,8 +176,7 @@ class FtraceSource(CaptureSource):
         clock = "mono" if "mono" in clocks else "boot"
         have_sys = all(p.get(f"event_{e}") == "1" for e in SYSCALL_EVENTS)
         kb = self._buffer_kb(ctx.writes, int(p.get("memavail_kb") or 0), int(p.get("ncpus") or 1))
-        safe = re.sub(r"[^A-Za-z0-9_.-]", "_", ctx.run_id)[:80]
-        self.instance = f"{tracefs}/instances/droidoom-{safe}"
+        self.instance = f"{tracefs}/instances/{instance_name(ctx.run_id)}"
         nr = NR_WRITE.get(ctx.abi)
         steps = [
             ("create the instance", f"mkdir {q(self.instance)}"),

@@ -30,7 +30,7 @@ from typing import Any, Protocol, TypeVar
 
 from .. import signals, store, vocab
 from ..errors import DroidoomError, PermanentTargetError, TransientTargetError, UsageError
-from ..run import runner
+from ..run import record, runner
 from ..spec import ProfileSpec
 from ..targets.adb import AdbTarget
 from ..targets.base import Target, TargetFacts
@@ -280,7 +280,7 @@ class Farm:
                     f"back, `droidoom recover --serial {out.device.serial} {res.path}`"
                 )
                 res.meta["reason"] = reason
-                store.write_json(res.path / store.RUN_JSON, res.meta)
+                record.write(res.path, res.meta)
             self._finish(out, DeviceStatus.PARTIAL, f"partial: {reason}")
             return None
         out.result = None

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from ..errors import DeviceBusyError, PermanentTargetError, TargetError
 from ..private import LOCK_DIR_ENV as LOCK_DIR_ENV  # where it always was
 from ..private import private_dir, trusted
+from ..protocol import key_values
 from ..targets.base import Target
 
 #: A lock whose run never started its helper is stale after this long (s).
@@ -100,7 +101,7 @@ class DeviceLock:
             res = self.target.sh(_ACTIVITY, timeout=30)
         except TargetError:
             return {}
-        return _activity(_kv(res.stdout))
+        return _activity(key_values(res.stdout))
 
     def abandon(self) -> str:
         """Give the lock up without touching the device (its link is gone): the next
@@ -121,15 +122,6 @@ class DeviceLock:
         except TargetError as e:
             return f"could not remove the lock {self.path} ({e}); the next run finds it stale"
         return None
-
-
-def _kv(text: str) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for line in text.splitlines():
-        key, sep, value = line.partition("=")
-        if sep:
-            out[key.strip()] = value.strip()
-    return out
 
 
 def _activity(kv: dict[str, str]) -> dict[str, int | str]:
@@ -174,7 +166,8 @@ def _acquire_script(path: str, owner: str) -> str:
     )
 
 
-def _is_stale(prev: Owner, kv: dict[str, str]) -> bool:
+def is_stale(prev: Owner, kv: dict[str, str]) -> bool:
+    """Is the run `prev` dead? `kv`: what the lock script said of the device side."""
     if prev.host == platform.node() and prev.host_pid == os.getpid():
         return prev.run_id not in _ACTIVE  # ours: stale unless that run is still going
     if prev.host == platform.node() and prev.host_pid > 0:
@@ -205,14 +198,14 @@ def acquire(target: Target, run_id: str, run_dir: str) -> DeviceLock:
     )
     stale = None
     for _ in range(3):  # a takeover races other takers: mkdir decides who wins
-        kv = _kv(target.sh(_acquire_script(path, owner), timeout=30).stdout)
+        kv = key_values(target.sh(_acquire_script(path, owner), timeout=30).stdout)
         if kv.get("state") == "acquired":
             _ACTIVE.add(run_id)
             return DeviceLock(target, path, run_id, _activity(kv), stale)
         prev = Owner.parse(kv)
         if target.facts().transport == "local":
             _refuse_foreign(path)
-        if not _is_stale(prev, kv):
+        if not is_stale(prev, kv):
             raise DeviceBusyError(_busy(target, path, prev))
         stale = prev
         q = shlex.quote(path)

@@ -15,27 +15,21 @@ and does not say complete (recover.check_recoverable).
 
 from __future__ import annotations
 
-import re
 import shlex
 import shutil
 import time
 from pathlib import Path
 
 from .. import store
+from ..capture.ftrace import TRACEFS_ROOTS, instance_name
 from ..errors import DroidoomError
 from ..private import WORK_PREFIX, is_workdir, private_dir, trusted
+from ..protocol import key_values
 from ..targets.base import Target
 from ..targets.local import LocalTarget
-from ..vocab import RunStatus
-from .devlock import Owner, _is_stale, _kv, acquire
+from . import record
+from .devlock import Owner, acquire, is_stale
 from .recover import check_recoverable, find_run_dirs, pending, recover_run
-
-TRACEFS_ROOTS = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
-
-
-def instance_name(run_id: str) -> str:
-    """The tracefs instance a run's ftrace capture uses (capture/ftrace.py names it)."""
-    return "droidoom-" + re.sub(r"[^A-Za-z0-9_.-]", "_", run_id)[:80]
 
 
 def remove_instance(target: Target, run_id: str) -> bool:
@@ -73,7 +67,7 @@ def finish(target: Target, owner: Owner) -> list[str]:
         except DroidoomError as e:
             return done + [f"refused to finish it: {e}"]  # its workdir is kept, too
         try:
-            _mark_partial(run_dir, "the droidoom process was killed (SIGKILL or a crash)")
+            record.mark_partial(run_dir, "the droidoom process was killed (SIGKILL or a crash)")
             if target.sh(f"[ -f {shlex.quote(remote)} ]", timeout=30).ok:
                 r = recover_run(target, run_dir, remote)
                 done.append(f"recovered {r.writes} writes it had recorded into {r.run_dir}")
@@ -98,13 +92,6 @@ def _untrusted_local(workdir: str, records: str, run_id: str) -> str | None:
     return None
 
 
-def _mark_partial(run_dir: Path, reason: str) -> None:
-    info = store.read_run(run_dir)
-    if info.meta.get("status") == RunStatus.RUNNING:
-        store.write_json(run_dir / store.RUN_JSON, {**info.meta, "status": RunStatus.PARTIAL,
-                                                    "reason": reason})  # fmt: skip
-
-
 def _remove_local_workdir(workdir: str) -> None:
     """Delete a dead run's own workdir (in the private directory, the user's), nothing
     else."""
@@ -119,14 +106,14 @@ def _local_owners() -> list[tuple[Owner, bool]]:
         if not lock.is_dir() or trusted(lock, "lock") or trusted(lock / "owner", "lock"):
             continue  # not the user's: acquire() refuses it, saying whose it is
         try:
-            kv = _kv((lock / "owner").read_text())
+            kv = key_values((lock / "owner").read_text())
             pid = (lock / "pid").read_text().strip() if (lock / "pid").exists() else ""
         except OSError:
             continue
         kv["device_pid"] = pid
         kv["device_alive"] = "1" if pid.isdigit() and Path(f"/proc/{pid}").is_dir() else "0"
         owner = Owner.parse(kv)
-        owners.append((owner, _is_stale(owner, kv)))
+        owners.append((owner, is_stale(owner, kv)))
     return owners
 
 

@@ -29,6 +29,7 @@ from ..scenario import Plan
 from ..spec import ProfileSpec
 from ..targets.base import Target
 from ..vocab import RunStatus
+from . import record
 from .helper_io import records_to_frame
 from .plans import build_plan
 
@@ -102,7 +103,7 @@ def recover_run(
         },
     )
     meta.setdefault("reason", "the run ended early")
-    store.write_json(info.path / store.RUN_JSON, meta)
+    record.write(info.path, meta)
     if not keep:
         _remove(target, remote, remote_plan)
     return Recovered(info.path, remote, len(samples), previous, not keep)

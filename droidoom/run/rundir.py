@@ -17,7 +17,7 @@ from typing import Any
 from .. import store, vocab
 from ..errors import UsageError
 from ..targets.base import Target
-from . import devlock, leftovers
+from . import devlock, leftovers, record
 
 
 def make_run_id(device: str, now: dt.datetime | None = None) -> str:
@@ -54,7 +54,7 @@ class RunDir:
         """Write the first run.json; on failure release the lock (bad disk: UsageError)."""
         self.meta.update(meta)
         try:
-            store.write_json(self.path / store.RUN_JSON, self.meta)
+            record.write(self.path, self.meta)
         except BaseException as e:
             self.lock.release()
             if isinstance(e, OSError):
@@ -66,7 +66,7 @@ class RunDir:
         """An error that is not the target's: run.json says failed, an empty run directory
         goes, the lock is released."""
         self.meta.update(status=vocab.RunStatus.FAILED, finished=vocab.now(), error=str(e))
-        store.write_json(self.path / store.RUN_JSON, self.meta)
+        record.write(self.path, self.meta)
         if not (self.path / store.SAMPLES).exists():
             for f in self.path.iterdir():
                 f.unlink()
@@ -74,10 +74,11 @@ class RunDir:
         self.lock.release()
 
 
-def open_run(target: Target, out_dir: Path, run_id: str, notice: Callable[[str], None]) -> RunDir:
+def open_run(target: Target, out_dir: Path, run_id: str) -> RunDir:
     """A new directory `out_dir/run_id` (`-2`, `-3`... if taken) with the device locked.
 
-    A stale lock (its run was killed) is taken over and that run's leftovers finished.
+    A stale lock (its run was killed) is taken over; what that run left is finished by
+    `finish_stale`, a step of its own: opening a run changes nothing else.
     """
     run_dir = out_dir / run_id
     suffix = 1
@@ -86,12 +87,24 @@ def open_run(target: Target, out_dir: Path, run_id: str, notice: Callable[[str],
         run_dir = out_dir / f"{run_id}-{suffix}"
     lock = devlock.acquire(target, run_dir.name, str(run_dir.resolve()))
     try:
-        if lock.stale is not None:
-            notice(f"the device lock of {lock.stale.describe()} was stale (killed?): taken over")
-            for line in leftovers.finish(target, lock.stale):
-                notice(f"that run: {line}")
         run_dir.mkdir()
     except BaseException:
         lock.release()
         raise
     return RunDir(run_dir, lock, {})
+
+
+def finish_stale(target: Target, run: RunDir, notice: Callable[[str], None]) -> None:
+    """If `run` took over a stale lock, finish what the killed run left (its records
+    recovered into its run directory, its tracefs instance removed), saying each step."""
+    stale = run.lock.stale
+    if stale is None:
+        return
+    notice(f"the device lock of {stale.describe()} was stale (killed?): taken over")
+    try:
+        for line in leftovers.finish(target, stale):
+            notice(f"that run: {line}")
+    except BaseException:
+        run.lock.release()
+        run.path.rmdir()
+        raise

@@ -28,11 +28,11 @@ from ..scenario import Plan
 from ..spec import ProfileSpec
 from ..targets.base import Target, TargetFacts
 from ..vocab import RunStatus, now
-from . import runsave
+from . import record, runsave
 from .helper_io import Probe, probe
 from .plans import build_plan
 from .power import suspend_risk
-from .rundir import RunDir, make_run_id, open_run, writable_dir
+from .rundir import RunDir, finish_stale, make_run_id, open_run, writable_dir
 from .session import Progress, Session, classify_end, stream, wrapper_failure
 
 __all__ = ["Interrupted", "Progress", "RunResult", "make_run_id", "profile"]
@@ -132,7 +132,8 @@ def profile(
     out_dir = writable_dir(Path(out_dir))
     setup = _plan(target, spec, notices)  # spec -> plan
     with signals.SaveGuard() as guard:
-        run = open_run(target, out_dir, run_id or make_run_id(setup.facts.device), notices)
+        run = open_run(target, out_dir, run_id or make_run_id(setup.facts.device))
+        finish_stale(target, run, notices)  # what a killed run left on this device
         run.start(_run_meta(target, setup, spec, run, extra_meta))
         out = _run_helper(target, setup, run, captures, progress, notices, cancel, guard)
         guard.hold()  # whatever ended the run: from here on it is only saved
@@ -399,7 +400,7 @@ def _save(
         notices(f"disturbed: {what}")
     meta["notices"] = notices.texts
     with suppress(OSError):
-        store.write_json(run.path / store.RUN_JSON, meta)
+        record.write(run.path, meta)
     return RunResult(run.path, status, samples, meta, tuple(notices.texts))
 
 

@@ -15,6 +15,7 @@ import pandas as pd
 from .. import signals, store
 from ..errors import DataError, TargetError
 from ..vocab import RunStatus
+from . import record
 from .helper_io import records_to_frame
 
 if TYPE_CHECKING:
@@ -54,7 +55,7 @@ def save(run_dir: Path, samples: pd.DataFrame, meta: dict[str, Any], transport: 
         try:
             if n:
                 store.write_table(run_dir / store.SAMPLES, samples.iloc[:n])
-            store.write_json(run_dir / store.RUN_JSON, meta)
+            record.write(run_dir, meta)
             return n
         except OSError as e:
             if e.errno not in (errno.ENOSPC, errno.EDQUOT):
