@@ -11,6 +11,7 @@ disk is always one that `droidoom.load()` reads.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -66,8 +67,7 @@ def write(run_dir: Path, meta: Mapping[str, Any], *, run_id: str | None = None) 
                 f"{path_of(run_dir)} is complete run {on_disk}: only that run may update it "
                 "(nothing was written)"
             )
-    doc = dict(meta)
-    doc.setdefault("format", store.FORMAT)
+    doc = json.loads(json.dumps({"format": store.FORMAT, **meta}, default=str))  # as read
     store.check_run_fields(path_of(run_dir), doc)
     store.write_json(path_of(run_dir), doc)
 
