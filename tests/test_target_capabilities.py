@@ -147,6 +147,8 @@ def test_adb_target_reaches_its_named_server_again():
     assert t.reach_again() == ["--serial", "emu 5554"] and t.is_remote
     t.server = AdbServer("::1", 5039, explicit=True)
     assert t.reach_again() == ["--serial", "emu 5554", "--adb-host", "::1", "--adb-port", "5039"]
+    t.server = AdbServer("10.0.0.7", 5037)  # a farm's server, named in its inventory
+    assert t.reach_again()[2:] == ["--adb-host", "10.0.0.7", "--adb-port", "5037"]
     assert t.shell_hint("rm -r /d/l") == "adb -s 'emu 5554' shell rm -r /d/l"
 
 

@@ -304,9 +304,10 @@ class AdbTarget(Target):
     # --- capabilities -----------------------------------------------------------------
 
     def reach_again(self) -> list[str]:
-        """--serial, and the server when the user named one (a default server is found
-        again by default)."""
-        return reach_adb(self.serial, str(self.server) if self.server.explicit else "")
+        """--serial, and the server unless it is the default one a later command finds
+        by itself (a farm's servers, one named by an option or the environment)."""
+        named = self.server.explicit or self.server != AdbServer()
+        return reach_adb(self.serial, str(self.server) if named else "")
 
     def shell_hint(self, command: str) -> str:
         return shlex.join(["adb", "-s", self.serial, "shell"]) + " " + command
