@@ -111,6 +111,7 @@ class FakeTarget(Target):
         self.lock_held = False
         self.closed = False
         self.process: FakeProcess | None = None
+        self._plan_writes = np.zeros(0, dtype=RECORD_DTYPE)  # set by run_lines()
 
     # --- files: in memory on a "device", on disk when playing this host ---------------
 
@@ -288,4 +289,4 @@ def _parse_plan(text: str) -> tuple[list[tuple[int, str, int]], list[_Point], np
             points[-1][4] += 1
     writes = np.array(rows, dtype=[("adj_from", "<i2"), ("adj_to", "<i2"), ("point", "<u2"),
                                    ("target", "u1"), ("role", "u1")])  # fmt: skip
-    return targets, [tuple(p) for p in points], writes  # type: ignore[misc]
+    return targets, [tuple(p) for p in points], writes
