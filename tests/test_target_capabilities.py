@@ -40,9 +40,9 @@ def _name(node: ast.AST) -> str:
 
 
 def _mentions_transport(node: ast.AST) -> bool:
-    """`x.transport`, `x["transport"]`, `x.get("transport")` anywhere in `node`."""
+    """`transport`, `x.transport`, `x["transport"]`, `x.get("transport")` in `node`."""
     for n in ast.walk(node):
-        if isinstance(n, ast.Attribute) and n.attr == "transport":
+        if _name(n) == "transport":
             return True
         if isinstance(n, ast.Constant) and n.value == "transport":
             return True
@@ -97,6 +97,7 @@ def test_no_module_outside_targets_tests_a_transport():
 @pytest.mark.parametrize("code", [
     'if target.facts().transport == "local": pass',
     'x = facts.transport != "adb"',
+    "y = transport == 'local'",
     'ok = meta["target"].get("transport") in ("local", "adb")',
     'if isinstance(target, AdbTarget): pass',
     'getattr(target, "keep_workdir", lambda: None)()',
