@@ -76,7 +76,7 @@ echo "max_rate=$(cat /proc/sys/kernel/perf_event_max_sample_rate 2>/dev/null)"
 
 def _is_android(target: Target) -> bool:
     f = target.facts()
-    return f.transport == "adb" or f.sdk is not None
+    return f.phone is not None or f.sdk is not None
 
 
 class PerfSource(CaptureSource):

@@ -104,7 +104,7 @@ class PerfettoSource(CaptureSource):
 
     def unavailable(self, target: Target) -> str | None:
         facts = target.facts()
-        if facts.transport == "adb" and facts.sdk is not None and facts.sdk < MIN_SDK:
+        if facts.sdk is not None and facts.sdk < MIN_SDK:  # only Android reports an SDK
             return (
                 f"perfetto: Android API {facts.sdk} < 29: perfetto cannot record "
                 f"{EVENT} for the shell before Android 10; use --capture ftrace on a "

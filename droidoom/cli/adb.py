@@ -31,15 +31,9 @@ def _server(host: str | None, port: int | None, *, required: bool = True) -> Adb
 
 def _adb_target(serial: str | None, host: str | None, port: int | None) -> AdbTarget:
     """The phone named by --serial/ANDROID_SERIAL, or the single attached one."""
-    from ..targets.adb import AdbTarget
-    from ..targets.select import select_target
+    from ..targets.select import select_device
 
-    server = _server(host, port, required=serial is None)
-    target, _ = select_target(serial=serial, server=server)
-    if not isinstance(target, AdbTarget):  # the host: select_target found no device
-        raise UsageError(f"no device attached to the adb server at {server}; plug one in or "
-                         "`adb connect HOST:PORT`")  # fmt: skip
-    return target
+    return select_device(serial, _server(host, port, required=serial is None))
 
 
 def _root_label(facts: TargetFacts) -> str:
@@ -258,7 +252,7 @@ def _recover_where(run_dir: Path) -> bool:
     """True for a run made on this host (`--local`), False for a phone's; a QEMU guest's
     records died with it: say so (exit 2) rather than look for an adb server."""
     from .. import store
-    from ..run.recover import recover_hint
+    from ..targets.select import recover_hint
 
     meta = store.read_run(run_dir).meta
     hint = recover_hint(meta, run_dir)

@@ -53,7 +53,7 @@ def _load(
         if not runs:
             raise DataError(f"{label}{', '.join(map(str, paths))}: every run is partial; "
                             "drop --complete-only to use them")  # fmt: skip
-    from ..run.recover import recover_hint
+    from ..targets.select import recover_hint
 
     for r in partial:
         verb = "skipped" if complete_only else "its missing points are left out"
@@ -264,7 +264,9 @@ def _two_vm_builds(binfo: list[RunInfo], ninfo: list[RunInfo]) -> bool:
     """Both sides are one kernel image booted alike (`profile --kernel`), under different
     names: builds to compare with each other (as --pair does)."""
     bdev, ndev = ({r.device for r in infos} for infos in (binfo, ninfo))
-    vms = all((r.meta.get("target") or {}).get("transport") == "qemu" for r in binfo + ninfo)
+    from ..targets.select import recorded_in_vm
+
+    vms = all(recorded_in_vm(r.meta) for r in binfo + ninfo)
     if vms and len(bdev) == len(ndev) == 1 and bdev != ndev:
         err_console.print(f"[dim]comparing {bdev.pop()} (BASE) with {ndev.pop()} (NEW)[/]")
         return True

@@ -81,8 +81,7 @@ def _helper_checks(target: Target) -> tuple[list[Check], dict[str, str]]:
     if target.helper_pushed:
         how = "pushed now"
     else:
-        local = target.facts().transport == "local"
-        how = "run in place" if local else "already there (hash matched)"
+        how = "already there (hash matched)" if target.is_remote else "run in place"
     hello = probed.hello.fields
     return [
         Check("helper", "run the helper", OK, f"{how}; abi={hello.get('abi')}", path=helper)
@@ -111,7 +110,7 @@ def _write_checks(hf: Mapping[str, str], facts: TargetFacts) -> list[Check]:
     else:
         root_fix = (
             "run as root with CAP_SYS_RESOURCE (`adb root` on a userdebug build, or su)"
-            if facts.transport == "adb"
+            if facts.phone is not None
             else "run as root; a container/VM may drop CAP_SYS_RESOURCE even for root"
         )
         out.append(Check(
@@ -134,7 +133,7 @@ def _write_checks(hf: Mapping[str, str], facts: TargetFacts) -> list[Check]:
 
 def _root_check(facts: TargetFacts) -> Check:
     phone = facts.phone
-    if facts.transport != "adb" or phone is None:
+    if phone is None:  # not a phone: this host or a VM
         if facts.root:
             return Check("root", "root", OK, "running as root")
         return Check("root", "root", MISSING, "not root", "run droidoom as root (sudo)")
@@ -169,7 +168,7 @@ def _capture_checks(target: Target) -> list[Check]:
             reason, fix = _split(why)
             out.append(Check(area, name, MISSING, reason, fix))
     facts = target.facts()
-    if facts.transport == "adb" and (p := facts.phone) is not None:
+    if (p := facts.phone) is not None:
         seen = p.tracefs or "not visible to this user"
         out.append(Check("tracing", "tracefs", OK if p.tracefs_rw else LIMITED,
                          f"{seen}; oom event {'present' if p.oom_event else 'not seen'}",
@@ -203,7 +202,7 @@ def _limit_checks(hf: Mapping[str, str]) -> list[Check]:
 
 def _power_check(facts: TargetFacts) -> list[Check]:
     """Whether the phone stays awake for a run (`dumpsys power`); nothing off Android."""
-    if facts.transport != "adb" or facts.phone is None:
+    if facts.phone is None:
         return []
     power = facts.phone.power
     if power.wakefulness is None:
@@ -235,5 +234,5 @@ def _leftover_checks(target: Target) -> list[Check]:
     found = summary(target)
     if not found:
         return [Check("runs", "cut-short runs", OK, "none left behind")]
-    fix = "droidoom recover --local" if target.facts().transport == "local" else "droidoom recover"
+    fix = " ".join(["droidoom", "recover", *(target.reach_again() or [])])
     return [Check("runs", "cut-short runs", LIMITED, "; ".join(found), f"run `{fix}`")]

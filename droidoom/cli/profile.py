@@ -138,8 +138,9 @@ def _run_and_print(
 def _finish(target: Target, result: RunResult) -> None:
     """Print the run; over adb, end with what to run for what it left on the device."""
     _print_run(result)
-    facts = target.facts()
-    if facts.transport == "adb" and (hint := device_hint(facts.device, result)):
+    # A device keeps this run's files (this host's workdir goes, a VM ends with the run).
+    reach = target.is_remote and target.reach_again() is not None
+    if reach and (hint := device_hint(target.facts().device, result)):
         console.print(hint, highlight=False, soft_wrap=True)  # a command to copy whole
 
 

@@ -2,7 +2,7 @@
 
 The lock is a directory made with `mkdir` (atomic on every filesystem a phone has) in
 the device's work directory, named after the device's own serial (ro.serialno), so every
-host and every adb transport that reaches the phone meets the same lock. It holds an
+host and every adb connection that reaches the phone meets the same lock. It holds an
 `owner` file (run id, host, host pid, run dir, workdir, creation time on the device)
 and, once the helper runs, a `pid` file with the helper's pid on the device.
 
@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 from ..errors import DeviceBusyError, PermanentTargetError, TargetError
 from ..private import LOCK_DIR_ENV as LOCK_DIR_ENV  # where it always was
-from ..private import private_dir, trusted
+from ..private import trusted
 from ..protocol import key_values
 from ..targets.base import Target
 
@@ -142,14 +142,6 @@ def _proc_start(pid: int) -> str:
         return ""
 
 
-def lock_home(target: Target) -> str:
-    """Where the lock lives: the device workdir, or for this host the user's private
-    directory (UsageError if it is not private)."""
-    if target.facts().transport == "local":
-        return str(private_dir())
-    return target.workdir()
-
-
 def _acquire_script(path: str, owner: str) -> str:
     q = shlex.quote(path)
     return (
@@ -183,11 +175,9 @@ def is_stale(prev: Owner, kv: dict[str, str]) -> bool:
 def acquire(target: Target, run_id: str, run_dir: str) -> DeviceLock:
     """Take `target`'s lock for `run_id`, taking over a stale one; DeviceBusyError if a
     live run holds it."""
-    serial = ""
-    if target.facts().transport != "local":
-        serial = target.sh("getprop ro.serialno 2>/dev/null", timeout=30).stdout.strip()
-    safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in serial)[:64]
-    path = f"{lock_home(target)}/droidoom-lock{'-' + safe if safe else ''}"
+    key = target.lock_key()
+    safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in key)[:64]
+    path = f"{target.lock_home()}/droidoom-lock{'-' + safe if safe else ''}"
     me = os.getpid()
     owner = "".join(
         f"{k}={v}\n"
@@ -203,7 +193,7 @@ def acquire(target: Target, run_id: str, run_dir: str) -> DeviceLock:
             _ACTIVE.add(run_id)
             return DeviceLock(target, path, run_id, _activity(kv), stale)
         prev = Owner.parse(kv)
-        if target.facts().transport == "local":
+        if not target.is_remote:  # this host's files: a planted lock is not a stale run
             _refuse_foreign(path)
         if not is_stale(prev, kv):
             raise DeviceBusyError(_busy(target, path, prev))
@@ -227,10 +217,8 @@ def _refuse_foreign(path: str) -> None:
 
 
 def _busy(target: Target, path: str, prev: Owner) -> str:
-    where = "this host" if target.facts().transport == "local" else target.name
-    rm = f"rm -r {path}"
-    if target.facts().transport != "local":
-        rm = f"adb -s {getattr(target, 'serial', target.name)} shell rm -r {path}"
+    where = target.name if target.is_remote else "this host"
+    rm = target.shell_hint(f"rm -r {shlex.quote(path)}")
     return (
         f"{where} is busy: {prev.describe()} is profiling it (lock {path}). Two runs at "
         f"once would contaminate each other: wait for it to finish. If that run is gone "

@@ -58,7 +58,7 @@ def finish(target: Target, owner: Owner) -> list[str]:
         done.append(f"removed the tracefs instance {instance_name(owner.run_id)} it left armed")
     run_dir = Path(owner.run_dir) if owner.run_dir else None
     remote = f"{owner.workdir}/records-{owner.run_id}.bin" if owner.workdir else None
-    local = target.facts().transport == "local"
+    local = not target.is_remote  # then its workdir is a directory of this user's
     if local and remote and (why := _untrusted_local(owner.workdir, remote, owner.run_id)):
         return done + [f"left {owner.workdir} alone: {why}"]
     if run_dir is not None and (run_dir / store.RUN_JSON).is_file() and remote:
@@ -183,7 +183,7 @@ def finish_local(out: Path, run_dir: Path | None = None) -> list[str]:
 def summary(target: Target) -> list[str]:
     """What `doctor` reports: a stale lock and records left by cut-short runs."""
     lines = []
-    if target.facts().transport == "local":
+    if not target.is_remote:
         for owner in local_stale_owners():
             lines.append(f"{owner.describe()} was killed: its lock is stale")
         for run_id in local_records(quiet_for=30.0):

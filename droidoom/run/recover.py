@@ -76,7 +76,7 @@ def recover_run(
             "or the run was on another device)"
         )
     check_recoverable(run_dir, run_id, remote)
-    if target.facts().transport == "local" and meta.get("device") not in (None, target.name):
+    if not target.is_remote and meta.get("device") not in (None, target.name):
         raise DataError(
             f"{run_dir} was recorded on {meta['device']}, not on {target.name}: its records "
             f"are not here; {remote} was left as it is"
@@ -203,22 +203,3 @@ def partial_runs_of(out: Path, serial: str) -> dict[str, Path]:
         if r.status == RunStatus.PARTIAL and serial in (farm.get("serial"), r.device):
             found[r.run_id] = r.path
     return found
-
-
-def recover_hint(meta: dict[str, Any], run_dir: Path) -> str | None:
-    """The `droidoom recover` command that brings home what a cut-short run left, with the
-    real path filled in, for the target run.json says it ran on; None when nothing can be
-    (a QEMU guest's records lived in its memory and ended with it)."""
-    target = meta.get("target") if isinstance(meta.get("target"), dict) else {}
-    how = (target or {}).get("transport")
-    q = shlex.quote(str(run_dir))
-    if how == "local":
-        return f"droidoom recover --local {q}"
-    if how == "adb":
-        farm = meta.get("farm") if isinstance(meta.get("farm"), dict) else {}
-        serial = (farm or {}).get("serial") or meta.get("device")
-        server = (farm or {}).get("server_address") or ""
-        host, _, port = str(server).rpartition(":")
-        where = f" --adb-host {shlex.quote(host)} --adb-port {port}" if host and port else ""
-        return f"droidoom recover --serial {shlex.quote(str(serial))}{where} {q}"
-    return None

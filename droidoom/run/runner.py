@@ -273,7 +273,7 @@ def _run_helper(
             session.events, session.done, session.rc,
             stopped=session.stopped, link_lost=session.link_lost,
             wrapper_failure=wrapper_failure(armed, proc, session),
-            remote=setup.facts.transport != "local",
+            remote=target.is_remote,
         )  # fmt: skip
         if end.fatal is not None:
             raise HelperError(f"{target.name}: {_naming(end.fatal, remote_rec)}", session.rc)
@@ -327,13 +327,15 @@ def _pull(target: Target, setup: _Setup, run: RunDir, out: _Outcome, remote_rec:
     samples, why = runsave.pull_records(target, remote_rec, setup.plan, run.run_id,
                                         setup.facts.device)  # fmt: skip
     if samples is None:
-        local = setup.facts.transport == "local"
-        kept = local and Path(remote_rec).is_file()  # else there is nothing to keep
+        # On this host the records file is all there is (its workdir goes at close):
+        # keep it; a device keeps its files anyway.
+        kept = not target.is_remote and Path(remote_rec).is_file()
         if kept:
-            _keep_records(target, setup)  # the records file is all there is
-        fetch = "; `droidoom recover --local` fetches them" if kept else ""
+            target.keep_workdir()
+        hint = target.recover_hint(run.path) if kept else None
+        fetch = f"; `{hint}` fetches them" if hint else ""
         out.reason = out.reason or f"records could not be pulled ({why}){fetch}"
-        out.link_lost = out.link_lost or not local
+        out.link_lost = out.link_lost or target.is_remote
         samples = schema.empty()
     out.samples = samples
 
@@ -384,12 +386,12 @@ def _save(
     _writer_notice(meta["writer"], setup.plan.writer[0], notices)
     meta["notices"] = notices.texts
     try:
-        kept = runsave.save(run.path, samples, meta, setup.facts.transport)
+        kept = runsave.save(run.path, samples, meta, target.recover_hint(run.path))
     except BaseException:
-        _keep_records(target, setup)  # nothing saved: the records file is all there is
+        target.keep_workdir()  # nothing saved: the records file is all there is
         raise
     if kept < len(samples):
-        _keep_records(target, setup)
+        target.keep_workdir()  # `recover` fetches the rest from there
         samples = samples.iloc[:kept]
         status = meta["status"]
     after, warnings = runsave.cleanup(target, run.lock, status, out.remote_files, out.link_lost)
@@ -402,13 +404,6 @@ def _save(
     with suppress(OSError):
         record.write(run.path, meta)
     return RunResult(run.path, status, samples, meta, tuple(notices.texts))
-
-
-def _keep_records(target: Target, setup: _Setup) -> None:
-    """This host's workdir outlives the run: its records file is not all saved, and
-    `recover --local` fetches it from there (a device keeps its files anyway)."""
-    if setup.facts.transport == "local":
-        getattr(target, "keep_workdir", lambda: None)()
 
 
 def _push_text(target: Target, text: str, remote: str) -> None:

@@ -44,11 +44,14 @@ def in_temp_dir(e: OSError, tmp: Path) -> OSError:
     )
 
 
-def save(run_dir: Path, samples: pd.DataFrame, meta: dict[str, Any], transport: str) -> int:
+def save(
+    run_dir: Path, samples: pd.DataFrame, meta: dict[str, Any], recover: str | None
+) -> int:
     """Write samples.parquet and run.json; return the rows kept.
 
     On a full disk (ENOSPC) keep the longest prefix of samples that leaves room for
-    run.json, say so in it, and point to `recover` (the target still has every record).
+    run.json, say so in it, and point to `recover` (the target's Target.recover_hint:
+    it still has every record; None where they do not outlive the run).
     """
     n, full = len(samples), None
     while True:
@@ -67,7 +70,7 @@ def save(run_dir: Path, samples: pd.DataFrame, meta: dict[str, Any], transport: 
             elif n == 0:
                 raise DataError(
                     f"disk full (ENOSPC): cannot even write {run_dir / store.RUN_JSON}; "
-                    "free space, then `droidoom recover` fetches the records"
+                    f"free space, then `{recover or 'droidoom recover'}` fetches the records"
                 ) from None
             n //= 2
             if n == 0:
@@ -76,8 +79,8 @@ def save(run_dir: Path, samples: pd.DataFrame, meta: dict[str, Any], transport: 
                 writes_recorded=n,
                 reason=(
                     f"disk full (ENOSPC) writing {run_dir}: kept {n} of {len(samples)} "
-                    f"writes. Free space, then `droidoom recover"
-                    f"{' --local' if transport == 'local' else ''}` fetches them all"
+                    + (f"writes. Free space, then `{recover}` fetches them all" if recover
+                       else "writes; the rest ended with the target")
                 ),
             )
 

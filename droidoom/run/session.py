@@ -152,7 +152,7 @@ def wrapper_failure(
     if "hello" in session.events:
         return None
     rc = session.rc
-    tail = list(getattr(proc, "stderr_tail", []) or [])
+    tail = list(proc.stderr_tail)
     for src in reversed(armed):  # outermost wrapper first
         why = src.diagnose(tail, rc)
         if why:

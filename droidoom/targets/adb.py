@@ -22,7 +22,7 @@ from .. import native
 from ..errors import PermanentTargetError, TargetError, TransientTargetError
 from .adb_conn import SENTINEL, AdbClient, AdbProcess, client, list_devices, translate, v1_command
 from .adb_facts import facts_script, parse_facts
-from .adb_server import AdbServer
+from .adb_server import AdbServer, reach_adb
 from .adbutils_seam import WIRE_ERRORS, device_state, pull_missing, push_refused
 from .base import CommandResult, Process, Target, TargetFacts, find_files_sh
 from .phone_facts import PhoneFacts
@@ -300,6 +300,17 @@ class AdbTarget(Target):
             )
             self._facts = replace(facts, phone=phone)
         return self._facts
+
+    # --- capabilities -----------------------------------------------------------------
+
+    def reach_again(self) -> list[str]:
+        """--serial, and the server unless it is the default one a later command finds
+        by itself (a farm's servers, one named by an option or the environment)."""
+        named = self.server.explicit or self.server != AdbServer()
+        return reach_adb(self.serial, str(self.server) if named else "")
+
+    def shell_hint(self, command: str) -> str:
+        return shlex.join(["adb", "-s", self.serial, "shell"]) + " " + command
 
     def phone(self) -> PhoneFacts:
         """The facts only phones have (read with facts())."""

@@ -99,3 +99,12 @@ def parse_socket_spec(spec: str, what: str = "the adb server socket") -> tuple[s
         host, port = "", rest
     host = host.strip("[]") or "127.0.0.1"
     return host, _port(port, what)
+
+
+def reach_adb(serial: str, server: str = "") -> list[str]:
+    """The `droidoom` options reaching device `serial` (on the adb server "HOST:PORT"
+    when given, else the default one)."""
+    host, _, port = server.rpartition(":")
+    host = host.strip("[]")
+    where = ["--adb-host", host, "--adb-port", port] if host and port else []
+    return ["--serial", serial, *where]

@@ -10,7 +10,7 @@ import queue
 import re
 import shlex
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Self
@@ -41,7 +41,7 @@ class TargetFacts:
     """What we know about a target; recorded verbatim in run.json["target"]."""
 
     device: str  # stable id: adb serial, or "local:<hostname>"
-    transport: str  # "local" | "adb"
+    transport: str  # "local" | "adb" | "qemu": recorded, never branched on (see Target)
     model: str  # ro.product.model, or the host's DMI product / "Linux host"
     abi: str  # Android ABI name of the helper to run (arm64-v8a, x86_64, ...)
     kernel_release: str  # uname -r
@@ -71,6 +71,11 @@ class Process(ABC):
     "the host is gone" and tears down, so `close()` is the polite stop.
     """
 
+    def __init__(self) -> None:
+        #: the last lines the script wrote to stderr (what a failing wrapper said), where
+        #: the transport keeps stderr apart; empty where it cannot
+        self.stderr_tail: list[str] = []
+
     @abstractmethod
     def lines(self, timeout: float) -> Iterator[str]:
         """Yield stdout lines as they arrive; raise TransientTargetError if no line
@@ -93,8 +98,8 @@ class QueuedProcess(Process):
     break mean on their transport."""
 
     def __init__(self) -> None:
+        super().__init__()
         self._q: queue.Queue[str | BaseException | None] = queue.Queue()
-        self.stderr_tail: list[str] = []
 
     def _stalled(self, timeout: float) -> str:
         return f"the helper printed nothing for {timeout:.0f} s; it may be stuck"
@@ -120,10 +125,20 @@ class QueuedProcess(Process):
 
 
 class Target(ABC):
-    """Somewhere the helper can run. Subclasses: LocalTarget, AdbTarget."""
+    """Somewhere the helper can run. Subclasses: LocalTarget, AdbTarget, VmTarget.
+
+    What differs between them is asked through the capabilities below (`is_remote`,
+    `lock_home`, `keep_workdir`, `reach_again`, ...), never by testing a transport
+    name: code outside `droidoom.targets` does not know which transports exist.
+    """
 
     #: short human name used in messages ("local:vm", "emulator-5554")
     name: str
+
+    #: The target's files are not on this host's filesystem (a phone, a VM): reaching
+    #: them takes a link that can drop, so a stream that ends without its last line
+    #: means the link went, and leftovers there are not this user's private files.
+    is_remote: bool = True
 
     @abstractmethod
     def facts(self) -> TargetFacts:
@@ -168,6 +183,36 @@ class Target(ABC):
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections; the default has nothing to release."""
 
+    # --- capabilities ---------------------------------------------------------------
+
+    def lock_home(self) -> str:
+        """The directory the device lock (devlock) lives in: the workdir on the device,
+        so that every host reaching it meets the same lock."""
+        return self.workdir()
+
+    def lock_key(self) -> str:
+        """The device's own stable id (ro.serialno), the same through every host and
+        transport that reach it; it names the lock. "" when it has none."""
+        return self.sh("getprop ro.serialno 2>/dev/null", timeout=30).stdout.strip()
+
+    def keep_workdir(self) -> None:  # noqa: B027 - optional hook
+        """Let the workdir outlive close(): it holds records not yet saved on the host.
+        A no-op where the workdir is not removed at close (a device keeps its files)."""
+
+    def reach_again(self) -> list[str] | None:
+        """The `droidoom` options that reach this target from a later command (e.g.
+        `recover`), or None when it cannot be reached again (it ends with this process)."""
+        return None
+
+    def recover_hint(self, run_dir: Path) -> str | None:
+        """The `droidoom recover` command (real path filled in) that fetches what a
+        cut-short run left on this target; None when nothing outlives the run."""
+        return recover_command(self.reach_again(), run_dir)
+
+    def shell_hint(self, command: str) -> str:
+        """`command` as the user runs it on the target from a terminal on this host."""
+        return command
+
     def __enter__(self) -> Self:
         return self
 
@@ -184,6 +229,13 @@ class Target(ABC):
         SHA-256 was already in place)."""
 
     helper_pushed: bool = False
+
+
+def recover_command(reach: Sequence[str] | None, run_dir: Path) -> str | None:
+    """`droidoom recover OPTIONS RUN_DIR` (quoted to paste), or None without `reach`."""
+    if reach is None:
+        return None
+    return shlex.join(["droidoom", "recover", *reach, str(run_dir)])
 
 
 def file_glob(pattern: str) -> str:

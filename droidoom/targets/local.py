@@ -99,6 +99,8 @@ class LocalProcess(QueuedProcess):
 class LocalTarget(Target):
     """Runs the helper on this host as the current user."""
 
+    is_remote = False
+
     def __init__(self, workdir: str | None = None):
         self.name = f"local:{platform.node() or 'localhost'}"
         self._workdir = workdir
@@ -188,6 +190,18 @@ class LocalTarget(Target):
         if self._workdir is None:
             return []
         return sorted(str(p) for p in Path(self._workdir).glob(file_glob(pattern)) if p.is_file())
+
+    def lock_home(self) -> str:
+        """The user's private directory (UsageError if it is not private): never the
+        shared temp directory, where anyone could plant a lock."""
+        return str(private_dir())
+
+    def lock_key(self) -> str:
+        """"": one host, one lock."""
+        return ""
+
+    def reach_again(self) -> list[str]:
+        return ["--local"]
 
     def keep_workdir(self) -> None:
         """Leave the workdir in place at close(): it holds records `recover --local`

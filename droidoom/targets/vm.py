@@ -124,6 +124,7 @@ class VmProcess(Process):
     """A SPAWNed script whose stdout streams over the channel until its "__DD_X" line."""
 
     def __init__(self, target: VmTarget, rid: int):
+        super().__init__()
         self._t, self._id = target, rid
         self._rc: int | None = None
         self._done = False
@@ -142,7 +143,7 @@ class VmProcess(Process):
         if self._done:
             return self._rc
         try:
-            self._t._chan.send(f"CLOSE {self._id}\n".encode())
+            self._t._send(f"CLOSE {self._id}\n".encode())
             for verb in ("KILL", None):
                 try:
                     for _ in self.lines(grace):
@@ -151,7 +152,7 @@ class VmProcess(Process):
                 except TransientTargetError:
                     if verb is None:
                         break
-                    self._t._chan.send(f"{verb} {self._id}\n".encode())
+                    self._t._send(f"{verb} {self._id}\n".encode())
         except TransientTargetError:
             pass
         return self._rc
@@ -281,9 +282,17 @@ class VmTarget(Target):
         return CommandResult(rc, out.decode(errors="replace"), err.decode(errors="replace"))
 
     def spawn(self, script: str, *, root: bool = False) -> Process:
-        rid = self._next()
-        self._chan.send(f"SPAWN {rid} {_b64(script)}\n".encode())
+        # Under the channel lock like every other request: an unlocked SPAWN could take
+        # the id another thread's request just took, or interleave its line with a PUT.
+        with self._lock:
+            rid = self._next()
+            self._chan.send(f"SPAWN {rid} {_b64(script)}\n".encode())
         return VmProcess(self, rid)
+
+    def _send(self, data: bytes) -> None:
+        """One request line sent whole under the channel lock (VmProcess's CLOSE/KILL)."""
+        with self._lock:
+            self._chan.send(data)
 
     def push(self, local: Path, remote: str, mode: int = 0o644) -> None:
         data = Path(local).read_bytes()
@@ -307,6 +316,10 @@ class VmTarget(Target):
 
     def workdir(self) -> str:
         return "/tmp"
+
+    def lock_key(self) -> str:
+        """"": the guest is this process's own (no getprop there either)."""
+        return ""
 
     def find_files(self, pattern: str) -> list[str]:
         return find_files_sh(self, [self.workdir()], pattern)
