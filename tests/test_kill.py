@@ -290,3 +290,24 @@ def test_without_a_walk_in_the_run_a_noisy_control_stays_open():
     df = _kills({"single": (0.0, 130_000)}, TCG_NOISE)
     (f,) = kill.kill_fits(df)
     assert f.complexity != "O(1)" and "flat next to" not in f.reason
+
+
+def test_html_report_of_a_kill_run_shows_each_step(tmp_path):
+    """The HTML report of kill samples: the kill verdict (not the write verdict), the
+    median of each step per kind x population, the mm-shared share, errno counts and the
+    process_mrelease fits."""
+    from droidoom import report_html
+
+    df = _kills({"single": (0.0, 130_000), "threaded": (600.0, 200_000),
+                 "multiprocess": (600.0, 55_000)}, TCG_NOISE)  # fmt: skip
+    df["run_id"], df["t_ns"] = "r", np.arange(len(df))
+    html = report_html.render_html(df, None, tmp_path / "k.html").read_text()
+    text = " ".join(html.split())
+    assert "lmkd's kill path" in text and "oom_score_adj write latency" not in text
+    assert "Kill verdict" in text and "badge regressed" in text and "walks every process" in text
+    for step in ("pidfd_open", "pidfd_send_signal", "process_mrelease", "wait (reap)",
+                 "victim spawn", "mm shared"):  # fmt: skip
+        assert f"<th>{step}</th>" in text, step
+    assert '<td class="l">EINVAL</td><td>270</td>' in text  # 3 points x 90 multiprocess kills
+    assert '<td class="l">threaded</td><td>800</td><td>90</td>' in text
+    assert "Scaling of process_mrelease" in text and "<span class='o1'>O(1)</span>" in text
