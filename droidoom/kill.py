@@ -210,5 +210,6 @@ def _version(release: str | None, status: str | None) -> str:
     if status == WALKS:
         return f" {ver} has process_mrelease (5.15+) and no fix for its walk: as expected."
     if status == NO_WALK:
-        return f" {ver} has process_mrelease yet no walk shows: this kernel carries a fix."
+        return (f" {ver} has process_mrelease yet no walk shows: this kernel carries a fix "
+                "(or a gate, like the lab's gated experiment).")
     return f" {ver} has process_mrelease (5.15+): a walk is expected unless it carries a fix."
