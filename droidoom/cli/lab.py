@@ -142,7 +142,7 @@ Variants = Annotated[
 
 @lab.command("build")
 def build(
-    variant: Variants = "fixed,regressed",
+    variant: Variants = "fixed,regressed,gated",
     jobs: Annotated[
         int | None, typer.Option("--jobs", "-j", help="make -j (default: CPUs).")
     ] = None,
