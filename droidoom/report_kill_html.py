@@ -97,5 +97,5 @@ def _fits_html(fits: Sequence[Any], h: str) -> list[str]:
     return [f"<{h}>Scaling of process_mrelease</{h}>",
             "<p>Theil-Sen slope of per-point medians against extra processes. A kind the "
             "write rules leave open is O(1) when flat next to the walk measured in the same "
-            "run (its CI holds zero or stays below a quarter of the walk's slope).</p>",
+            "run (its CI holds zero or stays below half the walk's slope).</p>",
             _table(head, rows, left=3)]  # fmt: skip
