@@ -316,6 +316,7 @@ def test_lab_demo_kill_stock_walks_gated_does_not(kernels, tmp_path):
     assert float(rows["fixed"][3]) > 200
     html = (tmp_path / "lab-demo-kill.html").read_text()
     assert "process_mrelease" in html and "qemu:gated-" in html and "badge regressed" in html
+    assert "droidoom compare " in p.stdout
 
 
 def test_one_build_at_a_time_per_cache(tmp_path, monkeypatch):

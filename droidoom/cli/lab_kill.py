@@ -59,3 +59,6 @@ def demo_kill(out: Path, html: Path | None, accel: str, kernels: dict[str, Kerne
         console.print(f"[bold]{v}:[/] {verdicts[r.meta['device']].sentence}", soft_wrap=True)
     path = report.render_html(df, metas, html or Path(out) / "lab-demo-kill.html")
     console.print(f"html report: {path}", soft_wrap=True)
+    stock, gated = (results[v].path for v in ("fixed", "gated"))
+    console.print("next (process_mrelease per kind, gated against stock):")
+    console.print(f"  droidoom compare {stock} {gated}", soft_wrap=True, highlight=False)
