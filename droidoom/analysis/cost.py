@@ -38,6 +38,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats  # type: ignore[import-untyped, unused-ignore]  # no stubs installed
 
+from .. import schema
 from ..errors import DataError, UsageError
 from ..traces import replay
 from ..traces.replay import ReplayTrace, role_of
@@ -414,13 +415,62 @@ def analyse(trace: Path, runs: list[Path], kind: str | None = None,
     out["trace"]["no_rate"] = no_rate(rt)
     if out["trace"]["no_rate"]:
         out["notes"].append(out["trace"]["no_rate"])
-    loaded = []
+    loaded: list[_Run] = []
+    kill_runs: list[_Run] = []
     for path in runs:
         info, df = store.read_run(path), store.load(path)
         if df.empty:
             raise DataError(f"{path}: the run holds no samples")
         is_replay = (info.meta.get("replay") or {}).get("sha256") == rt.sha256
-        loaded.append(_Run(path, info.meta, df, is_replay))
+        run = _Run(path, info.meta, df, is_replay)
+        (kill_runs if schema.is_kill(df) else loaded).append(run)  # --measure kill prices kills
     pooled = _pool(loaded, trim)  # every estimate of a device is checked against these
     out["runs"] = [_report_run(r, rt, pooled.get(r.device), kind, trim) for r in loaded]
+    out["kills"] = kill_cost(trace, rt, [(r.path, r.meta, r.df) for r in kill_runs], kind, trim)
+    if out["kills"]["count"] and not kill_runs:
+        out["notes"].append(
+            f"the trace shows {out['kills']['count']} lmkd kills: price them with a "
+            "`droidoom profile --measure kill` run among the --run's")
+    return out
+
+
+def kill_fits(df: pd.DataFrame, trim: float = TRIM) -> list[MeanFit]:
+    """Mean cost of lmkd's calls per kill (pidfd_open + pidfd_send_signal +
+    process_mrelease; the reap is the dying process's own exit) against population, per
+    device x kind of a `--measure kill` run, like `mean_fits` for writes."""
+    ok = df[df["stage"].astype(str) == "ok"]
+    calls = ok.assign(latency_ns=ok["open_ns"].astype("int64") + ok["kill_ns"].astype("int64")
+                      + ok["latency_ns"].astype("int64"), err=0)  # fmt: skip
+    return mean_fits(calls, trim)
+
+
+def kill_cost(trace: Path, rt: ReplayTrace, runs: list[tuple[Path, dict[str, Any], pd.DataFrame]],
+              kind: str | None, trim: float = TRIM) -> dict[str, Any]:  # fmt: skip
+    """lmkd's kills in the trace (`droidoom.traces.kills`), per hour, and what they cost
+    under each kill run's per-kind line at the processes alive at each kill."""
+    from ..traces.kills import alive_at, read_kills
+
+    tk = read_kills(trace)
+    alive = alive_at(tk.kills, rt.events)
+    hours = rt.duration_ns / HOUR_NS
+    out: dict[str, Any] = {
+        "count": len(tk.kills), "source": tk.source,
+        "per_hour": len(tk.kills) / hours if hours > 0 else None,
+        "alive_mean": float(alive.mean()) if len(alive) else None, "runs": [],
+    }  # fmt: skip
+    for path, meta, df in runs:
+        rows = []
+        for f in kill_fits(df, trim):
+            if kind is not None and f.kind != kind:
+                continue
+            e = estimate(f, alive, rt.duration_ns)
+            hourly = rt.duration_ns > 0
+            rows.append({
+                "kind": f.kind, "per_kill_ns": e.per_write_ns, "total_ns": e.total_ns,
+                "intercept_ns": f.intercept_ns, "slope_ns": f.slope_ns,
+                "cpu_ms_per_hour": e.per_hour(e.total_ns) / 1e6 if hourly else None,
+                "ci_ms_per_hour": [e.per_hour(e.total_lo) / 1e6, e.per_hour(e.total_hi) / 1e6]
+                if hourly else None,
+            })  # fmt: skip
+        out["runs"].append({"run": str(path), "label": _label(meta), "estimates": rows})
     return out

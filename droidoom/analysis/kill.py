@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import errno
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -33,6 +33,11 @@ MRELEASE_SINCE = (5, 15)
 MIN_SHARED_SHARE = 0.9
 
 WALKS, NO_WALK, INCONCLUSIVE, UNSUPPORTED = "walks", "no-walk", "inconclusive", "unsupported"
+#: A kind is flat next to the walk of the same run when its CI's high slope stays below
+#: this share of the walk's: a kind that walks visits the same processes and costs what the
+#: walk costs (threaded and multiprocess victims agree within ~15% on every kernel
+#: measured), so even its CI's high end cannot sit at half of it.
+FLAT_MAX_SHARE = 0.5
 
 
 @dataclass(frozen=True)
@@ -56,12 +61,62 @@ def timed_kills(df: pd.DataFrame) -> pd.DataFrame:
     return df[keep]
 
 
+def walked_kills(df: pd.DataFrame) -> pd.DataFrame:
+    """`timed_kills` plus the multiprocess victims' calls that failed with EINVAL while the
+    CLONE_VM child still shared the mm: task_will_free_mem walked every process (the child,
+    made after the population, is the last one it meets) before refusing. Those calls time
+    the walk on every kernel, gated or not: the in-run positive control, as for writes."""
+    walked = (
+        (df["kind"].astype(str) == "multiprocess")
+        & (df["stage"].astype(str) == "process_mrelease")
+        & (df["err"] == errno.EINVAL)
+        & df["shared"].astype(bool)
+    )
+    keep = walked | (df["stage"].astype(str) == "ok")
+    if "warmup" in df.columns:
+        keep &= ~df["warmup"].astype(bool)
+    out = df[keep].copy()
+    out.loc[walked[keep], "err"] = 0  # a timed walk, not a failed sample, for the fits
+    return out
+
+
+def kill_fits(df: pd.DataFrame) -> list[Fit]:
+    """Fits of process_mrelease time against population per device x kind (mode
+    "process_mrelease"), on `walked_kills`.
+
+    A fit is O(1) when it is flat next to the walk measured in the same run (another kind's
+    O(N) slope): its CI holds zero, or its high end stays below `FLAT_MAX_SHARE` of the
+    walk's ns/process. Under TCG one call that does not walk takes ~150 us and host load
+    moves a point's median by 10-30%: the write rules (the CI's high slope below 5
+    ns/process for O(1), its low slope above it for O(N)) call such noise inconclusive or
+    even O(N); a walk there costs ~500-1000 ns/process, far above it."""
+    out = [replace(f, mode="process_mrelease") for f in fits(walked_kills(df))]
+    return [_relative_to_walk(f, out) for f in out]
+
+
+def _relative_to_walk(f: Fit, all_fits: list[Fit]) -> Fit:
+    if f.complexity == Complexity.O1 or not np.isfinite(f.slope_ns):
+        return f
+    walks = [w.slope_ns for w in all_fits if w.device == f.device
+             and w.complexity == Complexity.ON and w.kind != f.kind]  # fmt: skip
+    if not walks:
+        return f
+    walk = max(walks)
+    holds_zero = f.ci_low <= 0 <= f.ci_high
+    if not (holds_zero or f.ci_high < FLAT_MAX_SHARE * walk):
+        return f
+    why = "its CI holds zero" if holds_zero else (
+        f"its CI's high slope is below {FLAT_MAX_SHARE:.0%} of it")
+    return replace(f, complexity=Complexity.O1,
+                   reason=f"flat next to the walk measured here ({walk:+.0f} ns/process): {why}")
+
+
 def summary(df: pd.DataFrame) -> pd.DataFrame:
     """Per device x kind x population: kills, medians (ns) of each call, the share with the
     mm still shared, and failures per stage."""
     rows = []
     for (device, kind, pop), g in df.groupby(["device", "kind", "population"], observed=True):
-        ok = timed_kills(g)
+        ok = walked_kills(g)
         stage = g["stage"].astype(str)
         rows.append({
             "device": device, "kind": kind, "population": int(str(pop)), "n": len(ok),
@@ -110,10 +165,13 @@ def _verdict_one(device: str, df: pd.DataFrame, release: str | None) -> KillVerd
                "pidfd_open + pidfd_send_signal and the reap were measured")  # fmt: skip
         return KillVerdict(device, UNSUPPORTED, why + _version(release, None), None, None,
                            shared, errors)  # fmt: skip
-    by_kind = {f.kind: f for f in fits(timed_kills(df))}
+    by_kind = {f.kind: f for f in kill_fits(df)}
     t, c = by_kind.get("threaded"), by_kind.get("single")
     status, finding = _finding(t, c)
     parts = [finding]
+    m = by_kind.get("multiprocess")
+    if m is not None and np.isfinite(m.slope_ns):
+        parts.append(f"multiprocess victims, walked on every kernel: {m.slope_text()}")
     if np.isfinite(shared) and shared < MIN_SHARED_SHARE:
         parts.append(
             f"only {shared:.0%} of threaded kills still shared their mm at process_mrelease "
@@ -157,5 +215,6 @@ def _version(release: str | None, status: str | None) -> str:
     if status == WALKS:
         return f" {ver} has process_mrelease (5.15+) and no fix for its walk: as expected."
     if status == NO_WALK:
-        return f" {ver} has process_mrelease yet no walk shows: this kernel carries a fix."
+        return (f" {ver} has process_mrelease yet no walk shows: this kernel carries a fix "
+                "(or a gate, like the lab's gated experiment).")
     return f" {ver} has process_mrelease (5.15+): a walk is expected unless it carries a fix."

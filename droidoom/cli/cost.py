@@ -20,6 +20,33 @@ from .app import app, console, err_console
 TRIM = 0.05
 
 
+def _print_kills(k: dict[str, Any]) -> None:
+    """lmkd's kills in the trace and, per --measure kill run, what they cost per hour."""
+    if not k["count"]:
+        console.print("kills: the trace shows no lmkd kill (no lowmemorykiller / lmk / "
+                      "kill_one_process atrace marks, no SIGKILL sent by lmkd)", highlight=False)
+        return
+    how = {"atrace": "lmkd's atrace marks", "signal": "SIGKILLs lmkd sent (signal_generate: "
+           "lmkd's atrace marks are not in the trace)"}[k["source"]]  # fmt: skip
+    rate = f" = {k['per_hour']:,.1f} kills/hour" if k["per_hour"] else ""
+    console.print(f"kills: {k['count']} by lmkd ({how}){rate}; {k['alive_mean']:.0f} processes "
+                  "alive at them on average", highlight=False)  # fmt: skip
+    for r in k["runs"]:
+        tab = Table(title=f"CPU time in lmkd's kill calls per hour - {r['label']}",
+                    title_justify="left", caption="pidfd_open + pidfd_send_signal + "
+                    "process_mrelease, at the processes alive at each kill")  # fmt: skip
+        for col in ("victim kind", "µs/kill", "ms/hour", "95% CI"):
+            tab.add_column(col, justify="left" if col == "victim kind" else "right")
+        for e in r["estimates"]:
+            if e["cpu_ms_per_hour"] is None:
+                per_hour, ci = "-", "-"
+            else:
+                lo, hi = e["ci_ms_per_hour"]
+                per_hour, ci = f"{e['cpu_ms_per_hour']:.3g}", f"{lo:.3g}..{hi:.3g}"
+            tab.add_row(e["kind"], f"{e['per_kill_ns'] / 1e3:.1f}", per_hour, ci)
+        console.print(tab)
+
+
 def _print(rep: dict[str, Any]) -> None:
     t = rep["trace"]
     wph = t["writes_per_hour"]
@@ -78,6 +105,8 @@ def _print(rep: dict[str, Any]) -> None:
         b = w["bursts"][0]
         console.print(f"  costliest burst: {b['writes']} writes in {b['span_ms']:.0f} ms at "
                       f"{b['start_s']:.0f} s ({b['share']:.1%} of the cost)", highlight=False)
+    if "kills" in rep:
+        _print_kills(rep["kills"])
 
 
 @app.command()
@@ -85,7 +114,8 @@ def cost(
     trace: Annotated[Path, typer.Argument(help="Perfetto trace or ftrace text with "
                                          "oom/oom_score_adj_update events.")],
     run: Annotated[list[Path], typer.Option("--run", "-r", help="A run whose per-kind fit "
-                   "prices the writes; repeat for more (e.g. a regressed kernel's run).")],
+                   "prices the writes (a --measure kill run: the kills); repeat for more "
+                   "(e.g. a regressed kernel's run).")],
     kind: Annotated[str | None, typer.Option(help="Only this target kind.")] = None,
     trim: Annotated[float, typer.Option(help="Share of each point's slowest writes left out "
                     "of its mean: wall-clock latency also holds time the writer was "
@@ -103,7 +133,9 @@ def cost(
     time blocks). To check an estimate against replays that saw the same drift, replay
     with `--repeat N`: the run alternates sweep points (lmkd model values, same targets
     and order) with plays of the trace; the sweep points price it, the plays check it.
-    Also: which role transitions and bursts cost most.
+    Also: which role transitions and bursts cost most. The kills lmkd made in the trace
+    (its atrace marks, else the SIGKILLs it sent) are counted per hour and priced by any
+    `profile --measure kill` run among the --run's at the processes alive at each kill.
     """
     if not 0 <= trim < 1:
         raise UsageError(f"--trim must be a share in 0..1 (got {trim})")

@@ -77,10 +77,16 @@ def open_vm(image: Path, accel: str = "auto", cpus: int = 2, memory: int = 1024,
 
 
 def vm_spec_defaults(spec: ProfileSpec, threads_given: bool, writes_given: bool) -> ProfileSpec:
-    """The profile spec for a VM: `VM_THREADS` and `VM_MIN_WRITES` unless given."""
+    """The profile spec for a VM: `VM_THREADS` and (writes only) `VM_MIN_WRITES` unless given.
+
+    Kills keep their count: each forks and reaps a victim (~2-5 ms under TCG), and a
+    threaded victim's walk (hundreds of us at 800 processes) stands far above one burst
+    of host load; 2000 kills per kind and point took ~110 s on a stock lab kernel."""
     if not threads_given:
-        spec = replace(spec, threads=VM_THREADS)
-    if not writes_given and spec.writes < VM_MIN_WRITES:
+        # a kill's walk visits processes (process_shares_mm stops at the first thread with
+        # an mm): single-threaded population processes spawn twice as fast under TCG
+        spec = replace(spec, threads=1 if spec.measure == "kill" else VM_THREADS)
+    if not writes_given and spec.measure != "kill" and spec.writes < VM_MIN_WRITES:
         spec = replace(spec, writes=VM_MIN_WRITES)
     return spec
 
@@ -128,13 +134,15 @@ def build_kernels(variants: list[str], jobs: int | None = None) -> dict[str, Ker
 
 
 Variants = Annotated[
-    str, typer.Option("--variant", help="Which reference kernels: fixed, regressed or both.")
-]
+    str,
+    typer.Option("--variant", help="Which reference kernels, comma-separated: fixed, "
+                 "regressed, gated (an experiment: process_mrelease's walk gated)."),
+]  # fmt: skip
 
 
 @lab.command("build")
 def build(
-    variant: Variants = "fixed,regressed",
+    variant: Variants = "fixed,regressed,gated",
     jobs: Annotated[
         int | None, typer.Option("--jobs", "-j", help="make -j (default: CPUs).")
     ] = None,
@@ -144,7 +152,10 @@ def build(
     "fixed" is the source as released (it carries 67197a4f28d2, MMF_MULTIPROCESS);
     "regressed" reverts its one condition in fs/proc/base.c __set_oom_adj to
     `atomic_read(&mm->mm_users) > 1`, so every multi-threaded process walks all processes
-    again. Config: `make tinyconfig` + `droidoom lab config`. Needs apt packages
+    again. "gated" (`--variant gated`, an experiment, not a proposed fix) makes
+    process_mrelease skip its walk over every process unless the mm is MMF_MULTIPROCESS
+    (for `lab demo --measure kill`). Config: `make tinyconfig` + `droidoom lab config`.
+    Needs apt packages
     qemu-system-x86 build-essential flex bison bc cpio libelf-dev libssl-dev busybox-static.
     """
     from ..lab.build import VARIANTS
@@ -168,6 +179,10 @@ def demo(
     out: Annotated[Path, typer.Option("--out", "-o", help="Directory for run dirs.")] = DEFAULT_OUT,
     html: Annotated[Path | None, typer.Option("--html", help="Comparison report path.")] = None,
     accel: Accel = "auto",
+    measure: Annotated[
+        str, typer.Option("--measure", help="adj: the 2020 write regression (fixed vs "
+                          "regressed). kill: lmkd's kill path (stock vs gated).")
+    ] = "adj",
 ) -> None:
     """The 2020 regression on this machine: profile both reference kernels, side by side.
 
@@ -177,7 +192,18 @@ def demo(
     (the verdict says "busy": TCG slows with the host's load) is measured again, up to
     three runs. Then try `droidoom compare FIXED-RUN REGRESSED-RUN` (exit 1: threaded
     writes regressed).
+
+    With --measure kill: `profile --measure kill --quick` on "fixed" (the stock source) and
+    "gated" (process_mrelease's walk gated on MMF_MULTIPROCESS, an experiment): threaded
+    victims walk every process on stock and not on gated.
     """
+    if measure == "kill":
+        from .lab_kill import demo_kill
+
+        demo_kill(out, html, accel, build_kernels(["fixed", "gated"]))
+        return
+    if measure != "adj":
+        raise UsageError(f"--measure {measure!r}: use adj or kill")
     from .. import analysis, store
     from ..report import terminal as report
     from ..run.runner import profile as run_profile

@@ -1,5 +1,6 @@
-"""Reference kernels: Debian's linux-source-6.1 "fixed" (as released) and "regressed" (with
-the one-line revert of 67197a4f28d2), built as tinyconfig + droidoom's fragment.
+"""Reference kernels: Debian's linux-source-6.1 "fixed" (as released), "regressed" (with
+the one-line revert of 67197a4f28d2) and "gated" (process_mrelease's walk gated on
+MMF_MULTIPROCESS: an experiment, not a fix), built as tinyconfig + droidoom's fragment.
 
 Everything is cached under `droidoom.lab.cache_dir()`:
     src/linux-source-6.1_<version>_all.deb       the pinned source package (apt-get download)
@@ -38,7 +39,11 @@ PACKAGE = "linux-source-6.1"
 VERSION = "6.1.192-3"
 FRAGMENT = DATA_DIR / "kernel.config"
 PATCH = DATA_DIR / "revert-67197a4f28d2.patch"
-VARIANTS = ("fixed", "regressed")
+#: process_mrelease's walk gated on MMF_MULTIPROCESS: an experiment, not a proposed fix
+GATE_PATCH = DATA_DIR / "gate-process-mrelease-walk.patch"
+#: The patches each variant carries on top of the released source.
+PATCHES: dict[str, tuple[Path, ...]] = {"fixed": (), "regressed": (PATCH,), "gated": (GATE_PATCH,)}
+VARIANTS = tuple(PATCHES)
 #: Compile steps (make's "CC"/"AS"/"LD"... lines) of a cold build, for the progress bar.
 COLD_STEPS = 1100
 #: Cold build measured on a 2-core VM shared with other jobs (seconds), for the estimate.
@@ -103,8 +108,8 @@ def key(variant: str) -> str:
     h = hashlib.sha256()
     for part in (PACKAGE, version(), FRAGMENT.read_text(), compiler(), variant):
         h.update(part.encode() + b"\0")
-    if variant == "regressed":
-        h.update(PATCH.read_bytes())
+    for patch in PATCHES[variant]:  # none for "fixed": its key is what it always was
+        h.update(patch.read_bytes())
     return h.hexdigest()[:16]
 
 
@@ -245,15 +250,22 @@ def extract(deb: Path) -> Path:
     return tree
 
 
-def _set_patch(tree: Path, applied: bool) -> None:
-    """Put fs/proc/base.c in the variant's state (patch / reverse only when needed)."""
+def _set_patches(tree: Path, variant: str) -> None:
+    """Put the tree in the variant's state: each known patch applied iff the variant has it
+    (patch / reverse only when needed, so make rebuilds only the files that changed)."""
+    for patch in dict.fromkeys(p for ps in PATCHES.values() for p in ps):
+        _set_patch(tree, patch, patch in PATCHES[variant])
+
+
+def _set_patch(tree: Path, patch: Path, applied: bool) -> None:
     is_applied = subprocess.run(
-        ["patch", "-p1", "-R", "--dry-run", "-s", "-f", "-i", str(PATCH)],
+        ["patch", "-p1", "-R", "--dry-run", "-s", "-f", "-i", str(patch)],
         cwd=tree, capture_output=True,
     ).returncode == 0  # fmt: skip
     if is_applied != applied:
         args = [] if applied else ["-R"]
-        _run(["patch", "-p1", "-s", "-f", *args, "-i", str(PATCH)], tree, "applying the patch")
+        _run(["patch", "-p1", "-s", "-f", *args, "-i", str(patch)], tree,
+             f"{'applying' if applied else 'reverting'} {patch.name}")  # fmt: skip
 
 
 def configure(tree: Path) -> list[str]:
@@ -329,7 +341,7 @@ def _tree_lock() -> Iterator[None]:
 def _build_locked(variant: str, k: str, jobs: int | None, step: Callable[[int], None]) -> Kernel:
     t0 = time.monotonic()
     tree = extract(fetch())
-    _set_patch(tree, variant == "regressed")
+    _set_patches(tree, variant)
     missing = configure(tree)
     if missing:
         raise BuildError(f"this source did not take {', '.join(missing)} from {FRAGMENT}")
@@ -341,7 +353,10 @@ def _build_locked(variant: str, k: str, jobs: int | None, step: Callable[[int], 
     seconds = time.monotonic() - t0
     info = {"variant": variant, "key": k, "package": PACKAGE, "version": version(),
             "compiler": compiler(), "seconds": round(seconds, 1),
-            "patch": PATCH.name if variant == "regressed" else None}  # fmt: skip
+            "patch": PATCHES[variant][0].name if PATCHES[variant] else None}  # fmt: skip
     (out / "build.json").write_text(json.dumps(info, indent=2) + "\n")
     tmp.replace(out / "bzImage")
+    # Leave the shared tree as released: a droidoom that does not know this variant's patch
+    # (another checkout using the same cache) must not build it into its own kernels.
+    _set_patches(tree, "fixed")
     return Kernel(variant, out / "bzImage", k, False, seconds)

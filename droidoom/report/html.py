@@ -13,7 +13,7 @@ from typing import Any, cast
 import pandas as pd
 from matplotlib.figure import Figure
 
-from .. import analysis, units
+from .. import analysis, schema, units
 from ..fingerprint import describe, fingerprint
 from ..schema import KINDS
 from ..store import atomic_write
@@ -117,11 +117,13 @@ def render_html(
     metas, path = run_metas(metas), Path(path)
     groups = _fingerprint_groups(df, metas)
     devices = sorted(df["device"].astype(str).unique())
+    what, unit = (("lmkd's kill path", "kills") if schema.is_kill(df)
+                  else ("oom_score_adj write latency", "writes"))  # fmt: skip
     parts = [
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
         f"<title>droidoom report - {_e(', '.join(devices))}</title><style>{_CSS}</style>",
-        "</head><body><h1>droidoom: oom_score_adj write latency</h1>",
-        f"<p class='sub'>{units.count(len(df))} timed writes, {len(devices)} device(s), "
+        f"</head><body><h1>droidoom: {what}</h1>",
+        f"<p class='sub'>{units.count(len(df))} timed {unit}, {len(devices)} device(s), "
         f"{df['run_id'].nunique()} run(s); generated "
         f"{datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}</p>",
     ]
@@ -136,7 +138,8 @@ def render_html(
             parts += _group_html(gdf, mine, plots.standard_figures(gdf, logy=logy), level=3,
                                  perf=perf)  # fmt: skip
     else:
-        figs = list(figures) if figures is not None else plots.standard_figures(df, logy=logy)
+        figs = (list(figures) if figures is not None else [] if schema.is_kill(df)
+                else plots.standard_figures(df, logy=logy))  # fmt: skip
         parts += _group_html(df, metas, figs, level=2, perf=perf)
     parts.append("</body></html>")
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -167,6 +170,10 @@ def _group_html(
     """Verdict, overview, scaling, summary, the kernel's view (ftrace, perf) and figures of
     runs that may be pooled."""
     h = f"h{level}"
+    if schema.is_kill(df):  # rows are kills (--measure kill): their own view
+        from .kill_html import kill_html
+
+        return kill_html(df, metas, h)
     fits = analysis.fits(df)
     verdicts = analysis.verdict(df, metas, fitted=fits)
     parts = [f"<{h}>Verdict</{h}>", *map(_verdict_html, verdicts)]

@@ -61,7 +61,8 @@ def _latency_tables(stats: pd.DataFrame, console: Console) -> None:
 
 
 def _scaling_tables(fits: Sequence[analysis.Fit], console: Console) -> None:
-    """One table per device x mode: rows = kind; slope, CI, base, growth, complexity."""
+    """One table per device x mode: rows = kind; slope, CI, base, growth, complexity.
+    A kill run's fits have mode "process_mrelease": the call, not writes."""
     groups: dict[tuple[str, str], list[analysis.Fit]] = {}
     for f in fits:
         groups.setdefault((f.device, f.mode), []).append(f)
@@ -69,7 +70,8 @@ def _scaling_tables(fits: Sequence[analysis.Fit], console: Console) -> None:
         pops = sorted({(f.pop_min, f.pop_max) for f in fs})
         span = f"populations {pops[0][0]}..{pops[-1][1]}" if pops else ""
         t = _table(
-            f"scaling with population - {escape(device)}, {mode} writes",
+            f"scaling with population - {escape(device)}, "
+            + (mode if mode == "process_mrelease" else f"{mode} writes"),
             ["kind", "ns/process", "95% CI", "base µs", "over sweep", "scaling"],
             caption=f"Theil-Sen fit of per-point medians, {span}",
         )
@@ -203,7 +205,7 @@ def _render_kills(df: pd.DataFrame, metas: Sequence[Mapping[str, Any]], console:
                 t.add_row(*cells)
         console.print()
         console.print(t)
-    _scaling_tables(analysis.fits(kill.timed_kills(df)), console)
+    _scaling_tables(kill.kill_fits(df), console)
     console.print()
     for v in kill.verdicts(df, metas):
         console.print(f"[{_KILL_STYLE[v.status]}]KILL {v.status.upper()}[/] "

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from typing import Any
 
 import pandas as pd
 
@@ -57,6 +58,11 @@ class SynthSpec:
     service_every_s: float = 10.0  # mean gap between service starts/stops
     system_processes: int = 150  # native/system processes in the process list (no churn)
     cpus: int = 8
+    #: lmkd makes the kills (beyond max_cached) and marks each as lmkd does: "instant"
+    #: (lowmemorykiller track), "slice" (lmk,... atrace slice), "counter"
+    #: (kill_one_process), "signal" (no mark: only the kernel's signal_generate sig=9
+    #: from lmkd). "" = none (the kills are ActivityManager's, unmarked).
+    lmk_kills: str = ""
 
 
 @dataclass
@@ -217,5 +223,28 @@ def generate(spec: SynthSpec = SynthSpec()) -> tuple[bytes, pd.DataFrame]:
         b = trace.packet.add(timestamp=boot0).ftrace_events
         b.cpu = rng.randrange(spec.cpus)
         for ts, pid in phone.kills:
+            _lmk_mark(b, spec.lmk_kills, boot0 + ts, pid)
             b.event.add(timestamp=boot0 + ts, pid=pid).sched_process_free.pid = pid
     return trace.SerializeToString(), truth[["ts_ns", "pid", "comm", "adj", "alive"]]
+
+
+#: atrace payloads lmkd writes per kill (lmkd.cpp; see droidoom/traces/kills.py).
+LMK_MARKS = {
+    "instant": ["N|{lmkd}|lowmemorykiller|lmk,{pid},8,906,0,0"],
+    "slice": ["B|{lmkd}|lmk,{pid},8,906,0,0", "E|{lmkd}"],
+    "counter": ["C|{lmkd}|kill_one_process|{pid}", "C|{lmkd}|kill_one_process|0"],
+}
+
+
+def _lmk_mark(bundle: Any, style: str, ts: int, pid: int) -> None:
+    """lmkd's kill of `pid` at `ts` as a trace shows it (nothing for style "")."""
+    if style == "signal":
+        ev = bundle.event.add(timestamp=ts, pid=LMKD_PID)
+        g = ev.signal_generate
+        g.sig, g.pid, g.comm, g.group, g.result = 9, pid, "app", 1, 0
+        return
+    if style and style not in LMK_MARKS:
+        raise ValueError(f"lmk_kills {style!r}: use {', '.join(LMK_MARKS)} or signal")
+    for i, fmt in enumerate(LMK_MARKS.get(style, [])):
+        ev = bundle.event.add(timestamp=ts + i * 500_000, pid=LMKD_PID)  # the kill takes 0.5 ms
+        ev.print.ip, ev.print.buf = 0, fmt.format(lmkd=LMKD_PID, pid=pid) + "\n"
