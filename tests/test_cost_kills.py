@@ -13,11 +13,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from conftest import run_cli
-from droidoom.synth_trace import LMKD_PID, SynthSpec, generate
 
 from droidoom.analysis import cost
 from droidoom.traces import kills as trace_kills
 from droidoom.traces import perfetto as perfetto_trace
+from droidoom.traces.synth import LMKD_PID, SynthSpec, generate
 
 HELPER = Path(__file__).resolve().parents[1] / "droidoom" / "bin" / "x86_64" / "droidoom-helper"
 native = pytest.mark.skipif(
