@@ -297,7 +297,7 @@ def test_html_report_of_a_kill_run_shows_each_step(tmp_path):
     """The HTML report of kill samples: the kill verdict (not the write verdict), the
     median of each step per kind x population, the mm-shared share, errno counts and the
     process_mrelease fits."""
-    from droidoom.report.terminal import html as report_html
+    from droidoom.report import html as report_html
 
     df = _kills({"single": (0.0, 130_000), "threaded": (600.0, 200_000),
                  "multiprocess": (600.0, 55_000)}, TCG_NOISE)  # fmt: skip
