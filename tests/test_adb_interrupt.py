@@ -35,9 +35,11 @@ LONG = ["--population", "0,200", "--writes", "4000", "--rate", "2000"]
 PROMPT = 30.0
 
 
-def start_profile(serial: str, env: dict, out: Path) -> subprocess.Popen:
+def start_profile(serial: str, env: dict, out: Path, longer: int = 1) -> subprocess.Popen:
+    """`profile` of LONG in the background (`longer` times as many writes)."""
+    args = [*LONG[:3], str(int(LONG[3]) * longer), *LONG[4:]]
     return subprocess.Popen(
-        [sys.executable, "-m", "droidoom", "profile", "--serial", serial, *LONG, "-o", str(out)],
+        [sys.executable, "-m", "droidoom", "profile", "--serial", serial, *args, "-o", str(out)],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

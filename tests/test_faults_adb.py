@@ -5,6 +5,7 @@ a farm phone unplugged mid-run, two runs on one phone, the link dropping during 
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -76,18 +77,25 @@ def test_farm_unplugged_phone_keeps_its_run_and_recover_fills_it(adb_peer_factor
 
 def test_two_runs_on_one_phone_the_second_is_refused(adb_peer, device_dir, tmp_path):
     env = cli_env(adb_peer.server, device_dir)
-    proc = start_profile(adb_peer.serial, env, tmp_path / "first")
-    try:
-        wait_recording(device_dir, proc)
-        p = run_cli("profile", "--serial", adb_peer.serial, "--quick",
-                    "-o", str(tmp_path / "second"), env=env)  # fmt: skip
-    finally:
-        out, err, _ = finish(proc)
-    assert proc.returncode == 0, err
+    for attempt in range(3):  # the first run must outlive the second's start-up
+        first = tmp_path / f"first{attempt}"
+        proc = start_profile(adb_peer.serial, env, first, longer=3**attempt)
+        try:
+            wait_recording(device_dir, proc)
+            p = run_cli("profile", "--serial", adb_peer.serial, "--quick",
+                        "-o", str(tmp_path / "second"), env=env)  # fmt: skip
+            overlapped = proc.poll() is None  # else a loaded host: the first had ended
+        finally:
+            out, err, _ = finish(proc)
+        assert proc.returncode == 0, err
+        if overlapped:
+            break
+        shutil.rmtree(tmp_path / "second", ignore_errors=True)
+    assert overlapped, "the first run ended before the second started, three times"
     assert p.returncode == 1 and "Traceback" not in p.stderr
     assert "is busy" in p.stderr and f"pid {proc.pid}" in p.stderr
     assert not (tmp_path / "second").exists() or not any((tmp_path / "second").iterdir())
-    (run,) = (tmp_path / "first").iterdir()
+    (run,) = first.iterdir()
     meta = json.loads((run / "run.json").read_text())
     assert meta["status"] == "complete"
     act = meta["device_activity"]
