@@ -15,7 +15,14 @@ from rich.table import Table
 
 from . import analysis, plots, schema, units
 from .report_html import render_html as render_html  # re-exported: the HTML report
-from .report_rows import STAT_COLS, run_facts, run_metas, scaling_rows, with_visits
+from .report_rows import (
+    STAT_COLS,
+    capture_lines,
+    run_facts,
+    run_metas,
+    scaling_rows,
+    with_visits,
+)
 from .vocab import Complexity, RunStatus, VerdictStatus
 
 _STATUS_STYLE = {
@@ -156,6 +163,8 @@ def render_terminal(
             f"[bold]{escape(f['device'])}[/] run {escape(f['run'])} [{style}]{f['status']}[/]: "
             + escape(f"kernel {f['kernel']}, {f['model']}, populations {f['populations']}")
         )
+        for text, loud in capture_lines(meta):
+            console.print(f"[bold red]{escape(text)}[/]" if loud else f"  {escape(text)}")
     if schema.is_kill(df):  # rows are kills (--measure kill): their own tables and verdict
         _render_kills(df, metas, console)
         return []
