@@ -23,7 +23,7 @@ from . import __version__, runsave, schema, signals, store
 from .capture.base import CaptureContext, CaptureSource
 from .drift import disturbances
 from .errors import DroidoomError, HelperError, TargetError, UsageError
-from .helper_io import Probe, probe
+from .helper_io import Probe, probe, with_target_pids
 from .plans import build_plan
 from .power import suspend_risk
 from .protocol import render_plan
@@ -333,7 +333,7 @@ def _pull(target: Target, setup: _Setup, run: RunDir, out: _Outcome, remote_rec:
         out.reason = out.reason or f"records could not be pulled ({why}){fetch}"
         out.link_lost = out.link_lost or not local
         samples = schema.empty()
-    out.samples = samples
+    out.samples = with_target_pids(samples, out.session.targets)
 
 
 def _collect(
