@@ -51,6 +51,16 @@ BLOCK_COLUMNS: dict[str, str] = {
     "warmup": "bool",  # one of the first writes after a switch of kind: not in medians or fits
 }
 
+#: Columns of a `--scenario replay:TRACE` run (older runs lack them): whose write each
+#: row is, the helper's target and the trace's process it stands for. Nullable: pooled
+#: with other runs, their rows have none.
+REPLAY_COLUMNS: dict[str, str] = {
+    "target": "Int16",  # the helper's target index (run.json `targets`)
+    "target_pid": "Int32",  # that target's pid on the device (missing: not known)
+    "trace_pid": "Int32",  # the replayed process's pid in the trace
+    "trace_process": "category",  # the replayed process's name in the trace
+}
+
 #: Columns of a `--measure kill` run (absent: the run timed oom_score_adj writes). Its rows
 #: are kills: `kind` is the victim's, `latency_ns` holds process_mrelease's duration (the
 #: call whose process walk the kill verdict looks for), `adj_from`/`adj_to` are 0, `role`
@@ -122,7 +132,8 @@ def is_kill(df: pd.DataFrame) -> bool:
 def dtype_of(col: str) -> str | None:
     """The schema dtype of a samples column (None for a column the schema does not know)."""
     return (SAMPLE_COLUMNS.get(col) or KERNEL_COLUMNS.get(col) or PERFETTO_COLUMNS.get(col)
-            or BLOCK_COLUMNS.get(col) or KILL_COLUMNS.get(col))  # fmt: skip
+            or BLOCK_COLUMNS.get(col) or KILL_COLUMNS.get(col)
+            or REPLAY_COLUMNS.get(col))  # fmt: skip
 
 
 _FIX = "the file was damaged or written by another tool; restore it from a copy or profile again"

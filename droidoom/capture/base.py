@@ -26,6 +26,10 @@ import pandas as pd
 if TYPE_CHECKING:  # typing only: no import of the target modules at run time
     from ..targets.base import Target
 
+#: Below this share of writes matched to their kernel event, a capture's columns describe
+#: only part of the run: said loudly (here and in the reports).
+MATCHED_LOUD_BELOW = 0.95
+
 #: __NR_write per Android ABI (raw_syscalls report the native syscall number).
 NR_WRITE: dict[str, int] = {"x86_64": 1, "arm64-v8a": 64, "armeabi-v7a": 4, "x86": 4}
 

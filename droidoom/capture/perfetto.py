@@ -38,8 +38,16 @@ import pandas as pd
 
 from ..errors import CaptureError, DataError
 from ..schema import PERFETTO_COLUMNS
-from .base import CaptureContext, CaptureResult, CaptureRunInfo, CaptureSource, parse_kv_block, q
-from .trace_match import MATCH_TOL_NS, fit_offset, match_events
+from .base import (
+    MATCHED_LOUD_BELOW,
+    CaptureContext,
+    CaptureResult,
+    CaptureRunInfo,
+    CaptureSource,
+    parse_kv_block,
+    q,
+)
+from .trace_match import MATCH_TOL_NS, fit_offset, match_events, wide_offset
 
 if TYPE_CHECKING:  # typing only: no import of the target modules at run time
     from ..targets.base import Target
@@ -207,6 +215,12 @@ class PerfettoSource(CaptureSource):
                 "had one. Use fewer writes per run (--writes) or a phone with more free memory"
             )
             meta["warning"] = f"{meta['warning']}; {lost}" if meta.get("warning") else lost
+        frac = stats["matched_fraction"]
+        if frac is not None and frac < MATCHED_LOUD_BELOW:
+            low = (f"ONLY {frac:.1%} OF THE WRITES MATCHED THEIR KERNEL EVENT (clock offset: "
+                   f"{stats['clock']}): trace_offset_ns and trace_adj cover part of the "
+                   "run")  # fmt: skip
+            meta["warning"] = f"{low}; {meta['warning']}" if meta.get("warning") else low
         mine = trace.oom_events
         if info.helper_pid > 0:
             mine = mine[mine["writer_tid"] == info.helper_pid]
@@ -245,11 +259,13 @@ class _Clock:
     spread: int
     tol: int
     how: str
+    source: str = "clock snapshot"  # or "matched writes", "none"
 
     def stats(self) -> dict[str, Any]:
         """run.json's clock entries."""
-        return {"clock": self.how, "boot_minus_mono_ns": self.off,
+        return {"clock": self.how, "clock_source": self.source, "boot_minus_mono_ns": self.off,
                 "snapshot_boot_minus_mono_ns": self.snapshot_off,
+                "snapshot_error_ns": self.snapshot_off - self.off,
                 "snapshot_spread_ns": self.spread, "tolerance_ns": self.tol}  # fmt: skip
 
 
@@ -258,7 +274,8 @@ def _clock(trace: TraceData, e_ts: I64, e_pid: I64, t: I64, lat: I64, want: I64)
     the trace clock is taken as CLOCK_MONOTONIC."""
     off = trace.clock_offset_ns()
     if off is None:
-        return _Clock(0, 0, 0, MATCH_TOL_NS, "none: assumed trace clock = CLOCK_MONOTONIC")
+        return _Clock(0, 0, 0, MATCH_TOL_NS, "none: assumed trace clock = CLOCK_MONOTONIC",
+                      "none")  # fmt: skip
     d = (trace.clocks["boottime"] - trace.clocks["monotonic"]).dropna().astype(np.int64)
     spread = int(d.max() - d.min()) if len(d) else 0
     how = "boottime->monotonic from clock snapshots"
@@ -268,6 +285,23 @@ def _clock(trace: TraceData, e_ts: I64, e_pid: I64, t: I64, lat: I64, want: I64)
     if fitted != off:
         how += f", moved {fitted - off:+d} ns to fit the writes"
     return _Clock(fitted, off, spread, MATCH_TOL_NS, how)
+
+
+def _wide_clock(
+    clk: _Clock, e_ts: I64, e_pid: I64, e_adj: I64, t: I64, lat: I64, want: I64, adj: I64
+) -> _Clock | None:
+    """The offset pinned by the writes themselves (`wide_offset`: their targets' pids and
+    the adjs written, in order), searched milliseconds around the snapshots' one; None
+    when it finds none."""
+    found = wide_offset(e_ts, e_pid, e_adj, t, lat, want, adj, clk.snapshot_off)
+    if found is None:
+        return None
+    off = found[1]
+    how = (f"matched writes: the clock snapshot was off by {(clk.snapshot_off - off) / 1e3:+.1f}"
+           " us, the offset was found from the writes' pid and adj sequence")  # fmt: skip
+    if clk.source == "none":
+        how = "matched writes: no clock snapshot, the offset was found near 0 from the writes"
+    return _Clock(off, clk.snapshot_off, clk.spread, MATCH_TOL_NS, how, "matched writes")
 
 
 def join_trace(
@@ -292,9 +326,19 @@ def join_trace(
     ok = samples["err"].to_numpy() == 0 if "err" in samples else np.ones(len(t), bool)
     want = _expected_pids(samples, info)
     clk = _clock(trace, raw_ts, e_pid, t[ok], lat[ok], want[ok])
+    idx, pid_mismatch = match_events(raw_ts - clk.off, e_pid, e_adj, t, lat, want, adj, ok,
+                                     clk.tol)  # fmt: skip
+    if (ok & (idx < 0)).any() and len(raw_ts):
+        # Writes left without their event: the snapshot may be off by more than the
+        # writes' spacing (its reader preempted). The writes pin the offset themselves.
+        wide = _wide_clock(clk, raw_ts, e_pid, e_adj, t[ok], lat[ok], want[ok], adj[ok])
+        if wide is not None and wide.off != clk.off:
+            idx2, mm2 = match_events(raw_ts - wide.off, e_pid, e_adj, t, lat, want, adj, ok,
+                                     wide.tol)  # fmt: skip
+            if (idx2 >= 0).sum() > (idx >= 0).sum():
+                clk, idx, pid_mismatch = wide, idx2, mm2
     off = clk.off
     e_ts = raw_ts - off
-    idx, pid_mismatch = match_events(e_ts, e_pid, e_adj, t, lat, want, adj, ok, clk.tol)
     matched = idx >= 0
     # Writes that began before traced's data sources had started cannot be in the trace
     # (`--background` returns early): counted apart, not as misses.

@@ -4,7 +4,9 @@ Layout (TrackEvent, the SDK's track model; written with the perfetto wheel's pro
 classes, one packet at a time so big runs never sit in memory twice):
 
     droidoom <run id>                 a parent track
-      <kind> target (pid N)           one track per target; one slice per timed write:
+      <kind> target (pid N)           one track per target; one slice per timed write
+                                      (a replay's: "<the trace's process> (trace pid M;
+                                      <kind> target (pid N))"):
                                       name = ActivityManager role (e.g. "cached"),
                                       args adj_from, adj_to, latency_ns, population,
                                       cpu, err, seq (and trace_offset_ns when captured)
@@ -108,6 +110,7 @@ def export_perfetto(run: str | Path, out: str | Path) -> dict[str, Any]:
         _track(w, ROOT_UUID, f"droidoom {info.run_id}", None, counts)
         by_target = "target" in samples.columns
         keys = samples["target"].astype(int) if by_target else samples["kind"].astype(str)
+        replayed = _replayed(samples) if by_target else {}
         uuid_of: dict[int | str, int] = {}
         for i, key in enumerate(pd.unique(keys)):
             if by_target:
@@ -116,6 +119,9 @@ def export_perfetto(run: str | Path, out: str | Path) -> dict[str, Any]:
                 t = next((x for x in targets.values() if x.get("kind") == key), {})
             kind = t.get("kind", key)
             name = f"{kind} target (pid {t['pid']})" if t.get("pid") else f"{kind} target"
+            if by_target and int(key) in replayed:  # a replay: named after the trace's process
+                proc, tpid = replayed[int(key)]
+                name = f"{proc} (trace pid {tpid}; {name})"
             uuid_of[key] = TARGET_UUID0 + i
             _track(w, uuid_of[key], name, ROOT_UUID, counts)
         _track(w, POP_UUID, "population", ROOT_UUID, counts, unit="processes")
@@ -126,6 +132,16 @@ def export_perfetto(run: str | Path, out: str | Path) -> dict[str, Any]:
         _slices(w, samples, keys.loc[samples.index].map(uuid_of), shift, counts)
     counts["packets"] = w.count
     return counts
+
+
+def _replayed(samples: pd.DataFrame) -> dict[int, tuple[str, int]]:
+    """{target idx: (the trace's process name, its pid in the trace)} of a replay run's
+    samples (schema.REPLAY_COLUMNS); {} for other runs."""
+    if "trace_process" not in samples.columns:
+        return {}
+    first = samples.drop_duplicates("target")
+    return {int(k): (str(n), int(p)) for k, n, p in zip(
+        first["target"], first["trace_process"], first["trace_pid"], strict=True)}  # fmt: skip
 
 
 def _track(

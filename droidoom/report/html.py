@@ -19,7 +19,15 @@ from ..schema import KINDS
 from ..store import atomic_write
 from ..vocab import Complexity, RunStatus
 from . import plots
-from .rows import STAT_COLS, report_frames, run_facts, run_metas, scaling_rows, with_visits
+from .rows import (
+    STAT_COLS,
+    capture_lines,
+    report_frames,
+    run_facts,
+    run_metas,
+    scaling_rows,
+    with_visits,
+)
 
 _SCALING_HEAD = ["device", "mode", "kind", "ns/process", "95% CI", "base µs", "over sweep",
                  "populations", "scaling"]  # fmt: skip
@@ -230,6 +238,9 @@ def _runs_html(metas: Sequence[Mapping[str, Any]]) -> list[str]:
          for k, v in f.items()] for f in facts
     ]  # fmt: skip
     parts = ["<h2>Runs</h2>", _html_table(head, rows, left=len(head))]
+    for text, loud in (c for m in metas for c in capture_lines(m)):
+        parts.append(f"<p class='warn'><b>{_e(text)}</b></p>" if loud
+                     else f"<p class='sub'>{_e(text)}</p>")  # fmt: skip
     if any(f["status"] != RunStatus.COMPLETE for f in facts):
         parts.append("<p class='warn'>Some runs are <b>partial</b> (interrupted): their "
                      "largest populations may be missing.</p>")  # fmt: skip

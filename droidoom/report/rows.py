@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from .. import analysis, units
+from ..capture.base import MATCHED_LOUD_BELOW
 from ..fingerprint import fingerprint
 
 #: Latency statistics shown per kind x population: summary column -> label.
@@ -48,6 +49,28 @@ def run_facts(meta: Mapping[str, Any]) -> dict[str, str]:
         "started": str(meta.get("started", "?")),
         "farm": str(meta.get("farm_id") or "-"),
     }
+
+
+def capture_lines(meta: Mapping[str, Any]) -> list[tuple[str, bool]]:
+    """(sentence, loud) per kernel-event capture of a run (ftrace, perfetto): how many
+    writes matched their event and, for perfetto, how the trace clock's offset was found.
+    Loud when under MATCHED_LOUD_BELOW of the writes matched."""
+    out = []
+    for name, cap in sorted((meta.get("captures") or {}).items()):
+        frac = cap.get("matched_fraction") if isinstance(cap, Mapping) else None
+        if not isinstance(frac, int | float):
+            continue
+        run = str(meta.get("run_id", "?"))
+        how = f"; clock offset: {cap['clock']}" if cap.get("clock_source") else ""
+        if frac < MATCHED_LOUD_BELOW:
+            out.append((
+                f"{name} (run {run}): ONLY {frac:.1%} OF THE WRITES MATCHED THEIR KERNEL EVENT "
+                f"(under {MATCHED_LOUD_BELOW:.0%}): its columns describe part of the run, "
+                f"not all of it{how}", True))  # fmt: skip
+        else:
+            out.append((f"{name} (run {run}): {frac:.1%} of the writes matched their kernel "
+                        f"event{how}", False))  # fmt: skip
+    return out
 
 
 def scaling_rows(fits: Sequence[analysis.Fit]) -> list[list[str]]:

@@ -17,7 +17,7 @@ from .. import analysis, schema, units
 from ..vocab import Complexity, RunStatus, VerdictStatus
 from . import plots
 from .html import render_html as render_html  # re-exported: the HTML report
-from .rows import STAT_COLS, run_facts, run_metas, scaling_rows, with_visits
+from .rows import STAT_COLS, capture_lines, run_facts, run_metas, scaling_rows, with_visits
 
 _STATUS_STYLE = {
     VerdictStatus.FIXED: "bold green",
@@ -159,6 +159,8 @@ def render_terminal(
             f"[bold]{escape(f['device'])}[/] run {escape(f['run'])} [{style}]{f['status']}[/]: "
             + escape(f"kernel {f['kernel']}, {f['model']}, populations {f['populations']}")
         )
+        for text, loud in capture_lines(meta):
+            console.print(f"[bold red]{escape(text)}[/]" if loud else f"  {escape(text)}")
     if schema.is_kill(df):  # rows are kills (--measure kill): their own tables and verdict
         _render_kills(df, metas, console)
         return []

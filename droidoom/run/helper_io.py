@@ -5,7 +5,9 @@ samples DataFrame. The wire format itself (plan text, event lines, record layout
 from __future__ import annotations
 
 import shlex
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -103,7 +105,25 @@ def records_to_frame(data: bytes, plan: Plan, run_id: str, device: str) -> pd.Da
     flags = np.array(warmup_flags(plan), dtype=bool)
     if flags.any():  # blocks: the first writes after a switch of kind (scenario.in_blocks)
         df["warmup"] = flags[rec["seq"]]
+    procs = (plan.info.get("replay") or {}).get("processes")
+    if procs:  # a replay: each write's target and the trace's process it stands for
+        proc = rec["target"].astype(np.int64) % len(procs)  # targets: kind-major, per process
+        df["target"] = rec["target"]
+        df["trace_pid"] = np.array([int(p["pid"]) for p in procs], dtype=np.int32)[proc]
+        names = pd.Index([str(p["name"]) for p in procs])
+        df["trace_process"] = pd.Categorical(names[proc])
     return schema.coerce(df)
+
+
+def with_target_pids(df: pd.DataFrame, targets: Mapping[int, Mapping[str, Any]]) -> pd.DataFrame:
+    """`df` with `target_pid` (schema.REPLAY_COLUMNS) from the helper's target lines
+    (idx -> {"pid": ...}), when its rows name their target; unchanged otherwise."""
+    if "target" not in df.columns or not targets:
+        return df
+    pids = {int(k): int(v.get("pid") or 0) or None for k, v in targets.items()}
+    out = df.copy()
+    out["target_pid"] = df["target"].astype(int).map(pids).astype("Int32")
+    return out
 
 
 def _kill_frame(rec: np.ndarray, plan: Plan, run_id: str, device: str) -> pd.DataFrame:

@@ -29,7 +29,7 @@ from ..spec import ProfileSpec
 from ..targets.base import Target, TargetFacts
 from ..vocab import RunStatus, now
 from . import record, runsave
-from .helper_io import Probe, probe
+from .helper_io import Probe, probe, with_target_pids
 from .plans import build_plan
 from .power import suspend_risk
 from .rundir import RunDir, finish_stale, make_run_id, open_run, writable_dir
@@ -337,7 +337,7 @@ def _pull(target: Target, setup: _Setup, run: RunDir, out: _Outcome, remote_rec:
         out.reason = out.reason or f"records could not be pulled ({why}){fetch}"
         out.link_lost = out.link_lost or target.is_remote
         samples = schema.empty()
-    out.samples = samples
+    out.samples = with_target_pids(samples, out.session.targets)
 
 
 def _collect(

@@ -78,6 +78,9 @@ class ReplayTrace:
     #: the trace's losses by kind (TraceData.loss_counts), and in words ("" when none)
     losses: dict[str, int] = field(default_factory=dict)
     loss_text: str = ""
+    #: each replayed process's name in the trace (its process list's, else its updates'
+    #: comm), as `pids`
+    names: tuple[str, ...] = ()
 
     @property
     def lost(self) -> int:
@@ -174,6 +177,7 @@ def load(path: str | Path, n_kinds: int = 1) -> ReplayTrace:
     replayed["proc"] = replayed["pid"].map({p: i for i, p in enumerate(order)}).astype("int32")
     ts = replayed["ts_ns"].to_numpy(np.int64)
     return ReplayTrace(
+        names=_names(trace, replayed, order),
         path=path, sha256=sha, events=replayed, pids=tuple(int(p) for p in order),
         dropped_processes=len(counts) - len(keep), dropped_events=len(ev) - len(replayed),
         writer=writer, has_process_list=not trace.processes.empty,
@@ -182,6 +186,15 @@ def load(path: str | Path, n_kinds: int = 1) -> ReplayTrace:
         losses=trace.loss_counts(), loss_text=trace.loss_text(),
         impossible=trace.impossible, impossible_note=trace.impossible_note(path),
     )  # fmt: skip
+
+
+def _names(trace: TraceData, ev: pd.DataFrame, pids: list[int]) -> tuple[str, ...]:
+    """Each process's name in the trace: the process list's (cmdline[0], the full package
+    name) when it has one, else the comm of its last update (cut to 15 characters)."""
+    procs = trace.processes
+    listed = dict(zip(procs["pid"].astype(int), procs["name"].astype(str), strict=True))
+    comm = ev.groupby("pid", sort=False)["comm"].last().astype(str).to_dict()
+    return tuple(listed.get(p) or comm.get(p) or f"pid {p}" for p in map(int, pids))
 
 
 def gaps_us(ts_ns: np.ndarray, compress: float) -> np.ndarray | None:
@@ -281,7 +294,9 @@ def build_replay_plan(spec: ProfileSpec, adj_min: int = -1000) -> Plan:
     notes = rt.notes()
     if g is not None and (g >= MAX_GAP_US).any():
         notes.append("pauses longer than 35 min were shortened to 35 min")
-    info = {**rt.summary(), "repeat": spec.repeat, "sweep_points": sweep_idx}
+    info = {**rt.summary(), "repeat": spec.repeat, "sweep_points": sweep_idx,
+            "processes": [{"pid": p, "name": nm} for p, nm in zip(rt.pids, rt.names,
+                                                                  strict=True)]}  # fmt: skip
     return Plan(targets, tuple(points), clamped, adj_min, (spec.cpu, spec.fifo),
                 info={"replay": info}, notes=tuple(notes))  # fmt: skip
 

@@ -21,8 +21,9 @@ system-wide like traced_probes (no pid filter), trace_clock `boot` (what perfett
 the config's ftrace_events enabled. At stop the stopped buffer is read as text and
 again with options/raw (exact ns; droidoom.traces.ftrace_text zips the two), turned
 into FtraceEventBundle packets, with clock snapshots (BOOTTIME, MONOTONIC, REALTIME) at
-start and stop, a process_tree scan when linux.process_stats asks for one, and
-ftrace_stats (per-CPU overrun / dropped events) at the end.
+start and stop (TRACED_STANDIN_SNAPSHOT_SKEW_NS: one, that far off), a process_tree scan
+when linux.process_stats asks for one, and ftrace_stats (per-CPU overrun / dropped events)
+at the end.
 """
 
 from __future__ import annotations
@@ -71,7 +72,15 @@ def _r(path: str) -> str:
         return f.read()
 
 
-def _clock_packet() -> pb.TracePacket:
+def _snapshot_skew() -> int | None:
+    """TRACED_STANDIN_SNAPSHOT_SKEW_NS: tests make the trace's clock snapshot wrong by this
+    much (BOOTTIME read that late: traced preempted between its clock reads, which a busy
+    phone does) and leave it the trace's only one."""
+    v = os.environ.get("TRACED_STANDIN_SNAPSHOT_SKEW_NS")
+    return int(v) if v else None
+
+
+def _clock_packet(skew: int = 0) -> pb.TracePacket:
     pkt = pb.TracePacket(trusted_packet_sequence_id=SEQ)
     snap = pkt.clock_snapshot
     # Read back to back (mono before and after boot, averaged) so the pair is as close
@@ -87,7 +96,7 @@ def _clock_packet() -> pb.TracePacket:
             break
     _, m1, boot, m2 = min(tries)
     real = g(time.CLOCK_REALTIME)
-    for cid, ts in ((6, boot), (3, (m1 + m2) // 2), (1, real)):
+    for cid, ts in ((6, boot + skew), (3, (m1 + m2) // 2), (1, real)):
         snap.clocks.add(clock_id=cid, timestamp=ts)
     snap.primary_trace_clock = pb.BUILTIN_CLOCK_BOOTTIME
     pkt.timestamp = snap.clocks[0].timestamp
@@ -157,7 +166,7 @@ class Session:
                 self.unknown.append(ev)
         echo = pb.TracePacket(trusted_packet_sequence_id=SEQ)
         echo.trace_config.CopyFrom(self.cfg)
-        self.packets += [echo, _clock_packet()]
+        self.packets += [echo, _clock_packet(_snapshot_skew() or 0)]
         if self.scan:
             self.packets.append(_process_tree())
         _w(f"{i}/tracing_on", "1")
@@ -182,7 +191,8 @@ class Session:
         events, header = parse_trace(text)
         events, _ = with_ns_timestamps(events, parse_raw(raw))
         self._bundles(events, header.lost_by_cpu)
-        self.packets.append(end_clock)
+        if _snapshot_skew() is None:  # a skewed snapshot stays the only one
+            self.packets.append(end_clock)
         st = pb.TracePacket(trusted_packet_sequence_id=SEQ)
         st.ftrace_stats.phase = pb.FtraceStats.END_OF_TRACE
         st.ftrace_stats.unknown_ftrace_events.extend(self.unknown)
