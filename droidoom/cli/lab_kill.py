@@ -30,7 +30,7 @@ def demo_kill(out: Path, html: Path | None, accel: str, kernels: dict[str, Kerne
     from ..analysis import kill
     from ..report import terminal as report
     from ..run.runner import profile as run_profile
-    from .lab import open_vm, vm_spec_defaults
+    from .vm import open_vm, vm_spec_defaults
 
     spec = vm_spec_defaults(build_spec(True, measure="kill"), False, False)
     results: dict[str, RunResult] = {}

@@ -13,6 +13,7 @@ from .. import signals
 from ..errors import UsageError
 from . import farm as cli_farm
 from . import lab as cli_lab
+from . import vm as cli_vm
 from .app import app, console, err_console
 from .options import (
     DEFAULT_OUT,
@@ -90,8 +91,8 @@ def profile(
         raise typer.Exit(cli_farm.profile_all(server, sweep, out, capture))
     sources = _captures(capture)
     if kernel is not None:  # droidoom/cli/lab.py: a kernel image booted in QEMU
-        sweep = cli_lab.vm_spec_defaults(sweep, given.threads is not None, given.writes is not None)
-        vm = cli_lab.open_vm(kernel, accel, vm_cpus, vm_memory)
+        sweep = cli_vm.vm_spec_defaults(sweep, given.threads is not None, given.writes is not None)
+        vm = cli_vm.open_vm(kernel, accel, vm_cpus, vm_memory)
         _run_and_print(vm, sweep, out, sources, {"vm": vm.vm_info()})
     else:
         _run_and_print(_select(local, serial, AdbServer.from_env(adb_host, adb_port)), sweep, out,
