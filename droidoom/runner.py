@@ -22,8 +22,9 @@ import pandas as pd
 from . import __version__, runsave, schema, signals, store
 from .capture.base import CaptureContext, CaptureSource
 from .drift import disturbances
-from .errors import DroidoomError, HelperError, TargetError, UsageError
-from .helper_io import Probe, probe
+from .errors import DataError, DroidoomError, HelperError, TargetError, UsageError
+from .helper_io import Probe, probe, records_to_frame
+from .planned import life_seconds
 from .plans import build_plan
 from .power import suspend_risk
 from .protocol import render_plan
@@ -31,6 +32,7 @@ from .rundir import RunDir, make_run_id, open_run, writable_dir
 from .scenario import Plan
 from .session import Progress, Session, classify_end, stream, wrapper_failure
 from .spec import ProfileSpec
+from .streamed import LiveRecords, count_records, settle_folder
 from .targets.base import Target, TargetFacts
 from .vocab import RunStatus, now
 
@@ -130,12 +132,24 @@ def profile(
     notices = _Notices(progress.notice)
     out_dir = writable_dir(Path(out_dir))
     setup = _plan(target, spec, notices)  # spec -> plan
+    for line in settle_folder(out_dir):  # VM runs whose droidoom was killed
+        notices(f"an earlier run: {line}")
     with signals.SaveGuard() as guard:
         run = open_run(target, out_dir, run_id or make_run_id(setup.facts.device), notices)
-        run.start(_run_meta(target, setup, spec, run, extra_meta))
-        out = _run_helper(target, setup, run, captures, progress, notices, cancel, guard)
-        guard.hold()  # whatever ended the run: from here on it is only saved
-        result = _save(target, setup, run, out, notices)  # -> run dir
+        # A VM's records die with it: a copy grows on the host as they are made.
+        live = LiveRecords(run.path) if target.streams_records else None
+        try:
+            run.start(_run_meta(target, setup, spec, run, extra_meta))
+            out = _run_helper(target, setup, run, captures, progress, notices, cancel, guard,
+                              live)  # fmt: skip
+            guard.hold()  # whatever ended the run: from here on it is only saved
+            result = _save(target, setup, run, out, notices)  # -> run dir
+        except BaseException:
+            if live is not None:
+                live.close(remove=False)  # what reached the host stays for the next command
+            raise
+        if live is not None:  # kept unless samples.parquet holds all of it (a full disk)
+            live.close(remove=len(result.samples) >= count_records(live.read()))
         if out.interrupted is None and guard.deferred is not None:
             # Asked to stop while a finished run was saving: saved, now stop as asked.
             out.interrupted = signals.stop_exception(guard.deferred)
@@ -239,6 +253,7 @@ def _run_helper(
     notices: _Notices,
     cancel: threading.Event | None,
     guard: signals.SaveGuard,
+    live: LiveRecords | None = None,
 ) -> _Outcome:
     """helper -> records -> DataFrame: push the plan, arm the captures, stream the helper's
     stdout, classify the end, pull the records, collect the captures; always disarm.
@@ -260,6 +275,9 @@ def _run_helper(
         ctx = CaptureContext(run_id, wd, facts.abi, facts.root, writes)
         cmd, needs_root = _arm(target, captures, ctx, cmd, armed, out.captures, notices)
         progress.start(setup.writes)
+        if live is not None:
+            target.stream_records(remote_rec, live.write_at)
+        target.expect_run(life_seconds(plan))  # a VM lives as long as the plan needs
         # The outermost shell records its pid in the lock (it becomes the helper or its
         # wrapper and dies with the run): how another host tells a stale lock.
         proc = target.spawn(run.lock.wrap(cmd), root=needs_root)
@@ -276,7 +294,7 @@ def _run_helper(
         if end.fatal is not None:
             raise HelperError(f"{target.name}: {_naming(end.fatal, remote_rec)}", session.rc)
         out.reason, out.link_lost = end.reason, end.link_lost
-        _pull(target, setup, run, out, remote_rec)
+        _pull(target, setup, run, out, remote_rec, live)
         _collect(target, armed, run, out, notices)
     except BaseException as e:
         if isinstance(e, KeyboardInterrupt) and out.interrupted is None:
@@ -320,10 +338,16 @@ def _arm(
     return cmd, needs_root
 
 
-def _pull(target: Target, setup: _Setup, run: RunDir, out: _Outcome, remote_rec: str) -> None:
-    """records -> DataFrame: the helper's records file, labelled with the plan."""
+def _pull(
+    target: Target, setup: _Setup, run: RunDir, out: _Outcome, remote_rec: str,
+    live: LiveRecords | None = None,
+) -> None:
+    """records -> DataFrame: the helper's records file, labelled with the plan (else what
+    of it reached the host as it was made, `live`)."""
     samples, why = runsave.pull_records(target, remote_rec, setup.plan, run.run_id,
                                         setup.facts.device)  # fmt: skip
+    if samples is None and live is not None:
+        samples = _streamed(live, setup, run, out, why)
     if samples is None:
         local = setup.facts.transport == "local"
         kept = local and Path(remote_rec).is_file()  # else there is nothing to keep
@@ -334,6 +358,24 @@ def _pull(target: Target, setup: _Setup, run: RunDir, out: _Outcome, remote_rec:
         out.link_lost = out.link_lost or not local
         samples = schema.empty()
     out.samples = samples
+
+
+def _streamed(
+    live: LiveRecords, setup: _Setup, run: RunDir, out: _Outcome, why: str
+) -> pd.DataFrame | None:
+    """The samples in the host's copy of the records (the target is gone with its file),
+    the reason saying how many reached the host; None if none did."""
+    data = live.read()
+    try:
+        samples = records_to_frame(data, setup.plan, run.run_id, setup.facts.device)
+    except DataError:
+        return None  # not even the header reached the host
+    # The target went with its records file (why: the pull's error); what it streamed
+    # as the writes were made is what there is.
+    out.reason = (f"{out.reason or why or 'the run ended early'}; the {len(samples)} writes "
+                  "that had reached the host as they were made are kept")  # fmt: skip
+    out.link_lost = True
+    return samples
 
 
 def _collect(

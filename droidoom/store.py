@@ -301,6 +301,10 @@ def find_runs(paths: str | Path | Iterable[str | Path]) -> list[RunInfo]:
             raise DataError(f"{p} does not exist")
     if not runs:
         raise DataError(f"no droidoom runs under {', '.join(map(str, paths))}")
+    if any(r.meta.get("status") == RunStatus.RUNNING for r in runs):
+        from .streamed import settle_all  # a --kernel run whose droidoom was killed
+
+        runs = settle_all(runs)
     return runs
 
 
