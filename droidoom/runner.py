@@ -13,7 +13,7 @@ import tempfile
 import threading
 from collections.abc import Callable, Sequence
 from contextlib import suppress
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
@@ -24,6 +24,7 @@ from .capture.base import CaptureContext, CaptureSource
 from .drift import disturbances
 from .errors import DataError, DroidoomError, HelperError, TargetError, UsageError
 from .helper_io import Probe, probe, records_to_frame
+from .others import Watch
 from .planned import life_seconds
 from .plans import build_plan
 from .power import suspend_risk
@@ -104,6 +105,7 @@ class _Outcome:
     link_lost: bool = False  # then cleanup does not wait on a device that cannot answer
     captures: dict[str, Any] = field(default_factory=dict)
     remote_files: tuple[str, ...] = ()  # the plan and records files on the target
+    during: list[dict[str, Any]] | None = None  # other runs seen at each point (others.py)
 
 
 def profile(
@@ -282,7 +284,7 @@ def _run_helper(
         # wrapper and dies with the run): how another host tells a stale lock.
         proc = target.spawn(run.lock.wrap(cmd), root=needs_root)
         session = out.session
-        stream(proc, session, progress, cancel, LINE_TIMEOUT)
+        stream(proc, session, _watching(target, setup, out, progress), cancel, LINE_TIMEOUT)
         guard.hold()
         out.interrupted = session.interrupted
         end = classify_end(
@@ -309,6 +311,23 @@ def _run_helper(
         for src in armed:
             src.disarm(target)
     return out
+
+
+def _watching(target: Target, setup: _Setup, out: _Outcome, progress: Progress) -> Progress:
+    """`progress` that also counts other runs' helpers at each sweep point (into
+    `out.during`). Not in a VM: its guest is this run's own, and its one channel carries
+    no other request while the helper streams."""
+    if setup.facts.transport == "qemu":
+        return progress
+    session = out.session
+
+    def own_pid() -> int:
+        hello = session.events.get("hello")
+        return hello.int("pid", 0) if hello else 0
+
+    watch = Watch(target, own_pid)
+    out.during = watch.seen
+    return replace(progress, point=watch.wrap(progress.point))
 
 
 def _arm(
@@ -436,6 +455,8 @@ def _save(
     for w in warnings:
         notices(f"cleanup: {w}")
     meta["device_activity"] = {"before": run.lock.before, "after": after}
+    if out.during is not None:
+        meta["device_activity"]["during"] = out.during
     for what in disturbances(meta):  # the verdict says "disturbed" too (analysis.verdict)
         notices(f"disturbed: {what}")
     meta["notices"] = notices.texts
