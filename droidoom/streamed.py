@@ -164,6 +164,8 @@ def settle_folder(out_dir: Path) -> list[str]:
     lines = []
     for f in sorted(Path(out_dir).glob(f"*/{store.RUN_JSON}")):
         try:
+            if f'"{RunStatus.RUNNING}"' not in f.read_text(errors="replace"):
+                continue  # cheap: most runs in a folder are long finished
             info = store.read_run(f.parent)
             done = settle(info)
         except (DataError, OSError):

@@ -286,10 +286,11 @@ def _recover_vm(run_dir: Path) -> bool:
     elif info.meta.get("status") == "running":
         raise UsageError(f"{run_dir} is still running (its droidoom process holds it): "
                          "let it finish or stop it, then recover")  # fmt: skip
-    else:
-        console.print(f"{run_dir} holds all {info.meta.get('writes_recorded') or 0} writes that "
-                      "reached the host from its QEMU guest (the guest's own copy ended with "
-                      "it): nothing more to recover")  # fmt: skip
+    else:  # nothing more anywhere: said as the answer to a request that cannot be met
+        raise UsageError(f"{run_dir} was made in a QEMU guest (`profile --kernel`): it holds "
+                         f"the {info.meta.get('writes_recorded') or 0} writes that reached "
+                         "the host as they were made; the guest's own records ended with it, "
+                         "so nothing more is left to recover")  # fmt: skip
     return True
 
 
