@@ -306,6 +306,8 @@ def _run_helper(
             raise
         out.reason = out.reason or runsave.describe(e)
         out.link_lost = out.link_lost or isinstance(e, TargetError)
+        if out.samples is None and live is not None:  # what reached the host, if any
+            out.samples = _streamed(live, setup, run, out, runsave.describe(e))
         out.samples = schema.empty() if out.samples is None else out.samples
     finally:
         for src in armed:
@@ -452,6 +454,8 @@ def _save(
         samples = samples.iloc[:kept]
         status = meta["status"]
     after, warnings = runsave.cleanup(target, run.lock, status, out.remote_files, out.link_lost)
+    if out.link_lost and setup.facts.transport == "qemu":
+        warnings = []  # its lock lived in the guest and ended with it: nothing stays stale
     for w in warnings:
         notices(f"cleanup: {w}")
     meta["device_activity"] = {"before": run.lock.before, "after": after}

@@ -111,7 +111,7 @@ def _finish(info: store.RunInfo, data: bytes) -> tuple[store.RunInfo, str]:
 
     meta, path, n, why = dict(info.meta), info.path, 0, ""
     samples_path = path / store.SAMPLES
-    had = int(meta.get("writes_recorded") or 0) if samples_path.exists() else 0
+    had = _rows(samples_path)  # killed while saving: the pulled samples may be there
     if len(data) > 16:  # more than the records file's header
         try:
             plan = _rebuild_plan(meta, path)
@@ -129,6 +129,16 @@ def _finish(info: store.RunInfo, data: bytes) -> tuple[store.RunInfo, str]:
     if not why:
         (path / STREAMED).unlink(missing_ok=True)
     return store.RunInfo(path, meta), f"{path}: {reason}; marked partial"
+
+
+def _rows(samples: Path) -> int:
+    """Rows in samples.parquet (0 if absent or unreadable)."""
+    import pyarrow.parquet as pq
+
+    try:
+        return int(pq.read_metadata(samples).num_rows) if samples.exists() else 0
+    except (OSError, ValueError):
+        return 0
 
 
 def settle_all(runs: list[store.RunInfo]) -> list[store.RunInfo]:

@@ -249,3 +249,62 @@ def test_the_vm_watchdog_follows_the_plan(kernels, tmp_path):
     finally:
         t.close()
 
+
+
+# --------------------------------------------------------------------------- meeting a dead run
+
+
+def _dead_vm_run(tmp_path: Path) -> tuple[Path, int]:
+    """A run dir as a SIGKILLed `--kernel` run leaves it: run.json "running" (made in
+    QEMU), no samples, records-streamed.bin with what reached the host, nobody holding
+    its flock. Its records are real: this host's helper ran the run's own plan."""
+    from droidoom.native import binary_path
+    from droidoom.protocol import render_plan
+
+    folder = tmp_path / "runs"
+    p = run_cli("profile", "--local", "--population", "0,5", "--kinds", "single", "--writes",
+                "300", "-o", str(folder))  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    (run,) = folder.iterdir()
+    meta = json.loads((run / "run.json").read_text())
+    plan = build_plan(ProfileSpec.from_dict(meta["spec"]), meta["adj_min"])
+    (tmp_path / "plan.txt").write_text(render_plan(plan.targets, plan.points, plan.writer))
+    subprocess.run([str(binary_path("x86_64")), "run", str(tmp_path / "plan.txt"),
+                    str(run / STREAMED)], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                   check=True, timeout=120)  # fmt: skip
+    data = (run / STREAMED).read_bytes()
+    cut = len(data) - 32 * 100 - 7  # the last 100 records never arrived, one more cut
+    (run / STREAMED).write_bytes(data[:cut])
+    (run / "samples.parquet").unlink()
+    meta.update(status="running", target={**meta["target"], "transport": "qemu"})
+    for key in ("reason", "writes_recorded", "finished"):
+        meta.pop(key, None)
+    (run / "run.json").write_text(json.dumps(meta))
+    return run, count_records(data[:cut])
+
+
+def test_a_profile_into_the_folder_settles_a_dead_kernel_run(tmp_path):
+    run, held = _dead_vm_run(tmp_path)
+    p = run_cli("profile", "--local", "--population", "0", "--kinds", "single", "--writes",
+                "50", "-o", str(run.parent))  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    said = " ".join(p.stderr.split())
+    assert "an earlier run:" in said and f"{held} writes reached the host" in said, said
+    meta = json.loads((run / "run.json").read_text())
+    assert meta["status"] == "partial" and meta["writes_recorded"] == held == 600 - 101
+    assert len(store.load(run)) == held and not (run / STREAMED).exists()
+
+
+def test_load_settles_a_dead_kernel_run(tmp_path):
+    import warnings
+
+    import droidoom
+    from droidoom.streamed import RunSettled
+
+    run, held = _dead_vm_run(tmp_path)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        df = droidoom.load(run.parent)
+    assert len(df) == held
+    assert any(issubclass(w.category, RunSettled) and "died with the run" in str(w.message)
+               for w in caught)  # fmt: skip
