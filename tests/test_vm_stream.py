@@ -68,11 +68,12 @@ def test_the_follower_streams_a_growing_file_exactly(tmp_path):
     """The guest-side loop (busybox sh, as in the guest) sends every byte of a file the
     script grows, forwards stdin, keeps the script's exit code and ends before it does."""
     rec = tmp_path / "rec.bin"
-    inner = (f"exec busybox sh -c 'i=0; while [ $i -lt 25 ]; do head -c 1500 /dev/urandom "
-             f">> {rec}; echo progress done=$i; i=$((i+1)); sleep 0.05; done; read x; exit 7'")
+    # 25 x 2999 bytes: chunks are cut mid-way at odd sizes and cross CHUNK boundaries.
+    inner = (f"exec busybox sh -c 'i=0; while [ $i -lt 25 ]; do head -c 2999 /dev/urandom "
+             f">> {rec}; echo progress done=$i; i=$((i+1)); sleep 0.08; done; read x; exit 7'")
     proc = subprocess.Popen(["busybox", "sh", "-c", follow.follow_script(inner, str(rec), 3)],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE)  # fmt: skip
-    time.sleep(2.0)
+    time.sleep(3.0)
     proc.stdin.close()  # the host-gone signal: the script's `read` ends
     out, rc = proc.stdout.read().decode(), proc.wait(timeout=30)
     proc.stdout.close()
@@ -84,7 +85,7 @@ def test_the_follower_streams_a_growing_file_exactly(tmp_path):
 
     events = [ln for ln in out.splitlines() if not follow.take(ln, 3, sink)]
     assert rc == 7
-    assert bytes(copy) == rec.read_bytes() and len(copy) == 25 * 1500
+    assert bytes(copy) == rec.read_bytes() and len(copy) == 25 * 2999 > 3 * follow.CHUNK
     assert events[-1] == "progress done=24"
     before = bytes(copy)
     assert follow.take("__DD_REC 3 0 not*base64", 3, sink)  # a cut line: taken, dropped
