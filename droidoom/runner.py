@@ -270,6 +270,7 @@ def _run_helper(
     out = _Outcome(remote_files=(remote_plan, remote_rec))
     armed: list[CaptureSource] = []
     try:
+        target.expect_run(life_seconds(plan))  # a VM lives as long as the plan needs
         _push_text(target, render_plan(plan.targets, plan.points, plan.writer, plan.measure),
                    remote_plan)
         cmd = "exec " + " ".join(map(shlex.quote, (setup.helper, "run", remote_plan, remote_rec)))
@@ -279,7 +280,6 @@ def _run_helper(
         progress.start(setup.writes)
         if live is not None:
             target.stream_records(remote_rec, live.write_at)
-        target.expect_run(life_seconds(plan))  # a VM lives as long as the plan needs
         # The outermost shell records its pid in the lock (it becomes the helper or its
         # wrapper and dies with the run): how another host tells a stale lock.
         proc = target.spawn(run.lock.wrap(cmd), root=needs_root)
