@@ -309,3 +309,23 @@ def test_load_settles_a_dead_kernel_run(tmp_path):
     assert len(df) == held
     assert any(issubclass(w.category, RunSettled) and "died with the run" in str(w.message)
                for w in caught)  # fmt: skip
+
+
+def test_a_watchdog_that_fires_mid_run_says_so_and_keeps_what_arrived(kernels, tmp_path,
+                                                                      monkeypatch):
+    """The watchdog is a last resort, never silent: shrunk here to end a paced run mid-way
+    (the computed life is far longer), the run says the VM hit its limit and keeps the
+    writes that reached the host."""
+    from droidoom import runner
+    from droidoom.lab.qemu import VmSpec
+    from droidoom.targets.vm import VmTarget
+
+    monkeypatch.setattr(runner, "life_seconds", lambda plan: 20.0)  # 50 s planned
+    spec = ProfileSpec(populations=(0,), kinds=("single",), writes=20_000, rate=400.0,
+                       threads=2)  # fmt: skip
+    with VmTarget(VmSpec(kernels["fixed"], accel="tcg", timeout=20)) as t:
+        result = runner.profile(t, spec, tmp_path)
+    assert result.status == "partial"
+    assert "hit its" in result.meta["reason"] and "limit" in result.meta["reason"]
+    assert len(result.samples) > 0 and "reached the host" in result.meta["reason"]
+    assert result.meta["writes_recorded"] == len(result.samples)
