@@ -27,7 +27,7 @@ from droidoom import private, store
 from droidoom.errors import DataError, PermanentTargetError, UsageError
 from droidoom.protocol import PROTO_VERSION, RECORD_DTYPE, RECORD_SIZE, RECORDS_MAGIC, render_plan
 from droidoom.run import devlock, leftovers
-from droidoom.run.recover import _rebuild_plan, recover_run
+from droidoom.run.recover import rebuild_plan, recover_run
 from droidoom.targets.local import LocalTarget
 
 NOBODY = 65534
@@ -91,7 +91,7 @@ def forged_records(n: int) -> bytes:
 
 
 def plan_text(run: Path) -> str:
-    plan = _rebuild_plan(store.read_run(run).meta, run)
+    plan = rebuild_plan(store.read_run(run).meta, run)
     return render_plan(plan.targets, plan.points, plan.writer)
 
 

@@ -166,6 +166,7 @@ class _Chan:
 def _vm_without_qemu() -> VmTarget:
     vm = VmTarget.__new__(VmTarget)  # no boot: only the request bookkeeping is exercised
     vm.name, vm._lock, vm._rid = "qemu:test", threading.Lock(), 0
+    vm._follow, vm._sinks = None, {}
     vm._chan = _Chan(vm._lock)  # type: ignore[assignment]
     return vm
 

@@ -125,9 +125,19 @@ def disturbances(meta: Mapping[str, Any] | None) -> list[str]:
     sides = [s if isinstance(s, Mapping) else {} for s in (act.get("before"), act.get("after"))]
     out = []
     helpers = [h for s in sides if isinstance(h := s.get("helpers"), int) and h > 0]
+    # Sampled at each sweep point (run/others.py): runs, not processes, of other helpers.
+    during = act.get("during")
+    during = during if isinstance(during, list) else []
+    runs = [(d.get("point"), h) for d in during if isinstance(d, Mapping)
+            and isinstance(h := d.get("helpers"), int) and h > 0]  # fmt: skip
     if helpers:
         out.append(f"{max(helpers)} droidoom-helper processes of another run were alive on "
                    "the target (every multiprocess write walks them too)")  # fmt: skip
+    elif runs:
+        points = ", ".join(str(p) for p, _ in runs)
+        out.append(f"another droidoom run ({max(h for _, h in runs)} helper(s)) ran on the "
+                   f"target during this one (seen at point(s) {points}; every multiprocess "
+                   "write walks its processes too)")  # fmt: skip
     procs = [p for s in sides if isinstance(p := s.get("procs"), int) and p > 0]
     if len(procs) == 2 and abs(procs[1] - procs[0]) > PROCS_MOVED * procs[0]:
         out.append(f"the target's process count moved {procs[0]} -> {procs[1]} during the run")

@@ -214,6 +214,8 @@ def recover(
     from ..run import recover as rec
 
     if run_dir is not None and not (local or serial or adb_host or adb_port):
+        if _recover_vm(run_dir):
+            return
         local = _recover_where(run_dir)  # run.json says where the run was made
     if local:
         _recover_local(out, run_dir)
@@ -257,10 +259,33 @@ def _recover_where(run_dir: Path) -> bool:
     meta = store.read_run(run_dir).meta
     hint = recover_hint(meta, run_dir)
     if hint is None:
-        raise UsageError(f"{run_dir} was made in a QEMU guest (`profile --kernel`): its records "
-                         "lived in the guest's memory and ended with it; nothing is left to "
-                         "recover. Profile the kernel again.")  # fmt: skip
+        raise UsageError(f"{run_dir} was not made on this host or a phone: nothing of it is "
+                         "left anywhere to recover")  # fmt: skip
     return "--local" in hint
+
+
+def _recover_vm(run_dir: Path) -> bool:
+    """`recover RUN` of a `profile --kernel` run: its records streamed to the host as they
+    were made (the guest's copy died with it); a run whose droidoom was killed is marked
+    partial with them. False if RUN is not a VM run."""
+    from .. import store
+    from ..run.streamed import is_vm_run, settle
+
+    info = store.read_run(run_dir)
+    if not is_vm_run(info.meta):
+        return False
+    done = settle(info)
+    if done is not None:
+        console.print(done[1])
+    elif info.meta.get("status") == "running":
+        raise UsageError(f"{run_dir} is still running (its droidoom process holds it): "
+                         "let it finish or stop it, then recover")  # fmt: skip
+    else:  # nothing more anywhere: said as the answer to a request that cannot be met
+        raise UsageError(f"{run_dir} was made in a QEMU guest (`profile --kernel`): it holds "
+                         f"the {info.meta.get('writes_recorded') or 0} writes that reached "
+                         "the host as they were made; the guest's own records ended with it, "
+                         "so nothing more is left to recover")  # fmt: skip
+    return True
 
 
 def _recover_local(out: Path, run_dir: Path | None) -> None:

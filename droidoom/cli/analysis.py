@@ -47,6 +47,10 @@ def _load(
 
     label = f"{what} " if what else ""
     runs = store.find_runs(paths)
+    if any(r.status == "running" for r in runs):  # a --kernel run whose droidoom was killed?
+        from ..run.streamed import settle_all
+
+        runs = settle_all(runs)
     partial = [r for r in runs if r.status != "complete"]
     if complete_only:
         runs = [r for r in runs if r.status == "complete"]

@@ -36,7 +36,9 @@ class VmSpec:
     cpus: int = 2  # vCPUs
     memory_mb: int = 1024  # guest RAM
     accel: str = "auto"  # auto (kvm if a boot probe works, else tcg) | kvm | tcg
-    timeout: float = 900.0  # the VM is killed after this many seconds, whatever happens
+    # The VM is killed after this many seconds from boot unless a run asks for longer
+    # (Machine.set_limit: a run's limit follows its plan, droidoom/run/planned.py).
+    timeout: float = 900.0
     boot_timeout: float = 60.0  # seconds for the guest's agent to answer under TCG
     append: str = ""  # extra kernel command line
 
@@ -161,10 +163,10 @@ class Machine:
             preexec_fn=_deathsig,
             start_new_session=True,  # a terminal Ctrl-C reaches droidoom, which kills QEMU
         )
-        self._watchdog = threading.Timer(spec.timeout, self._expire)
-        self._watchdog.daemon = True
-        self._watchdog.start()
         self.timed_out = False
+        self.limit_s = 0.0  # seconds from `started` the watchdog allows (set_limit)
+        self._watchdog: threading.Timer | None = None
+        self.set_limit(spec.timeout)
         try:
             self.sock = self._accept(listener, 10.0)
         except OSError:
@@ -190,10 +192,40 @@ class Machine:
     def alive(self) -> bool:
         return self._proc.poll() is None
 
+    @property
+    def pid(self) -> int:
+        """QEMU's pid (our own child)."""
+        return self._proc.pid
+
+    def exit_text(self) -> str:
+        """How QEMU ended ("" while it runs): its exit code or the signal that killed it."""
+        rc = self._proc.poll()
+        if rc is None:
+            return ""
+        if rc < 0:
+            try:
+                return f"QEMU was killed by {signal.Signals(-rc).name}"
+            except ValueError:
+                return f"QEMU was killed by signal {-rc}"
+        return f"QEMU exited with code {rc}"
+
     def kill(self) -> None:
         """SIGKILL QEMU (our own child: its pid is > 0 and recorded)."""
         if self._proc.poll() is None and self._proc.pid > 0:
             self._proc.kill()
+
+    def set_limit(self, seconds: float) -> None:
+        """Let the VM live `seconds` more from now (never less than it already may: a
+        limit is only ever extended), then the watchdog kills it."""
+        left = self.limit_s - (time.monotonic() - self.started)
+        if self._watchdog is not None and left >= seconds:
+            return
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+        self.limit_s = time.monotonic() - self.started + seconds
+        self._watchdog = threading.Timer(seconds, self._expire)
+        self._watchdog.daemon = True
+        self._watchdog.start()
 
     def _expire(self) -> None:
         self.timed_out = True
@@ -213,7 +245,8 @@ class Machine:
 
     def close(self) -> None:
         """Kill QEMU, reap it, remove the temp dir. Idempotent."""
-        self._watchdog.cancel()
+        if self._watchdog is not None:
+            self._watchdog.cancel()
         try:
             self.sock.close()
         except AttributeError:

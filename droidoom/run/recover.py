@@ -81,7 +81,7 @@ def recover_run(
             f"{run_dir} was recorded on {meta['device']}, not on {target.name}: its records "
             f"are not here; {remote} was left as it is"
         )
-    plan = _rebuild_plan(meta, run_dir)
+    plan = rebuild_plan(meta, run_dir)
     remote_plan = posixpath.join(posixpath.dirname(remote), f"plan-{run_id}.txt")
     samples = _pull_records(target, remote, remote_plan, plan, run_dir, run_id, meta["device"])
     previous = int(meta.get("writes_recorded") or 0)
@@ -130,7 +130,7 @@ def check_recoverable(run_dir: Path, run_id: str, remote: str) -> None:
         )
 
 
-def _rebuild_plan(meta: dict[str, Any], run_dir: Path) -> Plan:
+def rebuild_plan(meta: dict[str, Any], run_dir: Path) -> Plan:
     """The run's plan, rebuilt from its spec and adj_min (build_plan is deterministic)."""
     try:
         spec = ProfileSpec.from_dict(meta["spec"])

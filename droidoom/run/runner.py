@@ -13,7 +13,7 @@ import tempfile
 import threading
 from collections.abc import Callable, Sequence
 from contextlib import suppress
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
@@ -22,18 +22,21 @@ import pandas as pd
 from .. import __version__, schema, signals, store
 from ..analysis.drift import disturbances
 from ..capture.base import CaptureContext, CaptureSource
-from ..errors import DroidoomError, HelperError, TargetError, UsageError
+from ..errors import DataError, DroidoomError, HelperError, TargetError, UsageError
 from ..protocol import render_plan
 from ..scenario import Plan
 from ..spec import ProfileSpec
 from ..targets.base import Target, TargetFacts
 from ..vocab import RunStatus, now
 from . import record, runsave
-from .helper_io import Probe, probe, with_target_pids
+from .helper_io import Probe, probe, records_to_frame, with_target_pids
+from .others import Watch
+from .planned import life_seconds
 from .plans import build_plan
 from .power import suspend_risk
 from .rundir import RunDir, finish_stale, make_run_id, open_run, writable_dir
 from .session import Progress, Session, classify_end, stream, wrapper_failure
+from .streamed import LiveRecords, count_records, settle_folder
 
 __all__ = ["Interrupted", "Progress", "RunResult", "make_run_id", "profile"]
 
@@ -103,6 +106,7 @@ class _Outcome:
     link_lost: bool = False  # then cleanup does not wait on a device that cannot answer
     captures: dict[str, Any] = field(default_factory=dict)
     remote_files: tuple[str, ...] = ()  # the plan and records files on the target
+    during: list[dict[str, Any]] | None = None  # other runs seen at each point (run/others.py)
 
 
 def profile(
@@ -131,13 +135,25 @@ def profile(
     notices = _Notices(progress.notice)
     out_dir = writable_dir(Path(out_dir))
     setup = _plan(target, spec, notices)  # spec -> plan
+    for line in settle_folder(out_dir):  # VM runs whose droidoom was killed
+        notices(f"an earlier run: {line}")
     with signals.SaveGuard() as guard:
         run = open_run(target, out_dir, run_id or make_run_id(setup.facts.device))
         finish_stale(target, run, notices)  # what a killed run left on this device
-        run.start(_run_meta(target, setup, spec, run, extra_meta))
-        out = _run_helper(target, setup, run, captures, progress, notices, cancel, guard)
-        guard.hold()  # whatever ended the run: from here on it is only saved
-        result = _save(target, setup, run, out, notices)  # -> run dir
+        # A VM's records die with it: a copy grows on the host as they are made.
+        live = LiveRecords(run.path) if target.streams_records else None
+        try:
+            run.start(_run_meta(target, setup, spec, run, extra_meta))
+            out = _run_helper(target, setup, run, captures, progress, notices, cancel, guard,
+                              live)  # fmt: skip
+            guard.hold()  # whatever ended the run: from here on it is only saved
+            result = _save(target, setup, run, out, notices)  # -> run dir
+        except BaseException:
+            if live is not None:
+                live.close(remove=False)  # what reached the host stays for the next command
+            raise
+        if live is not None:  # kept unless samples.parquet holds all of it (a full disk)
+            live.close(remove=len(result.samples) >= count_records(live.read()))
         if out.interrupted is None and guard.deferred is not None:
             # Asked to stop while a finished run was saving: saved, now stop as asked.
             out.interrupted = signals.stop_exception(guard.deferred)
@@ -241,6 +257,7 @@ def _run_helper(
     notices: _Notices,
     cancel: threading.Event | None,
     guard: signals.SaveGuard,
+    live: LiveRecords | None = None,
 ) -> _Outcome:
     """helper -> records -> DataFrame: push the plan, arm the captures, stream the helper's
     stdout, classify the end, pull the records, collect the captures; always disarm.
@@ -255,6 +272,7 @@ def _run_helper(
     out = _Outcome(remote_files=(remote_plan, remote_rec))
     armed: list[CaptureSource] = []
     try:
+        target.expect_run(life_seconds(plan))  # a VM lives as long as the plan needs
         _push_text(target, render_plan(plan.targets, plan.points, plan.writer, plan.measure),
                    remote_plan)
         cmd = "exec " + " ".join(map(shlex.quote, (setup.helper, "run", remote_plan, remote_rec)))
@@ -262,11 +280,13 @@ def _run_helper(
         ctx = CaptureContext(run_id, wd, facts.abi, facts.root, writes)
         cmd, needs_root = _arm(target, captures, ctx, cmd, armed, out.captures, notices)
         progress.start(setup.writes)
+        if live is not None:
+            target.stream_records(remote_rec, live.write_at)
         # The outermost shell records its pid in the lock (it becomes the helper or its
         # wrapper and dies with the run): how another host tells a stale lock.
         proc = target.spawn(run.lock.wrap(cmd), root=needs_root)
         session = out.session
-        stream(proc, session, progress, cancel, LINE_TIMEOUT)
+        stream(proc, session, _watching(target, setup, out, progress), cancel, LINE_TIMEOUT)
         guard.hold()
         out.interrupted = session.interrupted
         end = classify_end(
@@ -278,7 +298,7 @@ def _run_helper(
         if end.fatal is not None:
             raise HelperError(f"{target.name}: {_naming(end.fatal, remote_rec)}", session.rc)
         out.reason, out.link_lost = end.reason, end.link_lost
-        _pull(target, setup, run, out, remote_rec)
+        _pull(target, setup, run, out, remote_rec, live)
         _collect(target, armed, run, out, notices)
     except BaseException as e:
         if isinstance(e, KeyboardInterrupt) and out.interrupted is None:
@@ -288,11 +308,30 @@ def _run_helper(
             raise
         out.reason = out.reason or runsave.describe(e)
         out.link_lost = out.link_lost or isinstance(e, TargetError)
+        if out.samples is None and live is not None:  # what reached the host, if any
+            out.samples = _streamed(live, setup, run, out, runsave.describe(e))
         out.samples = schema.empty() if out.samples is None else out.samples
     finally:
         for src in armed:
             src.disarm(target)
     return out
+
+
+def _watching(target: Target, setup: _Setup, out: _Outcome, progress: Progress) -> Progress:
+    """`progress` that also counts other runs' helpers at each sweep point (into
+    `out.during`). Not in a VM: its guest is this run's own, and its one channel carries
+    no other request while the helper streams."""
+    if target.ephemeral:
+        return progress
+    session = out.session
+
+    def own_pid() -> int:
+        hello = session.events.get("hello")
+        return hello.int("pid", 0) if hello else 0
+
+    watch = Watch(target, own_pid)
+    out.during = watch.seen
+    return replace(progress, point=watch.wrap(progress.point))
 
 
 def _arm(
@@ -322,10 +361,16 @@ def _arm(
     return cmd, needs_root
 
 
-def _pull(target: Target, setup: _Setup, run: RunDir, out: _Outcome, remote_rec: str) -> None:
-    """records -> DataFrame: the helper's records file, labelled with the plan."""
+def _pull(
+    target: Target, setup: _Setup, run: RunDir, out: _Outcome, remote_rec: str,
+    live: LiveRecords | None = None,
+) -> None:
+    """records -> DataFrame: the helper's records file, labelled with the plan (else what
+    of it reached the host as it was made, `live`)."""
     samples, why = runsave.pull_records(target, remote_rec, setup.plan, run.run_id,
                                         setup.facts.device)  # fmt: skip
+    if samples is None and live is not None:
+        samples = _streamed(live, setup, run, out, why)
     if samples is None:
         # On this host the records file is all there is (its workdir goes at close):
         # keep it; a device keeps its files anyway.
@@ -338,6 +383,24 @@ def _pull(target: Target, setup: _Setup, run: RunDir, out: _Outcome, remote_rec:
         out.link_lost = out.link_lost or target.is_remote
         samples = schema.empty()
     out.samples = with_target_pids(samples, out.session.targets)
+
+
+def _streamed(
+    live: LiveRecords, setup: _Setup, run: RunDir, out: _Outcome, why: str
+) -> pd.DataFrame | None:
+    """The samples in the host's copy of the records (the target is gone with its file),
+    the reason saying how many reached the host; None if none did."""
+    data = live.read()
+    try:
+        samples = records_to_frame(data, setup.plan, run.run_id, setup.facts.device)
+    except DataError:
+        return None  # not even the header reached the host
+    # The target went with its records file (why: the pull's error); what it streamed
+    # as the writes were made is what there is.
+    out.reason = (f"{out.reason or why or 'the run ended early'}; the {len(samples)} writes "
+                  "that had reached the host as they were made are kept")  # fmt: skip
+    out.link_lost = True
+    return samples
 
 
 def _collect(
@@ -395,9 +458,13 @@ def _save(
         samples = samples.iloc[:kept]
         status = meta["status"]
     after, warnings = runsave.cleanup(target, run.lock, status, out.remote_files, out.link_lost)
+    if out.link_lost and target.ephemeral:
+        warnings = []  # its lock lived in the guest and ended with it: nothing stays stale
     for w in warnings:
         notices(f"cleanup: {w}")
     meta["device_activity"] = {"before": run.lock.before, "after": after}
+    if out.during is not None:
+        meta["device_activity"]["during"] = out.during
     for what in disturbances(meta):  # the verdict says "disturbed" too (analysis.verdict)
         notices(f"disturbed: {what}")
     meta["notices"] = notices.texts

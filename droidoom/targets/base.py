@@ -10,7 +10,7 @@ import queue
 import re
 import shlex
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Self
@@ -140,6 +140,10 @@ class Target(ABC):
     #: means the link went, and leftovers there are not this user's private files.
     is_remote: bool = True
 
+    #: The target lives only as long as this run's link to it (a VM guest): nobody else's
+    #: run shares it, and its lock and files end with it (nothing stays stale there).
+    ephemeral: bool = False
+
     @abstractmethod
     def facts(self) -> TargetFacts:
         """Gather (and cache) facts about the target, in as few round trips as possible."""
@@ -179,6 +183,18 @@ class Target(ABC):
     def claim_run(self, run_id: str) -> None:  # noqa: B027 - optional hook
         """Record that run `run_id` may create files in the workdir (so `clean` can
         remove exactly those); a no-op where nothing is cleaned."""
+
+    #: True where the records file dies with the target (a VM's RAM): the runner then
+    #: keeps a copy on the host as it grows (`stream_records`).
+    streams_records: bool = False
+
+    def stream_records(self, remote: str, sink: Callable[[int, bytes], None]) -> None:  # noqa: B027
+        """Have the next spawned process stream file `remote` to `sink(offset, bytes)` as
+        it grows; a no-op where the file outlives the target's end."""
+
+    def expect_run(self, seconds: float) -> None:  # noqa: B027 - optional hook
+        """The next run may take `seconds`: a target with a life limit (a VM's watchdog)
+        allows that much from now; others have none."""
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections; the default has nothing to release."""

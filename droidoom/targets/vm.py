@@ -9,7 +9,8 @@ imports alone take ~40 s under TCG). The guest's userspace is droidoom's own ini
                    PUT   "__DD_GO ID" then the host sends SIZE raw bytes; "__DD_OK ID SIZE"
                    GET   "__DD_F ID MISSING SIZE\\n" + SIZE raw bytes
                    SPAWN stdout streams as is, then "\\n__DD_X ID RC"; CLOSE ID closes its
-                         stdin (the helper's "host gone" signal), KILL ID sends SIGTERM
+                         stdin (the helper's "host gone" signal), KILL ID sends SIGTERM;
+                         a run's records file streams beside it (droidoom/lab/follow.py)
 
 Lengths and exit codes are framed, so output is never truncated silently and no exit code is
 lost (the lesson of `adb shell` v1).
@@ -27,7 +28,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from ..errors import PermanentTargetError, TransientTargetError
-from ..lab import cache_dir
+from ..lab import cache_dir, follow
 from ..lab.initramfs import GUEST_HELPER, MISSING_MARK, initramfs
 from ..lab.qemu import Machine, VmSpec, check_image, kvm_usable, qemu_version, sha256
 from .base import CommandResult, Process, Target, TargetFacts, find_files_sh
@@ -126,6 +127,7 @@ class VmProcess(Process):
     def __init__(self, target: VmTarget, rid: int):
         super().__init__()
         self._t, self._id = target, rid
+        self._sink = target._sinks.pop(rid, None)
         self._rc: int | None = None
         self._done = False
 
@@ -136,6 +138,8 @@ class VmProcess(Process):
             if ln.startswith(mark):
                 self._rc, self._done = int(ln.split()[2]), True
                 return
+            if self._sink is not None and follow.take(ln, self._id, self._sink):
+                continue  # a piece of the records file: kept on the host, not an event
             if ln:
                 yield ln + "\n"
 
@@ -182,6 +186,8 @@ class VmTarget(Target):
         self._facts: TargetFacts | None = None
         self.machine: Machine | None = None
         self.kvm_note = ""
+        self._follow: tuple[str, follow.Sink] | None = None  # for the next spawn
+        self._sinks: dict[int, follow.Sink] = {}
         self._boot()
 
     # --- boot -----------------------------------------------------------------------
@@ -262,9 +268,11 @@ class VmTarget(Target):
         if m is None:
             return "no VM"
         if m.timed_out:
-            return f"the VM hit its {self.spec.timeout:.0f} s limit and was stopped"
+            return f"the VM hit its {m.limit_s:.0f} s limit and was stopped"
         tail = m.console_tail(8)
-        return f"console tail:\n{tail}" if tail else "the console is empty"
+        how = m.exit_text()
+        how = f"{how}; " if how else ""
+        return f"{how}console tail:\n{tail}" if tail else f"{how}the console is empty"
 
     # --- Target ---------------------------------------------------------------------
 
@@ -286,6 +294,9 @@ class VmTarget(Target):
         # the id another thread's request just took, or interleave its line with a PUT.
         with self._lock:
             rid = self._next()
+            if self._follow is not None:
+                (records, self._sinks[rid]), self._follow = self._follow, None
+                script = follow.follow_script(script, records, rid)
             self._chan.send(f"SPAWN {rid} {_b64(script)}\n".encode())
         return VmProcess(self, rid)
 
@@ -293,6 +304,19 @@ class VmTarget(Target):
         """One request line sent whole under the channel lock (VmProcess's CLOSE/KILL)."""
         with self._lock:
             self._chan.send(data)
+
+    ephemeral = True
+    streams_records = True
+
+    def stream_records(self, remote: str, sink: follow.Sink) -> None:
+        """The next spawned script streams `remote` to `sink` as it grows: the guest's
+        files die with it, what reached the host does not."""
+        self._follow = (remote, sink)
+
+    def expect_run(self, seconds: float) -> None:
+        """The next run may take `seconds`: the VM's watchdog allows that from now."""
+        if self.machine is not None:
+            self.machine.set_limit(seconds)
 
     def push(self, local: Path, remote: str, mode: int = 0o644) -> None:
         data = Path(local).read_bytes()
