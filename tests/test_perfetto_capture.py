@@ -344,3 +344,29 @@ def test_a_clock_snapshot_off_is_overruled_by_the_writes(adb_peer_factory, shell
     s = pd.read_parquet(run / "samples.parquet")
     ok = s[(s["err"] == 0) & s["trace_adj"].notna()]
     assert (ok["trace_adj"].astype(int) == ok["adj_to"].astype(int)).all()
+
+
+def test_a_replay_with_perfetto_matches_each_write_to_its_process(traced, adb_peer_factory,
+                                                                  shell_dir, tmp_path):  # fmt: skip
+    """A replay writes to one target per replayed process: each write's expected pid is
+    its own target's (the samples' `target`), not one pid per kind, so every write
+    matches its event and none counts as a pid mismatch."""
+    from droidoom.synth_trace import SynthSpec, generate
+
+    data, truth = generate(SynthSpec(seed=4, duration_s=60))
+    path = tmp_path / "phone.pftrace"
+    path.write_bytes(data)
+    peer = _peer(adb_peer_factory, PHONE)
+    out = tmp_path / "runs"
+    p = run_cli("profile", "--serial", peer.serial, "--scenario", f"replay:{path}",
+                "--compress", "0", "--population", "0", "--capture", "clock,perfetto",
+                "--out", str(out), env=cli_env(peer.server, shell_dir))  # fmt: skip
+    assert p.returncode == 0, p.stdout + p.stderr
+    run = _run(out)
+    meta = json.loads((run / "run.json").read_text())
+    pm = meta["captures"]["perfetto"]
+    assert len(meta["targets"]) == truth["pid"].nunique() > 10
+    assert pm["matched_fraction"] == 1.0 and pm["pid_mismatch"] == 0, pm
+    assert pm["adj_mismatch"] == 0, pm
+    s = pd.read_parquet(run / "samples.parquet")
+    assert len(s) == len(truth) and s["trace_adj"].notna().all()
