@@ -4,10 +4,10 @@
                                        [--profile] [--traces DIR] [--json out.json]
 
 Makes a Perfetto trace of about `--updates` oom_score_adj updates with
-droidoom.synth_trace (a phone in heavy use: a launch and a service change every 0.5 s on
+droidoom.traces.synth (a phone in heavy use: a launch and a service change every 0.5 s on
 average, so the churn of hours; 1000 updates per FtraceEventBundle, as traced_probes
 writes them) and an ftrace text file (the `trace` file's layout, header included) of the
-same updates, one line each. Both are read with `droidoom.perfetto_trace.read_any`, the
+same updates, one line each. Both are read with `droidoom.traces.perfetto.read_any`, the
 reader `cost`, `--scenario replay:` and `--capture perfetto` use (format sniffing, the
 per-event walk, the DataFrame build, the value checks), `--repeat` times each; reported:
 median wall time, updates per second and MB per second. `--profile` prints the top of a
@@ -27,8 +27,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from droidoom.perfetto_trace import read_any
-from droidoom.synth_trace import SynthSpec, generate
+from droidoom.traces.perfetto import read_any
+from droidoom.traces.synth import SynthSpec, generate
 
 UPDATES_PER_S = 29328 / 600  # measured rate of the heavy-use spec below (updates / s)
 

@@ -351,7 +351,7 @@ def test_a_replay_with_perfetto_matches_each_write_to_its_process(traced, adb_pe
     """A replay writes to one target per replayed process: each write's expected pid is
     its own target's (the samples' `target`), not one pid per kind, so every write
     matches its event and none counts as a pid mismatch."""
-    from droidoom.synth_trace import SynthSpec, generate
+    from droidoom.traces.synth import SynthSpec, generate
 
     data, truth = generate(SynthSpec(seed=4, duration_s=60))
     path = tmp_path / "phone.pftrace"
