@@ -47,7 +47,7 @@ def _load(
 
     label = f"{what} " if what else ""
     runs = store.find_runs(paths)
-    if any(r.status == "running" for r in runs):  # a --kernel run whose droidoom was killed?
+    if any(r.meta.get("status") == "running" for r in runs):  # a killed --kernel run?
         from ..run.streamed import settle_all
 
         runs = settle_all(runs)

@@ -463,7 +463,7 @@ def _save(
     for w in warnings:
         notices(f"cleanup: {w}")
     meta["device_activity"] = {"before": run.lock.before, "after": after}
-    if out.during is not None:
+    if out.during:  # sampled at some point (not in a VM, not a run cut before its first)
         meta["device_activity"]["during"] = out.during
     for what in disturbances(meta):  # the verdict says "disturbed" too (analysis.verdict)
         notices(f"disturbed: {what}")
