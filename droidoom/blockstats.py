@@ -74,8 +74,13 @@ def block_table(df: pd.DataFrame, by: Sequence[str]) -> pd.DataFrame:
     start = np.flatnonzero(brk)
     pos = np.arange(len(seg)) - start[seg]
     length = np.diff(np.r_[start, len(seg)])[seg]
-    # long segments (legacy kinds, one-kind runs) are cut into chunks of LEGACY_BLOCK
-    brk |= (length > 2 * LEGACY_BLOCK) & (pos % LEGACY_BLOCK == 0)
+    # long segments of legacy runs and one-kind runs (no switches) are cut into chunks of
+    # LEGACY_BLOCK; a blocked run's long blocks (--block 400) stay whole: their writes
+    # share one stretch of time, so cutting them would understate the spread
+    pairs = np.unique(np.stack([run, kind]), axis=1)  # (run, kind) pairs present
+    kinds_per_run = np.bincount(pairs[0], minlength=len(legacy))
+    cut = (legacy | (kinds_per_run == 1))[r]
+    brk |= cut & (length > 2 * LEGACY_BLOCK) & (pos % LEGACY_BLOCK == 0)
     block = np.cumsum(brk) - 1
     bstart = np.flatnonzero(brk)
     keep = (df["err"].to_numpy()[order] == 0) if "err" in df.columns else np.ones(len(df), bool)
