@@ -89,8 +89,8 @@ def test_few_noisy_blocks_are_unknown_even_with_a_shift():
     """4 blocks a side at 15% block noise: neither SAME (no power) nor DIFFERENT (a rank
     test over 4 + 4 blocks cannot reach p <= 0.01), whatever the ratio says."""
     for shift in (1.0, 1.10):
-        c = analysis.compare(synth("a", writes=200, block_sd=0.15, seed=3),
-                             synth("b", writes=200, block_sd=0.15, seed=4, shift=shift), 1.05)  # fmt: skip
+        base = synth("a", writes=200, block_sd=0.15, seed=3)
+        c = analysis.compare(base, synth("b", writes=200, block_sd=0.15, seed=4, shift=shift), 1.05)
         r = decision(c)
         assert r["decision"] == analysis.UNKNOWN and r["why"] == "too few blocks", r
         assert r["mde"] > 1.05
@@ -215,3 +215,23 @@ def test_mde_is_infinite_when_the_rank_test_cannot_reach_alpha(n):
     steady = [np.full(n, 1000.0) + np.arange(n)] * 2
     assert blockstats.mde(steady) == float("inf")
     assert blockstats.mde([np.full(5, 1000.0) + np.arange(5)] * 2) < 1.05
+
+
+def test_profile_repeat_makes_complete_runs_that_compare_pools(tmp_path, cli_here):  # noqa: F811
+    """`profile --repeat 2` on this host: two complete run directories of one spec, which
+    `compare --base DIR --new DIR` pools (each side's blocks from both runs)."""
+    rc, out, err = cli_here("profile", "--local", "--kinds", "single,multiprocess",
+                            "--population", "0", "--writes", "300", "--repeat", "2",
+                            "--out", tmp_path / "runs")  # fmt: skip
+    assert rc == EXIT_SAME, out + err
+    runs = sorted(p for p in (tmp_path / "runs").iterdir() if p.is_dir())
+    assert len(runs) == 2 and "run 2 of 2" in out
+    assert all(store.read_run(r).status == "complete" for r in runs)
+    table = tmp_path / "c.csv"
+    rc, out, err = cli_here("compare", "--base", tmp_path / "runs", "--new", runs[1],
+                            "--csv", table, "--judge-disturbed")  # fmt: skip
+    assert rc in (EXIT_SAME, EXIT_UNKNOWN), out + err  # a busy host may leave it UNKNOWN
+    mp = pd.read_csv(table).set_index("kind").loc["multiprocess"]
+    assert mp["base_blocks"] >= 2 * mp["new_blocks"] - 2, mp  # both runs' blocks on BASE
+    rc, _, err = cli_here("profile", "--local", "--repeat", "0", "--out", tmp_path / "x")
+    assert rc == EXIT_BAD_INPUT and "--repeat must be 1..100" in err
