@@ -109,12 +109,12 @@ def collect(out: Path, pairs: int, trials: int, shares: list[float]) -> None:
         (out / "collect.json").write_text(json.dumps(log, indent=1))
 
 
-def compare(base: Path, new: Path, max_ratio: float) -> tuple[int, dict[str, str]]:
+def compare(base: Path, new: Path, max_ratio: float, *more: str) -> tuple[int, dict[str, str]]:
     """(exit status, the multiprocess 800 row of the CSV) of `droidoom compare`."""
     with tempfile.TemporaryDirectory() as tmp:
         table = Path(tmp) / "c.csv"
         cmd = [sys.executable, "-m", "droidoom", "compare", str(base), str(new),
-               "--max-ratio", str(max_ratio), "--csv", str(table)]  # fmt: skip
+               "--max-ratio", str(max_ratio), "--csv", str(table), *more]  # fmt: skip
         p = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
         rows = list(csv.DictReader(table.open())) if table.exists() else []
     mp = [r for r in rows if r["kind"] == "multiprocess" and r["population"] == "800"]
@@ -138,17 +138,22 @@ def evaluate(out: Path, max_ratio: float) -> dict[str, object]:
         rows = []
         for base, new in pairs_of(out / name, a, b):
             rc, mp = compare(base, new, max_ratio)
-            rows.append({"exit": rc, "decision": mp.get("decision"), "ratio": mp.get("ratio"),
-                         "ci": f"{mp.get('ci_low')}..{mp.get('ci_high')}",
-                         "mde": mp.get("mde")})  # fmt: skip
+            # the same pair judged even when a run says disturbed: the statistics' own power
+            rc2, mp2 = compare(base, new, max_ratio, "--judge-disturbed")
+            rows.append({"exit": rc, "decision": mp.get("decision"), "why": mp.get("why"),
+                         "judged_exit": rc2, "judged_decision": mp2.get("decision"),
+                         "ratio": round(float(mp2.get("ratio", "nan")), 3),
+                         "ci": f"{float(mp2.get('ci_low', 'nan')):.3f}.."
+                               f"{float(mp2.get('ci_high', 'nan')):.3f}",
+                         "mde": round(float(mp2.get("mde", "nan")), 3)})  # fmt: skip
             print(name, rows[-1], flush=True)
-        dec = [r["decision"] for r in rows]
-        result[name] = {
-            "pairs": len(rows),
-            "exit": {str(c): [r["exit"] for r in rows].count(c) for c in (0, 1, 2, 3)},
-            "mp800": {d: dec.count(d) for d in ("SAME", "DIFFERENT", "UNKNOWN")},
-            "rows": rows,
-        }
+        result[name] = {"pairs": len(rows), "rows": rows}
+        for prefix in ("", "judged_"):
+            dec = [r[prefix + "decision"] for r in rows]
+            ex = [r[prefix + "exit"] for r in rows]
+            result[name][prefix + "exit"] = {str(c): ex.count(c) for c in (0, 1, 2, 3)}
+            result[name][prefix + "mp800"] = {d: dec.count(d) for d in
+                                              ("SAME", "DIFFERENT", "UNKNOWN")}  # fmt: skip
     return result
 
 

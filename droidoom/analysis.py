@@ -108,6 +108,8 @@ class Comparison:
         """Per population (or "all" when pooled): the smallest change the judged rows of it
         could all have detected, as a ratio (the largest MDE among them; inf: none)."""
         t = self.table[self.table["decision"] != CONTROL]
+        if "kind" in t.columns:  # a thin control is UNKNOWN, still not a judged point
+            t = t[t["kind"].astype(str) != CONTROL_KIND]
         if t.empty:
             return {}
         if "population" not in t.columns:
@@ -229,10 +231,10 @@ def _compare_one(
     thin = len(b) < min_writes or len(n) < min_writes
     hit = bool((bruns | nruns) & set(disturbed))
     decision, why = d.decision(max_ratio), ""
-    if is_control:
-        decision = CONTROL
-    elif thin or hit:
+    if thin or hit:  # the control too: the points divided by it stand on it
         decision, why = UNKNOWN, "too few writes" if thin else "disturbed"
+    elif is_control:
+        decision = CONTROL
     elif decision == UNKNOWN:
         few = min(d.base_blocks, d.new_blocks) < blockstats.MIN_BLOCKS or not np.isfinite(d.mde)
         why = "too few blocks" if few else "too noisy"

@@ -270,8 +270,8 @@ def compare_table(result: analysis.Comparison, console: Console, whole: bool = T
         if result.paired:
             where = f"base {result.paired[0]} vs new {result.paired[1]}" + where[len(labels[0]) :]
         console.print()
-        heads = [*keys, "base µs", "new µs", "new/base", conf, "MDE", "decision"]
-        t = _table(f"new / base median latency - {escape(where)}", heads)
+        heads = [*keys, "base", "new", "new/base", conf, "MDE", "decision"]
+        t = _table(f"new / base median latency (µs) - {escape(where)}", heads)
         prev = None
         for r in g.to_dict("records"):  # one row per group: a few dozen at most
             kind = str(r.get("kind", ""))
