@@ -206,8 +206,11 @@ def test_quick_verdict_with_a_cpu_hog_beside(kernels, tmp_path, variant):
 
 @needs_qemu
 def test_compare_fixed_rerun_passes(lab_runs):
+    """Never a regression; SAME (0) or, when two --quick runs under TCG lack the blocks to
+    see a 10% change or the host's load disturbed one, UNKNOWN (3: re-run, a CI does not
+    pass it). On this 2-core VM --quick lab runs could detect x1.13-x1.24 at best."""
     p = run_cli("compare", str(lab_runs["fixed"]), str(lab_runs["fixed2"]))
-    assert p.returncode == 0, p.stdout + p.stderr
+    assert p.returncode in (0, 3) and "REGRESSION" not in p.stdout, p.stdout + p.stderr
 
 
 @needs_qemu
