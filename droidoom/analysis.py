@@ -186,24 +186,25 @@ class _Blocks:
 
     def __init__(self, table: pd.DataFrame, by: list[str]) -> None:
         self.by = by
-        self.groups: dict[tuple[str, ...], tuple[np.ndarray, set[str]]] = {}
+        #: group key -> (block medians, each block's run_id)
+        self.groups: dict[tuple[str, ...], tuple[np.ndarray, np.ndarray]] = {}
         if table.empty:
             return
         for key, g in table.groupby([table[k].astype(str) for k in by], sort=False):
             k = key if isinstance(key, tuple) else (key,)
             self.groups[tuple(map(str, k))] = (g["median_ns"].to_numpy(np.float64),
-                                               set(g["run_id"].astype(str)))  # fmt: skip
+                                               g["run_id"].astype(str).to_numpy())  # fmt: skip
 
-    def of(self, key: tuple[str, ...]) -> tuple[np.ndarray, set[str]]:
-        return self.groups.get(key, (np.zeros(0), set()))
+    def of(self, key: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
+        return self.groups.get(key, (np.zeros(0), np.zeros(0, dtype=str)))
 
-    def control(self, key: tuple[str, ...]) -> np.ndarray | None:
-        """The control kind's blocks at the point of `key` (None: no control there)."""
+    def control(self, key: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray] | None:
+        """The control kind's blocks (and their runs) at the point of `key` (None: none)."""
         if "kind" not in self.by:
             return None
         ck = tuple(CONTROL_KIND if k == "kind" else v for k, v in zip(self.by, key, strict=True))
         found = self.groups.get(ck)
-        return found[0] if found is not None and len(found[0]) else None
+        return found if found is not None and len(found[0]) else None
 
 
 def _compare_one(
@@ -226,10 +227,13 @@ def _compare_one(
     is_control = "kind" in by and key[by.index("kind")] == CONTROL_KIND
     cb, cn = blocks[0].control(key), blocks[1].control(key)
     relative = not is_control and cb is not None and cn is not None
-    d = blockstats.decide(bb, nb, (cb, cn) if relative and cb is not None and cn is not None
-                          else None, confidence=confidence, n_boot=n_boot, rng=rng)  # fmt: skip
+    controls, runs = None, [bruns, nruns]
+    if relative and cb is not None and cn is not None:
+        controls, runs = (cb[0], cn[0]), [bruns, nruns, cb[1], cn[1]]
+    d = blockstats.decide(bb, nb, controls, runs=runs, confidence=confidence, n_boot=n_boot,
+                          rng=rng)  # fmt: skip
     thin = len(b) < min_writes or len(n) < min_writes
-    hit = bool((bruns | nruns) & set(disturbed))
+    hit = bool((set(bruns) | set(nruns)) & set(disturbed))
     decision, why = d.decision(max_ratio), ""
     if thin or hit:  # the control too: the points divided by it stand on it
         decision, why = UNKNOWN, "too few writes" if thin else "disturbed"

@@ -8,14 +8,18 @@ the block medians of BASE and NEW (Chromium Pinpoint's rule, catapult
 dashboard/pinpoint/models/compare):
 
 - DIFFERENT when p <= `ALPHA` (the smaller p of a two-sample Kolmogorov-Smirnov and a
-  Mann-Whitney U test on the block medians) and the ratio lies beyond the threshold;
+  Mann-Whitney U test on the block medians), the ratio lies beyond the threshold and its
+  CI excludes 1;
 - SAME when the comparison had the power to see a change of the threshold's size: the
   minimum detectable effect (`mde`, a ratio) is at most the threshold;
 - otherwise UNKNOWN: more blocks (longer runs, or more runs per side) are needed, not a guess.
 
 The ratio's CI is a bootstrap over blocks (both sides, and the control's blocks when the
 ratio is relative to it): it widens with between-block variance and narrows with more
-blocks; no fixed allowance is added.
+blocks; no fixed allowance is added. A side that pools several runs is a two-level sample:
+its bootstrap draws runs, then blocks within them, and its MDE adds the between-run
+variance component; a side of one run cannot show that component (one run per side on a
+host whose speed shifts between runs is the weak spot: see README, compare's power).
 
 Runs from before blocks (kinds took turns write by write, run.json `blocks.block` 1) have
 no natural blocks: each kind's writes of one sweep point are cut, in write order, into
@@ -131,7 +135,9 @@ class Decision:
     def decision(self, max_ratio: float) -> str:
         """SAME, DIFFERENT or UNKNOWN at threshold `max_ratio` (see the module doc)."""
         beyond = self.ratio > max_ratio or self.ratio < 1 / max_ratio
-        if self.p <= ALPHA and beyond:
+        # and the CI excludes 1: with several runs a side that CI is clustered by run, so
+        # runs that merely sit at different levels are not a change
+        if self.p <= ALPHA and beyond and not self.ci_low <= 1 <= self.ci_high:
             return "DIFFERENT"
         return "SAME" if self.mde <= max_ratio else "UNKNOWN"
 
@@ -141,6 +147,7 @@ def decide(
     new: np.ndarray,
     controls: tuple[np.ndarray, np.ndarray] | None = None,
     *,
+    runs: Sequence[np.ndarray] | None = None,
     confidence: float = 0.95,
     n_boot: int = 2000,
     rng: np.random.Generator | None = None,
@@ -148,7 +155,9 @@ def decide(
     """Compare two sides' block medians (ns). `controls`: (base, new) block medians of the
     control kind at the same point; the ratio is then new/control over base/control, the
     test runs on each side's blocks divided by its control level, and the control's spread
-    enters the CI and the MDE."""
+    enters the CI and the MDE. `runs`: the run of each block (base, new[, controls]) when
+    a side pools several runs: the CI's bootstrap then resamples runs, then blocks within
+    them, and the spread between runs enters the MDE."""
     from scipy import stats
 
     rng = rng or np.random.default_rng(0)
@@ -160,7 +169,8 @@ def decide(
     if len(b) == 0 or len(n) == 0:
         return Decision(ratio, float("nan"), float("nan"), 1.0, float("inf"), len(b), len(n))
     sides = [b, n] if cb is None or cn is None else [b, n, cb, cn]
-    boot = [_boot_median(x, n_boot, rng) for x in sides]
+    labels = list(runs)[: len(sides)] if runs is not None else [None] * len(sides)
+    boot = [_boot_median(x, lab, n_boot, rng) for x, lab in zip(sides, labels, strict=True)]
     r = boot[1] / np.maximum(boot[0], 1e-9)
     if len(boot) == 4:
         r *= boot[2] / np.maximum(boot[3], 1e-9)
@@ -173,16 +183,18 @@ def decide(
             ks = stats.ks_2samp(bs, ns_).pvalue
             mw = stats.mannwhitneyu(bs, ns_, alternative="two-sided").pvalue
             p = float(min(ks, mw))
-    return Decision(ratio, lo, hi, p, mde(sides), len(b), len(n))
+    return Decision(ratio, lo, hi, p, mde(sides, labels), len(b), len(n))
 
 
-def mde(sides: Sequence[np.ndarray]) -> float:
+def mde(sides: Sequence[np.ndarray], runs: Sequence[np.ndarray | None] | None = None) -> float:
     """Minimum detectable effect, as a ratio: the change of the median that a test at
     `ALPHA` (two-sided) sees with probability `POWER`, given each side's block count and
     between-block spread (robust: 1.4826 x MAD of log block medians). ``sides``: base, new
-    and optionally the two controls (their spread adds to the ratio's). Infinite when a
-    side has fewer than `MIN_BLOCKS` blocks or the rank test could not reach `ALPHA` with
-    so few blocks whatever the data."""
+    and optionally the two controls (their spread adds to the ratio's). `runs`: each
+    block's run, per side: a side of several runs adds the spread between its runs' levels
+    (beyond what their blocks explain) over the number of runs; a side of one run cannot
+    show it. Infinite when a side has fewer than `MIN_BLOCKS` blocks or the rank test could
+    not reach `ALPHA` with so few blocks whatever the data."""
     from math import comb
 
     from scipy import stats
@@ -190,10 +202,27 @@ def mde(sides: Sequence[np.ndarray]) -> float:
     nb, nn = len(sides[0]), len(sides[1])
     if min(len(x) for x in sides) < MIN_BLOCKS or 2 / comb(nb + nn, nb) > ALPHA:
         return float("inf")
-    var = sum(_robust_sd(np.log(np.maximum(x, 1.0))) ** 2 / len(x) for x in sides)
+    labels = list(runs) if runs is not None else [None] * len(sides)
+    var = sum(_side_var(np.log(np.maximum(x, 1.0)), lab)
+              for x, lab in zip(sides, labels, strict=True))  # fmt: skip
     df = nb + nn - 2
     t = float(stats.t.ppf(1 - ALPHA / 2, df) + stats.t.ppf(POWER, df))
     return float(np.exp(t * np.sqrt(var)))
+
+
+def _side_var(logs: np.ndarray, runs: np.ndarray | None) -> float:
+    """Variance of one side's log level: blocks' spread over their count, plus, for a side
+    of k >= 2 runs, the between-run variance component over k."""
+    block = _robust_sd(logs) ** 2
+    var = block / len(logs)
+    if runs is None:
+        return var
+    _, code, count = np.unique(runs, return_inverse=True, return_counts=True)
+    if len(count) < 2:
+        return var
+    levels = np.array([np.median(logs[code == i]) for i in range(len(count))])
+    between = max(float(np.var(levels, ddof=1)) - float(np.mean(block / count)), 0.0)
+    return var + between / len(count)
 
 
 def _robust_sd(x: np.ndarray) -> float:
@@ -204,7 +233,21 @@ def _med(x: np.ndarray) -> float:
     return float(np.median(x)) if len(x) else float("nan")
 
 
-def _boot_median(x: np.ndarray, n_boot: int, rng: np.random.Generator) -> np.ndarray:
-    idx = rng.integers(0, len(x), (n_boot, len(x)))
+def _boot_median(
+    x: np.ndarray, runs: np.ndarray | None, n_boot: int, rng: np.random.Generator
+) -> np.ndarray:
+    """Bootstrap medians of one side's blocks: blocks resampled, or, for a side of several
+    runs, runs first and then blocks within the runs drawn (a clustered bootstrap)."""
+    k = 1 if runs is None else len(np.unique(runs))
+    if runs is None or k < 2:
+        idx = rng.integers(0, len(x), (n_boot, len(x)))
+    else:
+        order = np.argsort(runs, kind="stable")
+        x = x[order]
+        _, code, count = np.unique(runs[order], return_inverse=True, return_counts=True)
+        start = np.r_[0, np.cumsum(count)[:-1]]
+        picks = rng.integers(0, k, (n_boot, k))  # each run's slots filled from a drawn run
+        chosen = picks[:, code]  # (n_boot, blocks)
+        idx = start[chosen] + (rng.random(chosen.shape) * count[chosen]).astype(np.int64)
     medians: np.ndarray = np.median(x[idx], axis=1)
     return medians

@@ -235,3 +235,23 @@ def test_profile_repeat_makes_complete_runs_that_compare_pools(tmp_path, cli_her
     assert mp["base_blocks"] >= 2 * mp["new_blocks"] - 2, mp  # both runs' blocks on BASE
     rc, _, err = cli_here("profile", "--local", "--repeat", "0", "--out", tmp_path / "x")
     assert rc == EXIT_BAD_INPUT and "--repeat must be 1..100" in err
+
+
+def test_runs_that_sit_at_different_levels_widen_a_pooled_side():
+    """Three runs a side, steady blocks, each run at its own level (+-6%): read as one pool
+    of blocks a level shift looks certain; clustered by run, the CI and the MDE carry the
+    between-run spread and the pair is not DIFFERENT."""
+    rng = np.random.default_rng(5)
+
+    def side(levels: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray]:
+        x = np.concatenate([1e4 * lv * np.exp(rng.normal(0, 0.01, 30)) for lv in levels])
+        return x, np.repeat([f"r{lv}" for lv in levels], 30)
+
+    (b, rb), (n, rn) = side((1.0, 1.06, 0.95)), side((1.08, 1.02, 1.12))
+    flat = blockstats.decide(b, n)
+    clustered = blockstats.decide(b, n, runs=[rb, rn])
+    assert flat.decision(1.05) == "DIFFERENT", flat  # what ignoring the runs would say
+    assert clustered.decision(1.05) != "DIFFERENT", clustered
+    assert clustered.mde > 1.05 > flat.mde, (flat, clustered)
+    width = clustered.ci_high - clustered.ci_low
+    assert width > 3 * (flat.ci_high - flat.ci_low), (flat, clustered)
