@@ -110,15 +110,31 @@ def collect(out: Path, pairs: int, trials: int, shares: list[float]) -> None:
 
 
 def compare(base: Path, new: Path, max_ratio: float, *more: str) -> tuple[int, dict[str, str]]:
-    """(exit status, the multiprocess 800 row of the CSV) of `droidoom compare`."""
+    """(exit status, the multiprocess 800 row of the CSV) of `droidoom compare`: the console
+    script's own entry point (droidoom.cli.main), in this process to spare an interpreter
+    start per pair; its output is discarded."""
+    import contextlib
+    import io
+
+    from droidoom import cli
+
     with tempfile.TemporaryDirectory() as tmp:
         table = Path(tmp) / "c.csv"
-        cmd = [sys.executable, "-m", "droidoom", "compare", str(base), str(new),
-               "--max-ratio", str(max_ratio), "--csv", str(table), *more]  # fmt: skip
-        p = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        argv = ["droidoom", "compare", str(base), str(new), "--max-ratio", str(max_ratio),
+                "--csv", str(table), *more]  # fmt: skip
+        old, sys.argv = sys.argv, argv
+        sink = io.StringIO()
+        try:
+            with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+                cli.main()
+            code = 0
+        except SystemExit as e:
+            code = int(e.code or 0)
+        finally:
+            sys.argv = old
         rows = list(csv.DictReader(table.open())) if table.exists() else []
     mp = [r for r in rows if r["kind"] == "multiprocess" and r["population"] == "800"]
-    return p.returncode, (mp[0] if mp else {})
+    return code, (mp[0] if mp else {})
 
 
 def pairs_of(folder: Path, a: str, b: str) -> list[tuple[Path, Path]]:
