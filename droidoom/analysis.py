@@ -137,10 +137,11 @@ def compare(
     The unit of replication is the block (droidoom.blockstats): each block's median is one
     observation, so the CI widens with between-block variance and narrows with more blocks
     (longer runs, or several runs pooled per side). A point is DIFFERENT when the smaller p
-    of a KS and a Mann-Whitney U test on the block medians is <= blockstats.ALPHA and the
+    of a KS and a Mann-Whitney U test on the block medians is <= blockstats.ALPHA, the
     ratio lies beyond `max_ratio` (``regression`` above it, ``improvement`` below its
-    inverse); SAME when ``mde`` <= `max_ratio`; else UNKNOWN (``why`` says: too few writes,
-    a disturbed run, or too few / too noisy blocks). What a kernel change changes is
+    inverse) and its CI excludes 1 (clustered by run when a side pools runs); SAME when
+    ``mde`` <= `max_ratio`; else UNKNOWN (``why`` says: too few writes, a disturbed run,
+    or too few / too noisy blocks). What a kernel change changes is
     compared, not how fast the machine was: a kind's blocks are taken relative to the
     `CONTROL_KIND` blocks of the same point of its own run (``basis`` "vs single"; groups
     without a control compare raw, ``basis`` "raw"; ``raw_ratio`` is the raw ratio of write
