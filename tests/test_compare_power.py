@@ -172,6 +172,14 @@ def test_compare_exit_codes(tmp_path, cli_here):  # noqa: F811
     rc, out, err = cli_here("compare", base, slow, "--max-ratio", "1.05", "--csv", table)
     assert rc == EXIT_REGRESSION and "1 regression(s)" in out, out + err
     assert pd.read_csv(table).set_index("kind").loc["multiprocess", "decision"] == "DIFFERENT"
+    assert "(x1.1 relative to single writes)" in " ".join(out.split()), out
+    # without the control in the runs the ratio is raw, and the line does not claim otherwise
+    two = ("threaded", "multiprocess")
+    raw_b = save(synth("rb", seed=1, kinds=two), tmp_path / "rb")
+    raw_n = save(synth("rn", seed=2, kinds=two, shift=1.10), tmp_path / "rn")
+    rc, out, err = cli_here("compare", raw_b, raw_n, "--max-ratio", "1.05")
+    said = " ".join(out.split())
+    assert rc == EXIT_REGRESSION and "multiprocess writes at populations 800 (x1.1)" in said, out
     rc, out, err = cli_here("compare", base, noisy, "--max-ratio", "1.05")
     assert rc == EXIT_UNKNOWN and "UNKNOWN (too noisy)" in out, out + err
     assert "more runs per side" in err and "multiprocess 800" in err, err

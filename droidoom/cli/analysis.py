@@ -410,4 +410,12 @@ def _name_regressions(result: Comparison, named: set[str]) -> None:
             rows = reg[reg["kind"].astype(str) == kind]
             pops = ", ".join(map(str, rows["population"]))
             console.print(f"[bold red]regression:[/] {kind} writes at populations {pops} "
-                          f"(x{rows['ratio'].max():.1f} relative to single writes)")  # fmt: skip
+                          f"(x{rows['ratio'].max():.1f}{_basis_words(rows)})")  # fmt: skip
+
+
+def _basis_words(rows: pd.DataFrame) -> str:
+    """' relative to single writes' when the ratios are (runs with the control), else ''."""
+    from ..analysis import CONTROL_KIND
+
+    relative = "basis" in rows.columns and bool((rows["basis"] != "raw").all())
+    return f" relative to {CONTROL_KIND} writes" if relative else ""
