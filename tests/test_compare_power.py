@@ -6,6 +6,7 @@ each write around it by a small write noise."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -144,14 +145,15 @@ def test_runs_without_blocks_are_cut_into_chunks():
 # --------------------------------------------------------------------------- CLI
 
 
-def save(df: pd.DataFrame, dest: Path, **meta) -> Path:
+def save(df: pd.DataFrame, dest: Path, device: str = "synth", **meta) -> Path:
     """A run directory as the runner writes it."""
     dest.mkdir(parents=True)
+    df = df.assign(device=pd.Categorical([device] * len(df)))
     store.write_table(dest / store.SAMPLES, df)
     run_id = str(df["run_id"].iloc[0])
     spec = {"scenario": "lmkd", "populations": [800], "writes": 2000, "block": 50, "settle": 2}
     store.write_json(dest / store.RUN_JSON, {"format": store.FORMAT, "run_id": run_id,
-                     "device": "synth", "status": "complete", "spec": spec, **meta})  # fmt: skip
+                     "device": device, "status": "complete", "spec": spec, **meta})  # fmt: skip
     return dest
 
 
@@ -207,6 +209,12 @@ def test_compare_pools_runs_per_side(tmp_path, cli_here):  # noqa: F811
     assert four["base_blocks"] >= 4 * one["base_blocks"] - 2 and four["mde"] < one["mde"]
     rc, _, err = cli_here("compare", runs["b0"], "--new", runs["n0"])
     assert rc == EXIT_BAD_INPUT and "--base" in err
+    # a farm folder a side: its devices differ in their target, and are compared one by one
+    for side in "bn":
+        save(synth(f"{side}-phone2", seed=7), tmp_path / f"farm-{side}" / "p2", device="phone2")
+        shutil.copytree(runs[f"{side}0"], tmp_path / f"farm-{side}" / "p1")
+    rc, out, err = cli_here("compare", tmp_path / "farm-b", tmp_path / "farm-n")
+    assert rc in (EXIT_SAME, EXIT_UNKNOWN) and "phone2" in out and "synth" in out, out + err
     # runs of another block layout (another fingerprint) do not pool
     other = json.loads((runs["b1"] / store.RUN_JSON).read_text())
     other["spec"]["block"] = 100

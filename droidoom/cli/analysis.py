@@ -160,12 +160,19 @@ def _load_sides(
 
 def _one_fingerprint(side: str, runs: list[RunInfo], ignore_spec: bool) -> None:
     """DataError when the runs pooled on one side measured different things (another
-    schedule, capture or kernel: droidoom/fingerprint.py)."""
+    schedule or capture, or on one device another kernel: droidoom/fingerprint.py). A farm
+    folder's devices are compared device by device, so they may differ in their target."""
     from ..fingerprint import describe, fingerprint
 
     prints: dict[str, list[RunInfo]] = {}
     for r in runs:
-        prints.setdefault(fingerprint(r.meta), []).append(r)
+        prints.setdefault(fingerprint(r.meta, target=False), []).append(r)
+    if len(prints) == 1:  # one schedule: within each device, one kernel
+        prints = {}
+        for r in runs:
+            prints.setdefault(fingerprint(r.meta), []).append(r)
+        if len(prints) == len({r.device for r in runs}):
+            return
     if len(prints) > 1 and not ignore_spec:
         what = "; ".join(f"{describe(rs[0].meta)} ({', '.join(r.run_id for r in rs[:3])}"
                          f"{'...' if len(rs) > 3 else ''})" for rs in prints.values())  # fmt: skip
