@@ -29,6 +29,7 @@ A run of one kind (no switches) is chunked the same way.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -180,7 +181,9 @@ def decide(
     if len(b) >= 2 and len(n) >= 2:
         bs, ns_ = b / lb, n / ln
         if not np.array_equal(np.sort(bs), np.sort(ns_)):
-            ks = stats.ks_2samp(bs, ns_).pvalue
+            with warnings.catch_warnings():  # ties: scipy falls back to the asymptotic p
+                warnings.simplefilter("ignore", RuntimeWarning)
+                ks = stats.ks_2samp(bs, ns_).pvalue
             mw = stats.mannwhitneyu(bs, ns_, alternative="two-sided").pvalue
             p = float(min(ks, mw))
     return Decision(ratio, lo, hi, p, mde(sides, labels), len(b), len(n))
