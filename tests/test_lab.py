@@ -215,7 +215,11 @@ def test_compare_fixed_rerun_passes(lab_runs):
 
 @needs_qemu
 def test_compare_fixed_vs_regressed_names_threaded_writes(lab_runs):
-    p = run_cli("compare", str(lab_runs["fixed"]), str(lab_runs["regressed"]))
+    # --judge-disturbed: under TCG a loaded host raises the guest's load average past the
+    # disturbance notice's bar (39-103 seen here), which makes every point UNKNOWN (exit 3);
+    # this test is about naming the walk, the disturbance rule has its own tests
+    p = run_cli("compare", str(lab_runs["fixed"]), str(lab_runs["regressed"]),
+                "--judge-disturbed")  # fmt: skip
     assert p.returncode == 1, p.stdout + p.stderr
     out = " ".join(p.stdout.split())
     assert "regression: threaded writes" in out and "walks every process" in out
