@@ -210,13 +210,20 @@ def test_quick_verdict_with_a_cpu_hog_beside(kernels, tmp_path, variant):
 
 @needs_qemu
 def test_compare_fixed_rerun_passes(lab_runs):
+    """Never a regression; SAME (0) or, when two --quick runs under TCG lack the blocks to
+    see a 10% change or the host's load disturbed one, UNKNOWN (3: re-run, a CI does not
+    pass it). On this 2-core VM --quick lab runs could detect x1.13-x1.24 at best."""
     p = run_cli("compare", str(lab_runs["fixed"]), str(lab_runs["fixed2"]))
-    assert p.returncode == 0, p.stdout + p.stderr
+    assert p.returncode in (0, 3) and "REGRESSION" not in p.stdout, p.stdout + p.stderr
 
 
 @needs_qemu
 def test_compare_fixed_vs_regressed_names_threaded_writes(lab_runs):
-    p = run_cli("compare", str(lab_runs["fixed"]), str(lab_runs["regressed"]))
+    # --judge-disturbed: under TCG a loaded host raises the guest's load average past the
+    # disturbance notice's bar (39-103 seen here), which makes every point UNKNOWN (exit 3);
+    # this test is about naming the walk, the disturbance rule has its own tests
+    p = run_cli("compare", str(lab_runs["fixed"]), str(lab_runs["regressed"]),
+                "--judge-disturbed")  # fmt: skip
     assert p.returncode == 1, p.stdout + p.stderr
     out = " ".join(p.stdout.split())
     assert "regression: threaded writes" in out and "walks every process" in out

@@ -6,6 +6,9 @@ submodules hold the parts: `stats`, `verdicts`, `kernels`, `comparison`, `drift`
 """
 
 from .comparison import (
+    CONTROL,
+    CONTROL_KIND,
+    DIFFERENT,
     FIX_BACKPORTS,
     FIX_MAINLINE,
     GROUP_KEYS,
@@ -14,6 +17,8 @@ from .comparison import (
     O1_MAX_GROWTH,
     ON_MIN_GROWTH,
     QUANTILES,
+    SAME,
+    UNKNOWN,
     WALK_INTRODUCED,
     WALK_MIN_SLOPE_NS,
     Comparison,
@@ -55,4 +60,9 @@ __all__ = [
     "ON_MIN_GROWTH",
     "WALK_MIN_SLOPE_NS",
     "MIN_COMPARED_WRITES",
+    "CONTROL",
+    "UNKNOWN",
+    "DIFFERENT",
+    "SAME",
+    "CONTROL_KIND",
 ]

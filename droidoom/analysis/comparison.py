@@ -8,7 +8,7 @@ over in Python, never the rows.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, cast
@@ -47,12 +47,6 @@ def load_meta(run_dir: str | Path) -> dict[str, Any]:
 # --------------------------------------------------------------------------- compare
 
 
-#: Between-run spread that within-run CIs do not cover, as a share of the ratio: the CI of
-#: new/base is widened by it on both sides. Measured on this project's busy 2-core VM: raw
-#: medians of unchanged kernels drifted up to ~20% between runs; the same medians divided by
-#: their run's `single` median (same machine, same moment) drift less.
-RAW_FLOOR = 0.25
-RELATIVE_FLOOR = 0.15
 #: Fewer timed writes than this on either side of a compared group: too thin to judge.
 MIN_COMPARED_WRITES = 50
 #: The kind every run has and no kernel change touches: latency is compared relative to it.
@@ -63,6 +57,8 @@ SLOPE_FLOOR = 0.25
 #: ... and, for a kind that already walked on BASE (multiprocess), its whole base slope: the
 #: cost of one walk step moved up to ~66% between runs of one kernel on a loaded TCG host.
 WALKING_SLOPE_FLOOR = 1.0
+#: Decisions of a compared point (droidoom.analysis.blocks); the control's rows are not judged.
+SAME, DIFFERENT, UNKNOWN, CONTROL = "SAME", "DIFFERENT", "UNKNOWN", "control"
 
 
 @dataclass(frozen=True)
@@ -86,12 +82,12 @@ class Comparison:
 
     @property
     def regressions(self) -> pd.DataFrame:
-        """Rows whose CI lower bound of new/base exceeds max_ratio."""
+        """DIFFERENT rows whose new/base ratio lies above max_ratio."""
         return self.table[self.table["regression"]]
 
     @property
     def improvements(self) -> pd.DataFrame:
-        """Rows whose CI upper bound of new/base is below 1 / max_ratio."""
+        """DIFFERENT rows whose new/base ratio lies below 1 / max_ratio."""
         return self.table[self.table["improvement"]]
 
     @property
@@ -100,23 +96,26 @@ class Comparison:
         return self.table[self.table["thin"]] if "thin" in self.table else self.table.iloc[:0]
 
     @property
+    def unknown(self) -> pd.DataFrame:
+        """Judged rows that are neither SAME nor DIFFERENT: more blocks needed."""
+        return self.table[self.table["decision"] == UNKNOWN]
+
+    @property
     def has_regression(self) -> bool:
         return bool(self.table["regression"].any()) or not self.slope_regressions.empty
 
-
-#: (device, mode) key (`by` without kind and population) -> the control's writes pooled,
-#: their median and the block noise (see `_control_levels`).
-_Controls = dict[tuple[str, ...], tuple[np.ndarray, float, float]]
-#: One compared group: counts, medians, ratio, CI, raw ratio, basis, floor.
-_Row = tuple[int, int, float, float, float, float, float, float, str, float]
-
-
-def _boot_medians(x: np.ndarray, n_boot: int, cap: int, rng: np.random.Generator) -> np.ndarray:
-    if len(x) > cap:  # a random subsample: CI a bit wider (conservative), cost bounded
-        x = rng.choice(x, cap, replace=False)
-    idx = rng.integers(0, len(x), (n_boot, len(x)), dtype=np.int32)
-    medians: np.ndarray = np.median(x[idx], axis=1)
-    return medians
+    def detectable(self) -> dict[object, float]:
+        """Per population (or "all" when pooled): the smallest change the judged rows of it
+        could all have detected, as a ratio (the largest MDE among them; inf: none)."""
+        t = self.table[self.table["decision"] != CONTROL]
+        if "kind" in t.columns:  # a thin control is UNKNOWN, still not a judged point
+            t = t[t["kind"].astype(str) != CONTROL_KIND]
+        if t.empty:
+            return {}
+        if "population" not in t.columns:
+            return {"all": float(t["mde"].max())}
+        mdes = t.groupby("population")["mde"].max()
+        return {int(cast(int, k)): float(v) for k, v in mdes.items()}
 
 
 def compare(
@@ -126,30 +125,35 @@ def compare(
     *,
     by: Sequence[str] = GROUP_KEYS,
     pair_devices: bool = False,
-    n_boot: int = 1000,
-    max_samples: int = 1000,
+    n_boot: int = 2000,
     confidence: float = 0.95,
     seed: int = 0,
     min_writes: int = MIN_COMPARED_WRITES,
+    disturbed: Collection[str] = (),
 ) -> Comparison:
-    """Median latency ratio new/base per group present in both, with a bootstrap CI.
+    """Per group present in both sides: SAME, DIFFERENT or UNKNOWN, the new/base ratio with
+    a bootstrap CI, and the smallest change the data could have shown (``mde``).
 
-    A group is a regression when the CI's lower bound exceeds `max_ratio`, an improvement when
-    its upper bound is below 1 / `max_ratio`. What a kernel change changes is compared, not
-    how fast the machine was that day: each kind's median is divided by the same point's
-    `CONTROL_KIND` level of its own run (median of all its control writes; ``basis``
-    "vs single"; the control itself and groups without one compare raw medians, ``basis``
-    "raw", ``raw_ratio`` always). The CI is a percentile bootstrap of that ratio over
-    `n_boot` resamples of at most `max_samples` writes per side, widened on both sides by
-    the between-run ``floor``: `RELATIVE_FLOOR` / `RAW_FLOOR`, or more when either run's
-    control points scatter more (see `_control_levels`). ``slopes`` compares ns/process per
-    kind (`compare_slopes`); a slope regression counts in ``has_regression`` too. Devices
-    match by name; `pair_devices=True` matches a single-device `base` with a single-device
-    `new` of another name (e.g. two phones or builds). `by` may drop
-    "population" to pool each kind's writes. A group with fewer than `min_writes` timed
-    writes on either side is ``thin``: shown, never judged. Raises DataError when no group
-    overlaps.
+    The unit of replication is the block (droidoom.analysis.blocks): each block's median is one
+    observation, so the CI widens with between-block variance and narrows with more blocks
+    (longer runs, or several runs pooled per side). A point is DIFFERENT when the smaller p
+    of a KS and a Mann-Whitney U test on the block medians is <= blockstats.ALPHA, the
+    ratio lies beyond `max_ratio` (``regression`` above it, ``improvement`` below its
+    inverse) and its CI excludes 1 (clustered by run when a side pools runs); SAME when
+    ``mde`` <= `max_ratio`; else UNKNOWN (``why`` says: too few writes, a disturbed run,
+    or too few / too noisy blocks). What a kernel change changes is
+    compared, not how fast the machine was: a kind's blocks are taken relative to the
+    `CONTROL_KIND` blocks of the same point of its own run (``basis`` "vs single"; groups
+    without a control compare raw, ``basis`` "raw"; ``raw_ratio`` is the raw ratio of write
+    medians). The control's own rows are shown, never judged (decision "control"). Runs
+    named in `disturbed` (run_id: another job ran on the target) make their points UNKNOWN.
+    ``slopes`` compares ns/process per kind (`compare_slopes`); a slope regression counts
+    in ``has_regression`` too. Devices match by name; `pair_devices=True` matches a
+    single-device `base` with a single-device `new` of another name. `by` may drop
+    "population" to pool each kind's writes. Raises DataError when no group overlaps.
     """
+    from . import blocks as blockstats
+
     if not max_ratio > 1:
         raise UsageError(f"max_ratio must be > 1 (e.g. 1.10 for +10%), got {max_ratio}")
     by = list(by)
@@ -157,34 +161,91 @@ def compare(
     bg, ng = sort_groups(base, by), sort_groups(new, by)
     both = _overlap(bg, ng, by, base, new, pair_devices)
     rng = np.random.default_rng(seed)
-    alpha = (1 - confidence) / 2
-    controls = _control_levels(bg, by), _control_levels(ng, by)
-    rest = [k for k in by if k not in ("kind", "population")]
-    rows = [
-        _compare_one(bg, ng, i, j, rest, controls, (n_boot, max_samples, alpha), rng)
-        for i, j in zip(both["_b"], both["_n"], strict=True)
-    ]
-    cols = ["base_count", "new_count", "base_median_ns", "new_median_ns", "ratio"]
-    table = pd.concat(
-        [
-            bg.keys.iloc[both["_b"].to_numpy()].reset_index(drop=True),
-            pd.DataFrame(rows, columns=cols + ["ci_low", "ci_high", "raw_ratio", "basis", "floor"]),
-        ],
-        axis=1,
-    )
-    # The control's own latency is shown (raw_ratio) but not judged across runs: between
-    # runs it moved up to ~1.9x on a loaded host with the same kernel. What a kernel change
-    # does to the oom_score_adj path shows relative to it, and in the slopes.
-    judged = (table["basis"] != "raw") | ~table["kind"].astype(str).eq(CONTROL_KIND) if (
-        "kind" in table.columns) else pd.Series(True, index=table.index)
-    # A point either side barely measured (a run cut short seconds in) is not judged: its
-    # median is a handful of writes, and a cut-short NEW once "regressed" x2.9 that way.
-    table["thin"] = (table["base_count"] < min_writes) | (table["new_count"] < min_writes)
-    judged &= ~table["thin"]
-    table["regression"] = judged & (table["ci_low"] > max_ratio)
-    table["improvement"] = judged & (table["ci_high"] < 1 / max_ratio)
+    blocks = _Blocks(blockstats.block_table(base, by), by), _Blocks(
+        blockstats.block_table(new, by), by)
+    keys = bg.keys.iloc[both["_b"].to_numpy()].reset_index(drop=True)
+    rows = []
+    for r, (i, j) in enumerate(zip(both["_b"], both["_n"], strict=True)):
+        key = tuple(str(keys[k].iloc[r]) for k in by)
+        rows.append(_compare_one(bg.values(i), ng.values(j), key, by, blocks, disturbed,
+                                 (n_boot, confidence, max_ratio, min_writes), rng))  # fmt: skip
+    table = pd.concat([keys, pd.DataFrame(rows, columns=_ROW_COLUMNS)], axis=1)
+    table["regression"] = (table["decision"] == DIFFERENT) & (table["ratio"] > max_ratio)
+    table["improvement"] = (table["decision"] == DIFFERENT) & (table["ratio"] < 1 / max_ratio)
     slopes = compare_slopes(base, new) if "population" in base.columns else None
     return Comparison(table.reset_index(drop=True), max_ratio, confidence, paired, slopes)
+
+
+_ROW_COLUMNS = ["base_count", "new_count", "base_median_ns", "new_median_ns", "ratio", "ci_low",
+                "ci_high", "raw_ratio", "basis", "base_blocks", "new_blocks", "p_value", "mde",
+                "thin", "disturbed", "decision", "why"]  # fmt: skip
+
+
+class _Blocks:
+    """One side's block medians, looked up by group key (`by`, as str) and by control key
+    (`by` without kind)."""
+
+    def __init__(self, table: pd.DataFrame, by: list[str]) -> None:
+        self.by = by
+        #: group key -> (block medians, each block's run_id)
+        self.groups: dict[tuple[str, ...], tuple[np.ndarray, np.ndarray]] = {}
+        if table.empty:
+            return
+        for key, g in table.groupby([table[k].astype(str) for k in by], sort=False):
+            k = key if isinstance(key, tuple) else (key,)
+            self.groups[tuple(map(str, k))] = (g["median_ns"].to_numpy(np.float64),
+                                               g["run_id"].astype(str).to_numpy())  # fmt: skip
+
+    def of(self, key: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
+        return self.groups.get(key, (np.zeros(0), np.zeros(0, dtype=str)))
+
+    def control(self, key: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray] | None:
+        """The control kind's blocks (and their runs) at the point of `key` (None: none)."""
+        if "kind" not in self.by:
+            return None
+        ck = tuple(CONTROL_KIND if k == "kind" else v for k, v in zip(self.by, key, strict=True))
+        found = self.groups.get(ck)
+        return found if found is not None and len(found[0]) else None
+
+
+def _compare_one(
+    b: np.ndarray,
+    n: np.ndarray,
+    key: tuple[str, ...],
+    by: list[str],
+    blocks: tuple[_Blocks, _Blocks],
+    disturbed: Collection[str],
+    args: tuple[int, float, float, int],
+    rng: np.random.Generator,
+) -> list[Any]:
+    """One group: write counts and medians (`b`, `n`: its timed writes), the block-level
+    decision (relative to the control at the same point when both sides have one)."""
+    from . import blocks as blockstats
+
+    n_boot, confidence, max_ratio, min_writes = args
+    bm, nm = float(np.median(b)), float(np.median(n))
+    (bb, bruns), (nb, nruns) = blocks[0].of(key), blocks[1].of(key)
+    is_control = "kind" in by and key[by.index("kind")] == CONTROL_KIND
+    cb, cn = blocks[0].control(key), blocks[1].control(key)
+    relative = not is_control and cb is not None and cn is not None
+    controls, runs = None, [bruns, nruns]
+    if relative and cb is not None and cn is not None:
+        controls, runs = (cb[0], cn[0]), [bruns, nruns, cb[1], cn[1]]
+    d = blockstats.decide(bb, nb, controls, runs=runs, confidence=confidence, n_boot=n_boot,
+                          rng=rng)  # fmt: skip
+    thin = len(b) < min_writes or len(n) < min_writes
+    hit = bool((set(bruns) | set(nruns)) & set(disturbed))
+    decision, why = d.decision(max_ratio), ""
+    if thin or hit:  # the control too: the points divided by it stand on it
+        decision, why = UNKNOWN, "too few writes" if thin else "disturbed"
+    elif is_control:
+        decision = CONTROL
+    elif decision == UNKNOWN:
+        few = min(d.base_blocks, d.new_blocks) < blockstats.MIN_BLOCKS or not np.isfinite(d.mde)
+        why = "too few blocks" if few else "too noisy"
+    basis = f"vs {CONTROL_KIND}" if relative else "raw"
+    return [len(b), len(n), bm, nm, d.ratio, d.ci_low, d.ci_high, nm / max(bm, 1.0), basis,
+            d.base_blocks, d.new_blocks, d.p, d.mde, thin, hit, decision, why]  # fmt: skip
 
 
 def _pair(base: pd.DataFrame, new: pd.DataFrame) -> tuple[pd.DataFrame, tuple[str, str]]:
@@ -219,64 +280,6 @@ def _overlap(
             f"{describe(base)}; new has {describe(new)}{hint}"
         )
     return both
-
-
-def _compare_one(
-    bg: Sorted,
-    ng: Sorted,
-    i: int,
-    j: int,
-    rest: list[str],
-    controls: tuple[_Controls, _Controls],
-    boot_args: tuple[int, int, float],
-    rng: np.random.Generator,
-) -> _Row:
-    """Group `i` of base against group `j` of new: the ratio of medians (vs the control's
-    level when both runs have one) and its bootstrap CI widened by the between-run floor."""
-    n_boot, max_samples, alpha = boot_args
-    b, n = bg.values(i), ng.values(j)
-    boot = _boot_medians(n, n_boot, max_samples, rng) / np.maximum(
-        _boot_medians(b, n_boot, max_samples, rng), 1
-    )
-    bm, nm = float(np.median(b)), float(np.median(n))
-    raw = nm / max(bm, 1.0)
-    ratio, basis = raw, "raw"
-    cb = controls[0].get(tuple(str(bg.keys[k].iloc[i]) for k in rest))
-    cn = controls[1].get(tuple(str(ng.keys[k].iloc[j]) for k in rest))
-    noise = max(cb[2] if cb else 0.0, cn[2] if cn else 0.0)
-    floor = max(RAW_FLOOR, noise)
-    if cb and cn and str(bg.keys["kind"].iloc[i]) != CONTROL_KIND:
-        boot *= _boot_medians(cb[0], n_boot, max_samples, rng) / np.maximum(
-            _boot_medians(cn[0], n_boot, max_samples, rng), 1
-        )
-        ratio = raw * cb[1] / max(cn[1], 1.0)
-        basis, floor = f"vs {CONTROL_KIND}", max(RELATIVE_FLOOR, noise)
-    lo, hi = (float(q) for q in np.quantile(boot, [alpha, 1 - alpha]))
-    return (len(b), len(n), bm, nm, ratio, lo / (1 + floor), hi * (1 + floor), raw,
-            basis, floor)  # fmt: skip
-
-
-def _control_levels(g: Sorted, by: list[str]) -> _Controls:
-    """Per device x mode (`by` without kind and population): the `CONTROL_KIND` writes of all
-    points pooled, their median (the run's level), and the block noise: the largest
-    relative deviation of one point's control median from that level. The control never
-    walks, so that deviation is what one block of writes moves for reasons other than the
-    kernel (host load bursts), the between-run spread a single run can show."""
-    if "kind" not in by:
-        return {}
-    rest = [k for k in by if k not in ("kind", "population")]
-    kinds = g.keys["kind"].astype(str).to_numpy()
-    found: dict[tuple[str, ...], list[int]] = {}
-    for i in np.flatnonzero(kinds == CONTROL_KIND):
-        if g.counts[i] > 0:
-            found.setdefault(tuple(str(g.keys[k].iloc[i]) for k in rest), []).append(int(i))
-    out = {}
-    for key, idx in found.items():
-        vals = np.concatenate([g.values(i) for i in idx])
-        level = float(np.median(vals))
-        noise = max(abs(float(np.median(g.values(i))) / max(level, 1.0) - 1) for i in idx)
-        out[key] = (vals, level, noise)
-    return out
 
 
 def compare_slopes(base: pd.DataFrame, new: pd.DataFrame) -> pd.DataFrame:
@@ -336,4 +339,5 @@ __all__ = [
     "Comparison", "compare", "Fit", "fits", "scaling", "Verdict", "verdict",
     "kernel_expectation", "parse_release", "FIX_BACKPORTS", "FIX_MAINLINE", "WALK_INTRODUCED",
     "MIN_POPULATIONS", "O1_MAX_GROWTH", "ON_MIN_GROWTH", "WALK_MIN_SLOPE_NS",
+    "MIN_COMPARED_WRITES", "CONTROL_KIND", "SAME", "DIFFERENT", "UNKNOWN", "CONTROL",
 ]  # fmt: skip

@@ -1,6 +1,7 @@
 """CLI commands for stored runs: `droidoom report` and `droidoom compare` (on droidoom.cli.app).
 
-`compare` is made for kernel CI: exit 0 when no group regressed, 1 on a regression, 2 on bad
+`compare` is made for kernel CI: exit 0 when every point is SAME, 1 on a regression, 3 when a
+point is UNKNOWN (more blocks needed, a disturbed or cut-short run), 2 on bad
 input (missing runs, runs that cannot be compared) - the last through DataError/UsageError,
 which `droidoom.cli.main` turns into one red line and exit code 2.
 """
@@ -8,7 +9,7 @@ which `droidoom.cli.main` turns into one red line and exit code 2.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -145,17 +146,57 @@ def report(
         console.print(f"html report: {path}", soft_wrap=True)
 
 
-def _load_pair(
-    base: Path, new: Path, complete_only: bool, ignore_spec: bool
+def _load_sides(
+    base: list[Path], new: list[Path], complete_only: bool, ignore_spec: bool
 ) -> tuple[tuple[pd.DataFrame, list[RunInfo]], tuple[pd.DataFrame, list[RunInfo]]]:
-    """BASE's and NEW's samples and runs; DataError when they measured different things
-    (unless `ignore_spec`)."""
-    b, n = _load([base], complete_only, "BASE"), _load([new], complete_only, "NEW")
+    """BASE's and NEW's samples and runs (each side: one or more runs or folders, pooled);
+    DataError when they measured different things (unless `ignore_spec`), or when one
+    side's runs did (runs pool only when their fingerprints match)."""
+    b, n = _load(base, complete_only, "BASE"), _load(new, complete_only, "NEW")
     diffs = _spec_differences(b[1], n[1])
     if diffs and not ignore_spec:
         raise DataError("BASE and NEW measured different things (" + "; ".join(diffs) + "): "
                         "profile both with the same options, or pass --ignore-spec")  # fmt: skip
+    for side, (_, runs) in (("BASE", b), ("NEW", n)):
+        _one_fingerprint(side, runs, ignore_spec)
     return b, n
+
+
+def _one_fingerprint(side: str, runs: list[RunInfo], ignore_spec: bool) -> None:
+    """DataError when the runs pooled on one side measured different things (another
+    schedule or capture, or on one device another kernel: droidoom/fingerprint.py). A farm
+    folder's devices are compared device by device, so they may differ in their target."""
+    from ..fingerprint import describe, fingerprint
+
+    prints: dict[str, list[RunInfo]] = {}
+    for r in runs:
+        prints.setdefault(fingerprint(r.meta, target=False), []).append(r)
+    if len(prints) == 1:  # one schedule: within each device, one kernel
+        prints = {}
+        for r in runs:
+            prints.setdefault(fingerprint(r.meta), []).append(r)
+        if len(prints) == len({r.device for r in runs}):
+            return
+    if len(prints) > 1 and not ignore_spec:
+        what = "; ".join(f"{describe(rs[0].meta)} ({', '.join(r.run_id for r in rs[:3])}"
+                         f"{'...' if len(rs) > 3 else ''})" for rs in prints.values())  # fmt: skip
+        raise DataError(f"the {side} runs measured different things, so they cannot pool: "
+                        f"{what}; pass runs of one kind per side, or --ignore-spec")  # fmt: skip
+
+
+def _disturbed(runs: list[RunInfo]) -> dict[str, str]:
+    """run_id -> what disturbed it: run.json notices that say "disturbed:" (another job,
+    a moving process count, a high load), else the same facts read from its
+    device_activity (runs saved before those notices)."""
+    from ..analysis.drift import disturbances
+
+    out = {}
+    for r in runs:
+        said = [str(n)[len("disturbed:"):].strip() for n in r.meta.get("notices") or ()
+                if str(n).startswith("disturbed:")]  # fmt: skip
+        if said or (said := disturbances(r.meta)):
+            out[r.run_id] = "; ".join(said)
+    return out
 
 
 def _spec_differences(base: list[RunInfo], new: list[RunInfo]) -> list[str]:
@@ -172,16 +213,46 @@ def _spec_differences(base: list[RunInfo], new: list[RunInfo]) -> list[str]:
     return out
 
 
+def _sides(
+    positional: list[Path] | None, base: list[Path] | None, new: list[Path] | None
+) -> tuple[list[Path], list[Path]]:
+    """BASE and NEW paths from `compare BASE NEW` or `compare --base B.. --new N..`."""
+    pos = positional or []
+    if base or new:
+        if pos or not base or not new:
+            raise UsageError("give BASE and NEW either as two arguments (`compare BASE NEW`) "
+                             "or as options (`compare --base B1 --base B2 --new N1 --new N2`), "
+                             "not both and not one side only")  # fmt: skip
+        return base, new
+    if len(pos) != 2:
+        raise UsageError(f"compare takes BASE and NEW (got {len(pos)} path(s)); for several "
+                         "runs per side repeat --base and --new, or pass a folder of runs "
+                         "per side")  # fmt: skip
+    return [pos[0]], [pos[1]]
+
+
 @app.command()
 def compare(
-    base: Annotated[
-        Path, typer.Argument(help="Baseline run (or folder of runs).", show_default=False)
-    ],
-    new: Annotated[Path, typer.Argument(help="Run to check against it.", show_default=False)],
+    runs: Annotated[
+        list[Path] | None,
+        typer.Argument(help="BASE (baseline run, or folder of runs) and NEW (the run to check "
+                       "against it).", show_default=False),
+    ] = None,
+    base_runs: Annotated[
+        list[Path] | None,
+        typer.Option("--base", help="A BASE run or folder; repeat to pool several runs.",
+                     show_default=False),
+    ] = None,
+    new_runs: Annotated[
+        list[Path] | None,
+        typer.Option("--new", help="A NEW run or folder; repeat to pool several runs.",
+                     show_default=False),
+    ] = None,
     max_ratio: Annotated[
         float,
         typer.Option(
-            help="Regression when the CI of new/base median lies above this (1.10 = +10%)."
+            help="The change that matters: DIFFERENT needs new/base beyond it (1.10 = +10%), "
+            "SAME needs the runs to be able to see it."
         ),
     ] = 1.10,
     pair: Annotated[
@@ -197,32 +268,49 @@ def compare(
     ignore_spec: Annotated[
         bool, typer.Option("--ignore-spec", help="Compare even when the runs' specs differ.")
     ] = False,
+    judge_disturbed: Annotated[
+        bool,
+        typer.Option("--judge-disturbed", help="Judge points of runs that say 'disturbed' "
+                     "too (default: UNKNOWN)."),
+    ] = False,
     complete_only: CompleteOnly = False,
 ) -> None:
-    """Did NEW get slower than BASE? Latency per kind x population and ns/process (kernel CI).
+    """Did NEW get slower than BASE? Per kind x population: SAME, DIFFERENT or UNKNOWN.
 
-    Each kind's median is taken relative to the same run's `single` writes (which no kernel
-    change touches), so a busier machine on one day does not look like a regression; the
-    CIs are widened by a stated between-run floor (analysis.RELATIVE_FLOOR / RAW_FLOOR).
-    The scaling slopes (ns per extra process) are compared too: a kind that starts to walk
-    every process (threaded writes on a pre-fix kernel) is named. Exit status: 0 no
-    regression, 1 at least one regression, 2 bad input (missing runs, different specs),
-    3 unknown: no regression among the points compared, but BASE points are missing in NEW
-    or have too few writes (a run cut short).
+    Each block of consecutive writes of a kind is one observation (its median). A point is
+    DIFFERENT when the smaller p of a Kolmogorov-Smirnov and a Mann-Whitney U test over
+    the two sides' blocks is <= 0.01 and new/base lies beyond --max-ratio; SAME when the
+    runs had the power to see a change of --max-ratio (the minimum detectable effect, MDE,
+    is within it); else UNKNOWN: more blocks are needed (more --writes, or several runs per
+    side: `profile --repeat N`, then `compare --base DIR --new DIR`). Each kind is taken
+    relative to the same point's `single` writes of its run (which no kernel change
+    touches), so a busier machine on one day does not look like a regression. The scaling
+    slopes (ns per extra process) are compared too: a kind that starts to walk every
+    process (threaded writes on a pre-fix kernel) is named. Exit status: 0 every point
+    SAME, 1 a regression (DIFFERENT and slower, or a slope), 2 bad input (missing runs,
+    different specs), 3 UNKNOWN and no regression: points too noisy or with too few
+    blocks, runs disturbed by other work, BASE points missing in NEW or with too few
+    writes (a run cut short).
     """
     from .. import analysis
     from ..report import terminal as rep
 
+    base, new = _sides(runs, base_runs, new_runs)
     if not max_ratio > 1:
         raise UsageError(f"--max-ratio must be > 1 (e.g. 1.10 for +10%), got {max_ratio}")
     if csv is not None:
         from ..store import check_writable
 
         check_writable(csv, "--csv")
-    (bdf, binfo), (ndf, ninfo) = _load_pair(base, new, complete_only, ignore_spec)
+    (bdf, binfo), (ndf, ninfo) = _load_sides(base, new, complete_only, ignore_spec)
     by = ("device", "kind", "mode") if pooled else analysis.GROUP_KEYS
     pair = pair or _two_vm_builds(binfo, ninfo)
-    result = analysis.compare(bdf, ndf, max_ratio, by=by, pair_devices=pair)
+    disturbed = {} if judge_disturbed else _disturbed(binfo + ninfo)
+    for run_id, what in disturbed.items():
+        err_console.print(f"[yellow]note:[/] run {run_id} was disturbed ({what}): its points "
+                          "are UNKNOWN (--judge-disturbed judges them anyway)")  # fmt: skip
+    result = analysis.compare(bdf, ndf, max_ratio, by=by, pair_devices=pair,
+                              disturbed=set(disturbed))  # fmt: skip
     unknown = _unmeasured(analysis.summary(bdf, by=by), result, by)
     rep.compare_table(result, console, whole=not unknown)
     _slopes(result)
@@ -234,7 +322,7 @@ def compare(
         raise typer.Exit(1)
     if unknown:
         err_console.print("[bold yellow]UNKNOWN[/]: no regression among the points compared, "
-                          f"but {'; '.join(unknown)}; re-run the cut-short side to know")
+                          f"but {'; '.join(unknown)}")  # fmt: skip
         raise typer.Exit(EXIT_UNKNOWN)
 
 
@@ -243,24 +331,39 @@ EXIT_UNKNOWN = 3
 
 
 def _unmeasured(base_groups: pd.DataFrame, result: Comparison, by: Sequence[str]) -> list[str]:
-    """What `compare` could not judge: BASE points NEW lacks (a cut-short run), and points
-    with too few writes on a side. Empty when every BASE point was compared with data."""
+    """What `compare` could not judge, each with what to do: BASE points NEW lacks (a
+    cut-short run), points with too few writes on a side, points of disturbed runs, and
+    points too noisy or with too few blocks for the threshold. Empty when every BASE point
+    was judged SAME or DIFFERENT."""
     from ..analysis import MIN_COMPARED_WRITES
 
     keys = [k for k in ("kind", "population") if k in by]
     out = []
+
+    def names(rows: list[dict[Any, Any]]) -> str:
+        more = "..." if len(rows) > 6 else ""
+        return ", ".join(" ".join(str(r[k]) for k in keys) for r in rows[:6]) + more
+
     seen = {tuple(str(r[k]) for k in keys) for r in result.table.to_dict("records")}
     lacking = [r for r in base_groups.to_dict("records")
                if r["count"] > 0 and tuple(str(r[k]) for k in keys) not in seen]  # fmt: skip
     if lacking:
-        out.append(f"{len(lacking)} BASE point(s) are missing in NEW (" + ", ".join(
-            " ".join(str(r[k]) for k in keys) for r in lacking[:6]) + ("..." if len(
-            lacking) > 6 else "") + ")")  # fmt: skip
-    thin = result.thin
-    if len(thin):
-        out.append(f"{len(thin)} point(s) have fewer than {MIN_COMPARED_WRITES} writes on a side ("
-                   + ", ".join(" ".join(str(r[k]) for k in keys)
-                               for r in thin.to_dict("records")[:6]) + ")")  # fmt: skip
+        out.append(f"{len(lacking)} BASE point(s) are missing in NEW ({names(lacking)}); "
+                   "re-run the cut-short side to know")  # fmt: skip
+    why = result.unknown["why"] if len(result.unknown) else None
+    advice = {
+        "too few writes": f"have fewer than {MIN_COMPARED_WRITES} writes on a side (re-run the "
+        "cut-short side to know)",
+        "disturbed": "come from a run disturbed by other work (re-run it quiet)",
+        "too few blocks": "have too few blocks to judge (more --writes, or more runs per side: "
+        "profile --repeat N)",
+        "too noisy": "vary too much from block to block to see a change of "
+        f"x{result.max_ratio:.2f} (more --writes or more runs per side, a quieter target, or a "
+        "larger --max-ratio)",
+    }
+    for reason, text in advice.items():
+        if why is not None and (rows := result.unknown[why == reason].to_dict("records")):
+            out.append(f"{len(rows)} point(s) {text}: {names(rows)}")
     return out
 
 
@@ -320,4 +423,12 @@ def _name_regressions(result: Comparison, named: set[str]) -> None:
             rows = reg[reg["kind"].astype(str) == kind]
             pops = ", ".join(map(str, rows["population"]))
             console.print(f"[bold red]regression:[/] {kind} writes at populations {pops} "
-                          f"(x{rows['ratio'].max():.1f} relative to single writes)")  # fmt: skip
+                          f"(x{rows['ratio'].max():.1f}{_basis_words(rows)})")  # fmt: skip
+
+
+def _basis_words(rows: pd.DataFrame) -> str:
+    """' relative to single writes' when the ratios are (runs with the control), else ''."""
+    from ..analysis import CONTROL_KIND
+
+    relative = "basis" in rows.columns and bool((rows["basis"] != "raw").all())
+    return f" relative to {CONTROL_KIND} writes" if relative else ""

@@ -69,10 +69,12 @@ Compress = Annotated[
 ]  # fmt: skip
 Repeat = Annotated[
     int | None,
-    typer.Option(help="replay:TRACE: play the trace N times at each population, each "
-                 "play right after a sweep point of the lmkd role model on the same "
-                 "targets, so `droidoom cost` prices it and checks the estimate against "
-                 "the plays' spread (default 1: one play, no sweep points)."),
+    typer.Option(help="Other scenarios: N runs of the same spec back to back, each a "
+                 "complete run directory of its own (pool them per side: `droidoom compare "
+                 "--base DIR --new DIR`). replay:TRACE: play the trace N times at each "
+                 "population, each play right after a sweep point of the lmkd role model on "
+                 "the same targets, so `droidoom cost` prices it and checks the estimate "
+                 "against the plays' spread (default 1: one play, no sweep points)."),
 ]  # fmt: skip
 Adj = Annotated[
     str | None, typer.Option("--adj", help="The two levels of `alternate`, e.g. 0,900.")

@@ -73,12 +73,17 @@ def profile(
     (median, p90, p99 per kind and population), a verdict, and writes a run directory
     (run.json + samples.parquet) that `droidoom.load()` reads.
     """
+
     from ..targets.select import AdbServer
-    from ..traces.replay import spec_for_replay
+    from ..traces.replay import spec_for_replay, trace_path
 
     given = spec
+    asked = given.spec(cpu=cpu, fifo=fifo, order=order)
+    runs = 1
+    if repeat is not None and trace_path(asked.scenario) is None:
+        runs, repeat = _runs(repeat, all_devices), None  # N runs; for a replay, N plays
     sweep = spec_for_replay(
-        given.spec(cpu=cpu, fifo=fifo, order=order), population_given=given.population is not None,
+        asked, population_given=given.population is not None,
         kinds_given=given.kinds is not None, replay_kinds=words(replay_kinds), compress=compress,
         repeat=repeat,
     )  # fmt: skip
@@ -92,11 +97,29 @@ def profile(
     sources = _captures(capture)
     if kernel is not None:  # droidoom/cli/lab.py: a kernel image booted in QEMU
         sweep = cli_vm.vm_spec_defaults(sweep, given.threads is not None, given.writes is not None)
-        vm = cli_vm.open_vm(kernel, accel, vm_cpus, vm_memory)
-        _run_and_print(vm, sweep, out, sources, {"vm": vm.vm_info()})
-    else:
-        _run_and_print(_select(local, serial, AdbServer.from_env(adb_host, adb_port)), sweep, out,
-                       sources, None)  # fmt: skip
+    for i in range(runs):  # each run complete on its own: a failed one stops the rest
+        if runs > 1:
+            console.rule(f"[bold]run {i + 1} of {runs}[/]", align="left")
+        if kernel is not None:
+            vm = cli_vm.open_vm(kernel, accel, vm_cpus, vm_memory)
+            _run_and_print(vm, sweep, out, sources, {"vm": vm.vm_info()})
+        else:
+            target = _select(local, serial, AdbServer.from_env(adb_host, adb_port))
+            _run_and_print(target, sweep, out, sources, None)
+
+
+#: Most runs one `profile --repeat` makes (a slip like --repeat 10000 would run for days).
+MAX_REPEAT = 100
+
+
+def _runs(repeat: int, all_devices: bool) -> int:
+    """How many runs `--repeat` asks for (a role-change scenario); UsageError if out of
+    range or with --all."""
+    if not 1 <= repeat <= MAX_REPEAT:
+        raise UsageError(f"--repeat must be 1..{MAX_REPEAT} runs (got {repeat})")
+    if all_devices and repeat > 1:
+        raise UsageError("--repeat N with --all is not supported: run `profile --all` N times")
+    return repeat
 
 
 def _select(local: bool, serial: str | None, server: AdbServer) -> Target:

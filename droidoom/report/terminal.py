@@ -14,6 +14,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from .. import analysis, schema, units
+from ..analysis import blocks as blockstats
 from ..vocab import Complexity, RunStatus, VerdictStatus
 from . import plots
 from .html import render_html as render_html  # re-exported: the HTML report
@@ -219,10 +220,52 @@ def _ratio(x: float) -> str:
     return f"{x:.2f}" if x < 10 else f"{x:.1f}" if x < 100 else f"{x:.0f}"
 
 
+_DECISION_CELL = {
+    analysis.SAME: "[green]SAME[/]",
+    analysis.UNKNOWN: "[yellow]UNKNOWN[/]",
+    analysis.CONTROL: "[dim]control[/]",
+}
+
+
+def _decision_cell(r: Mapping[Any, Any]) -> str:
+    """A row's decision as the table shows it: DIFFERENT reads REGRESSION (slower) or
+    faster, so the one word says which way."""
+    if r["regression"]:
+        return "[bold red]REGRESSION[/]"
+    if r["improvement"]:
+        return "[green]faster[/]"
+    if r["decision"] == analysis.DIFFERENT:  # beyond the threshold by the ratio, yet neither
+        return "[red]DIFFERENT[/]"
+    return _DECISION_CELL.get(str(r["decision"]), str(r["decision"]))
+
+
+def _mde_cell(x: float) -> str:
+    return f"x{_ratio(x)}" if x == x and x != float("inf") else "-"
+
+
+def detectable_line(result: analysis.Comparison) -> str:
+    """One line on what these runs could have seen: 'these runs could detect changes of
+    x1.04 or more at population 400, x1.07 at 800 (threshold x1.05)'."""
+    found = result.detectable()
+    if not found:
+        return ""
+    parts = []
+    for i, (pop, m) in enumerate(found.items()):
+        where = "all populations pooled" if pop == "all" else f"population {pop}"
+        if m == float("inf"):
+            parts.append(f"none at {where} (too few blocks)")
+        else:
+            parts.append(f"x{m:.2f}{' or more' if i == 0 else ''} at {where}")
+    return (f"these runs could detect changes of {', '.join(parts)} "
+            f"(threshold x{result.max_ratio:.2f})")  # fmt: skip
+
+
 def compare_table(result: analysis.Comparison, console: Console, whole: bool = True) -> None:
-    """Print a `compare` result: a table per device x mode, regressions in red. `whole`:
-    every point was compared with data (else "no regression" is only said of those)."""
-    pct = f"{result.max_ratio - 1:+.0%}"
+    """Print a `compare` result: a table per device x mode with each point's decision
+    (SAME, REGRESSION / faster for DIFFERENT, UNKNOWN; the control is not judged), ratio,
+    CI and minimum detectable effect, then what the runs could detect and the outcome.
+    `whole`: every BASE point was compared with data (else "no regression" is only said
+    of those)."""
     conf = f"{result.confidence:.0%} CI"
     table = result.table
     split = [k for k in ("device", "mode") if k in table.columns]
@@ -233,8 +276,8 @@ def compare_table(result: analysis.Comparison, console: Console, whole: bool = T
         if result.paired:
             where = f"base {result.paired[0]} vs new {result.paired[1]}" + where[len(labels[0]) :]
         console.print()
-        heads = [*keys, "base µs", "new µs", "new/base", conf, ""]
-        t = _table(f"new / base median latency - {escape(where)}", heads)
+        heads = [*keys, "base", "new", "new/base", conf, "MDE", "decision"]
+        t = _table(f"new / base median latency (µs) - {escape(where)}", heads)
         prev = None
         for r in g.to_dict("records"):  # one row per group: a few dozen at most
             kind = str(r.get("kind", ""))
@@ -243,19 +286,38 @@ def compare_table(result: analysis.Comparison, console: Console, whole: bool = T
             cells = [_kind_cell(kind) if kind != prev else ""] if "kind" in keys else []
             cells += [str(r["population"])] if "population" in keys else []
             prev = kind
-            flag = "[bold red]REGRESSION[/]" if r["regression"] else ""
-            flag = "[green]faster[/]" if r["improvement"] else flag
-            flag = "[yellow]too few writes[/]" if r.get("thin") else flag
-            ci = f"{_ratio(r['ci_low'])}..{_ratio(r['ci_high'])}"
+            ci = f"{_ratio(r['ci_low'])}..{_ratio(r['ci_high'])}" if r["ci_low"] == r[
+                "ci_low"] else "-"  # fmt: skip
             medians = units.us(r["base_median_ns"]), units.us(r["new_median_ns"])
-            t.add_row(*cells, *medians, _ratio(r["ratio"]), ci, flag)
+            t.add_row(*cells, *medians, _ratio(r["ratio"]), ci, _mde_cell(r["mde"]),
+                      _decision_cell(r))  # fmt: skip
         console.print(t)
+    _unknown_lines(result, keys, console)
+    if line := detectable_line(result):
+        console.print(line)
+    rule = (f"DIFFERENT: p <= {blockstats.ALPHA:g} (KS / Mann-Whitney U over blocks) and "
+            f"new/base beyond x{result.max_ratio:.2f}")  # fmt: skip
     n = len(result.regressions)
     if n:
-        console.print(f"[bold red]{n} regression(s)[/]: {conf} lower bound above {pct}.")
+        console.print(f"[bold red]{n} regression(s)[/] ({rule}).")
+    elif len(result.unknown) or not whole:
+        console.print(f"no regression among the points compared ({rule}), but not every "
+                      "point could be judged")  # fmt: skip
+    elif k := len(result.improvements):
+        console.print(f"[green]no regression[/]: {k} point(s) faster, the others SAME ({rule}).")
     else:
-        what = "[green]no regression[/]" if whole else "no regression among the points compared"
-        console.print(f"{what} (threshold: {conf} lower bound above {pct}).")
+        console.print(f"[green]no regression[/]: every point SAME (MDE within "
+                      f"x{result.max_ratio:.2f}; {rule}).")  # fmt: skip
+
+
+def _unknown_lines(result: analysis.Comparison, keys: list[str], console: Console) -> None:
+    """Why each UNKNOWN point could not be judged, grouped by reason."""
+    unknown = result.unknown
+    if unknown.empty:
+        return
+    for why, g in unknown.groupby("why", sort=True):
+        pts = ", ".join(" ".join(str(r[k]) for k in keys) for r in g.to_dict("records"))
+        console.print(f"[yellow]UNKNOWN[/] ({why}): {pts}", highlight=False)
 
 
 # --------------------------------------------------------------------------- HTML
