@@ -286,8 +286,13 @@ def local_run(runs_dir) -> Path:
         return run
 
     def settled(run: Path) -> bool:
+        """Typical: not disturbed or busy, and every kind O(1) or O(N) (a load burst in
+        one block leaves a --quick fit "inconclusive", which tests take as this host's)."""
         meta = droidoom.analysis.load_meta(run)
-        return not verdict_of(run).disturbed and not crowd_changed(meta)
+        v = verdict_of(run)
+        fits = droidoom.analysis.scaling(droidoom.load(run))["complexity"]
+        return (not v.disturbed and not v.busy and not crowd_changed(meta)
+                and not (fits == "inconclusive").any())  # fmt: skip
 
     return measure_again(measure, settled)[0]
 
