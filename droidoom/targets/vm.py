@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import json
+import platform
 import socket
 import threading
 import time
@@ -28,8 +29,9 @@ from typing import Any, TypeVar
 
 from ..errors import PermanentTargetError, TransientTargetError
 from ..lab import cache_dir
+from ..lab.arch import Image, channels, detect, lacks
 from ..lab.initramfs import GUEST_HELPER, MISSING_MARK, initramfs
-from ..lab.qemu import Machine, VmSpec, check_image, kvm_usable, qemu_version, sha256
+from ..lab.qemu import Machine, VmSpec, kvm_usable, qemu_version, sha256
 from .base import CommandResult, Process, Target, TargetFacts, find_files_sh
 
 _T = TypeVar("_T")
@@ -167,15 +169,18 @@ class VmTarget(Target):
     def __init__(self, spec: VmSpec, *, label: str | None = None):
         from ..native import binary_path
 
-        check_image(spec.image)
+        self.image: Image = detect(spec.image)
+        self.arch = self.image.arch
         self.spec = spec
-        self.qemu = qemu_version()
+        self.qemu = qemu_version(self.arch)
         self.image_sha = sha256(spec.image)
         stem = spec.image.parent.name if spec.image.name in ("bzImage", "vmlinuz") else (
             spec.image.stem
         )
         self.name = f"qemu:{label or stem}-{self.image_sha[:8]}"
-        self._initrd = initramfs(binary_path("x86_64"), cache_dir())
+        self._initrd = initramfs(binary_path(self.arch.abi), cache_dir(), self.arch)
+        self._channels = channels(self.image) if spec.channel == "auto" else [spec.channel]
+        self.channel = self._channels[0]
         self._lock = threading.Lock()
         self._rid = 0
         self._facts: TargetFacts | None = None
@@ -192,6 +197,10 @@ class VmTarget(Target):
         if self.spec.accel != "auto":
             return [self.spec.accel]
         ok, why = kvm_usable()
+        host = platform.machine().lower()
+        if ok and host not in ({"x86_64", "amd64"} if self.arch.name == "x86_64" else
+                               {"aarch64", "arm64"}):  # fmt: skip
+            ok, why = False, f"a {self.arch.name} guest on a {host} host runs under TCG only"
         probe = self._kvm_probe_file()
         if ok and probe.is_file():
             ok, why = False, json.loads(probe.read_text()).get("why", "a cached probe failed")
@@ -215,7 +224,29 @@ class VmTarget(Target):
                 probe.write_text(json.dumps({"why": self.kvm_note}))
 
     def _boot_with(self, accel: str, timeout: float) -> None:
-        m = Machine(self.spec, self._initrd, accel)
+        """Boot on the first agent channel that works (an arm64 image may have a virtio
+        console on PCI or MMIO, or only the PL011 UART); say what the image lacks if none."""
+        tried: list[str] = []
+        for i, channel in enumerate(self._channels):
+            try:
+                self._boot_channel(accel, timeout, channel)
+                self.channel = channel
+                return
+            except PermanentTargetError as e:
+                tried.append(f"{channel}: {str(e).splitlines()[0]}")
+                last = i == len(self._channels) - 1
+                # a missing virtio port, or no agent on the UART: the next channel may work;
+                # a panic or QEMU's own failure would be the same on every channel
+                if last or not ("virtio serial port" in str(e) or "did not reach" in str(e)):
+                    if len(tried) > 1:
+                        raise PermanentTargetError(
+                            f"no agent channel worked ({'; '.join(tried[:-1])}); last: {e}\n"
+                            f"{self.spec.image} may lack: {lacks(self.image)}"
+                        ) from None
+                    raise
+
+    def _boot_channel(self, accel: str, timeout: float, channel: str) -> None:
+        m = Machine(self.spec, self._initrd, accel, self.arch, channel, self.image.path)
         self.machine = m
         self._chan = Channel(m.sock, self._why_dead)
         t0 = time.monotonic()
@@ -228,6 +259,9 @@ class VmTarget(Target):
                 if ln and ln.startswith("__DD_READY"):
                     self.release = (ln.split() + ["?"])[1]
                     break
+                if ln is not None and channel == "serial":  # the console is the channel
+                    with open(m.console_log, "a") as log:
+                        log.write(ln + "\n")
                 tail = m.console_tail(40)
                 if "Kernel panic" in tail or MISSING_MARK in tail or not m.alive() or (
                     time.monotonic() - t0 > timeout
@@ -252,7 +286,11 @@ class VmTarget(Target):
         else:
             head = f"{self.spec.image} did not reach droidoom's agent in {timeout:.0f} s ({accel})"
         if not tail:
-            tail = "(no console output: the kernel needs CONFIG_SERIAL_8250_CONSOLE, console=ttyS0)"
+            tail = (
+                "(no console output: the kernel needs CONFIG_SERIAL_8250_CONSOLE, console=ttyS0)"
+                if self.arch.name == "x86_64" else "(no console output: the kernel needs "
+                "CONFIG_SERIAL_AMBA_PL011_CONSOLE, console=ttyAMA0)"
+            )  # fmt: skip
         hint = "see `droidoom lab build --help` for the config an image needs"
         return f"{head}; {hint}. Console tail:\n{tail}"
 
@@ -326,14 +364,15 @@ class VmTarget(Target):
                 device=self.name,
                 transport="qemu",
                 model=f"QEMU {self.qemu} ({self.accel})",
-                abi="x86_64",
+                abi=self.arch.abi,
                 kernel_release=rel,
                 cpus=int(cpus or 0),
                 root=True,
                 pid_max=int(pid_max or 0),
                 threads_max=int(threads_max or 0),
                 fingerprint=f"{self.spec.image.name} sha256:{self.image_sha[:16]}",
-                extra={"kernel_version": version, "machine": "x86_64", "vm": self.vm_info()},
+                extra={"kernel_version": version, "vm": self.vm_info(),
+                       "machine": self.arch.qemu.removeprefix("qemu-system-")},  # fmt: skip
             )
         return self._facts
 
@@ -342,6 +381,11 @@ class VmTarget(Target):
         return {
             "image": str(self.spec.image.resolve()),
             "image_sha256": self.image_sha,
+            "arch": self.arch.name,
+            "compression": self.image.compression,
+            "machine": self.arch.machine,
+            "cpu": "host" if self.accel == "kvm" else self.arch.tcg_cpu,
+            "channel": self.channel,
             "accel": self.accel,
             "accel_note": self.kvm_note,
             "qemu": self.qemu,
