@@ -1,0 +1,150 @@
+"""The arm64 lab (issue 20): architecture detection on real and crafted image headers, and
+the reference pair cross-built for arm64 (Debian 6.1, aarch64-linux-gnu-gcc), booted in
+qemu-system-aarch64 (-M virt -cpu max, TCG) with the arm64 helper: REGRESSED on the
+reverted kernel, FIXED on the stock one, each within the issue's 90 s bar.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from conftest import measure_again, run_cli, verdict_of
+
+from droidoom.errors import UsageError
+from droidoom.lab import arch, build, kimage
+
+needs_arm64 = pytest.mark.skipif(
+    shutil.which("qemu-system-aarch64") is None or shutil.which("aarch64-linux-gnu-gcc") is None,
+    reason="apt-get install qemu-system-arm gcc-aarch64-linux-gnu (see .ci/run)",
+)
+
+#: The issue's bar for `profile --kernel <arm64 Image> --quick` under TCG, boot included.
+ARM64_QUICK_BAR_S = 90.0
+
+
+def _arm64_header(flags: int = 0) -> bytes:
+    """The 64-byte arm64 Image header (Documentation/arm64/booting.rst), then padding."""
+    head = bytearray(0x210)
+    head[24:32] = flags.to_bytes(8, "little")
+    head[56:60] = b"ARM\x64"
+    return bytes(head)
+
+
+def test_arch_from_crafted_headers(tmp_path):
+    img = tmp_path / "Image"
+    img.write_bytes(_arm64_header())
+    assert arch.detect(img).arch is arch.ARM64
+    bz = tmp_path / "kernel"  # the name says nothing: the header decides
+    bz.write_bytes(b"\0" * 0x202 + b"HdrS" + b"\0" * 16)
+    assert arch.detect(bz).arch is arch.X86_64
+    gz = tmp_path / "Image.gz"
+    gz.write_bytes(gzip.compress(_arm64_header()))
+    found = arch.detect(gz)
+    assert (found.arch, found.compression) == (arch.ARM64, "gzip")
+    assert found.path.read_bytes() == _arm64_header() and found.source == gz
+    big = tmp_path / "Image.be"
+    big.write_bytes(_arm64_header(flags=1))
+    with pytest.raises(UsageError, match="big-endian"):
+        arch.detect(big)
+
+
+def test_lz4_image_and_non_images(tmp_path):
+    if shutil.which("lz4") is None:
+        pytest.skip("lz4 missing: apt-get install lz4")
+    plain = tmp_path / "Image"
+    plain.write_bytes(_arm64_header())
+    subprocess.run(["lz4", "-l", "-q", str(plain), str(tmp_path / "Image.lz4")], check=True)
+    found = arch.detect(tmp_path / "Image.lz4")
+    assert (found.arch, found.compression) == (arch.ARM64, "lz4")
+    p = run_cli("profile", "--kernel", "/bin/ls", "--quick")  # an ELF: the vmlinux mistake
+    assert p.returncode == 2 and "ELF file (vmlinux?)" in " ".join(p.stderr.split())
+    p = run_cli("doctor", "--kernel", "/bin/ls")
+    assert p.returncode == 2
+
+
+def test_ikconfig_is_read_like_extract_ikconfig():
+    config = "CONFIG_PREEMPT=y\nCONFIG_VIRTIO_CONSOLE=y\n"
+    blob = b"code IKCFG_ST in text\0" + b"IKCFG_ST" + gzip.compress(config.encode()) + b"IKCFG_ED"
+    assert kimage.ikconfig(b"\0" * 100 + blob + b"\0" * 100) == config
+    assert kimage.ikconfig(b"no config here") is None
+
+
+@pytest.fixture(scope="session")
+def arm64_kernels() -> dict[str, Path]:
+    """Both arm64 reference kernels (cross-built once, then from the cache)."""
+    if shutil.which("qemu-system-aarch64") is None or shutil.which("aarch64-linux-gnu-gcc") is None:
+        pytest.skip("apt-get install qemu-system-arm gcc-aarch64-linux-gnu (see .ci/run)")
+    out = {}
+    for v in ("fixed", "regressed"):
+        k = build.build(v, arch=arch.ARM64)
+        print(f"arm64 {v}: {'cached' if k.cached else f'built in {k.seconds:.0f} s'}")
+        out[v] = k.image
+    return out
+
+
+@needs_arm64
+def test_built_arm64_images_are_recognised_and_checked(arm64_kernels):
+    img = arch.detect(arm64_kernels["fixed"])
+    assert img.arch is arch.ARM64 and img.compression == "none"
+    assert arch.channels(img)[0] == "virtio-pci"  # the lab's fragment has PCI and MMIO
+    checks = {c.name: c for c in kimage.checks(arm64_kernels["fixed"])}
+    assert checks["embedded config"].status == "ok"  # CONFIG_IKCONFIG in the fragment
+    assert checks["CONFIG_PREEMPT"].status == "ok"
+    assert not [c for c in checks.values() if c.status == "missing"]
+
+
+def _quick(image: Path, out: Path) -> tuple[Path, float]:
+    t0 = time.monotonic()
+    p = run_cli("profile", "--kernel", str(image), "--quick", "--out", str(out), timeout=600)
+    wall = time.monotonic() - t0
+    assert p.returncode == 0, p.stderr + p.stdout
+    (run,) = [d for d in out.iterdir() if d.is_dir()]
+    return run, wall
+
+
+@needs_arm64
+@pytest.mark.parametrize("variant,status", [("regressed", "REGRESSED"), ("fixed", "FIXED")])
+def test_arm64_quick_verdict(arm64_kernels, tmp_path, variant, status):
+    """`profile --kernel Image --quick` as a user runs it: the verdict, within the bar, and
+    run.json says the VM was an arm64 virt machine with the arm64 helper."""
+
+    def measure(attempt: int) -> tuple[Path, float]:
+        return _quick(arm64_kernels[variant], tmp_path / f"try{attempt}")
+
+    (run, wall), _ = measure_again(measure, lambda r: not verdict_of(r[0]).disturbed)
+    print(f"arm64 {variant}: {wall:.1f} s wall")
+    assert verdict_of(run).status.name == status
+    meta = json.loads((run / "run.json").read_text())
+    vm = meta["vm"] if "vm" in meta else meta["device_extra"]["vm"]
+    assert (vm["arch"], vm["machine"], vm["cpu"], vm["accel"]) == ("arm64", "virt", "max", "tcg")
+    assert vm["channel"] in ("virtio-pci", "virtio-mmio", "serial")
+    assert wall < ARM64_QUICK_BAR_S, f"{wall:.0f} s > {ARM64_QUICK_BAR_S:.0f} s"
+
+
+@needs_arm64
+@pytest.mark.parametrize("channel", ["virtio-mmio", "serial"])
+def test_arm64_channel_fallbacks_carry_bytes_and_exit_codes(arm64_kernels, tmp_path, channel):
+    """The channels a GKI image may offer instead of virtio-pci: a virtio console on MMIO,
+    or only the PL011 UART (a raw tty: every byte value, long lines, no echo)."""
+    from droidoom.lab.qemu import VmSpec
+    from droidoom.targets.vm import VmTarget
+
+    t = VmTarget(VmSpec(arm64_kernels["fixed"], accel="tcg", channel=channel))
+    try:
+        assert t.vm_info()["channel"] == channel
+        r = t.sh("printf 'no newline'; echo oops >&2; exit 7")
+        assert (r.exit_code, r.stdout, r.stderr) == (7, "no newline", "oops\n")
+        blob = bytes(range(256)) * 64 + b"\n__DD_R 1 0 0 0\n" + b"x" * 9000  # > a tty line
+        (tmp_path / "in").write_bytes(blob)
+        t.push(tmp_path / "in", "/tmp/blob", mode=0o600)
+        t.pull("/tmp/blob", tmp_path / "out")
+        assert (tmp_path / "out").read_bytes() == blob
+        assert t.facts().abi == "arm64-v8a" and t.sh("uname -m").stdout.strip() == "aarch64"
+    finally:
+        t.close()
