@@ -122,7 +122,8 @@ def test_arm64_quick_verdict(arm64_kernels, tmp_path, variant, status):
     assert verdict_of(run).status.name == status
     meta = json.loads((run / "run.json").read_text())
     vm = meta["vm"] if "vm" in meta else meta["device_extra"]["vm"]
-    assert (vm["arch"], vm["machine"], vm["cpu"], vm["accel"]) == ("arm64", "virt", "max", "tcg")
+    assert (vm["arch"], vm["machine"], vm["accel"]) == ("arm64", "virt", "tcg")
+    assert vm["cpu"].split(",")[0] == "max"
     assert vm["channel"] in ("virtio-pci", "virtio-mmio", "serial")
     assert wall < ARM64_QUICK_BAR_S, f"{wall:.0f} s > {ARM64_QUICK_BAR_S:.0f} s"
 

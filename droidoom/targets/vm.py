@@ -198,9 +198,9 @@ class VmTarget(Target):
             return [self.spec.accel]
         ok, why = kvm_usable()
         host = platform.machine().lower()
-        if ok and host not in ({"x86_64", "amd64"} if self.arch.name == "x86_64" else
-                               {"aarch64", "arm64"}):  # fmt: skip
-            ok, why = False, f"a {self.arch.name} guest on a {host} host runs under TCG only"
+        if host not in ({"x86_64", "amd64"} if self.arch.name == "x86_64" else
+                        {"aarch64", "arm64"}):  # fmt: skip
+            ok, why = False, f"an {self.arch.name} guest on an {host} host runs under TCG only"
         probe = self._kvm_probe_file()
         if ok and probe.is_file():
             ok, why = False, json.loads(probe.read_text()).get("why", "a cached probe failed")
