@@ -135,6 +135,7 @@ def test_arm64_quick_verdict(arm64_runs, variant, status):
     assert (vm["arch"], vm["machine"], vm["accel"]) == ("arm64", "virt", "tcg")
     assert vm["cpu"].split(",")[0] == "max" and meta["helper"]["abi"] == "aarch64"
     assert vm["channel"] == "virtio-pci"  # the lab's kernels have it
+    assert meta["device"].startswith(f"qemu:{variant}-")  # named by kernels/<key>/<variant>/
     assert wall < ARM64_QUICK_BAR_S, f"{wall:.0f} s > {ARM64_QUICK_BAR_S:.0f} s"
 
 

@@ -174,9 +174,9 @@ class VmTarget(Target):
         self.spec = spec
         self.qemu = qemu_version(self.arch)
         self.image_sha = sha256(spec.image)
-        stem = spec.image.parent.name if spec.image.name in ("bzImage", "vmlinuz") else (
-            spec.image.stem
-        )
+        # a generic file name says nothing: its directory does (kernels/<key>/regressed/Image)
+        generic = ("bzImage", "vmlinuz", "Image", "Image.gz", "Image.lz4")
+        stem = spec.image.parent.name if spec.image.name in generic else spec.image.stem
         self.name = f"qemu:{label or stem}-{self.image_sha[:8]}"
         self._initrd = initramfs(binary_path(self.arch.abi), cache_dir(), self.arch)
         self._channels = channels(self.image) if spec.channel == "auto" else [spec.channel]
