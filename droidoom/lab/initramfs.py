@@ -79,6 +79,9 @@ while read -r cmd id a n m; do
   PUT)
     p=$(b "$a"); echo "__DD_GO $id"; head -c "$n" >"$p"; chmod "$m" "$p"
     echo "__DD_OK $id $(wc -c <"$p")";;
+  PUTZ)
+    p=$(b "$a"); echo "__DD_GO $id"; head -c "$n" | gunzip >"$p"; chmod "$m" "$p"
+    echo "__DD_OK $id $(wc -c <"$p")";;
   GET)
     p=$(b "$a")
     if [ -f "$p" ]; then echo "__DD_F $id 0 $(wc -c <"$p")"; cat "$p"
