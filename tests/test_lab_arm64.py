@@ -54,6 +54,25 @@ def test_arch_from_crafted_headers(tmp_path):
         arch.detect(big)
 
 
+def test_channels_follow_the_drivers_an_image_has_built_in(tmp_path):
+    """A GKI-like Image may have a virtio console on one bus only, or only the UART: try what
+    is there, best first; with no driver name at all (an unusual build) try every one."""
+
+    def image(*names: bytes) -> arch.Image:
+        path = tmp_path / f"Image-{len(list(tmp_path.iterdir()))}"
+        path.write_bytes(_arm64_header() + b"\0".join(names))
+        return arch.detect(path)
+
+    both = image(b"virtio_console", b"virtio-pci", b"virtio-mmio", b"uart-pl011")
+    assert arch.channels(both) == ["virtio-pci", "virtio-mmio", "serial"]
+    assert arch.channels(image(b"virtio_console", b"virtio-mmio")) == ["virtio-mmio"]
+    uart_only = image(b"virtio-pci", b"uart-pl011")  # virtio_console as a module
+    assert arch.channels(uart_only) == ["serial"]
+    assert "CONFIG_VIRTIO_CONSOLE" in arch.lacks(uart_only)
+    assert arch.channels(image()) == list(arch.CHANNELS)
+    assert "CONFIG_SERIAL_AMBA_PL011" in arch.lacks(image())
+
+
 def test_lz4_image_and_non_images(tmp_path):
     if shutil.which("lz4") is None:
         pytest.skip("lz4 missing: apt-get install lz4")
