@@ -185,3 +185,27 @@ def test_arm64_channel_fallbacks_carry_bytes_and_exit_codes(arm64_kernels, tmp_p
         assert t.facts().abi == "arm64-v8a" and t.sh("uname -m").stdout.strip() == "aarch64"
     finally:
         t.close()
+
+
+def test_qemu_command_per_arch_and_channel(tmp_path):
+    """arm64: -M virt -cpu max (TCG); the agent on a virtio console (PCI or MMIO) or the
+    UART itself; init started as `busybox sh /init`, so no script needs BINFMT_SCRIPT (was
+    rdinit=/init, a #! script: "No working init found" on a kernel without it; measured on
+    a lab kernel rebuilt without BINFMT_SCRIPT and TMPFS: REGRESSED in 24 s)."""
+    from droidoom.lab.qemu import VmSpec, qemu_command
+
+    spec = VmSpec(tmp_path / "Image", append="loglevel=3")
+    sock, log = tmp_path / "a.sock", tmp_path / "c.log"
+    pci = qemu_command(spec, tmp_path / "i", "tcg", sock, log, arch.ARM64, "virtio-pci")
+    assert pci[pci.index("-M") + 1] == "virt" and pci[pci.index("-cpu") + 1].startswith("max")
+    assert "virtio-serial-pci" in pci and f"file:{log}" in pci
+    append = pci[pci.index("-append") + 1]
+    assert "console=ttyAMA0" in append and "rdinit=/bin/busybox" in append
+    assert append.endswith("loglevel=3 -- sh /init")  # the user's options stay kernel options
+    mmio = qemu_command(spec, tmp_path / "i", "tcg", sock, log, arch.ARM64, "virtio-mmio")
+    assert "virtio-serial-device" in mmio
+    uart = qemu_command(spec, tmp_path / "i", "tcg", sock, log, arch.ARM64, "serial")
+    assert "chardev:agent" in uart and not [a for a in uart if "virtserialport" in a]
+    assert "droidoom.port=ttyAMA0" in uart[uart.index("-append") + 1]
+    x86 = qemu_command(spec, tmp_path / "i", "kvm", sock, log)
+    assert "-M" not in x86 and x86[x86.index("-cpu") + 1] == "host" and "virtio-serial-pci" in x86

@@ -35,7 +35,6 @@ def ikconfig(data: bytes) -> str | None:
 NEEDED = (
     ("CONFIG_BLK_DEV_INITRD", "boot", "droidoom's initramfs is the guest's whole userspace"),
     ("CONFIG_BINFMT_ELF", "boot", "runs busybox and the helper"),
-    ("CONFIG_BINFMT_SCRIPT", "boot", "runs /init and the agent (shell scripts)"),
     ("CONFIG_DEVTMPFS", "boot", "/dev for the agent's port"),
     ("CONFIG_PROC_FS", "writes", "/proc/<pid>/oom_score_adj itself"),
     ("CONFIG_PROC_SYSCTL", "writes", "pid_max up to 32768 for the populations"),

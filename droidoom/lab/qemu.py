@@ -126,7 +126,9 @@ def qemu_command(spec: VmSpec, initrd: Path, accel: str, sock: Path, console: Pa
     QEMU loads (default spec.image; a decompressed copy for Image.gz)."""
     if len(str(sock)) > _SUN_PATH_MAX:
         raise PermanentTargetError(f"QEMU's socket path is too long for a unix socket: {sock}")
-    append = f"console={arch.console} panic=-1 quiet rdinit=/init"
+    # init is /bin/busybox with the arguments after "--" (the kernel passes them to init):
+    # `busybox sh /init` runs the script without CONFIG_BINFMT_SCRIPT
+    append = f"console={arch.console} panic=-1 quiet rdinit=/bin/busybox"
     if channel == "serial":  # init reads droidoom.port from /proc/cmdline
         append += f" droidoom.port={arch.console}"
     chardev = f"socket,id=agent,path={qemu_opt(sock)}"  # key=value,...: escaped
@@ -134,7 +136,7 @@ def qemu_command(spec: VmSpec, initrd: Path, accel: str, sock: Path, console: Pa
         shutil.which(arch.qemu) or arch.qemu, "-nodefaults", "-display", "none", "-no-reboot",
         "-monitor", "none", "-accel", accel, "-smp", str(spec.cpus),
         "-m", str(spec.memory_mb), "-kernel", str(kernel or spec.image), "-initrd", str(initrd),
-        "-append", f"{append} {spec.append}".strip(), "-chardev", chardev,
+        "-append", f"{append} {spec.append} -- sh /init", "-chardev", chardev,
     ]  # fmt: skip
     if arch.machine != "pc":
         cmd += ["-M", arch.machine]
