@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import shutil
 import subprocess
 import time
@@ -209,3 +210,24 @@ def test_qemu_command_per_arch_and_channel(tmp_path):
     assert "droidoom.port=ttyAMA0" in uart[uart.index("-append") + 1]
     x86 = qemu_command(spec, tmp_path / "i", "kvm", sock, log)
     assert "-M" not in x86 and x86[x86.index("-cpu") + 1] == "host" and "virtio-serial-pci" in x86
+
+
+@pytest.mark.skipif(shutil.which("apt-get") is None or os.geteuid() != 0,
+                    reason="needs apt-get, as root")  # fmt: skip
+def test_busybox_for_arm64_without_the_systems_arm64_lists(tmp_path):
+    """A host whose dpkg has no arm64 (a fresh machine): busybox-static:arm64 comes through
+    private package lists (a real `apt-get update` into tmp, ~20 MB), the system's apt
+    state untouched; the result is a static aarch64 ELF."""
+    from droidoom.lab import initramfs
+
+    before = subprocess.run(["dpkg", "--print-foreign-architectures"], capture_output=True,
+                            text=True).stdout  # fmt: skip
+    work = tmp_path / "dl"
+    work.mkdir()
+    p = initramfs._download_private("busybox-static:arm64", arch.ARM64, work)
+    assert p.returncode == 0, p.stderr
+    (deb,) = work.glob("busybox-static_*_arm64.deb")
+    subprocess.run(["dpkg-deb", "-x", str(deb), str(tmp_path / "x")], check=True)
+    assert initramfs._static_for(tmp_path / "x" / "bin" / "busybox", arch.ARM64.elf_machine)
+    assert subprocess.run(["dpkg", "--print-foreign-architectures"], capture_output=True,
+                          text=True).stdout == before  # fmt: skip

@@ -163,6 +163,8 @@ def _fetch_busybox(arch: Arch, where: Path, env: str) -> Path:
     try:
         p = subprocess.run(["apt-get", "download", pkg], cwd=tmp, capture_output=True,
                            text=True, timeout=300)  # fmt: skip
+        if p.returncode != 0:  # no arm64 lists: fetch them into a private dir, not the system's
+            p = _download_private(pkg, arch, tmp)
         debs = list(tmp.glob("*.deb"))
         if p.returncode != 0 or not debs:
             why = (p.stderr or p.stdout).strip().splitlines()[-1:] or ["no .deb"]
@@ -180,6 +182,22 @@ def _fetch_busybox(arch: Arch, where: Path, env: str) -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return where / "busybox"
+
+
+def _download_private(pkg: str, arch: Arch, tmp: Path) -> subprocess.CompletedProcess[str]:
+    """`apt-get download pkg` with the system's sources but private package lists for
+    `arch` (an `apt-get update` into tmp/lists, ~20 MB, removed after): for a host whose dpkg
+    has no `arch` configured. Changes nothing of the system's apt state."""
+    lists = tmp / "lists"
+    (lists / "partial").mkdir(parents=True)
+    opts = ["-o", f"Dir::State::Lists={lists}", "-o", f"APT::Architectures::={arch.dpkg_arch}",
+            "-o", "Debug::NoLocking=1"]  # fmt: skip
+    up = subprocess.run(["apt-get", "-q", *opts, "update"], cwd=tmp, capture_output=True,
+                        text=True, timeout=600)  # fmt: skip
+    if up.returncode != 0:
+        return up
+    return subprocess.run(["apt-get", *opts, "download", pkg], cwd=tmp, capture_output=True,
+                          text=True, timeout=300)  # fmt: skip
 
 
 def _mkdir(p: Path) -> Path:
