@@ -5,6 +5,8 @@ Everything is cached under `droidoom.lab.cache_dir()`:
     src/linux-source-6.1_<version>_all.deb       the pinned source package (apt-get download)
     build/linux-source-6.1/                      one extracted tree, built in place
     kernels/<key>/<variant>/bzImage, build.json   finished images
+`--arch arm64` (droidoom.lab.arch.ARM64) cross-builds in build/linux-source-6.1-arm64/ into
+kernels/<key>/<variant>/Image, its keys adding the architecture and the cross compiler.
 The key hashes the source version, config fragment, patch (regressed only), compiler version
 and variant, so a change to any of them builds anew while the second variant reuses the
 first one's objects (an incremental build of one file).
