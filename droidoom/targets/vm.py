@@ -235,17 +235,23 @@ class VmTarget(Target):
                 self.channel = channel
                 return
             except PermanentTargetError as e:
-                tried.append(f"{channel}: {str(e).splitlines()[0]}")
-                last = i == len(self._channels) - 1
-                # a missing virtio port, or no agent on the UART: the next channel may work;
-                # a panic or QEMU's own failure would be the same on every channel
-                if last or not ("virtio serial port" in str(e) or "did not reach" in str(e)):
-                    if len(tried) > 1:
-                        raise PermanentTargetError(
-                            f"no agent channel worked ({'; '.join(tried[:-1])}); last: {e}\n"
-                            f"{self.spec.image} may lack: {lacks(self.image)}"
-                        ) from None
+                tried.append(f"{channel}: {str(e).splitlines()[0].split('; ')[0]}")
+                # a missing virtio port (init says so, or, with no console to say it on, just
+                # powers off: "QEMU exited"), or no agent on the UART: the next channel may
+                # work; a panic would be the same on every channel
+                marks = ("virtio serial port", "did not reach", "QEMU exited while booting")
+                if not any(m in str(e) for m in marks):
                     raise
+                if i < len(self._channels) - 1:
+                    continue
+                miss = lacks(self.image) if self.arch.name == "arm64" else ""
+                if not miss:
+                    raise
+                earlier = f" (tried {'; '.join(tried[:-1])})" if len(tried) > 1 else ""
+                raise PermanentTargetError(
+                    f"no agent channel worked{earlier}: {self.spec.image} may lack {miss}. "
+                    f"Last: {e}"
+                ) from None
 
     def _boot_channel(self, accel: str, timeout: float, channel: str) -> None:
         m = Machine(self.spec, self._initrd, accel, self.arch, channel, self.image.path)
@@ -293,7 +299,8 @@ class VmTarget(Target):
                 if self.arch.name == "x86_64" else "(no console output: the kernel needs "
                 "CONFIG_SERIAL_AMBA_PL011_CONSOLE, console=ttyAMA0)"
             )  # fmt: skip
-        hint = "see `droidoom lab build --help` for the config an image needs"
+        hint = (f"`droidoom doctor --kernel {self.spec.image}` says what it can do, "
+                f"`droidoom lab config --arch {self.arch.name}` prints the config it needs")
         return f"{head}; {hint}. Console tail:\n{tail}"
 
     def _why_dead(self) -> str:
