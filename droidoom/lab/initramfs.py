@@ -34,10 +34,18 @@ export PATH=/bin HOME=/tmp
 miss() { echo "DROIDOOM-MISSING: $*"; }
 mount -t proc proc /proc || miss "procfs (CONFIG_PROC_FS)"
 mount -t sysfs sysfs /sys || miss "sysfs (CONFIG_SYSFS)"
-mount -t devtmpfs devtmpfs /dev || miss "devtmpfs (CONFIG_DEVTMPFS)"
+# without devtmpfs (tinyconfig has none), the agent's port gets its node from sysfs (mkdev)
+mount -t devtmpfs devtmpfs /dev 2>/dev/null
+mkdev() {
+  [ -e "/dev/$1" ] && return
+  for d in /sys/class/*/"$1"/dev; do
+    [ -f "$d" ] && read -r mm <"$d" && mknod "/dev/$1" c "${mm%:*}" "${mm#*:}" && return
+  done
+  miss "/dev/$1 (CONFIG_DEVTMPFS, or sysfs to find its device number)"
+}
 # without tmpfs, /tmp stays on the initramfs itself (ramfs: writable too)
 mount -t tmpfs tmpfs /tmp 2>/dev/null
-[ -e /proc/sys/kernel/pid_max ] || miss "sysctl files (CONFIG_PROC_SYSCTL)"
+# without sysctl files pid_max stays at the kernel's default (the helper reads the limit)
 # tinyconfig kernels start with pid_max 4096; its hard limit is 32768 even then.
 echo 32768 > /proc/sys/kernel/pid_max 2>/dev/null
 # The agent's channel: the serial console itself when the host says so (droidoom.port=, an
@@ -47,6 +55,7 @@ for w in $(cat /proc/cmdline); do
   case "$w" in droidoom.port=*) port=/dev/${w#droidoom.port=};; esac
 done
 if [ -n "$port" ]; then
+  mkdev "${port#/dev/}"
   # a raw line: no echo, no CR/LF mapping, no ^C, no 4096-byte line limit; and no kernel
   # messages from now on, they would land in the middle of a reply
   stty -F "$port" raw -echo -ixon -ixoff || miss "a working $port (CONFIG_SERIAL_AMBA_PL011)"
@@ -56,7 +65,7 @@ if [ -n "$port" ]; then
 fi
 for i in 1 2 3 4 5 6 7 8 9 10; do
   for p in /sys/class/virtio-ports/*; do
-    [ "$(cat "$p/name" 2>/dev/null)" = droidoom ] && port=/dev/${p##*/}
+    [ "$(cat "$p/name" 2>/dev/null)" = droidoom ] && port=/dev/${p##*/} && mkdev "${p##*/}"
   done
   [ -n "$port" ] && [ -e "$port" ] && break
   sleep 0.2

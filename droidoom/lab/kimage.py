@@ -35,9 +35,7 @@ def ikconfig(data: bytes) -> str | None:
 NEEDED = (
     ("CONFIG_BLK_DEV_INITRD", "boot", "droidoom's initramfs is the guest's whole userspace"),
     ("CONFIG_BINFMT_ELF", "boot", "runs busybox and the helper"),
-    ("CONFIG_DEVTMPFS", "boot", "/dev for the agent's port"),
     ("CONFIG_PROC_FS", "writes", "/proc/<pid>/oom_score_adj itself"),
-    ("CONFIG_PROC_SYSCTL", "writes", "pid_max up to 32768 for the populations"),
     ("CONFIG_TMPFS", "boot", "/tmp for plans and records"),
     ("CONFIG_FUTEX", "writes", "the helper's threads"),
     ("CONFIG_MULTIUSER", "writes", "root vs non-root writes"),
@@ -47,6 +45,8 @@ NICE = (
     ("CONFIG_PREEMPT", "kernel", "preemptible like GKI (without it: a server kernel's timing)"),
     ("CONFIG_FTRACE", "tracing", "tracefs for --capture ftrace (GKI has it)"),
     ("CONFIG_SMP", "kernel", "several vCPUs"),
+    ("CONFIG_PROC_SYSCTL", "writes", "pid_max raised to 32768 for the populations"),
+    ("CONFIG_DEVTMPFS", "boot", "/dev (without it init makes the port's node from sysfs)"),
 )
 
 

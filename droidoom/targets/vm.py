@@ -368,8 +368,9 @@ class VmTarget(Target):
     def facts(self) -> TargetFacts:
         if self._facts is None:
             res = self.sh(
-                "uname -r; nproc; cat /proc/sys/kernel/pid_max /proc/sys/kernel/threads-max; "
-                "uname -v", timeout=30,
+                # one line each, also without sysctl files (CONFIG_PROC_SYSCTL=n: 0)
+                "uname -r; nproc; for f in pid_max threads-max; do "
+                "cat /proc/sys/kernel/$f 2>/dev/null || echo 0; done; uname -v", timeout=30,
             )  # fmt: skip
             rel, cpus, pid_max, threads_max, version = (res.stdout.splitlines() + [""] * 5)[:5]
             self._facts = TargetFacts(
