@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import PermanentTargetError, UsageError
-from .arch import X86_64, Arch
+from .arch import X86_64, Arch, detect
 
 QEMU = X86_64.qemu
 _PR_SET_PDEATHSIG = 1
@@ -44,18 +44,8 @@ class VmSpec:
 
 
 def check_image(image: Path) -> None:
-    """An x86 bzImage (boot protocol header "HdrS" at 0x202), else a clear UsageError."""
-    try:
-        with open(image, "rb") as f:
-            f.seek(0x202)
-            magic = f.read(4)
-    except OSError as e:
-        raise UsageError(f"--kernel {image}: {e.strerror}") from None
-    if magic != b"HdrS":
-        raise UsageError(
-            f"--kernel {image} is not an x86 bzImage (arch/x86/boot/bzImage of a kernel "
-            "build); other architectures are not supported yet"
-        )
+    """A kernel boot image droidoom can boot (droidoom.lab.arch.detect), else a UsageError."""
+    detect(image)
 
 
 def qemu_version(arch: Arch = X86_64) -> str:
