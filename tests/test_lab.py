@@ -110,7 +110,7 @@ def test_not_a_kernel_image_is_a_usage_error(tmp_path):
     bogus = tmp_path / "bzImage"
     bogus.write_bytes(b"\0" * 4096)
     p = run_cli("profile", "--kernel", str(bogus), "--quick")
-    assert p.returncode == 2 and "not an x86 bzImage" in " ".join(p.stderr.split())
+    assert p.returncode == 2 and "neither an x86_64 bzImage" in " ".join(p.stderr.split())
 
 
 def _qemu_pids(marker: str) -> list[int]:

@@ -57,6 +57,9 @@ def test_wheel_carries_helpers_example_and_license(dists):
     for abi in ("arm64-v8a", "armeabi-v7a", "x86", "x86_64"):
         assert f"droidoom/bin/{abi}/droidoom-helper" in names
     assert "droidoom/farm_example.toml" in names
+    # the lab's config fragments (`lab config [--arch arm64]`, `lab build`) and the revert
+    for data in ("kernel.config", "kernel-arm64.config", "revert-67197a4f28d2.patch"):
+        assert f"droidoom/lab/{data}" in names
     assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
 
 

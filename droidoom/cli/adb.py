@@ -114,14 +114,32 @@ def doctor(
     local: Annotated[bool, typer.Option("--local", help="Check this Linux host.")] = False,
     adb_host: AdbHost = None,
     adb_port: AdbPort = None,
+    kernel: Annotated[
+        Path | None,
+        typer.Option("--kernel", help="Check a kernel image for `profile --kernel` (read "
+                     "from the file, nothing booted)."),
+    ] = None,
 ) -> None:
     """What this target can do: writes, root, tracing, perf/simpleperf, limits.
 
     Each missing capability comes with the reason and the fix. Pushes the helper (as
-    `profile` would) to probe what this user may write.
+    `profile` would) to probe what this user may write. With --kernel IMAGE: what that
+    kernel image can do in the lab (architecture, compression, agent channel, and the
+    config options it embeds with CONFIG_IKCONFIG).
     """
     from ..targets.select import select_target
     from .doctor import MISSING, OK, diagnose
+
+    if kernel is not None:
+        if local or serial:
+            raise UsageError("--kernel checks an image file: drop --local/--serial")
+        from .doctor_kernel import checks as kernel_checks
+
+        if not kernel.is_file():
+            raise UsageError(f"--kernel {kernel}: no such file")
+        console.print(f"[bold]{kernel}[/]", soft_wrap=True, highlight=False)
+        _doctor_table(kernel_checks(kernel), OK, MISSING)
+        return
 
     target, notice = select_target(
         local=local, serial=serial, server=_server(adb_host, adb_port, required=False)

@@ -38,37 +38,43 @@ Accel = Annotated[
 ]
 KernelImage = Annotated[
     Path | None,
-    typer.Option("--kernel", help="Boot this x86_64 bzImage in QEMU and profile it (needs: "
-                 "`droidoom lab config`)."),
+    typer.Option("--kernel", help="Boot this kernel image in QEMU and profile it: an x86_64 "
+                 "bzImage or an arm64 Image[.gz|.lz4] (needs: `droidoom lab config [--arch "
+                 "arm64]`; check one with `droidoom doctor --kernel`)."),
 ]  # fmt: skip
+ArchOpt = Annotated[str, typer.Option("--arch", help="Kernel architecture: x86_64 or arm64.")]
 VmCpus = Annotated[int, typer.Option(help="--kernel: vCPUs of the guest.")]
 VmMemory = Annotated[int, typer.Option(help="--kernel: guest RAM in MiB.")]
 
 
 @lab.command("config")
-def config() -> None:
+def config(arch: ArchOpt = "x86_64") -> None:
     """Print the kernel config an image for `profile --kernel` needs (merge onto tinyconfig)."""
-    from ..lab.build import FRAGMENT
+    from ..lab.arch import by_name
 
     # As is, never through rich: its wrap at 80 columns cut comments onto lines without
     # their "#", and `lab config > frag.config` broke the fragment.
-    sys.stdout.write(FRAGMENT.read_text())
+    sys.stdout.write(by_name(arch).fragment.read_text())
 
 
 def _stepper(prog: Progress, task: TaskID) -> Callable[[int], None]:
     return lambda n: prog.update(task, completed=n)
 
 
-def build_kernels(variants: list[str], jobs: int | None = None) -> dict[str, Kernel]:
+def build_kernels(variants: list[str], jobs: int | None = None,
+                  arch_name: str = "x86_64") -> dict[str, Kernel]:  # fmt: skip
     """Build (or reuse) the reference kernels with a progress bar; {variant: Kernel}."""
     from ..lab import build as b
     from ..lab import cache_dir
+    from ..lab.arch import X86_64, by_name
 
-    est = b.estimate_seconds(variants)
+    arch = by_name(arch_name)
+    est = b.estimate_seconds(variants, arch)
+    cold = b.COLD_SECONDS_2CPU if arch is X86_64 else b.COLD_SECONDS_2CPU_ARM64
     if est:
         err_console.print(
-            f"building {', '.join(variants)} from Debian {b.PACKAGE} {b.version()} in "
-            f"{cache_dir()}: ~{est / 60:.1f} min here ({b.COLD_SECONDS_2CPU / 60:.0f} min "
+            f"building {arch.name} {', '.join(variants)} from Debian {b.PACKAGE} {b.version()} "
+            f"in {cache_dir()}: ~{est / 60:.1f} min here ({cold / 60:.0f} min "
             "cold on 2 busy cores: download, extract, one tinyconfig build; ~20 s per further "
             "variant); cached afterwards"
         )
@@ -79,7 +85,7 @@ def build_kernels(variants: list[str], jobs: int | None = None) -> dict[str, Ker
     with prog:
         for v in variants:
             task = prog.add_task(f"kernel {v}", total=b.COLD_STEPS)
-            out[v] = b.build(v, jobs=jobs, step=_stepper(prog, task))
+            out[v] = b.build(v, jobs=jobs, step=_stepper(prog, task), arch=arch)
     for v, k in out.items():
         how = "cached" if k.cached else f"built in {k.seconds:.0f} s"
         console.print(f"{v:9} ({how}):")
@@ -100,6 +106,7 @@ def build(
     jobs: Annotated[
         int | None, typer.Option("--jobs", "-j", help="make -j (default: CPUs).")
     ] = None,
+    arch: ArchOpt = "x86_64",
 ) -> None:
     """Build the reference kernels from Debian's linux-source-6.1 (pinned version).
 
@@ -110,7 +117,9 @@ def build(
     process_mrelease skip its walk over every process unless the mm is MMF_MULTIPROCESS
     (for `lab demo --measure kill`). Config: `make tinyconfig` + `droidoom lab config`.
     Needs apt packages
-    qemu-system-x86 build-essential flex bison bc cpio libelf-dev libssl-dev busybox-static.
+    qemu-system-x86 build-essential flex bison bc cpio libelf-dev libssl-dev busybox-static;
+    `--arch arm64` cross-builds an arm64 Image (`lab config --arch arm64`) and needs
+    gcc-aarch64-linux-gnu and qemu-system-arm too.
     """
     from ..lab.build import VARIANTS
 
@@ -118,7 +127,7 @@ def build(
     bad = [v for v in names if v not in VARIANTS]
     if bad or not names:
         raise UsageError(f"--variant takes {', '.join(VARIANTS)} (got {variant!r})")
-    build_kernels(names, jobs)
+    build_kernels(names, jobs, arch)
 
 
 #: Runs per kernel in `lab demo` while the verdict says the host disturbed the sweep.
@@ -137,6 +146,7 @@ def demo(
         str, typer.Option("--measure", help="adj: the 2020 write regression (fixed vs "
                           "regressed). kill: lmkd's kill path (stock vs gated).")
     ] = "adj",
+    arch: ArchOpt = "x86_64",
 ) -> None:
     """The 2020 regression on this machine: profile both reference kernels, side by side.
 
@@ -154,7 +164,7 @@ def demo(
     if measure == "kill":
         from .lab_kill import demo_kill
 
-        demo_kill(out, html, accel, build_kernels(["fixed", "gated"]))
+        demo_kill(out, html, accel, build_kernels(["fixed", "gated"], arch_name=arch))
         return
     if measure != "adj":
         raise UsageError(f"--measure {measure!r}: use adj or kill")
@@ -162,7 +172,7 @@ def demo(
     from ..report import terminal as report
     from ..run.runner import profile as run_profile
 
-    kernels = build_kernels(["fixed", "regressed"])
+    kernels = build_kernels(["fixed", "regressed"], arch_name=arch)
     spec = vm_spec_defaults(build_spec(quick), False, False)
     results = {}
     for v, k in kernels.items():

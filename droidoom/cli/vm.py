@@ -38,8 +38,9 @@ def open_vm(image: Path, accel: str = "auto", cpus: int = 2, memory: int = 1024,
         target = VmTarget(spec, label=label)
     info = target.vm_info()
     err_console.print(
-        f"[dim]booted {target.facts().kernel_release} in {info['boot_s']:.1f} s "
-        f"({info['accel']}{'; ' + target.kvm_note if target.kvm_note else ''})[/]"
+        f"[dim]booted {target.facts().kernel_release} ({info['arch']}) in {info['boot_s']:.1f} s "
+        f"({info['accel']}{'; ' + target.kvm_note if target.kvm_note else ''}; agent over "
+        f"{info['channel']})[/]"
     )
     return target
 

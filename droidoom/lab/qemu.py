@@ -23,8 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import PermanentTargetError, UsageError
+from .arch import X86_64, Arch, detect
 
-QEMU = "qemu-system-x86_64"
+QEMU = X86_64.qemu
 _PR_SET_PDEATHSIG = 1
 
 
@@ -41,28 +42,19 @@ class VmSpec:
     timeout: float = 900.0
     boot_timeout: float = 60.0  # seconds for the guest's agent to answer under TCG
     append: str = ""  # extra kernel command line
+    channel: str = "auto"  # agent channel: auto (what the image has), virtio-pci/-mmio, serial
 
 
 def check_image(image: Path) -> None:
-    """An x86 bzImage (boot protocol header "HdrS" at 0x202), else a clear UsageError."""
-    try:
-        with open(image, "rb") as f:
-            f.seek(0x202)
-            magic = f.read(4)
-    except OSError as e:
-        raise UsageError(f"--kernel {image}: {e.strerror}") from None
-    if magic != b"HdrS":
-        raise UsageError(
-            f"--kernel {image} is not an x86 bzImage (arch/x86/boot/bzImage of a kernel "
-            "build); other architectures are not supported yet"
-        )
+    """A kernel boot image droidoom can boot (droidoom.lab.arch.detect), else a UsageError."""
+    detect(image)
 
 
-def qemu_version() -> str:
-    """`qemu-system-x86_64 --version` first line, or a UsageError saying what to install."""
-    exe = shutil.which(QEMU)
+def qemu_version(arch: Arch = X86_64) -> str:
+    """`qemu-system-<arch> --version` first line, or a UsageError saying what to install."""
+    exe = shutil.which(arch.qemu)
     if exe is None:
-        raise UsageError(f"{QEMU} not found: `apt-get install qemu-system-x86`")
+        raise UsageError(f"{arch.qemu} not found: `apt-get install {arch.qemu_package}`")
     out = subprocess.run([exe, "--version"], capture_output=True, text=True).stdout
     m = re.search(r"version (\S+)", out)
     return m.group(1) if m else out.strip()[:40]
@@ -112,24 +104,44 @@ def qemu_opt(value: str | Path) -> str:
     return str(value).replace(",", ",,")
 
 
-def qemu_command(spec: VmSpec, initrd: Path, accel: str, sock: Path, console: Path) -> list[str]:
+#: QEMU's virtio-serial controller per agent channel ("serial": none, the UART is the agent's).
+VIRTIO_SERIAL = {"virtio-pci": "virtio-serial-pci", "virtio-mmio": "virtio-serial-device"}
+
+
+def qemu_command(spec: VmSpec, initrd: Path, accel: str, sock: Path, console: Path,
+                 arch: Arch = X86_64, channel: str = "virtio-pci",
+                 kernel: Path | None = None) -> list[str]:  # fmt: skip
     """QEMU's argv (a list, no shell) for `spec`, its agent on the unix socket `sock` (a
-    server that QEMU connects to) and its console written to `console`."""
+    server that QEMU connects to) and its console written to `console`. `channel` is how the
+    agent talks: a virtio console port on PCI or MMIO, or ("serial") the serial console
+    itself, whose output then reaches `sock` instead of `console`. `kernel` is the image
+    QEMU loads (default spec.image; a decompressed copy for Image.gz)."""
     if len(str(sock)) > _SUN_PATH_MAX:
         raise PermanentTargetError(f"QEMU's socket path is too long for a unix socket: {sock}")
+    # init is /bin/busybox with the arguments after "--" (the kernel passes them to init):
+    # `busybox sh /init` runs the script without CONFIG_BINFMT_SCRIPT
+    append = f"console={arch.console} panic=-1 quiet rdinit=/bin/busybox"
+    if channel == "serial":  # init reads droidoom.port from /proc/cmdline
+        append += f" droidoom.port={arch.console}"
+    chardev = f"socket,id=agent,path={qemu_opt(sock)}"  # key=value,...: escaped
     cmd = [
-        shutil.which(QEMU) or QEMU, "-nodefaults", "-display", "none", "-no-reboot",
+        shutil.which(arch.qemu) or arch.qemu, "-nodefaults", "-display", "none", "-no-reboot",
         "-monitor", "none", "-accel", accel, "-smp", str(spec.cpus),
-        "-m", str(spec.memory_mb), "-kernel", str(spec.image), "-initrd", str(initrd),
-        "-append", f"console=ttyS0 panic=-1 quiet rdinit=/init {spec.append}".strip(),
-        # -serial file: takes the rest as the path; -kernel/-initrd take a bare path
-        "-serial", f"file:{console}",
-        "-device", "virtio-serial-pci",
-        "-chardev", f"socket,id=agent,path={qemu_opt(sock)}",  # key=value,...: escaped
-        "-device", "virtserialport,chardev=agent,name=droidoom",
+        "-m", str(spec.memory_mb), "-kernel", str(kernel or spec.image), "-initrd", str(initrd),
+        "-append", f"{append} {spec.append} -- sh /init", "-chardev", chardev,
     ]  # fmt: skip
+    if arch.machine != "pc":
+        cmd += ["-M", arch.machine]
+    if channel == "serial":
+        cmd += ["-serial", "chardev:agent"]
+    else:
+        # -serial file: takes the rest as the path; -kernel/-initrd take a bare path
+        cmd += ["-serial", f"file:{console}", "-device", VIRTIO_SERIAL[channel],
+                "-device", "virtserialport,chardev=agent,name=droidoom"]  # fmt: skip
     if accel == "kvm":
         cmd += ["-cpu", "host"]
+    elif arch.machine != "pc":  # x86 keeps QEMU's default CPU model under TCG, as before
+        cmd += ["-cpu", arch.tcg_cpu]
     return cmd
 
 
@@ -140,8 +152,9 @@ def _deathsig() -> None:  # runs in the child between fork and exec
 class Machine:
     """A running QEMU guest: `sock` is the connected agent channel."""
 
-    def __init__(self, spec: VmSpec, initrd: Path, accel: str):
-        self.spec, self.accel = spec, accel
+    def __init__(self, spec: VmSpec, initrd: Path, accel: str, arch: Arch = X86_64,
+                 channel: str = "virtio-pci", kernel: Path | None = None):  # fmt: skip
+        self.spec, self.accel, self.arch, self.channel = spec, accel, arch, channel
         self._dir = private_dir()
         self.console_log = self._dir / "console.log"
         path = self._dir / "agent.sock"
@@ -153,7 +166,7 @@ class Machine:
             shutil.rmtree(self._dir, ignore_errors=True)
             raise
         listener.listen(1)
-        cmd = qemu_command(spec, initrd, accel, path, self.console_log)
+        cmd = qemu_command(spec, initrd, accel, path, self.console_log, arch, channel, kernel)
         self.started = time.monotonic()
         self._proc = subprocess.Popen(
             cmd,

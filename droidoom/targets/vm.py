@@ -7,6 +7,7 @@ imports alone take ~40 s under TCG). The guest's userspace is droidoom's own ini
     host -> guest  one line per request: VERB ID [base64 script/path] [size] [mode]
     guest -> host  RUN   "__DD_R ID RC OUTLEN ERRLEN\\n" + stdout + stderr (exact lengths)
                    PUT   "__DD_GO ID" then the host sends SIZE raw bytes; "__DD_OK ID SIZE"
+                         (PUTZ: the same with SIZE gzipped bytes, on the slow UART channel)
                    GET   "__DD_F ID MISSING SIZE\\n" + SIZE raw bytes
                    SPAWN stdout streams as is, then "\\n__DD_X ID RC"; CLOSE ID closes its
                          stdin (the helper's "host gone" signal), KILL ID sends SIGTERM;
@@ -19,7 +20,9 @@ lost (the lesson of `adb shell` v1).
 from __future__ import annotations
 
 import base64
+import gzip
 import json
+import platform
 import socket
 import threading
 import time
@@ -29,8 +32,9 @@ from typing import Any, TypeVar
 
 from ..errors import PermanentTargetError, TransientTargetError
 from ..lab import cache_dir, follow
+from ..lab.arch import Image, channels, detect, lacks
 from ..lab.initramfs import GUEST_HELPER, MISSING_MARK, initramfs
-from ..lab.qemu import Machine, VmSpec, check_image, kvm_usable, qemu_version, sha256
+from ..lab.qemu import Machine, VmSpec, kvm_usable, qemu_version, sha256
 from .base import CommandResult, Process, Target, TargetFacts, find_files_sh
 
 _T = TypeVar("_T")
@@ -172,15 +176,18 @@ class VmTarget(Target):
     def __init__(self, spec: VmSpec, *, label: str | None = None):
         from ..native import binary_path
 
-        check_image(spec.image)
+        self.image: Image = detect(spec.image)
+        self.arch = self.image.arch
         self.spec = spec
-        self.qemu = qemu_version()
+        self.qemu = qemu_version(self.arch)
         self.image_sha = sha256(spec.image)
-        stem = spec.image.parent.name if spec.image.name in ("bzImage", "vmlinuz") else (
-            spec.image.stem
-        )
+        # a generic file name says nothing: its directory does (kernels/<key>/regressed/Image)
+        generic = ("bzImage", "vmlinuz", "Image", "Image.gz", "Image.lz4")
+        stem = spec.image.parent.name if spec.image.name in generic else spec.image.stem
         self.name = f"qemu:{label or stem}-{self.image_sha[:8]}"
-        self._initrd = initramfs(binary_path("x86_64"), cache_dir())
+        self._initrd = initramfs(binary_path(self.arch.abi), cache_dir(), self.arch)
+        self._channels = channels(self.image) if spec.channel == "auto" else [spec.channel]
+        self.channel = self._channels[0]
         self._lock = threading.Lock()
         self._rid = 0
         self._facts: TargetFacts | None = None
@@ -199,6 +206,10 @@ class VmTarget(Target):
         if self.spec.accel != "auto":
             return [self.spec.accel]
         ok, why = kvm_usable()
+        host = platform.machine().lower()
+        if host not in ({"x86_64", "amd64"} if self.arch.name == "x86_64" else
+                        {"aarch64", "arm64"}):  # fmt: skip
+            ok, why = False, f"an {self.arch.name} guest on an {host} host runs under TCG only"
         probe = self._kvm_probe_file()
         if ok and probe.is_file():
             ok, why = False, json.loads(probe.read_text()).get("why", "a cached probe failed")
@@ -222,7 +233,35 @@ class VmTarget(Target):
                 probe.write_text(json.dumps({"why": self.kvm_note}))
 
     def _boot_with(self, accel: str, timeout: float) -> None:
-        m = Machine(self.spec, self._initrd, accel)
+        """Boot on the first agent channel that works (an arm64 image may have a virtio
+        console on PCI or MMIO, or only the PL011 UART); say what the image lacks if none."""
+        tried: list[str] = []
+        for i, channel in enumerate(self._channels):
+            try:
+                self._boot_channel(accel, timeout, channel)
+                self.channel = channel
+                return
+            except PermanentTargetError as e:
+                tried.append(f"{channel}: {str(e).splitlines()[0].split('; ')[0]}")
+                # a missing virtio port (init says so, or, with no console to say it on, just
+                # powers off: "QEMU exited"), or no agent on the UART: the next channel may
+                # work; a panic would be the same on every channel
+                marks = ("virtio serial port", "did not reach", "QEMU exited while booting")
+                if not any(m in str(e) for m in marks):
+                    raise
+                if i < len(self._channels) - 1:
+                    continue
+                miss = lacks(self.image) if self.arch.name == "arm64" else ""
+                if not miss:
+                    raise
+                earlier = f" (tried {'; '.join(tried[:-1])})" if len(tried) > 1 else ""
+                raise PermanentTargetError(
+                    f"no agent channel worked{earlier}: {self.spec.image} may lack {miss}. "
+                    f"Last: {e}"
+                ) from None
+
+    def _boot_channel(self, accel: str, timeout: float, channel: str) -> None:
+        m = Machine(self.spec, self._initrd, accel, self.arch, channel, self.image.path)
         self.machine = m
         self._chan = Channel(m.sock, self._why_dead)
         t0 = time.monotonic()
@@ -235,6 +274,9 @@ class VmTarget(Target):
                 if ln and ln.startswith("__DD_READY"):
                     self.release = (ln.split() + ["?"])[1]
                     break
+                if ln is not None and channel == "serial":  # the console is the channel
+                    with open(m.console_log, "a") as log:
+                        log.write(ln + "\n")
                 tail = m.console_tail(40)
                 if "Kernel panic" in tail or MISSING_MARK in tail or not m.alive() or (
                     time.monotonic() - t0 > timeout
@@ -259,8 +301,13 @@ class VmTarget(Target):
         else:
             head = f"{self.spec.image} did not reach droidoom's agent in {timeout:.0f} s ({accel})"
         if not tail:
-            tail = "(no console output: the kernel needs CONFIG_SERIAL_8250_CONSOLE, console=ttyS0)"
-        hint = "see `droidoom lab build --help` for the config an image needs"
+            tail = (
+                "(no console output: the kernel needs CONFIG_SERIAL_8250_CONSOLE, console=ttyS0)"
+                if self.arch.name == "x86_64" else "(no console output: the kernel needs "
+                "CONFIG_SERIAL_AMBA_PL011_CONSOLE, console=ttyAMA0)"
+            )  # fmt: skip
+        hint = (f"`droidoom doctor --kernel {self.spec.image}` says what it can do, "
+                f"`droidoom lab config --arch {self.arch.name}` prints the config it needs")
         return f"{head}; {hint}. Console tail:\n{tail}"
 
     def _why_dead(self) -> str:
@@ -320,11 +367,14 @@ class VmTarget(Target):
 
     def push(self, local: Path, remote: str, mode: int = 0o644) -> None:
         data = Path(local).read_bytes()
+        # Over the UART host->guest bytes crawl (~6 KB/s under TCG): send them gzipped
+        # (PUTZ; a quick run's 170 KB plan is 7 KB so). The guest checks the unpacked size.
+        verb, wire = ("PUTZ", gzip.compress(data, 6)) if self.channel == "serial" else ("PUT", data)
         with self._lock:
             rid = self._next()
-            self._chan.send(f"PUT {rid} {_b64(remote)} {len(data)} {mode:o}\n".encode())
+            self._chan.send(f"{verb} {rid} {_b64(remote)} {len(wire)} {mode:o}\n".encode())
             self._chan.reply("__DD_GO", rid, 30, "starting a push")
-            self._chan.send(data)
+            self._chan.send(wire)
             (size,) = self._chan.reply("__DD_OK", rid, 60, "pushing a file")
         if int(size) != len(data):
             raise TransientTargetError(f"push of {remote}: {size} of {len(data)} bytes arrived")
@@ -355,22 +405,24 @@ class VmTarget(Target):
     def facts(self) -> TargetFacts:
         if self._facts is None:
             res = self.sh(
-                "uname -r; nproc; cat /proc/sys/kernel/pid_max /proc/sys/kernel/threads-max; "
-                "uname -v", timeout=30,
+                # one line each, also without sysctl files (CONFIG_PROC_SYSCTL=n: 0)
+                "uname -r; nproc; for f in pid_max threads-max; do "
+                "cat /proc/sys/kernel/$f 2>/dev/null || echo 0; done; uname -v", timeout=30,
             )  # fmt: skip
             rel, cpus, pid_max, threads_max, version = (res.stdout.splitlines() + [""] * 5)[:5]
             self._facts = TargetFacts(
                 device=self.name,
                 transport="qemu",
                 model=f"QEMU {self.qemu} ({self.accel})",
-                abi="x86_64",
+                abi=self.arch.abi,
                 kernel_release=rel,
                 cpus=int(cpus or 0),
                 root=True,
                 pid_max=int(pid_max or 0),
                 threads_max=int(threads_max or 0),
                 fingerprint=f"{self.spec.image.name} sha256:{self.image_sha[:16]}",
-                extra={"kernel_version": version, "machine": "x86_64", "vm": self.vm_info()},
+                extra={"kernel_version": version, "vm": self.vm_info(),
+                       "machine": self.arch.qemu.removeprefix("qemu-system-")},  # fmt: skip
             )
         return self._facts
 
@@ -379,6 +431,11 @@ class VmTarget(Target):
         return {
             "image": str(self.spec.image.resolve()),
             "image_sha256": self.image_sha,
+            "arch": self.arch.name,
+            "compression": self.image.compression,
+            "machine": self.arch.machine,
+            "cpu": "host" if self.accel == "kvm" else self.arch.tcg_cpu,
+            "channel": self.channel,
             "accel": self.accel,
             "accel_note": self.kvm_note,
             "qemu": self.qemu,
