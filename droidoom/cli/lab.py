@@ -19,10 +19,11 @@ from .. import units
 from ..errors import UsageError
 from .app import app, console, err_console
 from .options import DEFAULT_OUT, build_spec
-from .vm import open_vm, vm_spec_defaults
+from .vm import profile_kernels, vm_spec_defaults
 
 if TYPE_CHECKING:  # the lab modules load only when a lab command runs
     from ..lab.build import Kernel
+    from ..run.runner import RunResult
 
 lab = typer.Typer(
     help=(
@@ -170,25 +171,16 @@ def demo(
         raise UsageError(f"--measure {measure!r}: use adj or kill")
     from .. import analysis, store
     from ..report import terminal as report
-    from ..run.runner import profile as run_profile
+
+    def busy(r: RunResult) -> str | None:
+        (vd,) = analysis.verdict(store.load(r.path), r.meta)
+        if vd.disturbed:
+            return "the host was busy during the sweep (an emulated guest slows with it)"
+        return None
 
     kernels = build_kernels(["fixed", "regressed"], arch_name=arch)
     spec = vm_spec_defaults(build_spec(quick), False, False)
-    results = {}
-    for v, k in kernels.items():
-        with open_vm(k.image, accel, label=v) as target:
-            meta = {"vm": target.vm_info(), "lab_variant": v}
-            for attempt in range(1, DEMO_ATTEMPTS + 1):
-                results[v] = run_profile(target, spec, out, extra_meta=meta)
-                (vd,) = analysis.verdict(store.load(results[v].path), results[v].meta)
-                if not vd.disturbed or attempt == DEMO_ATTEMPTS:
-                    break
-                console.print(
-                    f"{v}: the host was busy during the sweep (an emulated guest slows with "
-                    f"it); measuring again ({attempt + 1}/{DEMO_ATTEMPTS}), "
-                    f"{results[v].path} is kept",
-                    soft_wrap=True,
-                )
+    results = profile_kernels(kernels, spec, out, accel, busy, DEMO_ATTEMPTS)
     df = store.load([r.path for r in results.values()])
     metas = [r.meta for r in results.values()]
     verdicts = {vd.device: vd for vd in analysis.verdict(df, metas)}

@@ -29,22 +29,14 @@ def demo_kill(out: Path, html: Path | None, accel: str, kernels: dict[str, Kerne
     from .. import store
     from ..analysis import kill
     from ..report import terminal as report
-    from ..run.runner import profile as run_profile
-    from .vm import open_vm, vm_spec_defaults
+    from .vm import profile_kernels, vm_spec_defaults
+
+    def inconclusive(r: RunResult) -> str | None:
+        (vd,) = kill.verdicts(store.load(r.path), r.meta)
+        return f"inconclusive ({vd.sentence})" if vd.status == kill.INCONCLUSIVE else None
 
     spec = vm_spec_defaults(build_spec(True, measure="kill"), False, False)
-    results: dict[str, RunResult] = {}
-    for v, k in kernels.items():
-        with open_vm(k.image, accel, label=v) as target:
-            meta = {"vm": target.vm_info(), "lab_variant": v}
-            for attempt in range(1, ATTEMPTS + 1):
-                results[v] = run_profile(target, spec, out, extra_meta=meta)
-                (vd,) = kill.verdicts(store.load(results[v].path), results[v].meta)
-                if vd.status != kill.INCONCLUSIVE or attempt == ATTEMPTS:
-                    break
-                console.print(f"{v}: inconclusive ({vd.sentence}); measuring again "
-                              f"({attempt + 1}/{ATTEMPTS}), {results[v].path} is kept",
-                              soft_wrap=True)  # fmt: skip
+    results = profile_kernels(kernels, spec, out, accel, inconclusive, ATTEMPTS)
     df = store.load([r.path for r in results.values()])
     metas = [r.meta for r in results.values()]
     verdicts = {vd.device: vd for vd in kill.verdicts(df, metas)}

@@ -3,6 +3,7 @@ spec defaults a guest under QEMU needs."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -12,6 +13,8 @@ from ..spec import ProfileSpec
 from .app import err_console
 
 if TYPE_CHECKING:  # the lab modules load only when a VM is booted
+    from ..lab.build import Kernel
+    from ..run.runner import RunResult
     from ..targets.vm import VmTarget
 
 #: Defaults for kernels under QEMU: 2-thread population processes (spawning 8-thread ones
@@ -58,3 +61,26 @@ def vm_spec_defaults(spec: ProfileSpec, threads_given: bool, writes_given: bool)
     if not writes_given and spec.measure != "kill" and spec.writes < VM_MIN_WRITES:
         spec = replace(spec, writes=VM_MIN_WRITES)
     return spec
+
+
+def profile_kernels(kernels: Mapping[str, Kernel], spec: ProfileSpec, out: Path, accel: str,
+                    again: Callable[[RunResult], str | None], attempts: int = 3,
+                    ) -> dict[str, RunResult]:  # fmt: skip
+    """Profile `spec` on each lab kernel in turn (one boot each), measuring a kernel again
+    while `again(result)` gives a reason, up to `attempts` runs (TCG slows with the host's
+    load); every run directory is kept. Returns the last run per variant."""
+    from ..run.runner import profile as run_profile
+    from .app import console
+
+    results: dict[str, RunResult] = {}
+    for v, k in kernels.items():
+        with open_vm(k.image, accel, label=v) as target:
+            meta = {"vm": target.vm_info(), "lab_variant": v}
+            for attempt in range(1, attempts + 1):
+                results[v] = run_profile(target, spec, out, extra_meta=meta)
+                why = again(results[v])
+                if why is None or attempt == attempts:
+                    break
+                console.print(f"{v}: {why}; measuring again ({attempt + 1}/{attempts}), "
+                              f"{results[v].path} is kept", soft_wrap=True)  # fmt: skip
+    return results
