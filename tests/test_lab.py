@@ -274,8 +274,13 @@ def test_lab_demo_side_by_side(kernels, tmp_path):
     lines = [ln.split() for ln in p.stdout.splitlines()]
     rows = {ln[0]: ln for ln in lines if ln and ln[0] in WRITE_VARIANTS and len(ln) >= 6}
     assert rows["fixed"][1] == "fixed" and rows["regressed"][1] == "regressed", p.stdout
-    threaded = {v: float(r[3]) for v, r in rows.items()}  # ns/process column
-    assert threaded["regressed"] > 20 * max(abs(threaded["fixed"]), 1.0)
+    # ns/process columns: threaded writes walk like the multiprocess control on regressed,
+    # and stay below half of it on fixed (relative to the walk measured in the same run: a
+    # fixed ratio between two kernels' noise failed at load 8-16)
+    threaded = {v: float(r[3]) for v, r in rows.items()}
+    walk = {v: float(r[4]) for v, r in rows.items()}
+    assert threaded["regressed"] > walk["regressed"] / 2 > 0, rows
+    assert abs(threaded["fixed"]) < walk["fixed"] / 2, rows
     html = (tmp_path / "lab-demo.html").read_text()
     assert "qemu:fixed-" in html and "qemu:regressed-" in html and "badge regressed" in html
 
