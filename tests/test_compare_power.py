@@ -272,3 +272,32 @@ def test_runs_that_sit_at_different_levels_widen_a_pooled_side():
     assert clustered.mde > 1.05 > flat.mde, (flat, clustered)
     width = clustered.ci_high - clustered.ci_low
     assert width > 3 * (flat.ci_high - flat.ci_low), (flat, clustered)
+
+
+def _swept(run_id: str, top_shift: float, moves: float, seed: int) -> pd.DataFrame:
+    """A run of the sweep 400, 800, 400 (the top visited once): multiprocess at the second
+    visit of 400 x `moves` (its level moved with time), at 800 x `top_shift`."""
+    parts = []
+    for point, (pop, shift) in enumerate([(400, 1.0), (800, top_shift), (400, moves)]):
+        df = synth(run_id, writes=1500, shift=shift, population=pop, seed=seed + point)
+        parts.append(df.assign(point=point, seq=df["seq"] + point * 100_000))
+    return schema.coerce(pd.concat(parts, ignore_index=True))
+
+
+def test_a_point_visited_once_carries_the_time_level_spread():
+    """Two runs of one lab kernel once came out DIFFERENT at the sweep's top (x1.14, CI
+    1.14..1.15): its blocks share one stretch of time, so they cannot show how far a level
+    moves with time, which the points visited twice do (here 15% between the up and down
+    visit of 400). With that spread the same shift is not a change; with steady revisits
+    it is one."""
+    moving = analysis.compare(_swept("b", 1.0, 1.15, 1), _swept("n", 1.14, 1.15, 7),
+                              max_ratio=1.10)  # fmt: skip
+    row = moving.table[(moving.table["kind"].astype(str) == "multiprocess")
+                       & (moving.table["population"].astype(int) == 800)].iloc[0]  # fmt: skip
+    assert row["decision"] != "DIFFERENT" and row["ci_low"] < 1 < row["ci_high"], row
+    assert row["mde"] > 1.14, row
+    steady = analysis.compare(_swept("b", 1.0, 1.0, 1), _swept("n", 1.14, 1.0, 7),
+                              max_ratio=1.10)  # fmt: skip
+    row = steady.table[(steady.table["kind"].astype(str) == "multiprocess")
+                       & (steady.table["population"].astype(int) == 800)].iloc[0]  # fmt: skip
+    assert row["decision"] == "DIFFERENT" and row["ratio"] > 1.10, row

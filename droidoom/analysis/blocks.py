@@ -55,7 +55,7 @@ def block_table(df: pd.DataFrame, by: Sequence[str]) -> pd.DataFrame:
     writes and rows without a value are left out of its median. Blocks with fewer than
     `MIN_BLOCK_WRITES` timed writes are dropped."""
     by = list(by)
-    cols = ["run_id", *by, "count", "median_ns"]
+    cols = ["run_id", *by, "visit", "count", "median_ns"]
     if df.empty:
         return pd.DataFrame(columns=cols)
     run = _codes(df["run_id"]) if "run_id" in df.columns else np.zeros(len(df), np.int64)
@@ -102,6 +102,7 @@ def block_table(df: pd.DataFrame, by: Sequence[str]) -> pd.DataFrame:
     out = keys.reset_index(drop=True)
     if "run_id" not in out.columns:
         out.insert(0, "run_id", "")
+    out["visit"] = p[bstart[stats.index.to_numpy()]]  # the sweep point (one visit of a population)
     out["count"] = stats["count"].to_numpy()
     out["median_ns"] = stats["median_ns"].to_numpy()
     result: pd.DataFrame = out[cols]
@@ -152,13 +153,15 @@ def decide(
     confidence: float = 0.95,
     n_boot: int = 2000,
     rng: np.random.Generator | None = None,
+    time_var: float = 0.0,
 ) -> Decision:
     """Compare two sides' block medians (ns). `controls`: (base, new) block medians of the
     control kind at the same point; the ratio is then new/control over base/control, the
     test runs on each side's blocks divided by its control level, and the control's spread
     enters the CI and the MDE. `runs`: the run of each block (base, new[, controls]) when
     a side pools several runs: the CI's bootstrap then resamples runs, then blocks within
-    them, and the spread between runs enters the MDE."""
+    them, and the spread between runs enters the MDE. `time_var`: variance of the log
+    ratio that the blocks cannot show (see `visit_var`): it widens the CI and the MDE."""
     from scipy import stats
 
     rng = rng or np.random.default_rng(0)
@@ -177,6 +180,9 @@ def decide(
         r *= boot[2] / np.maximum(boot[3], 1e-9)
     alpha = (1 - confidence) / 2
     lo, hi = (float(q) for q in np.quantile(r, [alpha, 1 - alpha]))
+    if time_var > 0:
+        widen = float(np.exp(stats.norm.ppf(1 - alpha) * np.sqrt(time_var)))
+        lo, hi = lo / widen, hi * widen
     p = 1.0
     if len(b) >= 2 and len(n) >= 2:
         bs, ns_ = b / lb, n / ln
@@ -186,10 +192,11 @@ def decide(
                 ks = stats.ks_2samp(bs, ns_).pvalue
             mw = stats.mannwhitneyu(bs, ns_, alternative="two-sided").pvalue
             p = float(min(ks, mw))
-    return Decision(ratio, lo, hi, p, mde(sides, labels), len(b), len(n))
+    return Decision(ratio, lo, hi, p, mde(sides, labels, time_var), len(b), len(n))
 
 
-def mde(sides: Sequence[np.ndarray], runs: Sequence[np.ndarray | None] | None = None) -> float:
+def mde(sides: Sequence[np.ndarray], runs: Sequence[np.ndarray | None] | None = None,
+        time_var: float = 0.0) -> float:
     """Minimum detectable effect, as a ratio: the change of the median that a test at
     `ALPHA` (two-sided) sees with probability `POWER`, given each side's block count and
     between-block spread (robust: 1.4826 x MAD of log block medians). ``sides``: base, new
@@ -206,8 +213,8 @@ def mde(sides: Sequence[np.ndarray], runs: Sequence[np.ndarray | None] | None = 
     if min(len(x) for x in sides) < MIN_BLOCKS or 2 / comb(nb + nn, nb) > ALPHA:
         return float("inf")
     labels = list(runs) if runs is not None else [None] * len(sides)
-    var = sum(_side_var(np.log(np.maximum(x, 1.0)), lab)
-              for x, lab in zip(sides, labels, strict=True))  # fmt: skip
+    var = time_var + sum(_side_var(np.log(np.maximum(x, 1.0)), lab)
+                         for x, lab in zip(sides, labels, strict=True))  # fmt: skip
     df = nb + nn - 2
     t = float(stats.t.ppf(1 - ALPHA / 2, df) + stats.t.ppf(POWER, df))
     return float(np.exp(t * np.sqrt(var)))
@@ -254,3 +261,24 @@ def _boot_median(
         idx = start[chosen] + (rng.random(chosen.shape) * count[chosen]).astype(np.int64)
     medians: np.ndarray = np.median(x[idx], axis=1)
     return medians
+
+
+def visit_var(logs: np.ndarray, runs: np.ndarray, visits: np.ndarray) -> float | None:
+    """Variance of one visit's log level beyond what its blocks explain, from a point a
+    run visited more than once (the sweep goes up and back down): how much the level moves
+    with time. Blocks of one visit share one stretch of time, so their spread cannot show
+    it, and a point visited once (the top of the sweep) would look more certain than it
+    is. None when no run visited the point twice."""
+    found = []
+    for run in np.unique(runs):
+        mine = runs == run
+        vs = np.unique(visits[mine])
+        if len(vs) < 2:
+            continue
+        groups = [logs[mine & (visits == v)] for v in vs]
+        if min(len(g) for g in groups) < 2:
+            continue
+        levels = np.array([np.median(g) for g in groups])
+        within = float(np.mean([_robust_sd(g) ** 2 / len(g) for g in groups]))
+        found.append(max(float(np.var(levels, ddof=1)) - within, 0.0))
+    return float(np.mean(found)) if found else None
