@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 import time
 from pathlib import Path
 
@@ -197,14 +198,13 @@ def test_older_perfetto_without_background_wait(traced, adb_peer_factory, shell_
     assert pm["trace"]["sources_started_ns"], pm
 
 
-def test_lost_events_are_reported(adb_peer_factory, shell_dir, tmp_path, monkeypatch):
-    """A kernel buffer too small for the run: the trace says events were lost, run.json
-    carries the count and a warning, and the writes without an event stay unmatched."""
-    if os.geteuid() != 0:
-        pytest.skip("needs root")
+def _quick_beside_standin(env: dict[str, str], adb_peer_factory, shell_dir, tmp_path,
+                          monkeypatch) -> tuple[subprocess.CompletedProcess, Path]:
+    """`profile --quick --capture clock,perfetto` on a phone peer, beside a traced stand-in
+    started with `env` (its settings) and stopped after: (the command, its --out folder)."""
     from perfetto_env import TracedStandin  # the module is a pytest plugin here: import late
 
-    traced = TracedStandin().start(env={"TRACED_STANDIN_KERNEL_BUFFER_KB": "8"})
+    traced = TracedStandin().start(env=env)
     try:
         monkeypatch.setenv(*traced.env_item)
         peer = _peer(adb_peer_factory, PHONE)
@@ -214,6 +214,16 @@ def test_lost_events_are_reported(adb_peer_factory, shell_dir, tmp_path, monkeyp
                     env=cli_env(peer.server, shell_dir))  # fmt: skip
     finally:
         traced.stop()
+    return p, out
+
+
+def test_lost_events_are_reported(adb_peer_factory, shell_dir, tmp_path, monkeypatch):
+    """A kernel buffer too small for the run: the trace says events were lost, run.json
+    carries the count and a warning, and the writes without an event stay unmatched."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    p, out = _quick_beside_standin({"TRACED_STANDIN_KERNEL_BUFFER_KB": "8"}, adb_peer_factory,
+                                   shell_dir, tmp_path, monkeypatch)  # fmt: skip
     assert p.returncode == 0, p.stdout + p.stderr
     meta = json.loads((_run(out) / "run.json").read_text())
     assert meta["status"] == "complete" and meta["writes_recorded"] == meta["writes_planned"]
@@ -326,18 +336,8 @@ def test_a_clock_snapshot_off_is_overruled_by_the_writes(adb_peer_factory, shell
     found. (Fitting near the snapshot matched 35-45%, and nothing warned.)"""
     if os.geteuid() != 0 or not os.path.isdir("/sys/kernel/tracing/instances"):
         pytest.skip("the traced stand-in needs root and tracefs instances")
-    from perfetto_env import TracedStandin  # the module is a pytest plugin here: import late
-
-    traced = TracedStandin().start(env={"TRACED_STANDIN_SNAPSHOT_SKEW_NS": str(skew_ns)})
-    try:
-        monkeypatch.setenv(*traced.env_item)
-        peer = _peer(adb_peer_factory, PHONE)
-        out = tmp_path / "runs"
-        p = run_cli("profile", "--serial", peer.serial, "--quick", "--capture",
-                    "clock,perfetto", "--out", str(out),
-                    env=cli_env(peer.server, shell_dir))  # fmt: skip
-    finally:
-        traced.stop()
+    p, out = _quick_beside_standin({"TRACED_STANDIN_SNAPSHOT_SKEW_NS": str(skew_ns)},
+                                   adb_peer_factory, shell_dir, tmp_path, monkeypatch)  # fmt: skip
     assert p.returncode == 0, p.stdout + p.stderr
     run = _run(out)
     pm = json.loads((run / "run.json").read_text())["captures"]["perfetto"]

@@ -125,6 +125,14 @@ def _start(kernels, out: Path) -> subprocess.Popen:
     )  # fmt: skip
 
 
+def _reap(proc: subprocess.Popen) -> None:
+    """The background `profile` (ours: started by `_start`) gone and its pipe closed."""
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+    proc.stderr.close()
+
+
 def _wait_streamed(out: Path, records: int, proc: subprocess.Popen, timeout: float = 400) -> Path:
     """The run dir once its host copy holds `records` records."""
     deadline = time.monotonic() + timeout
@@ -164,10 +172,7 @@ def test_qemu_killed_mid_run_keeps_what_reached_the_host(kernels, tmp_path):
         err = proc.stderr.read().decode()
         rc = proc.wait(timeout=300)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        proc.stderr.close()
+        _reap(proc)
     assert rc == 1, err[-2000:]
     meta = json.loads((run / "run.json").read_text())
     samples = store.load(run)
@@ -191,10 +196,7 @@ def test_sigkilled_kernel_run_is_marked_partial_by_the_next_command(kernels, tmp
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        proc.stderr.close()
+        _reap(proc)
     deadline = time.monotonic() + 30
     while qemu is not None and Path(f"/proc/{qemu}").exists() and time.monotonic() < deadline:
         time.sleep(0.1)  # PR_SET_PDEATHSIG: QEMU follows droidoom
@@ -226,10 +228,7 @@ def test_a_live_kernel_run_is_left_alone(kernels, tmp_path):
         try:
             proc.wait(timeout=300)
         finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-            proc.stderr.close()
+            _reap(proc)
 
 
 def test_the_vm_watchdog_follows_the_plan(kernels, tmp_path):
