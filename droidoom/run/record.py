@@ -35,12 +35,17 @@ def path_of(run_dir: Path) -> Path:
     return Path(run_dir) / store.RUN_JSON
 
 
-def status_on_disk(run_dir: Path) -> RunStatus | None:
-    """The status run.json holds now (None when there is none, or it does not parse)."""
+def _on_disk(run_dir: Path) -> dict[str, Any]:
+    """run.json as it is now ({} when there is none, or it does not parse)."""
+    if not path_of(run_dir).exists():
+        return {}
     try:
-        meta = store.read_run(run_dir).meta
+        return store.read_run(run_dir).meta
     except DataError:
-        return None
+        return {}
+
+
+def _status(meta: Mapping[str, Any]) -> RunStatus | None:
     try:
         return RunStatus(str(meta.get("status")))
     except ValueError:
@@ -54,14 +59,15 @@ def write(run_dir: Path, meta: Mapping[str, Any], *, run_id: str | None = None) 
     its own run. DataError, with nothing written, for a status change TRANSITIONS does not
     allow or a field of the wrong type."""
     status = RunStatus(meta["status"])
-    before = status_on_disk(run_dir) if path_of(run_dir).exists() else None
+    existing = _on_disk(run_dir)  # read once: the status change and whose run it is
+    before = _status(existing)
     if status not in TRANSITIONS[before]:
         raise DataError(
             f"{path_of(run_dir)} says {before}; droidoom does not make a {before} run "
             f"{status} (nothing was written)"
         )
     if before is RunStatus.COMPLETE:
-        on_disk = store.read_run(run_dir).meta.get("run_id")
+        on_disk = existing.get("run_id")
         if on_disk != (run_id or meta.get("run_id")):
             raise DataError(
                 f"{path_of(run_dir)} is complete run {on_disk}: only that run may update it "
